@@ -1,0 +1,97 @@
+"""Input validation and dtype helpers shared by every module.
+
+Messages follow one pattern: the argument, what was expected, what was received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_choice",
+    "check_reduction",
+    "check_shape",
+    "check_tensor",
+    "compute_dtype",
+    "shape_str",
+]
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def check_tensor(x: object, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_shape(
+    x: object,
+    name: str,
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    min_ndim: int | None = None,
+    last: int | None = None,
+    expected: str | None = None,
+) -> Tensor:
+    """Check rank and trailing size of ``x``; ``expected`` is the shape shown in the message."""
+    x = check_tensor(x, name)
+    ndims = (ndim,) if isinstance(ndim, int) else ndim
+    ok = True
+    if ndims is not None and x.ndim not in ndims:
+        ok = False
+    if min_ndim is not None and x.ndim < min_ndim:
+        ok = False
+    if last is not None and (x.ndim == 0 or x.shape[-1] != last):
+        ok = False
+    if not ok:
+        if expected is None:
+            parts = []
+            if ndims is not None:
+                parts.append(" or ".join(f"{n}-D" for n in ndims))
+            if min_ndim is not None:
+                parts.append(f"at least {min_ndim}-D")
+            if last is not None:
+                parts.append(f"last dimension {last}")
+            expected = ", ".join(parts)
+        raise ValueError(f"{name}: expected shape {expected}, got {shape_str(x.shape)}")
+    return x
+
+
+def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+
+
+def check_reduction(reduction: object) -> str:
+    check_choice(reduction, "reduction", REDUCTIONS)
+    return reduction  # type: ignore[return-value]
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype to compute in: float64 if any input is float64, else float32.
+
+    Integer, bool, float16 and bfloat16 inputs are computed in float32.
+    """
+    if any(t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def output_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype results are returned in: the common floating input dtype, float32 for integers."""
+    floats = [t.dtype for t in tensors if t.is_floating_point()]
+    if not floats:
+        return torch.float32
+    dtype = floats[0]
+    for d in floats[1:]:
+        dtype = torch.promote_types(dtype, d)
+    return dtype

@@ -1,0 +1,209 @@
+"""Matching cost terms and their weighted sum.
+
+Every term maps a batch of predictions ``[B, M, ...]`` and padded targets ``[B, N, ...]``
+to a cost ``[B, M, N]`` (predictions by targets), computed per image block, never as
+DETR's cross-image ``[B * M, sum n]`` matrix. Costs are lower-is-better.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ._checks import check_choice, check_shape, compute_dtype, shape_str
+from .boxes import BOX_FORMATS, box_convert, generalized_box_iou
+from .points import pairwise_distance
+
+__all__ = [
+    "CLASS_COSTS",
+    "box_l1_cost",
+    "class_cost",
+    "detection_cost",
+    "giou_cost",
+    "p2p_cost",
+    "point_distance_cost",
+    "weighted_cost",
+]
+
+CLASS_COSTS = ("softmax", "sigmoid", "focal")
+BACKGROUNDS = ("last", "first", "none")
+
+
+def _check_logits_labels(logits: Tensor, labels: Tensor) -> None:
+    check_shape(logits, "pred_logits", ndim=3, expected="[B, M, C]")
+    check_shape(labels, "labels", ndim=2, expected="[B, N]")
+    if labels.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"labels: expected batch size {logits.shape[0]} (pred_logits'), "
+            f"got shape {shape_str(labels.shape)}"
+        )
+    if labels.is_floating_point():
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+
+
+def class_cost(
+    logits: Tensor,
+    labels: Tensor,
+    kind: str = "softmax",
+    background: str = "last",
+    *,
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+) -> Tensor:
+    """Classification cost ``[B, M, N]`` of predicting each target's label.
+
+    Args:
+        logits: ``Tensor[B, M, C]`` raw scores.
+        labels: ``int64[B, N]`` in ``0..K-1`` (padded slots may hold anything valid).
+        kind: ``"softmax"``: ``-softmax(logits)[label]`` (DETR); ``"sigmoid"``:
+            ``-sigmoid(logit[label])``; ``"focal"``: the Deformable-DETR focal cost
+            ``alpha (1-p)^gamma (-log p) - (1-alpha) p^gamma (-log(1-p))``.
+        background: where a softmax head keeps its background logit: ``"last"`` (labels
+            index the logits directly), ``"first"`` (label ``k`` is logit ``k + 1``) or
+            ``"none"``.
+    """
+    _check_logits_labels(logits, labels)
+    check_choice(kind, "kind", CLASS_COSTS)
+    check_choice(background, "background", BACKGROUNDS)
+    b, m, c = logits.shape
+    index = labels.long() + (1 if background == "first" else 0)
+    index = index.clamp(0, max(c - 1, 0))
+    index = index[:, None, :].expand(b, m, labels.shape[1])
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    if c == 0:
+        return x.new_zeros((b, m, labels.shape[1]))
+    if kind == "softmax":
+        return -x.softmax(dim=-1).gather(2, index)
+    gathered = x.gather(2, index)
+    if kind == "sigmoid":
+        return -gathered.sigmoid()
+    p = gathered.sigmoid()
+    # log-sigmoid forms keep the focal cost finite at saturated logits.
+    pos = focal_alpha * (1 - p) ** focal_gamma * -torch.nn.functional.logsigmoid(gathered)
+    neg = (1 - focal_alpha) * p**focal_gamma * -torch.nn.functional.logsigmoid(-gathered)
+    return pos - neg
+
+
+def box_l1_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
+    """L1 distance summed over the 4 coordinates, ``[B, M, 4] x [B, N, 4] -> [B, M, N]``.
+
+    The coordinates are compared as given: convert both to the format the L1 term should
+    see (DETR uses normalised cxcywh) before calling.
+    """
+    check_shape(pred_boxes, "pred_boxes", ndim=3, last=4, expected="[B, M, 4]")
+    check_shape(target_boxes, "target_boxes", ndim=3, last=4, expected="[B, N, 4]")
+    dtype = torch.promote_types(pred_boxes.dtype, target_boxes.dtype)
+    if dtype in (torch.float16, torch.bfloat16) or not dtype.is_floating_point:
+        dtype = torch.float32
+    return torch.cdist(pred_boxes.to(dtype), target_boxes.to(dtype), p=1)
+
+
+def giou_cost(pred_boxes: Tensor, target_boxes: Tensor, box_format: str = "xyxy") -> Tensor:
+    """Negative generalized IoU ``[B, M, N]``, in [-1, 1]."""
+    return -generalized_box_iou(pred_boxes, target_boxes, box_format=box_format)
+
+
+def point_distance_cost(pred_points: Tensor, target_points: Tensor) -> Tensor:
+    """Euclidean distance ``[B, M, 2] x [B, N, 2] -> [B, M, N]``."""
+    return pairwise_distance(pred_points, target_points)
+
+
+def p2p_cost(
+    pred_points: Tensor, pred_logits: Tensor, target_points: Tensor, tau: float = 0.05
+) -> Tensor:
+    """The P2PNet matching cost ``tau * ||p - t|| - sigmoid(logit)``, ``[B, M, N]``.
+
+    ``pred_logits`` is ``[B, M]`` (one logit per proposal) or ``[B, M, 2]`` (a 2-way
+    softmax head, whose person probability is then used).
+    """
+    check_shape(pred_points, "pred_points", ndim=3, last=2, expected="[B, M, 2]")
+    check_shape(pred_logits, "pred_logits", ndim=(2, 3), expected="[B, M] or [B, M, 2]")
+    if tuple(pred_logits.shape[:2]) != tuple(pred_points.shape[:2]) or (
+        pred_logits.ndim == 3 and pred_logits.shape[2] != 2
+    ):
+        raise ValueError(
+            f"pred_logits: expected shape [{pred_points.shape[0]}, {pred_points.shape[1]}] "
+            f"or [{pred_points.shape[0]}, {pred_points.shape[1]}, 2], "
+            f"got {shape_str(pred_logits.shape)}"
+        )
+    dist = pairwise_distance(pred_points, target_points)
+    logits = pred_logits.to(dist.dtype)
+    prob = logits.softmax(-1)[..., 1] if logits.ndim == 3 else logits.sigmoid()
+    return tau * dist - prob.unsqueeze(-1)
+
+
+def weighted_cost(terms: Mapping[str, tuple[float, Tensor]]) -> Tensor:
+    """``sum(weight * cost)`` over named ``(weight, cost)`` terms of one shape; zero weights
+    are skipped (their cost may then be anything, even NaN)."""
+    total: Tensor | None = None
+    for name, (weight, cost) in terms.items():
+        if weight == 0:
+            continue
+        if total is not None and cost.shape != total.shape:
+            raise ValueError(
+                f"terms[{name!r}]: expected shape {shape_str(total.shape)}, "
+                f"got {shape_str(cost.shape)}"
+            )
+        term = weight * cost
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError("terms: expected at least one term with a non-zero weight")
+    return total
+
+
+def detection_cost(
+    pred_logits: Tensor,
+    pred_boxes: Tensor,
+    target_labels: Tensor,
+    target_boxes: Tensor,
+    *,
+    cost_class: float = 1.0,
+    cost_bbox: float = 5.0,
+    cost_giou: float = 2.0,
+    box_format: str = "xyxy",
+    l1_format: str | None = None,
+    class_cost_kind: str = "softmax",
+    background: str = "last",
+    focal_alpha: float = 0.25,
+    focal_gamma: float = 2.0,
+) -> Tensor:
+    """The DETR matching cost ``cost_class * class + cost_bbox * L1 + cost_giou * (-GIoU)``.
+
+    Boxes are in ``box_format``; the L1 term compares them in ``l1_format`` (default: the
+    same format; DETR's is ``cxcywh``). Returns ``[B, M, N]`` without gradient concerns
+    (callers match under ``torch.no_grad()``).
+    """
+    check_choice(box_format, "box_format", BOX_FORMATS)
+    l1_format = box_format if l1_format is None else l1_format
+    check_choice(l1_format, "l1_format", BOX_FORMATS)
+    check_shape(pred_boxes, "pred_boxes", ndim=3, last=4, expected="[B, M, 4]")
+    check_shape(target_boxes, "target boxes", ndim=3, last=4, expected="[B, N, 4]")
+    dtype = compute_dtype(pred_logits, pred_boxes, target_boxes)
+    pred_logits, pred_boxes, target_boxes = (
+        t.to(dtype) for t in (pred_logits, pred_boxes, target_boxes)
+    )
+    terms: dict[str, tuple[float, Tensor]] = {}
+    if cost_class:
+        kind_cost = class_cost(
+            pred_logits,
+            target_labels,
+            class_cost_kind,
+            background,
+            focal_alpha=focal_alpha,
+            focal_gamma=focal_gamma,
+        )
+        terms["class"] = (cost_class, kind_cost)
+    if cost_bbox:
+        l1 = box_l1_cost(
+            box_convert(pred_boxes, box_format, l1_format),
+            box_convert(target_boxes, box_format, l1_format),
+        )
+        terms["bbox"] = (cost_bbox, l1)
+    if cost_giou:
+        terms["giou"] = (cost_giou, giou_cost(pred_boxes, target_boxes, box_format))
+    if not terms:
+        b, m, n = pred_boxes.shape[0], pred_boxes.shape[1], target_boxes.shape[1]
+        return pred_boxes.new_zeros((b, m, n))
+    return weighted_cost(terms)

@@ -1,0 +1,105 @@
+"""Nearest-neighbour matchings: each prediction to its cheapest target, or each target
+to its cheapest prediction. They are the limits of unbalanced optimal transport."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import prepare_cost
+from .matching import BACKGROUND, IGNORED, Matching
+
+__all__ = ["closest_prediction", "closest_target"]
+
+
+def _background(value: float | Tensor, b: int, m: int, cost: Tensor, name: str) -> Tensor:
+    value = torch.as_tensor(value, dtype=cost.dtype, device=cost.device)
+    try:
+        return value.expand(b, m)
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: expected a float or a tensor broadcastable to [B, M] = [{b}, {m}], "
+            f"got shape {list(value.shape)}"
+        ) from None
+
+
+def closest_target(
+    cost: Tensor,
+    background_cost: float | Tensor,
+    target_mask: Tensor | None = None,
+    pred_mask: Tensor | None = None,
+) -> Matching:
+    """Match each prediction to its cheapest real target, or to the background when the
+    background is not more expensive.
+
+    Args:
+        cost: ``Tensor[B, M, N]`` (or ``[M, N]``).
+        background_cost: cost of assigning a prediction to the background; a float or a
+            tensor broadcastable to ``[B, M]``. A prediction is matched when its cheapest
+            target costs strictly less (ties go to the background).
+        target_mask, pred_mask: real entries; padded predictions are ignored (``-2``).
+
+    Several predictions may share a target. The returned matching carries its 0/1 plan.
+    """
+    cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
+    if not cost.is_floating_point():
+        cost = cost.float()
+    b, m, n = cost.shape
+    bg = _background(background_cost, b, m, cost, "background_cost")
+    if n == 0:
+        p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=cost.device)
+    else:
+        masked = cost.masked_fill(~target_mask[:, None, :], torch.inf)
+        best_cost, best_target = masked.min(dim=2)
+        p2t = torch.where(best_cost < bg, best_target, BACKGROUND)
+    p2t = p2t.masked_fill(~pred_mask, IGNORED)
+    matching = Matching(p2t, target_mask)
+    return Matching(p2t, target_mask, plan=matching.hard_plan(cost.dtype))
+
+
+def closest_prediction(
+    cost: Tensor,
+    threshold: float | Tensor,
+    target_mask: Tensor | None = None,
+    pred_mask: Tensor | None = None,
+) -> Matching:
+    """Match each real target to its cheapest prediction when that cost is below
+    ``threshold``; every other prediction is background.
+
+    Args:
+        cost: ``Tensor[B, M, N]`` (or ``[M, N]``).
+        threshold: a target is matched only if its cheapest prediction costs strictly less;
+            a float or a tensor broadcastable to ``[B, N]``.
+        target_mask, pred_mask: real entries; padded predictions are ignored (``-2``).
+
+    The plan holds every target's choice, so a prediction chosen by several targets has
+    several ones in its row; ``pred_to_target`` keeps the cheapest of them (ties: lower
+    target index).
+    """
+    cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
+    if not cost.is_floating_point():
+        cost = cost.float()
+    b, m, n = cost.shape
+    plan = cost.new_zeros((b, m, n + 1))
+    p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=cost.device)
+    if m > 0 and n > 0:
+        thr = torch.as_tensor(threshold, dtype=cost.dtype, device=cost.device)
+        try:
+            thr = thr.expand(b, n)
+        except RuntimeError:
+            raise ValueError(
+                f"threshold: expected a float or a tensor broadcastable to [B, N] = [{b}, {n}], "
+                f"got shape {list(thr.shape)}"
+            ) from None
+        masked = cost.masked_fill(~pred_mask[:, :, None], torch.inf)
+        best_cost, best_pred = masked.min(dim=1)  # [B, N]
+        chosen = target_mask & (best_cost < thr)
+        plan[:, :, :n].scatter_(1, best_pred.unsqueeze(1), chosen.unsqueeze(1).to(cost.dtype))
+        # For each prediction, the cheapest target that chose it.
+        choice_cost = torch.where(plan[:, :, :n] > 0, cost, torch.inf)
+        cheapest, target = choice_cost.min(dim=2)
+        p2t = torch.where(cheapest < torch.inf, target, BACKGROUND)
+    background = (p2t == BACKGROUND) & pred_mask
+    plan[:, :, n] = background.to(cost.dtype)
+    p2t = p2t.masked_fill(~pred_mask, IGNORED)
+    return Matching(p2t, target_mask, plan=plan)
