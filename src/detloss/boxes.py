@@ -114,9 +114,11 @@ def _iou_family(a: Tensor, b: Tensor, kind: str) -> Tensor:
     diou = iou - (dx**2 + dy**2) / diagonal.clamp(min=EPS)
     if kind == "diou":
         return diou
-    # atan2 equals atan(w / h) for h > 0 and stays finite (with finite gradients away
-    # from w = h = 0) for flat boxes; EPS keeps the point-box case differentiable.
-    v = (4 / math.pi**2) * (torch.atan2(wb, hb + EPS) - torch.atan2(wa, ha + EPS)) ** 2
+    # atan2 equals atan(w / h) for h > 0; clamping h keeps flat and point boxes finite and
+    # differentiable without changing any box taller than EPS.
+    v = (4 / math.pi**2) * (
+        torch.atan2(wb, hb.clamp(min=EPS)) - torch.atan2(wa, ha.clamp(min=EPS))
+    ) ** 2
     with torch.no_grad():  # the trade-off factor is a constant, as in the CIoU paper
         alpha = v / (1 - iou + v).clamp(min=EPS)
     return diou - alpha * v

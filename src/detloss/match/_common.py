@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_shape, shape_str
+from .._checks import check_shape, check_tensor, shape_str
 
 __all__ = ["prepare_cost"]
 
@@ -13,9 +13,12 @@ __all__ = ["prepare_cost"]
 def _mask(mask: Tensor | None, name: str, shape: tuple[int, int], device: torch.device) -> Tensor:
     if mask is None:
         return torch.ones(shape, dtype=torch.bool, device=device)
-    check_shape(mask, name, ndim=2, expected="[B, N]" if "target" in name else "[B, M]")
+    check_tensor(mask, name)
     if tuple(mask.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape_str(shape)}, got {shape_str(mask.shape)}")
+        dims = "[B, N]" if name.startswith("target") else "[B, M]"
+        raise ValueError(
+            f"{name}: expected shape {shape_str(shape)} ({dims}), got {shape_str(mask.shape)}"
+        )
     return mask.to(device=device, dtype=torch.bool)
 
 

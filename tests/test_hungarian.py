@@ -1,0 +1,149 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+from detloss.match import hungarian
+
+
+def brute_force_cost(cost: np.ndarray) -> float:
+    """Minimum total over every injective map of the smaller side into the larger."""
+    m, n = cost.shape
+    best = np.inf
+    if m <= n:
+        for cols in itertools.permutations(range(n), m):
+            best = min(best, sum(cost[i, c] for i, c in enumerate(cols)))
+    else:
+        for rows in itertools.permutations(range(m), n):
+            best = min(best, sum(cost[r, j] for j, r in enumerate(rows)))
+    return best
+
+
+def matched_cost(cost: torch.Tensor, p2t: torch.Tensor) -> float:
+    rows = (p2t >= 0).nonzero().flatten()
+    return float(cost[rows, p2t[rows]].double().sum())
+
+
+@st.composite
+def problems(draw):
+    b = draw(st.integers(1, 3))
+    m = draw(st.integers(0, 7))
+    n = draw(st.integers(0, 7))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    cost = rng.integers(-5, 6, size=(b, m, n)).astype(np.float64)  # integers: many ties
+    forbid = rng.random((b, m, n)) < draw(st.sampled_from([0.0, 0.15]))
+    cost[forbid] = np.inf
+    pmask = rng.random((b, m)) < 0.8
+    tmask = rng.random((b, n)) < 0.8
+    return cost, pmask, tmask
+
+
+@given(problems())
+def test_optimal_against_brute_force_with_masks_and_forbidden_pairs(problem):
+    cost, pmask, tmask = problem
+    feasible = []
+    for i in range(cost.shape[0]):
+        block = cost[i][pmask[i]][:, tmask[i]]
+        feasible.append(brute_force_cost(block) if block.size else 0.0)
+    if not all(np.isfinite(feasible)):
+        with pytest.raises(ValueError, match="is infeasible"):
+            hungarian(torch.from_numpy(cost), torch.from_numpy(tmask), torch.from_numpy(pmask))
+        return
+    result = hungarian(torch.from_numpy(cost), torch.from_numpy(tmask), torch.from_numpy(pmask))
+    p2t = result.pred_to_target
+    assert p2t.dtype == torch.int64
+    for i in range(cost.shape[0]):
+        real_p, real_t = int(pmask[i].sum()), int(tmask[i].sum())
+        matched = p2t[i][p2t[i] >= 0]
+        assert len(matched) == min(real_p, real_t)
+        assert len(set(matched.tolist())) == len(matched)  # one-to-one
+        assert all(tmask[i][t] for t in matched.tolist())  # only real targets
+        assert (p2t[i][~torch.from_numpy(pmask[i])] == -2).all()  # padded preds ignored
+        assert (p2t[i][torch.from_numpy(pmask[i])] >= -1).all()
+        assert matched_cost(torch.from_numpy(cost[i]), p2t[i]) == pytest.approx(feasible[i])
+
+
+@pytest.mark.parametrize("shape", [(4, 50, 12), (4, 12, 50), (3, 30, 30)])
+def test_equal_total_cost_to_scipy_on_random_batches(shape):
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(40):
+        cost = rng.normal(size=shape)
+        tmask = rng.random(shape[::2]) < 0.7
+        tmask = tmask.reshape(shape[0], shape[2])
+        result = hungarian(torch.from_numpy(cost), torch.from_numpy(tmask)).pred_to_target
+        for i in range(shape[0]):
+            block = cost[i][:, tmask[i]]
+            r, c = linear_sum_assignment(block)
+            expected = block[r, c].sum()
+            got = matched_cost(torch.from_numpy(cost[i]), result[i])
+            assert got == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_large_batch_uses_thread_pool_and_agrees_with_scipy():
+    rng = np.random.default_rng(0)
+    cost = rng.random((8, 300, 30))
+    result = hungarian(torch.from_numpy(cost).float()).pred_to_target
+    for i in range(8):
+        r, c = linear_sum_assignment(cost[i].astype(np.float32).astype(np.float64))
+        assert matched_cost(torch.from_numpy(cost[i]).float(), result[i]) == pytest.approx(
+            float(cost[i].astype(np.float32)[r, c].astype(np.float64).sum()), rel=1e-9
+        )
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64]
+)
+def test_dtypes(dtype):
+    cost = torch.tensor([[[4, 1, 3], [2, 0, 5], [3, 2, 2]]]).to(dtype)
+    assert hungarian(cost).pred_to_target.tolist() == [[1, 0, 2]]
+
+
+def test_unbatched_and_empty():
+    assert hungarian(torch.tensor([[1.0, 0.0], [0.0, 1.0]])).pred_to_target.tolist() == [[1, 0]]
+    assert hungarian(torch.zeros(2, 3, 0)).pred_to_target.tolist() == [[-1] * 3] * 2
+    assert hungarian(torch.zeros(2, 0, 3)).pred_to_target.shape == (2, 0)
+    all_padding = hungarian(torch.zeros(2, 3, 4), target_mask=torch.zeros(2, 4, dtype=torch.bool))
+    assert all_padding.pred_to_target.tolist() == [[-1] * 3] * 2
+    assert all_padding.num_matched.tolist() == [0, 0]
+
+
+def test_inputs_keep_device_and_no_grad():
+    cost = torch.rand(2, 5, 3, requires_grad=True)
+    m = hungarian(cost)
+    assert m.pred_to_target.device == cost.device and not m.pred_to_target.requires_grad
+
+
+def test_errors_name_the_image():
+    cost = torch.rand(3, 4, 2)
+    cost[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="cost: image 1 contains NaN"):
+        hungarian(cost)
+    cost = torch.rand(3, 4, 2)
+    cost[2, 0, 1] = -float("inf")
+    with pytest.raises(ValueError, match="cost: image 2 contains -inf"):
+        hungarian(cost)
+    cost = torch.rand(2, 3, 2)
+    cost[0, :, 1] = float("inf")
+    with pytest.raises(ValueError, match="cost: image 0 is infeasible"):
+        hungarian(cost)
+    # a NaN in a padded slot is not looked at
+    cost = torch.rand(1, 3, 2)
+    cost[0, :, 1] = float("nan")
+    assert hungarian(cost, torch.tensor([[True, False]])).num_matched.tolist() == [1]
+    with pytest.raises(
+        ValueError, match=r"cost: expected shape \[B, M, N\] or \[M, N\], got \[2\]"
+    ):
+        hungarian(torch.zeros(2))
+    with pytest.raises(
+        ValueError, match=r"target_mask: expected shape \[2, 3\] \(\[B, N\]\), got \[2, 4\]"
+    ):
+        hungarian(torch.zeros(2, 5, 3), torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(
+        ValueError, match=r"pred_mask: expected shape \[2, 5\] \(\[B, M\]\), got \[5\]"
+    ):
+        hungarian(torch.zeros(2, 5, 3), pred_mask=torch.ones(5, dtype=torch.bool))

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from detloss.match import max_iou
+
+
+def ssd_reference(iou: np.ndarray, pos: float) -> np.ndarray:
+    """ssd.pytorch's per-image rule: threshold, then each target forced onto its best
+    prediction in index order (a later target overwrites an earlier one)."""
+    n = iou.shape[1]
+    best_target = iou.argmax(axis=1)
+    best_iou = iou.max(axis=1)
+    best_pred = iou.argmax(axis=0)
+    best_iou = best_iou.copy()
+    best_iou[best_pred] = 2.0
+    for j in range(n):
+        best_target[best_pred[j]] = j
+    return np.where(best_iou >= pos, best_target, -1)
+
+
+def random_iou(rng, m, n):
+    return rng.random((m, n)) * (rng.random((m, n)) < 0.5)
+
+
+def test_equals_ssd_rule_when_best_predictions_are_distinct():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(200):
+        iou = random_iou(rng, 30, 5)
+        if len(set(iou.argmax(axis=0))) < 5:
+            continue
+        got = max_iou(torch.from_numpy(iou)).pred_to_target[0].numpy()
+        np.testing.assert_array_equal(got, ssd_reference(iou, 0.5))
+        checked += 1
+    assert checked > 50
+
+
+def test_shared_best_prediction_keeps_both_targets():
+    # both targets have prediction 0 as their best; target 0 has the higher IoU there
+    iou = torch.tensor([[0.45, 0.40], [0.30, 0.10], [0.05, 0.35]])
+    p2t = max_iou(iou).pred_to_target[0].tolist()
+    assert p2t == [0, -1, 1]
+    # ssd.pytorch would have lost target 0:
+    assert ssd_reference(iou.numpy(), 0.5).tolist() == [1, -1, -1]
+
+
+def test_equal_claims_go_to_the_lower_target_index():
+    iou = torch.tensor([[0.4, 0.4], [0.3, 0.2]])
+    assert max_iou(iou).pred_to_target[0].tolist() == [0, 1]
+
+
+@given(st.integers(1, 12), st.integers(0, 12), st.integers(0, 2**31 - 1))
+def test_every_target_keeps_a_prediction(m, n, seed):
+    rng = np.random.default_rng(seed)
+    iou = torch.from_numpy(random_iou(rng, m, n))
+    tmask = torch.from_numpy(rng.random((1, n)) < 0.8)
+    p2t = max_iou(iou, target_mask=tmask).pred_to_target[0]
+    kept = set(p2t[p2t >= 0].tolist())
+    real = set(tmask[0].nonzero().flatten().tolist())
+    assert kept <= real
+    if m >= len(real):
+        assert kept == real
+    else:
+        assert len(kept) == m
+
+
+def test_band_between_thresholds_is_ignored_and_padding():
+    iou = torch.tensor([[[0.7, 0.1], [0.45, 0.2], [0.1, 0.3], [0.2, 0.1]]])
+    p2t = max_iou(iou, 0.5, 0.4, force_best=False).pred_to_target[0].tolist()
+    assert p2t == [0, -2, -1, -1]
+    pred_mask = torch.tensor([[True, True, True, False]])
+    p2t = max_iou(iou, 0.5, 0.4, pred_mask=pred_mask).pred_to_target[0].tolist()
+    assert p2t == [0, -2, 1, -2]
+
+
+def test_allow_low_quality_matches_detectron2():
+    iou = torch.tensor([[0.3, 0.35], [0.3, 0.1], [0.1, 0.2], [0.0, 0.0]])
+    p2t = max_iou(iou, 0.5, 0.3, force_best=False, allow_low_quality=True).pred_to_target[0]
+    # predictions 0 and 1 tie for target 0's best IoU; prediction 0 keeps its own best target
+    assert p2t.tolist() == [1, 0, -1, -1]
+
+
+def test_empty_inputs():
+    assert max_iou(torch.zeros(2, 4, 0)).pred_to_target.tolist() == [[-1] * 4] * 2
+    assert max_iou(torch.zeros(2, 0, 3)).pred_to_target.shape == (2, 0)
+    none_real = max_iou(torch.rand(1, 3, 2), target_mask=torch.zeros(1, 2, dtype=torch.bool))
+    assert none_real.pred_to_target.tolist() == [[-1] * 3]
+
+
+def test_errors():
+    with pytest.raises(
+        ValueError, match="neg_threshold: expected 0 <= neg_threshold <= pos_threshold"
+    ):
+        max_iou(torch.rand(3, 2), 0.5, 0.6)
+    with pytest.raises(ValueError, match=r"iou: expected shape \[B, M, N\] or \[M, N\], got \[3\]"):
+        max_iou(torch.rand(3))
