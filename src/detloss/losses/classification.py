@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from .._checks import check_shape, check_tensor, shape_str
+from .._checks import check_shape, check_tensor, compute_dtype, output_dtype, shape_str
 from ._reduction import reduce_loss
 
 __all__ = ["negative_prob"]
@@ -17,6 +16,9 @@ def negative_prob(logits: Tensor, labels: Tensor, reduction: str = "none") -> Te
     Args:
         logits: ``Tensor[..., C]``.
         labels: ``int64[...]`` in ``0..C-1``.
+
+    Half-precision and integer logits are computed in float32; the result has the logits'
+    floating dtype (float32 for integers).
     """
     check_shape(logits, "logits", min_ndim=1, expected="[..., C]")
     check_tensor(labels, "labels")
@@ -26,6 +28,7 @@ def negative_prob(logits: Tensor, labels: Tensor, reduction: str = "none") -> Te
         )
     if labels.is_floating_point():
         raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    x = logits.to(compute_dtype(logits))
     prob = x.softmax(dim=-1).gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
-    return reduce_loss(-prob, reduction)
+    # Returned in the logits' dtype, like the other primitives.
+    return reduce_loss(-prob, reduction).to(output_dtype(logits))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_reduction, check_tensor, output_dtype, shape_str
+from .._checks import check_reduction, check_tensor, compute_dtype, output_dtype, shape_str
 from ._reduction import reduce_loss
 
 __all__ = ["SigmoidFocalLoss", "sigmoid_focal_loss"]
@@ -31,8 +31,8 @@ def sigmoid_focal_loss(
             float there, so saturated logits give zero, not NaN, gradients.
         reduction: ``"none"`` (default, as torchvision), ``"mean"`` or ``"sum"``.
 
-    Values equal torchvision's ``sigmoid_focal_loss``. Half-precision inputs are computed
-    in float32 and returned in their dtype.
+    Values equal torchvision's ``sigmoid_focal_loss``. Half-precision and integer inputs
+    are computed in float32 and returned in their floating dtype (float32 for integers).
     """
     check_tensor(inputs, "inputs")
     check_tensor(targets, "targets")
@@ -47,7 +47,7 @@ def sigmoid_focal_loss(
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     out = output_dtype(inputs)
-    x = inputs.float() if inputs.dtype in (torch.float16, torch.bfloat16) else inputs
+    x = inputs.to(compute_dtype(inputs))
     t = targets.to(x.dtype)
     p = torch.sigmoid(x)
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")

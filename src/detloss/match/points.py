@@ -1,0 +1,249 @@
+"""The P2PNet point matching: an exact one-to-one assignment of point proposals to
+annotated points on the cost ``tau * ||p - t|| - prob``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from numbers import Real
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from .._checks import check_shape, check_tensor, compute_dtype, shape_str
+from ..batching import as_padded
+from .hungarian import _thread_pool
+from .matching import BACKGROUND, Matching
+
+__all__ = ["PointTargets", "check_point_inputs", "check_tau", "match_points", "point_targets"]
+
+#: Targets accepted by the point matcher and loss: a list of ``[n_i, 2]`` tensors, a list of
+#: ``{"points": [n_i, 2]}`` dicts, or the padded ``{"points": [B, N, 2], "mask": [B, N]}``.
+PointTargets = Sequence[Tensor] | Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor]
+
+# Below this many cost entries in a batch a thread pool costs more than it saves.
+_POOL_MIN_ENTRIES = 50_000
+# Above this many entries per image (256 MB of float64) images are solved one at a time,
+# so that at most one dense cost matrix is alive on the host.
+_POOL_MAX_BLOCK = 1 << 25
+# Size-based dispatch: an image whose cost has more entries than this is a dense crowd
+# (thousands of heads times tens of thousands of proposals), the case a sparse exact
+# solver is meant for. Until one is wired in, every image takes the dense path.
+_DENSE_MAX_ENTRIES = 1 << 26
+
+
+def _check_real(x: Tensor, name: str) -> None:
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must be a real (float or integer) tensor, got {x.dtype}")
+
+
+def check_point_inputs(pred_points: Tensor, pred_logits: Tensor) -> None:
+    """Validate ``pred_points: [B, M, 2]`` and ``pred_logits: [B, M]`` or ``[B, M, 2]``."""
+    check_shape(pred_points, "pred_points", ndim=3, last=2, expected="[B, M, 2]")
+    check_tensor(pred_logits, "pred_logits")
+    _check_real(pred_points, "pred_points")
+    _check_real(pred_logits, "pred_logits")
+    b, m = pred_points.shape[:2]
+    shape = tuple(pred_logits.shape)
+    if shape not in ((b, m), (b, m, 2)):
+        raise ValueError(
+            f"pred_logits: expected shape [{b}, {m}] or [{b}, {m}, 2] (B and M of "
+            f"pred_points), got {shape_str(shape)}"
+        )
+    if pred_logits.device != pred_points.device:
+        raise ValueError(
+            f"pred_logits: expected device {pred_points.device} (pred_points'), "
+            f"got {pred_logits.device}"
+        )
+
+
+def check_tau(tau: object) -> float:
+    if isinstance(tau, bool) or not isinstance(tau, Real):
+        raise TypeError(f"tau must be a real number, got {type(tau).__name__}")
+    if not math.isfinite(float(tau)) or tau < 0:
+        raise ValueError(f"tau: expected a finite number >= 0, got {tau}")
+    return float(tau)
+
+
+def point_targets(
+    target_points: PointTargets | Tensor,
+    target_mask: Tensor | None,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """Padded ``points [B, N, 2]`` and ``mask bool[B, N]`` from any accepted target form."""
+    if isinstance(target_points, Tensor):
+        check_shape(target_points, "target_points", ndim=3, last=2, expected="[B, N, 2]")
+        _check_real(target_points, "target_points")
+        if target_points.shape[0] != batch_size:
+            raise ValueError(
+                f"target_points: expected {batch_size} images (the predictions' batch size), "
+                f"got shape {shape_str(target_points.shape)}"
+            )
+        points = target_points.to(device)
+        if target_mask is None:
+            mask = torch.ones(points.shape[:2], dtype=torch.bool, device=device)
+        else:
+            check_tensor(target_mask, "target_mask")
+            if tuple(target_mask.shape) != tuple(points.shape[:2]):
+                raise ValueError(
+                    f"target_mask: expected shape {shape_str(points.shape[:2])} "
+                    f"(target_points' [B, N]), got {shape_str(target_mask.shape)}"
+                )
+            mask = target_mask.to(device=device, dtype=torch.bool)
+        return points, mask
+    if target_mask is not None:
+        raise ValueError(
+            "target_mask: expected None unless target_points is a [B, N, 2] tensor (lists "
+            f"and padded dicts carry their own mask), got it with a {type(target_points).__name__}"
+        )
+    if isinstance(target_points, Mapping):
+        padded = as_padded(target_points, ("points",), batch_size=batch_size, device=device)
+    else:
+        if isinstance(target_points, Sequence) and len(target_points) == 0 and batch_size == 0:
+            empty = torch.zeros((0, 0, 2), device=device)
+            return empty, torch.zeros((0, 0), dtype=torch.bool, device=device)
+        padded = as_padded(target_points, ("points",), batch_size=batch_size, device=device)
+    points = padded["points"]
+    check_shape(points, "targets['points']", ndim=3, last=2, expected="[B, N, 2]")
+    _check_real(points, "targets['points']")
+    return points, padded["mask"]
+
+
+def _assign_dense(
+    pred_xy: Tensor, prob: Tensor, target_xy: Tensor, tau: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact assignment of one image by the Hungarian method on its dense cost.
+
+    Args:
+        pred_xy: float64 ``[M, 2]`` on the host.
+        prob: float64 ``[M]``, the proposals' person probabilities.
+        target_xy: float64 ``[n, 2]``, the image's real targets.
+
+    Returns ``(pred_idx, target_idx)``, ``min(M, n)`` pairs.
+
+    The cost is the only dense matrix built for the image: written by ``cdist`` in the
+    orientation scipy solves fastest (fewer rows than columns, so no transposed copy) and
+    finished in place.
+    """
+    if target_xy.shape[0] <= pred_xy.shape[0]:
+        cost = torch.cdist(target_xy, pred_xy, compute_mode="donot_use_mm_for_euclid_dist")
+        cost.mul_(tau).sub_(prob[None, :])
+        target_idx, pred_idx = linear_sum_assignment(cost.numpy())
+    else:
+        cost = torch.cdist(pred_xy, target_xy, compute_mode="donot_use_mm_for_euclid_dist")
+        cost.mul_(tau).sub_(prob[:, None])
+        pred_idx, target_idx = linear_sum_assignment(cost.numpy())
+    return pred_idx, target_idx
+
+
+def _assign(
+    pred_xy: Tensor, prob: Tensor, target_xy: Tensor, tau: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Solve one image; the dispatch point between solvers by problem size."""
+    # Blocks above _DENSE_MAX_ENTRIES are where an exact sparse solver pays off; the dense
+    # Hungarian stays the reference for every size.
+    return _assign_dense(pred_xy, prob, target_xy, tau)
+
+
+def _check_finite(x: np.ndarray, name: str) -> None:
+    if not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))[0]
+        raise ValueError(f"{name}: expected finite values, got a NaN or inf in image {bad}")
+
+
+@torch.no_grad()
+def match_points(
+    pred_points: Tensor,
+    pred_logits: Tensor,
+    target_points: PointTargets | Tensor,
+    target_mask: Tensor | None = None,
+    tau: float = 0.05,
+) -> Matching:
+    """The P2PNet matching: exact minimum-cost one-to-one matching of proposals to points.
+
+    The cost of proposal ``j`` for target ``i`` is ``tau * ||p_j - t_i|| - prob_j`` (the
+    Euclidean distance in the points' units, usually pixels), the cost of
+    :func:`detloss.costs.p2p_cost`. Each image's ``min(M, n_i)`` pairs minimise the summed
+    cost; the other proposals are background.
+
+    Args:
+        pred_points: ``Tensor[B, M, 2]`` proposal coordinates (x, y).
+        pred_logits: ``Tensor[B, M]`` (sigmoid head: ``prob = sigmoid(logit)``) or
+            ``Tensor[B, M, 2]`` (2-way softmax head, index 1 = person:
+            ``prob = softmax(logits)[..., 1]``).
+        target_points: a list of ``Tensor[n_i, 2]``, a list of ``{"points": [n_i, 2]}``
+            dicts, a padded ``{"points": [B, N, 2], "mask": bool[B, N]}`` dict, or a
+            ``Tensor[B, N, 2]`` (with ``target_mask``).
+        target_mask: ``bool[B, N]`` real target slots, only with a tensor ``target_points``
+            (default: all real). The mask need not be a prefix.
+        tau: weight of the distance, ``>= 0`` (P2PNet: 0.05).
+
+    Returns:
+        A :class:`Matching` on ``pred_points``' device whose target indices refer to the
+        padded slots (for list targets: the index inside each image's list).
+
+    Raises:
+        ValueError: bad shapes, a negative or non-finite ``tau``, or a NaN / inf in the
+            coordinates or logits (the message names the argument and image).
+
+    No gradient flows through a matching. Everything the solver needs (``B x M`` proposals,
+    ``B x N`` targets) goes to the host in one transfer; there each image builds its
+    float64 cost once, directly in the orientation scipy solves fastest, and images run
+    in a small thread pool (scipy releases the GIL). No ``[B, M, N]`` tensor is allocated
+    on the predictions' device.
+    """
+    check_point_inputs(pred_points, pred_logits)
+    tau = check_tau(tau)
+    b, m = pred_points.shape[:2]
+    device = pred_points.device
+    points, mask = point_targets(target_points, target_mask, b, device)
+    n = points.shape[1]
+    result = np.full((b, m), BACKGROUND, dtype=np.int64)
+    if b == 0 or m == 0 or n == 0:
+        return Matching(torch.from_numpy(result).to(device), mask)
+
+    # One device-to-host transfer for the whole batch, in the inputs' precision; the
+    # cost is then built in float64, so near-ties are decided as a float64 reference would.
+    dtype = compute_dtype(pred_points, pred_logits, points)
+    k = pred_logits.shape[2] if pred_logits.ndim == 3 else 1
+    packed = torch.cat(
+        (
+            pred_points.reshape(b, 2 * m).to(dtype),
+            pred_logits.reshape(b, k * m).to(dtype),
+            points.reshape(b, 2 * n).to(dtype),
+            mask.to(dtype),
+        ),
+        dim=1,
+    ).to(device="cpu", dtype=torch.float64)
+    pred_host, logits_host, tgt_host, mask_host = packed.split((2 * m, k * m, 2 * n, n), dim=1)
+    pred_host = pred_host.reshape(b, m, 2)
+    tgt_host = tgt_host.reshape(b, n, 2)
+    mask_np = mask_host.numpy() > 0.5
+    _check_finite(pred_host.numpy(), "pred_points")
+    _check_finite(logits_host.numpy(), "pred_logits")
+    _check_finite(np.where(mask_np[:, :, None], tgt_host.numpy(), 0.0), "target_points")
+    prob_host = (
+        logits_host.reshape(b, m, 2).softmax(dim=-1)[..., 1] if k == 2 else logits_host.sigmoid()
+    )
+
+    counts = mask_np.sum(axis=1)
+
+    def solve(i: int) -> None:
+        if counts[i] == 0:
+            return
+        target_ids = np.flatnonzero(mask_np[i])
+        full = counts[i] == n
+        targets_i = tgt_host[i] if full else tgt_host[i][torch.from_numpy(target_ids)]
+        pred_idx, target_idx = _assign(pred_host[i], prob_host[i], targets_i, tau)
+        result[i, pred_idx] = target_ids[target_idx]
+
+    entries = m * counts
+    if b > 1 and entries.sum() >= _POOL_MIN_ENTRIES and entries.max() <= _POOL_MAX_BLOCK:
+        list(_thread_pool().map(solve, range(b)))
+    else:
+        for i in range(b):
+            solve(i)
+    return Matching(torch.from_numpy(result).to(device), mask)
