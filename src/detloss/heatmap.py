@@ -1,0 +1,600 @@
+"""CenterNet targets: gaussian radius, gaussian kernels, heatmap drawing and batched targets.
+
+Coordinate rules: a heatmap is ``Tensor[H, W]`` or ``Tensor[C, H, W]``; a cell is addressed
+by integer ``(x, y)`` = (column, row), and its flat index inside one ``[H, W]`` plane is
+``y * W + x``. Boxes given to :func:`centernet_targets` are ``xyxy`` in input-image pixels;
+the output grid is the input divided by ``stride``, so an object whose centre is at pixel
+``(cx, cy)`` lands in cell ``(floor(cx / stride), floor(cy / stride))``.
+
+Every function is vectorised over objects (and over images for :func:`centernet_targets`):
+no Python loop visits an object. The only host synchronisations are the optional value
+checks (``validate=True``) and one small read of the radius histogram that sizes the
+drawing windows.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from ._checks import check_shape, check_tensor, compute_dtype, output_dtype, shape_str
+from .batching import as_padded
+
+__all__ = [
+    "centernet_targets",
+    "draw_gaussians",
+    "gaussian_kernel",
+    "gaussian_radius",
+]
+
+Targets = Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor]
+
+# Radii are grouped into power-of-two classes before drawing; 32 classes cover every radius
+# below 2**31, far beyond any heatmap.
+_RADIUS_CLASSES = 32
+
+
+# --------------------------------------------------------------------------------------
+# radius
+# --------------------------------------------------------------------------------------
+
+
+def _radius_cases(
+    h: Tensor | float, w: Tensor | float, o: float, legacy: bool, sqrt, clamp0
+) -> tuple[Tensor | float, Tensor | float, Tensor | float]:
+    """The three candidate radii for height ``h`` and width ``w`` (both >= 0).
+
+    Case 1: one corner shifted inside the box and the other outside by ``r``;
+    case 2: both corners shifted inwards; case 3: both shifted outwards. Each is a
+    quadratic ``a r^2 + b r + c = 0`` whose admissible root bounds ``r``.
+    """
+    s = h + w
+    p = h * w
+    if legacy:
+        # The CornerNet / CenterNet expressions: the larger root in cases 1 and 2 and a
+        # missing ``1 / a`` factor in every case.
+        r1 = (s + sqrt(clamp0(s * s - 4 * p * (1 - o) / (1 + o)))) / 2
+        r2 = (2 * s + sqrt(clamp0(4 * s * s - 16 * (1 - o) * p))) / 2
+        r3 = (-2 * o * s + sqrt(clamp0(4 * o * o * s * s + 16 * o * (1 - o) * p))) / 2
+        return r1, r2, r3
+    # The admissible root is the smaller one in cases 1 and 2 and the positive one in
+    # case 3. Written as 2c / (|b| + sqrt(disc)) it avoids the cancellation of
+    # (|b| - sqrt(disc)) for elongated boxes and needs no division by ``a``.
+    c1 = p * (1 - o) / (1 + o)  # r^2 - s r + c1 = 0
+    c2 = (1 - o) * p  # 4 r^2 - 2 s r + c2 = 0
+    c3 = (1 - o) * p  # 4 o r^2 + 2 o s r - c3 = 0
+    r1 = 2 * c1 / _positive(s + sqrt(clamp0(s * s - 4 * c1)))
+    r2 = 2 * c2 / _positive(2 * s + sqrt(clamp0(4 * s * s - 16 * c2)))
+    r3 = 2 * c3 / _positive(2 * o * s + sqrt(clamp0(4 * o * o * s * s + 16 * o * c3)))
+    return r1, r2, r3
+
+
+def _positive(x: Tensor | float) -> Tensor | float:
+    # The denominators vanish only for a box of zero height and width, whose numerators
+    # vanish too: clamping gives 0 / tiny = 0 instead of 0 / 0.
+    if isinstance(x, Tensor):
+        return x.clamp(min=torch.finfo(x.dtype).tiny)
+    return max(x, 1e-300)
+
+
+def gaussian_radius(
+    height: Tensor | float,
+    width: Tensor | float,
+    min_overlap: float = 0.3,
+    legacy: bool = False,
+) -> Tensor | float:
+    """Largest corner displacement ``r`` that keeps a box's IoU with the original box at
+    least ``min_overlap``.
+
+    A box of ``height x width`` is compared with boxes whose corners move by ``r`` in
+    three ways (one corner in and one out, both in, both out); each case gives a
+    quadratic in ``r`` and the radius is the smallest of the three bounds.
+
+    Args:
+        height, width: box sizes (on the output grid when used for CenterNet targets);
+            Python numbers or broadcastable tensors. Negative sizes count as zero.
+        min_overlap: the IoU to guarantee, in (0, 1].
+        legacy: False (default) uses the corrected roots. True reproduces the formula of
+            the original CornerNet / CenterNet code, which takes the wrong root of the
+            first two quadratics and drops the ``1 / (2a)`` factor: its radius is not the
+            one that guarantees ``min_overlap`` (at ``min_overlap = 0.3`` it is about
+            twice too large for square boxes). Use it only to reproduce published
+            results.
+
+    Returns:
+        A float for number inputs; otherwise a tensor of the broadcast shape, computed in
+        float32 (float64 when an input is float64) and returned in the floating input
+        dtype. The radius is real-valued: CenterNet truncates it to an integer.
+    """
+    if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)):
+        raise TypeError(f"min_overlap must be a float, got {type(min_overlap).__name__}")
+    if not 0 < min_overlap <= 1:
+        raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap}")
+    o = float(min_overlap)
+    tensors = [t for t in (height, width) if isinstance(t, Tensor)]
+    if not tensors:
+        for value, name in ((height, "height"), (width, "width")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+        h, w = max(float(height), 0.0), max(float(width), 0.0)
+        scale = max(h, w)
+        if scale == 0:
+            return 0.0
+        r = _radius_cases(h / scale, w / scale, o, legacy, math.sqrt, lambda v: max(v, 0.0))
+        return min(r) * scale
+    dtype = compute_dtype(*tensors)
+    out = output_dtype(*tensors)
+    device = tensors[0].device
+    # A Python number must not pass through the default dtype on its way in.
+    h = torch.as_tensor(height, dtype=dtype, device=device).clamp(min=0)
+    w = torch.as_tensor(width, dtype=dtype, device=device).clamp(min=0)
+    # The radius is homogeneous of degree 1 in (h, w): solving for the box scaled to a
+    # longest side of 1 keeps the squares in the discriminants from overflowing.
+    scale = torch.maximum(h, w)
+    safe = scale.clamp(min=torch.finfo(dtype).tiny)
+    r1, r2, r3 = _radius_cases(h / safe, w / safe, o, legacy, torch.sqrt, lambda v: v.clamp(min=0))
+    return (torch.minimum(torch.minimum(r1, r2), r3) * scale).to(out)
+
+
+# --------------------------------------------------------------------------------------
+# kernel
+# --------------------------------------------------------------------------------------
+
+
+def _as_int(value: object, name: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+
+
+def gaussian_kernel(
+    radius: int,
+    sigma: float | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The ``(2r + 1) x (2r + 1)`` CenterNet kernel ``exp(-(dx^2 + dy^2) / (2 sigma^2))``.
+
+    Args:
+        radius: integer ``r >= 0``; ``r = 0`` gives ``[[1]]``.
+        sigma: standard deviation in cells, > 0; default ``(2r + 1) / 6`` (a sixth of the
+            diameter, so the window spans three sigmas each side).
+        dtype: a floating dtype. Values are computed in float64 and rounded once to it.
+        device: where the kernel is created.
+
+    Returns:
+        ``Tensor[2r + 1, 2r + 1]`` with 1 at the centre; entries below ``eps x max``
+        (``eps = torch.finfo(dtype).eps``; the maximum is 1) are set to exactly 0.
+    """
+    r = _as_int(radius, "radius")
+    if r < 0:
+        raise ValueError(f"radius must be >= 0, got {r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    if sigma is None:
+        sigma = (2 * r + 1) / 6
+    elif isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise TypeError(f"sigma must be a float or None, got {type(sigma).__name__}")
+    elif not (sigma > 0 and math.isfinite(sigma)):
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
+    offsets = torch.arange(-r, r + 1, dtype=torch.float64, device=device)
+    d2 = offsets[:, None] * offsets[:, None] + offsets[None, :] * offsets[None, :]
+    values = torch.exp(-d2 / (2 * float(sigma) * float(sigma)))
+    values = values.masked_fill(values < torch.finfo(dtype).eps * values.max(), 0)
+    return values.to(dtype)
+
+
+# --------------------------------------------------------------------------------------
+# drawing
+# --------------------------------------------------------------------------------------
+
+
+def _draw_window(
+    flat: Tensor,
+    plane: Tensor,
+    cx: Tensor,
+    cy: Tensor,
+    radius: Tensor,
+    valid: Tensor,
+    window: int,
+    height: int,
+    width: int,
+) -> None:
+    """Max-scatter the default-sigma kernels of ``m`` objects whose radii are <= ``window``.
+
+    ``plane`` is the flat offset of each object's ``[H, W]`` plane inside ``flat``. Each
+    object gets a ``(2 * window + 1)^2`` block of candidate cells (cropped to the map size);
+    cells outside its own radius, outside the map, or of an invalid object carry ``-inf``
+    and a clamped in-range index, so they leave the map unchanged.
+    """
+    device = flat.device
+    wy = min(window, height - 1)
+    wx = min(window, width - 1)
+    dy = torch.arange(-wy, wy + 1, device=device)[:, None]  # [h, 1]
+    dx = torch.arange(-wx, wx + 1, device=device)[None, :]  # [1, w]
+    r = radius[:, None, None]
+    x = cx[:, None, None] + dx  # [m, 1, w]
+    y = cy[:, None, None] + dy  # [m, h, 1]
+    # Rows and columns are rejected separately; only their union is window-sized.
+    out_x = (dx.abs() > r) | (x < 0) | (x >= width)
+    out_y = (dy.abs() > r) | (y < 0) | (y >= height) | ~valid[:, None, None]
+    # Same float64 expression as gaussian_kernel, so drawing equals pasting its kernel.
+    sigma = (2 * r + 1).to(torch.float64) / 6
+    d2 = (dx * dx + dy * dy).to(torch.float64)
+    values = torch.exp_(-d2 / (2 * sigma * sigma))
+    values = values.masked_fill_(values < torch.finfo(flat.dtype).eps, 0).to(flat.dtype)
+    values = values.masked_fill_(out_y | out_x, -math.inf)
+    index = plane[:, None, None] + y.clamp(0, height - 1) * width + x.clamp(0, width - 1)
+    flat.scatter_reduce_(0, index.reshape(-1), values.reshape(-1), "amax", include_self=True)
+
+
+def _scatter_gaussians(
+    flat: Tensor,
+    plane: Tensor,
+    cx: Tensor,
+    cy: Tensor,
+    radius: Tensor,
+    valid: Tensor,
+    height: int,
+    width: int,
+) -> None:
+    """Draw ``n`` objects into ``flat`` in place, grouping radii into power-of-two classes.
+
+    One window size for all objects would cost ``n (2 r_max + 1)^2`` cells: a single large
+    object would make every small one pay for its window. Classes ``[2^(k-1), 2^k - 1]``
+    bound the waste to about 4x per object at the price of one host read of the histogram.
+    """
+    if radius.numel() == 0:
+        return
+    valid = valid & (radius >= 0)  # a negative radius draws nothing
+    r = torch.where(valid, radius, 0)
+    powers = torch.pow(2, torch.arange(_RADIUS_CLASSES - 1, device=r.device))
+    cls = (r[:, None] >= powers).sum(dim=1)  # 0 for r = 0, k for 2^(k-1) <= r < 2^k
+    counts = torch.bincount(cls, minlength=_RADIUS_CLASSES)
+    largest = torch.zeros(_RADIUS_CLASSES, dtype=r.dtype, device=r.device)
+    largest = largest.scatter_reduce(0, cls, r, "amax", include_self=True)
+    order = torch.argsort(cls, stable=True)
+    host_counts, host_largest = torch.stack((counts, largest)).tolist()
+    start = 0
+    for count, window in zip(host_counts, host_largest):
+        if count == 0:
+            continue
+        sel = order[start : start + count]
+        start += count
+        _draw_window(flat, plane[sel], cx[sel], cy[sel], r[sel], valid[sel], window, height, width)
+
+
+def _int_tensor(x: object, name: str) -> Tensor:
+    x = check_tensor(x, name)
+    # An empty tensor carries no values to misread; torch.tensor([]) is float by default.
+    if x.numel() and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+    return x.long()
+
+
+def draw_gaussians(
+    heatmap: Tensor,
+    centers: Tensor,
+    radii: Tensor | int,
+    labels: Tensor | None = None,
+    *,
+    validate: bool = True,
+) -> Tensor:
+    """Draw one gaussian per object into ``heatmap`` **in place**, by element-wise max.
+
+    Each object pastes :func:`gaussian_kernel` of its radius (default sigma) centred on its
+    cell, cropped at the borders, keeping the larger of the kernel and what is already
+    there. The result equals pasting the objects one after another in any order; all
+    objects are drawn at once by a max-scatter into the flattened map.
+
+    Args:
+        heatmap: ``Tensor[H, W]`` or ``Tensor[C, H, W]``, floating, modified in place
+            (float16/bfloat16 maps receive the float64 kernel rounded once).
+        centers: ``int[n, 2]`` cells as ``(x, y)``.
+        radii: ``int[n]`` (or one int for all), >= 0.
+        labels: ``int[n]`` channel of each object, in ``0..C-1``; required for a
+            ``[C, H, W]`` map and not allowed for ``[H, W]``.
+        validate: check that radii are >= 0, centres inside the map and labels in range
+            (one host synchronisation). With False nothing is checked: a negative radius
+            draws nothing and a centre outside the map draws only the part of its kernel
+            that falls inside.
+
+    Returns:
+        ``heatmap`` itself.
+    """
+    check_shape(heatmap, "heatmap", ndim=(2, 3), expected="[H, W] or [C, H, W]")
+    if not heatmap.is_floating_point():
+        raise TypeError(f"heatmap must be a floating tensor, got {heatmap.dtype}")
+    centers = _int_tensor(
+        check_shape(centers, "centers", ndim=2, last=2, expected="[n, 2]"), "centers"
+    )
+    n = centers.shape[0]
+    if isinstance(radii, Tensor):
+        radii = _int_tensor(radii, "radii")
+        if radii.ndim == 0:
+            radii = radii.expand(n)
+        elif radii.shape != (n,):
+            raise ValueError(
+                f"radii: expected shape [{n}] (one per centre), got {shape_str(radii.shape)}"
+            )
+    else:
+        radii = torch.full((n,), _as_int(radii, "radii"), dtype=torch.long)
+    height, width = heatmap.shape[-2:]
+    if heatmap.ndim == 3:
+        if labels is None:
+            raise ValueError("labels: required for a [C, H, W] heatmap, got None")
+        labels = _int_tensor(labels, "labels")
+        if labels.shape != (n,):
+            raise ValueError(
+                f"labels: expected shape [{n}] (one per centre), got {shape_str(labels.shape)}"
+            )
+    elif labels is not None:
+        raise ValueError(
+            f"labels: only allowed with a [C, H, W] heatmap, got heatmap shape {shape_str(heatmap.shape)}"
+        )
+    device = heatmap.device
+    centers, radii = centers.to(device), radii.to(device)
+    cx, cy = centers.unbind(-1)
+    channels = heatmap.shape[0] if heatmap.ndim == 3 else 1
+    if validate and n:
+        checks = [(radii < 0).any(), ((cx < 0) | (cx >= width) | (cy < 0) | (cy >= height)).any()]
+        if labels is not None:
+            labels = labels.to(device)
+            checks.append(((labels < 0) | (labels >= channels)).any())
+        bad = torch.stack(checks).tolist()
+        if bad[0]:
+            raise ValueError(f"radii: expected values >= 0, got minimum {int(radii.min())}")
+        if bad[1]:
+            i = int(((cx < 0) | (cx >= width) | (cy < 0) | (cy >= height)).nonzero()[0, 0])
+            raise ValueError(
+                f"centers: expected (x, y) inside the {height} x {width} map "
+                f"(0 <= x < {width}, 0 <= y < {height}), got {centers[i].tolist()} at index {i}"
+            )
+        if len(bad) > 2 and bad[2]:
+            raise ValueError(
+                f"labels: expected values in [0, {channels - 1}], "
+                f"got range [{int(labels.min())}, {int(labels.max())}]"
+            )
+    if labels is None:
+        plane = torch.zeros(n, dtype=torch.long, device=device)
+    else:
+        plane = labels.to(device).clamp(0, channels - 1) * (height * width)
+    if n == 0 or heatmap.numel() == 0:
+        return heatmap
+    work = heatmap if heatmap.is_contiguous() else heatmap.contiguous()
+    valid = torch.ones(n, dtype=torch.bool, device=device)
+    _scatter_gaussians(work.view(-1), plane, cx, cy, radii, valid, height, width)
+    if work is not heatmap:
+        heatmap.copy_(work)
+    return heatmap
+
+
+# --------------------------------------------------------------------------------------
+# batched targets
+# --------------------------------------------------------------------------------------
+
+
+def _positive_int(value: object, name: str) -> int:
+    v = _as_int(value, name)
+    if v <= 0:
+        raise ValueError(f"{name} must be a positive int, got {v}")
+    return v
+
+
+def _inputs(
+    boxes: Tensor | Targets, labels: Tensor | None, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    if not isinstance(boxes, Tensor):
+        if labels is not None or mask is not None:
+            raise ValueError(
+                "labels and mask: pass them only with a boxes tensor; a target list or dict "
+                "already carries them"
+            )
+        if not isinstance(boxes, (Mapping, Sequence)) or isinstance(boxes, str):
+            raise TypeError(
+                f"boxes must be a tensor, a list of per-image dicts or a padded dict, "
+                f"got {type(boxes).__name__}"
+            )
+        padded = as_padded(boxes, ("boxes", "labels"))
+        boxes, labels, mask = padded["boxes"], padded["labels"], padded["mask"]
+    check_shape(boxes, "boxes", ndim=3, last=4, expected="[B, n, 4]")
+    if labels is None:
+        raise ValueError("labels: required with a boxes tensor, got None")
+    labels = _int_tensor(labels, "labels")
+    if labels.shape != boxes.shape[:2]:
+        raise ValueError(
+            f"labels: expected shape {shape_str(boxes.shape[:2])} (the boxes'), got {shape_str(labels.shape)}"
+        )
+    if mask is None:
+        mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
+    else:
+        mask = check_tensor(mask, "mask")
+        if mask.shape != boxes.shape[:2]:
+            raise ValueError(
+                f"mask: expected shape {shape_str(boxes.shape[:2])} (the boxes'), got {shape_str(mask.shape)}"
+            )
+        mask = mask.to(device=boxes.device, dtype=torch.bool)
+    return boxes, labels.to(boxes.device), mask
+
+
+def centernet_targets(
+    boxes: Tensor | Targets,
+    labels: Tensor | None = None,
+    mask: Tensor | None = None,
+    *,
+    num_classes: int,
+    output_size: tuple[int, int],
+    stride: float = 4,
+    min_overlap: float = 0.3,
+    legacy_radius: bool = False,
+    validate: bool = True,
+) -> dict[str, Tensor]:
+    """CenterNet training targets for a batch, in a dense and an index form.
+
+    For every real object: centre ``c = ((x1 + x2) / 2, (y1 + y2) / 2) / stride`` on the
+    output grid, cell ``floor(c)``, size ``(w, h) = (x2 - x1, y2 - y1) / stride`` (negative
+    extents count as 0), radius ``max(0, floor(gaussian_radius(h, w, min_overlap)))``. The
+    heatmap of the object's class gets its gaussian (:func:`draw_gaussians`); the size and
+    sub-cell offset ``c - floor(c)`` are regressed at its cell.
+
+    Collision rule: when several objects (of any classes) fall into the same cell, all of
+    them draw their gaussians, but only the **last** one (highest index along ``n``) owns
+    the cell's size and offset, as when objects are written one after another. The dense
+    maps hold the owner's values and ``index_mask`` is True only for owners, so both forms
+    describe the same regression targets and ``weight.sum() == index_mask.sum()``.
+
+    Args:
+        boxes: ``Tensor[B, n, 4]`` xyxy in input pixels; or a list of per-image dicts
+            ``{"boxes": [n_i, 4], "labels": [n_i]}`` or a padded dict with ``mask`` (then
+            ``labels`` and ``mask`` are not passed).
+        labels: ``int[B, n]`` in ``0..num_classes-1``.
+        mask: ``bool[B, n]``, True = real object (default: all real); need not be a prefix.
+        num_classes: ``C``.
+        output_size: ``(H, W)`` of the output grid.
+        stride: input pixels per output cell (> 0).
+        min_overlap: passed to :func:`gaussian_radius`.
+        legacy_radius: reproduce the original CenterNet radius: box sizes rounded up to
+            whole cells and the legacy formula (CenterNet used ``min_overlap=0.7``).
+        validate: check (one host synchronisation) that real boxes are finite, labels in
+            range and centres inside the output grid, raising ValueError otherwise. With
+            False, objects whose centre cell is outside the grid are silently dropped.
+
+    Returns:
+        A dict, all on the boxes' device, floats in float32 (float64 for float64 boxes):
+
+        - ``heatmap``: ``[B, C, H, W]`` gaussian peaks (exactly 1 at each object's cell).
+        - ``size``: ``[B, 2, H, W]`` owner's ``(w, h)`` in output cells, 0 elsewhere.
+        - ``offset``: ``[B, 2, H, W]`` owner's ``(dx, dy)`` in ``[0, 1)``, 0 elsewhere.
+        - ``weight``: ``[B, 1, H, W]`` 1 at owned cells, 0 elsewhere.
+        - ``index``: ``int64[B, n]`` flat cell ``y * W + x`` (0 for padding and dropped
+          objects).
+        - ``index_mask``: ``bool[B, n]`` True for real, in-grid objects that own their cell.
+        - ``size_target``: ``[B, n, 2]`` and ``offset_target``: ``[B, n, 2]`` per object,
+          filled for every real in-grid object (owner or not; 0 for padding and dropped
+          objects): read them through ``index_mask``.
+    """
+    boxes, labels, mask = _inputs(boxes, labels, mask)
+    num_classes = _positive_int(num_classes, "num_classes")
+    if not isinstance(output_size, Sequence) or len(output_size) != 2:
+        raise ValueError(f"output_size: expected (H, W), got {output_size!r}")
+    height = _positive_int(output_size[0], "output_size[0]")
+    width = _positive_int(output_size[1], "output_size[1]")
+    if isinstance(stride, bool) or not isinstance(stride, (int, float)):
+        raise TypeError(f"stride must be a number, got {type(stride).__name__}")
+    if not (stride > 0 and math.isfinite(stride)):
+        raise ValueError(f"stride must be a finite number > 0, got {stride}")
+
+    device = boxes.device
+    dtype = compute_dtype(boxes)
+    batch, n = boxes.shape[:2]
+    b = boxes.detach().to(dtype)  # targets are constants for the loss
+    center = torch.stack(((b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2), -1) / stride
+    size = torch.stack((b[..., 2] - b[..., 0], b[..., 3] - b[..., 1]), -1).clamp(min=0) / stride
+    # Non-finite padding would poison floor().long(); real boxes are checked below.
+    center = torch.where(mask[..., None], center, 0)
+    size = torch.where(mask[..., None], size, 0)
+    cell_f = center.floor()
+    in_grid = (
+        (cell_f[..., 0] >= 0)
+        & (cell_f[..., 0] < width)
+        & (cell_f[..., 1] >= 0)
+        & (cell_f[..., 1] < height)
+    )
+    if validate and batch * n:
+        finite = torch.isfinite(b).all(-1) | ~mask
+        good_label = ((labels >= 0) & (labels < num_classes)) | ~mask
+        bad = torch.stack(((~finite).any(), (~good_label).any(), (~in_grid & mask).any())).tolist()
+        if bad[0]:
+            i, j = (~finite).nonzero()[0].tolist()
+            raise ValueError(
+                f"boxes: expected finite coordinates, got {b[i, j].tolist()} at [{i}, {j}]"
+            )
+        if bad[1]:
+            i, j = (~good_label).nonzero()[0].tolist()
+            raise ValueError(
+                f"labels: expected values in [0, {num_classes - 1}], got {int(labels[i, j])} at [{i}, {j}]"
+            )
+        if bad[2]:
+            i, j = (~in_grid & mask).nonzero()[0].tolist()
+            raise ValueError(
+                f"boxes: expected centres inside the {height} x {width} output grid "
+                f"(input {height * stride:g} x {width * stride:g} px at stride {stride:g}), "
+                f"got box {b[i, j].tolist()} at [{i}, {j}] with centre cell "
+                f"{cell_f[i, j].long().tolist()}; filter such boxes or pass validate=False "
+                f"to drop them"
+            )
+    valid = mask & in_grid
+    cell = torch.where(valid[..., None], cell_f, 0).long()
+    offset = center - cell_f
+    index = cell[..., 1] * width + cell[..., 0]
+
+    if legacy_radius:
+        radius_f = gaussian_radius(
+            size[..., 1].ceil(), size[..., 0].ceil(), min_overlap, legacy=True
+        )
+    else:
+        radius_f = gaussian_radius(size[..., 1], size[..., 0], min_overlap)
+    # The upper clamp only keeps absurd (but finite) sizes from overflowing int64; such a
+    # radius still covers the whole grid.
+    radius = radius_f.floor().clamp(0, 2**40).long()  # type: ignore[union-attr]
+
+    hw = height * width
+    size = torch.where(valid[..., None], size, 0)
+    offset = torch.where(valid[..., None], offset, 0)
+    index = torch.where(valid, index, 0)
+
+    # The last object in a cell owns it. Sorting the cell keys (stable, so objects of one
+    # cell stay in index order) puts each cell's owner at the end of its run; dropped and
+    # padded objects get unique negative keys and so own only themselves.
+    flat_pos = torch.arange(batch * n, device=device)
+    key = torch.arange(batch, device=device)[:, None] * hw + index
+    key = torch.where(valid, key, -1 - flat_pos.view(batch, n)).reshape(-1)
+    sorted_key, order = torch.sort(key, stable=True)
+    owner = order[torch.searchsorted(sorted_key, key, right=True) - 1]
+    index_mask = (valid.reshape(-1) & (owner == flat_pos)).view(batch, n)
+
+    # Dense maps: every object writes its cell owner's values, so duplicates agree and the
+    # result does not depend on the scatter order. Padding writes zeros to cell 0, which
+    # the max leaves alone because every target is >= 0.
+    fill = valid[..., None].to(dtype)
+    owner_size = size.reshape(-1, 2)[owner].view(batch, n, 2) * fill
+    owner_offset = offset.reshape(-1, 2)[owner].view(batch, n, 2) * fill
+    where2 = index[:, None, :].expand(batch, 2, n)
+    size_dense = torch.zeros(batch, 2, hw, dtype=dtype, device=device)
+    size_dense.scatter_reduce_(2, where2, owner_size.transpose(1, 2), "amax")
+    offset_dense = torch.zeros(batch, 2, hw, dtype=dtype, device=device)
+    offset_dense.scatter_reduce_(2, where2, owner_offset.transpose(1, 2), "amax")
+    weight = torch.zeros(batch, 1, hw, dtype=dtype, device=device)
+    weight.scatter_reduce_(2, index[:, None, :], fill.transpose(1, 2), "amax")
+
+    heatmap = torch.zeros(batch * num_classes * hw, dtype=dtype, device=device)
+    channel = labels.clamp(0, num_classes - 1)
+    plane = (torch.arange(batch, device=device)[:, None] * num_classes + channel) * hw
+    _scatter_gaussians(
+        heatmap,
+        plane.reshape(-1),
+        cell[..., 0].reshape(-1),
+        cell[..., 1].reshape(-1),
+        radius.reshape(-1),
+        valid.reshape(-1),
+        height,
+        width,
+    )
+    return {
+        "heatmap": heatmap.view(batch, num_classes, height, width),
+        "size": size_dense.view(batch, 2, height, width),
+        "offset": offset_dense.view(batch, 2, height, width),
+        "weight": weight.view(batch, 1, height, width),
+        "index": index,
+        "index_mask": index_mask,
+        "size_target": size,
+        "offset_target": offset,
+    }
