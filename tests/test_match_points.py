@@ -276,3 +276,26 @@ def test_cuda_matches_cpu():
     gpu = match_points(pred.cuda(), logits.cuda(), [t.cuda() for t in targets])
     assert gpu.pred_to_target.device.type == "cuda"
     assert torch.equal(gpu.pred_to_target.cpu(), cpu.pred_to_target)
+
+
+def test_large_images_take_the_certified_sparse_path_and_stay_optimal():
+    from scipy.optimize import linear_sum_assignment
+
+    from detloss.costs import p2p_cost
+    from detloss.match.crowd import DENSE_BELOW
+
+    g = torch.Generator().manual_seed(11)
+    m, n = 6000, 200
+    assert m * n >= DENSE_BELOW
+    pts = torch.rand(2, m, 2, generator=g, dtype=torch.float64) * 400
+    logits = torch.randn(2, m, generator=g, dtype=torch.float64)
+    targets = [torch.rand(n, 2, generator=g, dtype=torch.float64) * 400, torch.zeros(0, 2)]
+    matching = match_points(pts, logits, targets)
+    cost = p2p_cost(pts[:1], logits[:1], targets[0][None])[0].numpy()
+    rows, cols = linear_sum_assignment(cost)
+    p2t = matching.pred_to_target[0]
+    idx = (p2t >= 0).nonzero().flatten()
+    assert len(idx) == n and len(set(p2t[idx].tolist())) == n
+    got = cost[idx.numpy(), p2t[idx].numpy()].sum()
+    assert got == pytest.approx(cost[rows, cols].sum(), rel=1e-9)
+    assert (matching.pred_to_target[1] == -1).all()

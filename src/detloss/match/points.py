@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .._checks import check_shape, check_tensor, compute_dtype, shape_str
 from ..batching import as_padded
+from .crowd import DENSE_BELOW, crowd_assignment
 from .hungarian import _thread_pool
 from .matching import BACKGROUND, Matching
 
@@ -28,10 +29,6 @@ _POOL_MIN_ENTRIES = 50_000
 # Above this many entries per image (256 MB of float64) images are solved one at a time,
 # so that at most one dense cost matrix is alive on the host.
 _POOL_MAX_BLOCK = 1 << 25
-# Size-based dispatch: an image whose cost has more entries than this is a dense crowd
-# (thousands of heads times tens of thousands of proposals), the case a sparse exact
-# solver is meant for. Until one is wired in, every image takes the dense path.
-_DENSE_MAX_ENTRIES = 1 << 26
 
 
 def _check_real(x: Tensor, name: str) -> None:
@@ -142,10 +139,13 @@ def _assign_dense(
 def _assign(
     pred_xy: Tensor, prob: Tensor, target_xy: Tensor, tau: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Solve one image; the dispatch point between solvers by problem size."""
-    # Blocks above _DENSE_MAX_ENTRIES are where an exact sparse solver pays off; the dense
-    # Hungarian stays the reference for every size.
-    return _assign_dense(pred_xy, prob, target_xy, tau)
+    """Solve one image: densely when small, by the certified sparse solver of
+    :mod:`detloss.match.crowd` when the dense cost would have ``DENSE_BELOW`` entries or
+    more (dense crowds: thousands of heads by tens of thousands of proposals)."""
+    if pred_xy.shape[0] * target_xy.shape[0] < DENSE_BELOW:
+        return _assign_dense(pred_xy, prob, target_xy, tau)
+    pred_idx, target_idx = crowd_assignment(pred_xy, prob, target_xy, tau)
+    return pred_idx.numpy(), target_idx.numpy()
 
 
 def _check_finite(x: np.ndarray, name: str) -> None:
