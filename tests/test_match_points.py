@@ -279,9 +279,6 @@ def test_cuda_matches_cpu():
 
 
 def test_large_images_take_the_certified_sparse_path_and_stay_optimal():
-    from scipy.optimize import linear_sum_assignment
-
-    from detloss.costs import p2p_cost
     from detloss.match.crowd import DENSE_BELOW
 
     g = torch.Generator().manual_seed(11)
