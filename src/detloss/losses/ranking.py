@@ -1,0 +1,707 @@
+"""Ranking losses with error-driven updates: AP-Loss (Chen et al., CVPR 2019 / TPAMI 2020),
+aLRP Loss (Oksuz et al., NeurIPS 2020) and Rank & Sort Loss (Oksuz et al., ICCV 2021),
+exact and without a loop over positives.
+
+Each ranks the scored elements of the whole mini-batch (every anchor x class of every
+image) with the soft step ``H(t) = clamp(t / (2 delta) + 1/2, 0, 1)``. The backward pass is
+not the derivative of the returned value but the paper's *error-driven update* (a
+perceptron-style step), hence the :class:`torch.autograd.Function` classes.
+
+The published algorithms loop over the P positives and, for each, scan all P + N
+elements: O(P (P + N)) time and P kernel launches. Because ``H`` is piecewise linear,
+every per-positive sum is a count plus a sum of logits over a contiguous range of sorted
+logits, so here all of them come from prefix sums and binary searches, and the negatives'
+updates from the same ranges read the other way round: O((P + N) log(P + N)) time and
+O(P + N) memory for the same numbers as the loops (see ``docs/ap_loss.md``). Rank & Sort
+also compares every pair of positives by their targets; that part is a dense, chunked
+O(P^2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .._checks import check_tensor, compute_dtype, output_dtype, shape_str
+from ..distributed import is_distributed
+
+__all__ = [
+    "ALRPLoss",
+    "APLoss",
+    "RankSortLoss",
+    "alrp_loss",
+    "ap_loss",
+    "rank_sort_loss",
+]
+
+# Thresholds of the published aLRP and Rank & Sort code below which a positive's error is
+# not distributed (its false-positive count, or its count of mis-sorted positives).
+_ALRP_EPS = 1e-5
+_RS_EPS = 1e-10
+
+
+# ------------------------------------------------------------------------- machinery
+
+
+def _accumulation_dtype(device: torch.device) -> torch.dtype:
+    # Prefix sums over 1e5+ logits lose digits to cancellation in float32; MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _argsort(values: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sorted values, order)`` ascending; ties in any order (tied elements get
+    identical results, so their order cannot change any number)."""
+    if values.device.type == "cpu":
+        # NumPy's vectorised quicksort is 5-10x faster than torch.sort on CPU.
+        order = torch.from_numpy(np.argsort(values.numpy()))
+    else:
+        order = torch.argsort(values)
+    # index_select, not values[order]: advanced indexing is far slower on CPU threads.
+    return values.index_select(0, order), order
+
+
+def _sorted_subset(x: Tensor, mask: Tensor, compact: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The elements of ``x`` where ``mask``, sorted ascending.
+
+    Returns ``(values, their indices into x, valid)``. ``compact`` drops the other
+    elements (a device sync on a GPU) and ``valid`` is None; otherwise they are kept as
+    ``+inf`` at the end, ``valid`` marks the real ones, and every array keeps the static
+    length ``x.numel()``.
+    """
+    if compact:
+        if mask.device.type == "cpu":
+            index = torch.from_numpy(np.flatnonzero(mask.numpy()))
+        else:
+            index = mask.nonzero().squeeze(1)
+        values, order = _argsort(x.index_select(0, index))
+        return values, index.index_select(0, order), None
+    values, order = _argsort(torch.where(mask, x, torch.inf))
+    return values, order, mask.index_select(0, order)
+
+
+def _prefix(values: Tensor) -> Tensor:
+    """``[0, v0, v0 + v1, ...]``: sums over index ranges ``[lo, hi)`` are differences."""
+    out = values.new_zeros(values.numel() + 1)
+    torch.cumsum(values, 0, out=out[1:])
+    return out
+
+
+def _masked(values: Tensor, valid: Tensor | None) -> Tensor:
+    return values if valid is None else torch.where(valid, values, 0)
+
+
+def _soft_sum(
+    weight: Tensor, weighted: Tensor, lo: Tensor, hi: Tensor, query: Tensor, delta: float
+) -> Tensor:
+    """``sum_k w_k H(z_k - q)`` over a sorted ``z``, from the prefix sums ``weight`` of
+    ``w`` and ``weighted`` of ``w z``: elements in ``[lo, hi)`` lie in the linear zone
+    ``(q - delta, q + delta)`` and count ``(z - q + delta) / (2 delta)``, those from
+    ``hi`` on count 1, those before ``lo`` 0."""
+    weight_hi = weight.index_select(0, hi)
+    weighted_range = weighted.index_select(0, hi) - weighted.index_select(0, lo)
+    linear = weighted_range - (query - delta) * (weight_hi - weight.index_select(0, lo))
+    return (weight[-1] - weight_hi) + linear / (2 * delta)
+
+
+class _Ranking:
+    """The positives and participating negatives of one flat problem, sorted ascending,
+    and the searches that place every positive's linear zone ``(x_i - delta, x_i +
+    delta)`` among them. Arrays over positives are in ascending order of score; with
+    ``compact=False`` they (and those over negatives) keep the length ``n`` with padding
+    at the end, zeroed by :meth:`mask`."""
+
+    def __init__(self, x: Tensor, pos: Tensor, neg: Tensor, delta: float, compact: bool):
+        self.n, self.delta, self.dtype, self.compact = x.numel(), delta, x.dtype, compact
+        acc = _accumulation_dtype(x.device)
+        xs, self.index_p, self.valid_p = _sorted_subset(x, pos, compact)
+        # Negatives below min(positive) - delta have H = 0 against every positive; the
+        # published code skips them. Without a positive the minimum is +inf: none takes
+        # part. (Padded arrays are never empty.)
+        lowest = xs[:1] if xs.numel() else x.new_full((1,), torch.inf)
+        neg = neg & (x >= lowest - delta)
+        ys, self.index_n, self.valid_n = _sorted_subset(x, neg, compact)
+        # Searches and sums in the accumulation dtype; padding stays +inf for the searches
+        # and is zeroed for the arithmetic.
+        self.xs, ys = xs.to(acc), ys.to(acc)
+        self.x = _masked(self.xs, self.valid_p)
+        self.y = _masked(ys, self.valid_n)
+        lower, upper = self.xs - delta, self.xs + delta
+        self.lo_p = torch.searchsorted(self.xs, lower, right=True)
+        self.hi_p = torch.searchsorted(self.xs, upper)
+        self.lo_n = torch.searchsorted(ys, lower, right=True)
+        self.hi_n = torch.searchsorted(ys, upper)
+        self.ones_p = _masked(torch.ones_like(self.x), self.valid_p)
+        self.num_pos = self.ones_p.sum()
+        self.norm = self.num_pos.clamp(min=1)
+
+    def mask(self, values: Tensor) -> Tensor:
+        """Zero the padding of an array over the sorted positives."""
+        return _masked(values, self.valid_p)
+
+    def positives_above(self, weight: Tensor | None = None) -> Tensor:
+        """``sum_k w_k H(x_k - x_i)`` for every positive i, itself included with
+        ``H(0) = 1/2`` (``w`` over the sorted positives, default 1)."""
+        w = self.ones_p if weight is None else self.mask(weight)
+        return _soft_sum(_prefix(w), _prefix(w * self.x), self.lo_p, self.hi_p, self.x, self.delta)
+
+    def negatives_above(self) -> Tensor:
+        """``sum_j H(y_j - x_i)`` for every positive i: its soft count of false positives."""
+        sums = _prefix(self.y)
+        if self.valid_n is None:
+            # The count prefix of a compact array is the index itself: no length-N arange.
+            lo, hi = self.lo_n.to(self.y.dtype), self.hi_n.to(self.y.dtype)
+            sums_range = sums.index_select(0, self.hi_n) - sums.index_select(0, self.lo_n)
+            linear = sums_range - (self.x - self.delta) * (hi - lo)
+            return (self.y.numel() - hi) + linear / (2 * self.delta)
+        counts = _prefix(self.valid_n.to(self.y.dtype))
+        return _soft_sum(counts, sums, self.lo_n, self.hi_n, self.x, self.delta)
+
+    def spread(self, weight: Tensor) -> Tensor:
+        """``sum_i w_i H(y_j - x_i)`` for every sorted negative j.
+
+        Positive i is in j's linear zone iff ``lo_n[i] <= j < hi_n[i]`` and counts fully
+        iff ``hi_n[i] <= j``. Both are non-decreasing in i, so those positives form
+        prefixes of the sorted positives, of lengths ``n_full[j] <= n_seen[j]``
+        (cumulative counts of ``hi_n`` and ``lo_n``). With prefix sums W of ``w`` and V
+        of ``w x / (2 delta)`` and ``u = (y_j + delta) / (2 delta)``, the sum is
+        ``W[n_full] + u (W[n_seen] - W[n_full]) - (V[n_seen] - V[n_full])``.
+        """
+        m = self.y.numel()
+        weight = self.mask(weight)
+        n_full = torch.bincount(self.hi_n, minlength=m + 1)[:m].cumsum(0)
+        n_seen = torch.bincount(self.lo_n, minlength=m + 1)[:m].cumsum(0)
+        w = _prefix(weight)
+        v = _prefix(weight * self.x / (2 * self.delta))
+        u = (self.y + self.delta) / (2 * self.delta)
+        out = torch.lerp(w.index_select(0, n_full), w.index_select(0, n_seen), u)
+        out -= v.index_select(0, n_seen)
+        out += v.index_select(0, n_full)
+        return _masked(out, self.valid_n)
+
+    def scatter(self, pos_update: Tensor, neg_update: Tensor | None = None) -> Tensor:
+        """Updates over the sorted positives (and negatives) back in element order."""
+        update = torch.zeros(self.n, dtype=self.dtype, device=self.xs.device)
+        pos_update = self.mask(pos_update).to(self.dtype)
+        if self.compact:
+            update.index_copy_(0, self.index_p, pos_update)
+            if neg_update is not None:
+                update.index_copy_(0, self.index_n, neg_update.to(self.dtype))
+            return update
+        # Both index arrays are permutations of all n elements, padding carrying zeros.
+        update.scatter_(0, self.index_p, pos_update)
+        if neg_update is not None:
+            update += torch.zeros_like(update).scatter_(0, self.index_n, neg_update.to(self.dtype))
+        return update
+
+
+def _default_compact(x: Tensor, compact: bool | None) -> bool:
+    # Compacting costs a device sync on a GPU; on CPU it is cheap and shortens the searches.
+    return x.device.type == "cpu" if compact is None else compact
+
+
+# ------------------------------------------------------------------------- AP-Loss
+
+
+def _ap_loss_and_grad(
+    x: Tensor, labels: Tensor, delta: float, compact: bool | None = None
+) -> tuple[Tensor, Tensor]:
+    """AP-loss of flat logits and its error-driven update.
+
+    Args:
+        x: ``Tensor[n]`` logits, float32 or float64.
+        labels: ``Tensor[n]``; 1 positive, 0 negative, anything else ignored.
+        delta: half-width of the linear zone of the soft step.
+        compact: drop non-participating elements before sorting (default on CPU);
+            False keeps static shapes (no device sync, the default elsewhere).
+
+    Returns:
+        ``(loss Tensor[], update Tensor[n])`` in ``x``'s dtype.
+    """
+    if x.numel() == 0:
+        return x.new_zeros(()), x.new_zeros(0)
+    pos = labels == 1
+    r = _Ranking(x, pos, labels == 0, delta, _default_compact(x, compact))
+    # Positive i ranks itself 1: H(0) = 1/2 from the sum plus the reference's constant 1/2.
+    a = r.positives_above() + 0.5
+    b = r.negatives_above()
+    precision = r.mask(a / (a + b))
+    # Positives ascending = recall descending: the running maximum is the interpolated
+    # precision (the reference's max_prec; padding sits at the end and cannot leak in).
+    interpolated = precision.cummax(0).values
+    # Where a positive's precision is below the interpolated one, the reference rescales
+    # its negatives' updates by (1 - interpolated) / (1 - precision).
+    kept = precision >= interpolated
+    scale = torch.where(kept, 1, (1 - interpolated) / torch.where(kept, 1, 1 - precision))
+    neg_update = r.spread(scale / ((a + b) * r.norm))
+    shortfall = r.mask(1 - interpolated)
+    loss = (shortfall.sum() / r.norm).to(x.dtype)
+    return loss, r.scatter(-shortfall / r.norm, neg_update)
+
+
+def _gather(x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, int, int]:
+    """All ranks' flat logits and labels, each rank's part padded to the largest with
+    ignored elements. Returns ``(logits, labels, start of this rank's part, world)``."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    size = torch.tensor([x.numel()], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    largest = int(torch.cat(sizes).max())  # one host read, to size the exchange
+    packed = torch.stack([x.new_zeros(largest), x.new_full((largest,), -1.0)])
+    packed[0, : x.numel()] = x
+    packed[1, : x.numel()] = labels.to(x.dtype)
+    parts = [torch.empty_like(packed) for _ in range(world)]
+    dist.all_gather(parts, packed)
+    gathered = torch.stack(parts, 1)  # [2, W, largest]
+    return gathered[0].reshape(-1), gathered[1].reshape(-1), rank * largest, world
+
+
+class _APLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, logits: Tensor, labels: Tensor, delta: float, distributed: bool
+    ) -> Tensor:
+        x = logits.detach().reshape(-1).to(compute_dtype(logits))
+        flat_labels = labels.detach().reshape(-1)
+        if distributed and is_distributed():
+            all_x, all_labels, start, world = _gather(x, flat_labels)
+            loss, update = _ap_loss_and_grad(all_x, all_labels, delta)
+            # DDP averages parameter gradients over ranks: each rank returns W times its
+            # part of the single-process update, so the average is the single-process one.
+            update = update[start : start + x.numel()] * world
+        else:
+            loss, update = _ap_loss_and_grad(x, flat_labels, delta)
+        ctx.save_for_backward(update.view(logits.shape))
+        ctx.grad_dtype = logits.dtype
+        return loss.to(output_dtype(logits))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (update,) = ctx.saved_tensors
+        grad = (update * grad_output.to(update.dtype)).to(ctx.grad_dtype)
+        return grad, None, None, None
+
+
+# ------------------------------------------------------------------------- validation
+
+
+def _check_delta(delta: object) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)):
+        raise TypeError(f"delta must be a float, got {type(delta).__name__}")
+    if not 0 < delta < float("inf"):
+        raise ValueError(f"delta must be a finite number > 0, got {delta}")
+    return float(delta)
+
+
+def _check_pair(logits: object, labels: object, name: str) -> None:
+    check_tensor(logits, "logits")
+    check_tensor(labels, name)
+    if logits.shape != labels.shape:  # type: ignore[union-attr]
+        raise ValueError(
+            f"{name}: expected shape {shape_str(logits.shape)} (the logits'), "  # type: ignore[union-attr]
+            f"got {shape_str(labels.shape)}"  # type: ignore[union-attr]
+        )
+    if labels.device != logits.device:  # type: ignore[union-attr]
+        raise ValueError(
+            f"{name}: expected device {logits.device} (the logits'), got {labels.device}"  # type: ignore[union-attr]
+        )
+    if logits.is_complex() or labels.is_complex():  # type: ignore[union-attr]
+        raise TypeError(f"logits and {name} must be real tensors, got a complex dtype")
+
+
+def _should_validate(x: Tensor, validate: bool | None) -> bool:
+    return x.device.type == "cpu" if validate is None else validate
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
+
+
+def _check_labels(labels: Tensor) -> None:
+    allowed = (labels == 1) | (labels == 0) | (labels == -1)
+    if not bool(allowed.all()):
+        bad = labels[~allowed].reshape(-1)[0].item()
+        raise ValueError(f"labels: expected values in {{-1, 0, 1}}, got {bad}")
+
+
+def _validate(logits: Tensor, labels: Tensor, delta: float, validate: bool | None) -> None:
+    _check_pair(logits, labels, "labels")
+    _check_delta(delta)
+    if _should_validate(logits, validate):
+        _check_labels(labels)
+        _check_finite(logits, "logits")
+
+
+# ------------------------------------------------------------------------- public: AP
+
+
+def ap_loss(
+    logits: Tensor,
+    labels: Tensor,
+    delta: float = 1.0,
+    distributed: bool = True,
+    *,
+    validate: bool | None = None,
+) -> Tensor:
+    """AP-Loss: ``1 - interpolated AP`` of one ranking of every element, with the paper's
+    error-driven update as its gradient.
+
+    Args:
+        logits: scores of any shape, e.g. ``Tensor[B, A, C]`` (anchors x classes). The
+            ranking is over all elements of the mini-batch together, not per image or
+            class.
+        labels: same shape; 1 positive, 0 negative, -1 ignored (integer, bool or float).
+        delta: half-width of the linear zone of the soft step
+            ``H(t) = clamp(t / (2 delta) + 1/2, 0, 1)``; ``delta -> 0`` is the hard step and
+            ``1 - loss`` the all-point interpolated (VOC) AP.
+        distributed: when True and a process group with more than one rank is
+            initialised, logits and labels are gathered from every rank (sizes may
+            differ) and ranked together; every rank returns the global loss, and the
+            gradient of its own part times the world size, so that DDP's gradient
+            averaging reproduces single-process training.
+        validate: check that labels are in {-1, 0, 1} and logits are finite (a device
+            sync); default True on CPU, False elsewhere. Unvalidated labels other than 0
+            and 1 are ignored.
+
+    Returns:
+        ``Tensor[]`` in ``[0, 1)``, in the logits' dtype (float32 for integers). Without
+        a positive it is 0 and the gradient is 0.
+
+    Backward returns the error-driven update times the incoming gradient, not the
+    derivative of the returned value: for positive i,
+    ``-(1 - interpolated precision_i) / P``; for each negative, its share of every
+    positive's ranking error (see ``docs/ap_loss.md``). The updates sum to zero and the
+    loss equals minus the sum of the positives' updates. Negatives below
+    ``min(positive) - delta`` get 0 (they cannot affect any rank), ignored elements 0.
+    Float16 and bfloat16 are computed in float32; sums run in float64.
+    """
+    _validate(logits, labels, delta, validate)
+    return _APLossFunction.apply(logits, labels, float(delta), distributed)
+
+
+class APLoss(nn.Module):
+    """Module form of :func:`ap_loss`: stores ``delta`` and ``distributed``."""
+
+    def __init__(self, delta: float = 1.0, distributed: bool = True) -> None:
+        super().__init__()
+        self.delta = _check_delta(delta)
+        self.distributed = distributed
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return ap_loss(logits, labels, self.delta, self.distributed)
+
+    def extra_repr(self) -> str:
+        return f"delta={self.delta}, distributed={self.distributed}"
+
+
+# ------------------------------------------------------------------------- aLRP
+
+
+def _alrp_loss_and_grads(
+    x: Tensor, labels: Tensor, reg: Tensor, delta: float, compact: bool | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """aLRP classification and localisation components of flat logits.
+
+    Args:
+        x: ``Tensor[n]`` logits (float32 or float64); labels as for AP-Loss.
+        reg: ``Tensor[P]`` localisation losses of the positives in element order.
+
+    Returns:
+        ``(classification, localisation, update Tensor[n], d localisation / d reg)``.
+    """
+    if x.numel() == 0:
+        return x.new_zeros(()), reg.new_zeros(()), x.new_zeros(0), torch.zeros_like(reg)
+    pos = labels == 1
+    r = _Ranking(x, pos, labels == 0, delta, _default_compact(x, compact))
+    acc = r.x.dtype
+    # Which entry of reg belongs to each sorted positive (padding: any, masked).
+    slot = (pos.cumsum(0) - 1).index_select(0, r.index_p).clamp(min=0)
+    if reg.numel() == 0:
+        loc = r.x.new_zeros(r.x.shape)
+    else:
+        loc = r.mask(reg.detach().to(acc).index_select(0, slot.clamp(max=reg.numel() - 1)))
+
+    # The reference drops i itself from its positive relations and adds 1 instead:
+    # sum_{k != i} H(x_k - x_i) = positives_above - 1/2, and likewise for the losses.
+    rank_pos = r.positives_above() + 0.5
+    false_pos = r.negatives_above()
+    rank = rank_pos + false_pos
+    classification = r.mask(1 - rank_pos / rank).sum() / r.norm
+    spread = false_pos > _ALRP_EPS
+    error = torch.where(spread, (r.positives_above(loc) - 0.5 * loc + false_pos) / rank, 0)
+    neg_update = r.spread(error / (torch.where(spread, false_pos, 1) * r.norm))
+    update = r.scatter(-error / r.norm, neg_update)
+
+    # Localisation: positives by descending score, each with the sum of the losses of
+    # those ranked at or above it (hard order, ties in sort order as in the reference),
+    # over its soft rank; the mean over positives.
+    above = loc.flip(0).cumsum(0).flip(0)
+    localisation = r.mask(above / rank).sum() / r.norm
+    # d localisation / d loss of sorted positive k: sum over r <= k of 1 / (rank_r P).
+    grad_sorted = r.mask(r.mask(1 / rank).cumsum(0) / r.norm)
+    grad_reg = torch.zeros(reg.numel() + 1, dtype=acc, device=x.device)
+    # Padding goes to a spare last slot, dropped after the scatter.
+    target = torch.where(r.valid_p, slot, reg.numel()) if r.valid_p is not None else slot
+    grad_reg.scatter_(0, target, grad_sorted)
+    return classification.to(x.dtype), localisation, update, grad_reg[:-1]
+
+
+class _ALRPLossFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, logits: Tensor, labels: Tensor, regression_losses: Tensor, delta: float
+    ) -> tuple[Tensor, Tensor]:
+        x = logits.detach().reshape(-1).to(compute_dtype(logits))
+        cls, loc, update, grad_reg = _alrp_loss_and_grads(
+            x, labels.detach().reshape(-1), regression_losses.detach(), delta
+        )
+        ctx.save_for_backward(update.view(logits.shape), grad_reg)
+        ctx.dtypes = (logits.dtype, regression_losses.dtype)
+        return cls.to(output_dtype(logits)), loc.to(output_dtype(regression_losses))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_cls: Tensor, grad_loc: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        update, grad_reg = ctx.saved_tensors
+        grad_logits = (update * grad_cls.to(update.dtype)).to(ctx.dtypes[0])
+        grad_losses = (grad_reg * grad_loc.to(grad_reg.dtype)).to(ctx.dtypes[1])
+        return grad_logits, None, grad_losses, None
+
+
+def alrp_loss(
+    logits: Tensor,
+    labels: Tensor,
+    regression_losses: Tensor,
+    delta: float = 1.0,
+    *,
+    validate: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """aLRP Loss: the classification and localisation components of the average
+    Localisation-Recall-Precision error, with the paper's error-driven update.
+
+    Args:
+        logits: scores of any shape, ranked together as in :func:`ap_loss`.
+        labels: same shape; 1 positive, 0 negative, -1 ignored.
+        regression_losses: ``Tensor[P]``, one localisation loss per positive (e.g. GIoU
+            loss / 2, in [0, 1]) in the order of the positives in ``labels.reshape(-1)``.
+        delta: half-width of the soft step's linear zone.
+        validate: as for :func:`ap_loss`; also checks the length of ``regression_losses``.
+
+    Returns:
+        ``(classification, localisation)`` scalars. ``classification = 1 - mean precision``
+        (not interpolated; a positive ranks itself 1); its backward is the error-driven
+        update: positive i receives ``-(sum_{k != i} H(x_k - x_i) l_k + FP_i) / rank_i / P``
+        and spreads it over the negatives above it in proportion to ``H``, unless its
+        soft false-positive count ``FP_i`` is at most 1e-5. ``localisation`` is the mean
+        over positives, by descending score, of the summed losses of the positives
+        ranked at or above it over its soft rank; it is differentiable in
+        ``regression_losses`` (the ranks are constants). The reference weights it by a
+        self-balancing factor (50 at the start, then (mean classification + mean
+        localisation) / mean localisation over each epoch): see :class:`ALRPLoss`.
+        Without a positive both are 0.
+
+    Not distributed: the ranking is over this process's elements.
+    """
+    _validate(logits, labels, delta, validate)
+    check_tensor(regression_losses, "regression_losses")
+    if regression_losses.ndim != 1:
+        raise ValueError(
+            f"regression_losses: expected shape [P], got {shape_str(regression_losses.shape)}"
+        )
+    if regression_losses.device != logits.device:
+        raise ValueError(
+            f"regression_losses: expected device {logits.device} (the logits'), "
+            f"got {regression_losses.device}"
+        )
+    if _should_validate(logits, validate):
+        num_pos = int((labels == 1).sum())
+        if regression_losses.numel() != num_pos:
+            raise ValueError(
+                f"regression_losses: expected shape [{num_pos}] (one per positive label), "
+                f"got {shape_str(regression_losses.shape)}"
+            )
+        _check_finite(regression_losses, "regression_losses")
+    if not regression_losses.is_floating_point():
+        regression_losses = regression_losses.float()
+    return _ALRPLossFunction.apply(logits, labels, regression_losses, float(delta))
+
+
+class ALRPLoss(nn.Module):
+    """Module form of :func:`alrp_loss`: ``classification + loc_weight * localisation``.
+
+    ``loc_weight`` is the reference's self-balancing weight (initially 50); update it
+    between epochs, e.g. to ``(mean classification + mean localisation) / mean
+    localisation`` over the last epoch as the reference does.
+    """
+
+    def __init__(self, delta: float = 1.0, loc_weight: float = 50.0) -> None:
+        super().__init__()
+        self.delta = _check_delta(delta)
+        self.loc_weight = float(loc_weight)
+
+    def forward(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        regression_losses: Tensor,
+        return_terms: bool = False,
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        cls, loc = alrp_loss(logits, labels, regression_losses, self.delta)
+        total = cls + self.loc_weight * loc
+        return (total, {"cls": cls, "loc": loc}) if return_terms else total
+
+    def extra_repr(self) -> str:
+        return f"delta={self.delta}, loc_weight={self.loc_weight}"
+
+
+# ------------------------------------------------------------------------- Rank & Sort
+
+
+def _rank_sort_loss_and_grads(
+    x: Tensor, targets: Tensor, delta: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rank & Sort losses of flat logits and their two updates.
+
+    Args:
+        x: ``Tensor[n]`` logits (float32 or float64).
+        targets: ``Tensor[n]``; > 0 positive with that continuous target (IoU), 0
+            negative, < 0 ignored.
+
+    Returns:
+        ``(ranking, sorting, ranking update Tensor[n], sorting update Tensor[n])``.
+    """
+    if x.numel() == 0:
+        zero = x.new_zeros(())
+        return zero, zero, x.new_zeros(0), x.new_zeros(0)
+    pos = targets > 0
+    # The pairwise part needs the positives without padding: compact.
+    r = _Ranking(x, pos, targets == 0, delta, compact=True)
+    acc = r.x.dtype
+    t = targets.detach().to(acc).index_select(0, r.index_p)
+
+    # Ranking error: the share of false positives above each positive (here a positive
+    # counts itself 1/2, as H(0) in the reference's sum).
+    rank_pos = r.positives_above()
+    false_pos = r.negatives_above()
+    ranking_error = false_pos / (rank_pos + false_pos)
+    spread = false_pos > _RS_EPS
+    rank_update = torch.where(spread, -ranking_error, 0) / r.norm
+    neg_update = r.spread(
+        torch.where(spread, ranking_error / torch.where(spread, false_pos, 1), 0) / r.norm
+    )
+
+    # Sorting error: among the positives above i, the mean (1 - target) against the
+    # same mean over those that also have a target >= t_i. Pairs of positives compared
+    # both by score and by target: dense, a block of rows at a time.
+    current = r.positives_above(1 - t) / rank_pos
+    p = t.numel()
+    sorting_error = torch.empty_like(t)
+    received = torch.zeros_like(t)
+    own = torch.empty_like(t)
+    block = max(1, (1 << 20) // max(p, 1))
+    for start in range(0, p, block):
+        rows = slice(start, start + block)
+        step = torch.clamp((r.x - r.x[rows, None]) / (2 * delta) + 0.5, 0, 1)
+        in_order = t >= t[rows, None]
+        sorted_step = step * in_order
+        target = (sorted_step * (1 - t)).sum(1) / sorted_step.sum(1)
+        error = current[rows] - target
+        missorted = step * ~in_order
+        denom = missorted.sum(1)
+        has = denom > _RS_EPS
+        sorting_error[rows] = error
+        own[rows] = torch.where(has, -error, 0)
+        received += (
+            missorted * (torch.where(has, error, 0) / torch.where(has, denom, 1))[:, None]
+        ).sum(0)
+    sort_update = (own + received) / r.norm
+    ranking = ranking_error.sum() / r.norm
+    sorting = sorting_error.sum() / r.norm
+    return (
+        ranking.to(x.dtype),
+        sorting.to(x.dtype),
+        r.scatter(rank_update, neg_update),
+        r.scatter(sort_update),
+    )
+
+
+class _RankSortFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, logits: Tensor, targets: Tensor, delta: float
+    ) -> tuple[Tensor, Tensor]:
+        x = logits.detach().reshape(-1).to(compute_dtype(logits))
+        ranking, sorting, rank_update, sort_update = _rank_sort_loss_and_grads(
+            x, targets.detach().reshape(-1), delta
+        )
+        ctx.save_for_backward(rank_update.view(logits.shape), sort_update.view(logits.shape))
+        ctx.grad_dtype = logits.dtype
+        out = output_dtype(logits)
+        return ranking.to(out), sorting.to(out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_rank: Tensor, grad_sort: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        rank_update, sort_update = ctx.saved_tensors
+        grad = rank_update * grad_rank.to(rank_update.dtype)
+        grad += sort_update * grad_sort.to(sort_update.dtype)
+        return grad.to(ctx.grad_dtype), None, None
+
+
+def rank_sort_loss(
+    logits: Tensor, targets: Tensor, delta: float = 0.5, *, validate: bool | None = None
+) -> tuple[Tensor, Tensor]:
+    """Rank & Sort Loss: the ranking error (false positives above each positive) and the
+    sorting error (positives with lower targets above each positive), each with the
+    paper's error-driven update.
+
+    Args:
+        logits: scores of any shape, ranked together as in :func:`ap_loss`.
+        targets: same shape, float: a positive's continuous target in (0, 1] (its IoU),
+            0 for a negative, -1 ignored.
+        delta: half-width of the soft step's linear zone (the reference's 0.5).
+        validate: check targets in {-1} or [0, 1] and finite logits (a device sync);
+            default True on CPU.
+
+    Returns:
+        ``(ranking, sorting)`` scalars: the means over positives of
+        ``FP_i / (rank_pos_i + FP_i)`` and of the sorting error. Backward gives each its
+        own update times its incoming gradient, so ``(ranking + sorting).backward()``
+        applies the reference's combined update. A positive whose false-positive count
+        (or mis-sorted positive count) is at most 1e-10 keeps its error to itself, as in
+        the reference. Without a positive both are 0.
+
+    The positive-positive comparisons are dense (O(P^2) time, O(P) memory per block of
+    rows) and need the positives gathered (one device sync on a GPU). Not distributed.
+    """
+    _check_pair(logits, targets, "targets")
+    delta = _check_delta(delta)
+    if _should_validate(logits, validate):
+        _check_finite(logits, "logits")
+        ok = (targets == -1) | ((targets >= 0) & (targets <= 1))
+        if not bool(ok.all()):
+            bad = targets[~ok].reshape(-1)[0].item()
+            raise ValueError(f"targets: expected -1 or values in [0, 1], got {bad}")
+    return _RankSortFunction.apply(logits, targets, delta)
+
+
+class RankSortLoss(nn.Module):
+    """Module form of :func:`rank_sort_loss`: ``ranking + sorting``."""
+
+    def __init__(self, delta: float = 0.5) -> None:
+        super().__init__()
+        self.delta = _check_delta(delta)
+
+    def forward(
+        self, logits: Tensor, targets: Tensor, return_terms: bool = False
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        ranking, sorting = rank_sort_loss(logits, targets, self.delta)
+        total = ranking + sorting
+        return (total, {"rank": ranking, "sort": sorting}) if return_terms else total
+
+    def extra_repr(self) -> str:
+        return f"delta={self.delta}"
