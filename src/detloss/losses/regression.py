@@ -1,0 +1,49 @@
+"""Element-wise regression primitives."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._checks import check_reduction, check_tensor, output_dtype, shape_str
+from ._reduction import reduce_loss
+
+__all__ = ["smooth_l1_loss"]
+
+
+def smooth_l1_loss(
+    input: Tensor, target: Tensor, beta: float = 1.0, reduction: str = "none"
+) -> Tensor:
+    """Smooth-L1 (Huber divided by ``beta``), element-wise on broadcastable tensors.
+
+    ``0.5 * d**2 / beta`` where ``|d| < beta``, else ``|d| - 0.5 * beta``, with
+    ``d = input - target``; ``beta = 0`` is the L1 loss. Examples: ``beta = 1`` gives
+    0.125 at ``|d| = 0.5`` and 1.5 at ``|d| = 2``; ``beta = 1/9`` gives 0.4444444 at
+    ``|d| = 0.5``.
+
+    Args:
+        input, target: broadcastable tensors.
+        beta: the switch point, ``>= 0``.
+        reduction: ``"none"`` (default, like the other primitives), ``"mean"`` or ``"sum"``.
+
+    Half-precision inputs are computed in float32 and returned in their dtype.
+    """
+    check_tensor(input, "input")
+    check_tensor(target, "target")
+    check_reduction(reduction)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+        raise ValueError(f"beta must be a number >= 0, got {beta!r}")
+    try:
+        shape = torch.broadcast_shapes(input.shape, target.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"target: expected a shape broadcastable with input {shape_str(input.shape)}, "
+            f"got {shape_str(target.shape)}"
+        ) from None
+    out = output_dtype(input, target)
+    dtype = torch.float64 if out == torch.float64 else torch.float32
+    x = input.to(dtype).expand(shape)
+    y = target.to(dtype).expand(shape)
+    loss = F.smooth_l1_loss(x, y, reduction="none", beta=float(beta))
+    return reduce_loss(loss, reduction).to(out)

@@ -1,0 +1,538 @@
+"""The SSD MultiBox loss: Smooth-L1 on matched offsets plus softmax cross-entropy with
+hard negative mining, both divided by the number of positive priors.
+
+Conventions: ``loc [B, P, 4]`` are offsets (see :mod:`detloss.anchors`), ``conf
+[B, P, C]`` are logits whose index 0 is the background, priors are ``[P, 4]`` normalised
+``cxcywh`` and target boxes normalised ``xyxy`` with labels ``0..C-2`` (label ``l`` is
+logit ``l + 1``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_shape, compute_dtype, output_dtype, shape_str
+from ..anchors import _check_variances, encode_boxes
+from ..boxes import box_convert
+from ..distributed import normalizer
+from ..match.matching import BACKGROUND
+from ..match.modules import box_targets
+from ..match.threshold import max_iou
+from .regression import smooth_l1_loss
+
+__all__ = ["MultiBoxLoss", "multibox_loss"]
+
+Targets = Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor]
+
+
+def _check_settings(
+    overlap_threshold: float,
+    neg_pos_ratio: float,
+    loc_weight: float,
+    min_negatives: int,
+) -> None:
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    if not number(overlap_threshold) or not 0 <= overlap_threshold <= 1:
+        raise ValueError(f"overlap_threshold must be in [0, 1], got {overlap_threshold!r}")
+    if not number(neg_pos_ratio) or not 0 <= neg_pos_ratio < math.inf:
+        raise ValueError(f"neg_pos_ratio must be a finite number >= 0, got {neg_pos_ratio!r}")
+    if not number(loc_weight) or not loc_weight >= 0:
+        raise ValueError(f"loc_weight must be a number >= 0, got {loc_weight!r}")
+    if isinstance(min_negatives, bool) or not isinstance(min_negatives, int) or min_negatives < 0:
+        raise ValueError(f"min_negatives must be an int >= 0, got {min_negatives!r}")
+
+
+def _check_predictions(loc: Tensor, conf: Tensor, priors: Tensor) -> None:
+    check_shape(loc, "loc", ndim=3, last=4, expected="[B, P, 4]")
+    check_shape(conf, "conf", ndim=3, expected="[B, P, C]")
+    check_shape(priors, "priors", ndim=2, last=4, expected="[P, 4]")
+    b, p = loc.shape[:2]
+    if conf.shape[:2] != loc.shape[:2] or conf.shape[2] < 2:
+        raise ValueError(
+            f"conf: expected shape [{b}, {p}, C] with C >= 2 (background + classes), "
+            f"got {shape_str(conf.shape)}"
+        )
+    if priors.shape[0] != p:
+        raise ValueError(
+            f"priors: expected shape [{p}, 4] (one per prediction), got {shape_str(priors.shape)}"
+        )
+
+
+def _intervals(lo: Tensor, hi: Tensor, compress: bool) -> tuple[Tensor, Tensor]:
+    """The intervals ``[lo, hi]`` (``Tensor[U, 2]``) and each prior's index into them
+    (``int64[P]``). With ``compress`` only the distinct ones, found by 1-D uniques (much
+    faster than ``unique(dim=0)``); otherwise every prior keeps its own, since a unique's
+    data-dependent size would synchronise an accelerator with the host."""
+    if not compress:
+        return torch.stack((lo, hi), dim=1), torch.arange(lo.shape[0], device=lo.device)
+    lo_values, lo_of = torch.unique(lo, return_inverse=True)
+    hi_values, hi_of = torch.unique(hi, return_inverse=True)
+    pair, pair_of = torch.unique(lo_of * hi_values.shape[0] + hi_of, return_inverse=True)
+    ends = torch.stack(
+        (lo_values[pair // hi_values.shape[0]], hi_values[pair % hi_values.shape[0]]), dim=1
+    )
+    return ends, pair_of
+
+
+def _overlap(ends: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Overlap lengths ``[U, T]`` of ``ends [U, 2]`` with the ``[lo, hi]`` of ``T``
+    targets, clamped at 0."""
+    return torch.minimum(ends[:, 1:], hi).sub_(torch.maximum(ends[:, :1], lo)).clamp_(min=0)
+
+
+#: Elements of the ``[priors, targets]`` IoU block processed at once on the CPU: about
+#: 512 KB of float32, so the block's passes stay in cache. Other devices take one block.
+_CPU_BLOCK = 1 << 17
+#: Consecutive priors whose best IoU per target is kept on the CPU path (the index of a
+#: target's best prior is then recovered from one group).
+_GROUP = 16
+
+
+def _match(priors: Tensor, boxes: Tensor, mask: Tensor, threshold: float, sparse: bool) -> Tensor:
+    """``int64[B, P]``: the :func:`~detloss.match.max_iou` assignment (``-1`` background)
+    of ``priors [P, 4]`` (``xyxy``, positive areas) to ``boxes [B, N, 4]`` (``xyxy``,
+    real where ``mask [B, N]``).
+
+    The intersection is separable: its width depends only on a prior's x-interval and its
+    height on its y-interval. The IoU is built as whole rows of a ``[P, N * B]`` matrix,
+    in blocks of priors (cache-sized on the CPU) that reduce to each prior's best IoU and
+    each target's best prior without storing the whole matrix.
+
+    ``sparse`` selects the strategies that suit the CPU, where a host synchronisation
+    costs nothing: SSD priors share few distinct intervals (372 of each for SSD300), so
+    the overlaps are computed per distinct interval and gathered; and which target attains
+    a prior's best IoU is only worked out for the priors above the threshold (an
+    index-free maximum is much cheaper).
+
+    Forcing each target onto its best prior needs :func:`max_iou`'s iterative rule only in
+    images where two targets share a best prior; elsewhere one argmax, exactly that rule's
+    first round, resolves it. The shared case calls :func:`max_iou` on those images.
+    """
+    batch, num_targets = mask.shape
+    num_priors = priors.shape[0]
+    device = mask.device
+    if num_targets == 0 or num_priors == 0:
+        return torch.full((batch, num_priors), BACKGROUND, dtype=torch.int64, device=device)
+    # Columns are ordered (slot, image) so a prior's targets reduce over a middle axis.
+    # Padded slots may hold anything: make them empty boxes, whose IoU is 0 everywhere.
+    boxes = torch.where(mask[..., None], boxes, 0.0).transpose(0, 1).reshape(-1, 4)
+    x1, y1, x2, y2 = boxes.t()[:, None, :]  # [1, N * B] each
+    x_ends, x_of = _intervals(priors[:, 0], priors[:, 2], sparse)
+    y_ends, y_of = _intervals(priors[:, 1], priors[:, 3], sparse)
+    widths = _overlap(x_ends, x1, x2)  # [Ux, N * B]
+    heights = _overlap(y_ends, y1, y2)  # [Uy, N * B]
+    area_p = ((priors[:, 2] - priors[:, 0]) * (priors[:, 3] - priors[:, 1]))[:, None]
+    area_g = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    total = batch * num_targets
+    # An IoU of 0 would let a padded slot be matched at threshold 0: give them -1 then.
+    padded = ~mask.t().reshape(1, -1) if threshold <= 0 else None
+
+    def iou_block(start: int, stop: int, buffers: Tensor | None = None) -> Tensor:
+        """Rows ``start:stop`` of the IoU, written into ``buffers [3, >= rows, T]`` when
+        given (reusing memory keeps the CPU blocks in cache and avoids page faults)."""
+        if buffers is None:
+            buffers = widths.new_empty((3, stop - start, total))
+        inter, height, union = buffers[:, : stop - start]
+        torch.index_select(widths, 0, x_of[start:stop], out=inter)
+        inter.mul_(torch.index_select(heights, 0, y_of[start:stop], out=height))
+        torch.add(area_p[start:stop], area_g, out=union).sub_(inter)
+        iou = inter.div_(union)
+        return iou if padded is None else iou.masked_fill_(padded, -1.0)
+
+    def iou_at(rows: Tensor, columns: Tensor) -> Tensor:
+        # Single entries of the same matrix by the same operations, hence the same values.
+        inter = widths[x_of[rows], columns] * heights[y_of[rows], columns]
+        iou = inter / ((area_p[rows, 0] + area_g[0, columns]) - inter)
+        return iou if padded is None else iou.masked_fill(padded[0, columns], -1.0)
+
+    if device.type == "cpu":
+        step = max(_GROUP, _CPU_BLOCK // total // _GROUP * _GROUP)
+    else:
+        step = num_priors
+    buffers = widths.new_empty((3, min(step, num_priors), total))
+    best_iou = torch.empty((num_priors, batch), dtype=priors.dtype, device=device)
+    if sparse:
+        # The best IoU of each target over each group of _GROUP consecutive priors.
+        group_best = torch.empty(
+            (-(-num_priors // _GROUP), total), dtype=priors.dtype, device=device
+        )
+    else:
+        best_target = torch.empty((num_priors, batch), dtype=torch.int64, device=device)
+        prior_value = torch.full((total,), -2.0, dtype=priors.dtype, device=device)
+        prior_index = torch.zeros(total, dtype=torch.int64, device=device)
+    for start in range(0, num_priors, step):
+        stop = min(start + step, num_priors)
+        iou = iou_block(start, stop, buffers)
+        per_prior = iou.view(-1, num_targets, batch)
+        if sparse:
+            torch.amax(per_prior, 1, out=best_iou[start:stop])
+            whole = (stop - start) // _GROUP * _GROUP
+            group = start // _GROUP
+            if whole:
+                grouped = iou[:whole].view(-1, _GROUP, total)
+                torch.amax(grouped, 1, out=group_best[group : group + whole // _GROUP])
+            if whole < stop - start:  # the last, partial group
+                torch.amax(iou[whole:], 0, out=group_best[group + whole // _GROUP])
+        else:
+            torch.max(per_prior, 1, out=(best_iou[start:stop], best_target[start:stop]))
+            # Each target's first best prior; a later block must be strictly better.
+            value, index = iou.max(dim=0)
+            better = value > prior_value
+            prior_value = torch.where(better, value, prior_value)
+            prior_index = torch.where(better, index + start, prior_index)
+
+    if sparse:
+        # Index-free maxima above; now the indices, from a few recomputed entries. Each
+        # target's best prior lies in the first group that attains its maximum.
+        first = (group_best == group_best.amax(dim=0)).to(torch.uint8).argmax(dim=0)
+        rows = first[:, None] * _GROUP + torch.arange(_GROUP, device=device)  # [T, _GROUP]
+        columns = torch.arange(total, device=device)[:, None].expand(-1, _GROUP)
+        values = iou_at(rows.clamp(max=num_priors - 1), columns)
+        values = values.masked_fill(rows >= num_priors, -3.0)  # past the last prior
+        prior_index = first * _GROUP + values.argmax(dim=1)
+        # Which target attains a prior's best IoU, for the priors above the threshold.
+        prior, image = (best_iou >= threshold).nonzero(as_tuple=True)
+        columns = torch.arange(num_targets, device=device) * batch + image[:, None]  # [K, N]
+        best = iou_at(prior[:, None].expand(-1, num_targets), columns).argmax(dim=1)
+        assigned = torch.full((num_priors, batch), BACKGROUND, dtype=torch.int64, device=device)
+        assigned[prior, image] = best
+        assigned = assigned.t()
+    else:
+        assigned = torch.where(best_iou >= threshold, best_target, BACKGROUND).t()  # [B, P]
+
+    best_prior = prior_index.view(num_targets, batch).t()  # [B, N]
+    slots = torch.arange(num_targets, device=device)
+    same = (best_prior[:, :, None] == best_prior[:, None, :]) & (slots[:, None] != slots)
+    shared = (same & mask[:, :, None] & mask[:, None, :]).any(dim=(1, 2))  # [B]
+    # Each real target claims its best prior; padded slots offer -1, so "amax" lets a real
+    # claim win wherever a padded slot points at the same prior.
+    forced = torch.full((batch, num_priors), -1, dtype=torch.int64, device=device)
+    forced.scatter_reduce_(1, best_prior, torch.where(mask, slots, -1), "amax")
+    assigned = torch.where(forced >= 0, forced, assigned)
+    if bool(shared.any()):  # one host sync per batch (max_iou synchronises per round)
+        images = shared.nonzero().squeeze(1)
+        iou = iou_block(0, num_priors).view(num_priors, num_targets, batch)
+        iou = iou.index_select(2, images).permute(2, 0, 1)  # [b, P, N]
+        assigned[images] = max_iou(iou, threshold, target_mask=mask[images]).pred_to_target
+    return assigned
+
+
+def _mine(
+    key: Tensor,
+    candidates: Tensor,
+    num_pos: Tensor,
+    ratio: float,
+    min_negatives: int,
+    sparse: bool,
+) -> Tensor:
+    """``bool[B, P]``: per image, the ``k`` candidates with the largest ``key``.
+
+    ``k = min(max(floor(ratio * num_pos), min_negatives), number of candidates)``. Equal
+    keys at the cut-off are taken in prior order (the selection of a stable sort).
+    """
+    if key.shape[1] == 0:
+        return candidates.clone()
+    available = candidates.sum(dim=1)
+    if isinstance(ratio, int):
+        k = num_pos * ratio
+    else:
+        k = torch.floor(num_pos.to(key.dtype) * ratio).to(torch.int64)
+    k = torch.minimum(k.clamp(min=min_negatives), available)
+    key = key.masked_fill(~candidates, float("-inf"))
+    if sparse:
+        # A top-k is far cheaper than a full sort but needs k on the host: a sync that
+        # costs nothing on the CPU.
+        largest = torch.topk(key, max(1, int(k.max())), dim=1).values
+    else:  # no host synchronisation on accelerators
+        largest = torch.sort(key, dim=1, descending=True).values
+    cutoff = largest.gather(1, (k - 1).clamp(min=0)[:, None])  # the k-th largest key
+    above = key > cutoff
+    tied = key == cutoff
+    room = k[:, None] - above.sum(dim=1, keepdim=True)
+    return above | (tied & (tied.cumsum(dim=1) <= room))
+
+
+#: Devices that take the host-friendly strategies: distinct prior intervals, an index-free
+#: maximum in the matching, a top-k for the mining and loss terms evaluated on the selected
+#: priors only (gathered with ``nonzero``). Each needs a host synchronisation, which costs
+#: nothing on the CPU. Elsewhere everything is computed densely and masked, in the same
+#: arithmetic, without synchronising (apart from the shared-best-prior check).
+_SPARSE_DEVICES = ("cpu",)
+
+
+def _dense_terms(
+    loc: Tensor,
+    conf: Tensor,
+    priors: Tensor,
+    gt: Tensor,
+    labels: Tensor,
+    assigned: Tensor,
+    variances: tuple[float, float],
+    neg_pos_ratio: float,
+    min_negatives: int,
+) -> tuple[Tensor, Tensor]:
+    """Summed ``(L_loc, L_conf)`` computed over every prior and masked."""
+    dtype = priors.dtype
+    batch, num_priors = assigned.shape
+    positive = assigned >= 0
+    with torch.no_grad():
+        index = assigned.clamp(min=0)
+        if gt.shape[1] > 0:
+            matched = gt.gather(1, index[..., None].expand(-1, -1, 4))
+            target_class = labels.to(torch.int64).gather(1, index) + 1
+        else:  # no target slot at all: nothing is matched
+            matched = gt.new_zeros((batch, num_priors, 4))
+            target_class = torch.zeros_like(index)
+        target_class = target_class.masked_fill(~positive, 0)
+        loc_target = encode_boxes(matched, priors, variances)
+    per_prior = smooth_l1_loss(loc.to(dtype), loc_target, beta=1.0).sum(dim=-1)
+    loc_sum = torch.where(positive, per_prior, 0.0).sum()
+    log_prob = conf.to(dtype).log_softmax(dim=-1)
+    ce = -log_prob.gather(-1, target_class[..., None]).squeeze(-1)
+    with torch.no_grad():
+        negative = _mine(
+            -log_prob[..., 0].detach(),
+            assigned == BACKGROUND,
+            positive.sum(dim=1),
+            neg_pos_ratio,
+            min_negatives,
+            sparse=False,
+        )
+    conf_sum = torch.where(positive | negative, ce, 0.0).sum()
+    return loc_sum, conf_sum
+
+
+def _sparse_terms(
+    loc: Tensor,
+    conf: Tensor,
+    priors: Tensor,
+    gt: Tensor,
+    labels: Tensor,
+    assigned: Tensor,
+    variances: tuple[float, float],
+    neg_pos_ratio: float,
+    min_negatives: int,
+) -> tuple[Tensor, Tensor]:
+    """Summed ``(L_loc, L_conf)`` computed on the positive and mined priors only."""
+    dtype = priors.dtype
+    positive = assigned >= 0
+    with torch.no_grad():
+        background_loss = -conf.detach().to(dtype).log_softmax(dim=-1)[..., 0]
+        negative = _mine(
+            background_loss,
+            assigned == BACKGROUND,
+            positive.sum(dim=1),
+            neg_pos_ratio,
+            min_negatives,
+            sparse=True,
+        )
+        image, prior = positive.nonzero(as_tuple=True)
+        target = assigned[image, prior]
+        loc_target = encode_boxes(gt[image, target], priors[prior], variances)
+        chosen_image, chosen_prior = (positive | negative).nonzero(as_tuple=True)
+        chosen_target = assigned[chosen_image, chosen_prior]
+        if labels.shape[1] > 0:
+            target_class = torch.where(
+                chosen_target >= 0,
+                labels.to(torch.int64)[chosen_image, chosen_target.clamp(min=0)] + 1,
+                0,
+            )
+        else:  # no target slot at all: every chosen prior is a negative
+            target_class = torch.zeros_like(chosen_target)
+    loc_sum = smooth_l1_loss(loc[image, prior].to(dtype), loc_target, beta=1.0).sum()
+    log_prob = conf[chosen_image, chosen_prior].to(dtype).log_softmax(dim=-1)  # [S, C]
+    return loc_sum, -log_prob.gather(1, target_class[:, None]).sum()
+
+
+def multibox_loss(
+    loc: Tensor,
+    conf: Tensor,
+    priors: Tensor,
+    targets: Targets,
+    *,
+    overlap_threshold: float = 0.5,
+    neg_pos_ratio: float = 3,
+    variances: Sequence[float] = (0.1, 0.2),
+    loc_weight: float = 1.0,
+    min_negatives: int = 0,
+    distributed: bool = True,
+    validate: bool | None = None,
+    return_terms: bool = False,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    """SSD's MultiBox loss ``(L_conf + loc_weight * L_loc) / N``.
+
+    Matching: the IoU of every prior (as ``xyxy``) with every ground truth of its image
+    goes through :func:`detloss.match.max_iou`: a prior is positive when its best IoU is
+    ``>= overlap_threshold``, and every ground truth is also forced onto its best prior.
+    When two ground truths share the same best prior, the one with the higher IoU keeps it
+    and the other takes its best free prior (the original SSD loop silently drops one).
+
+    Terms, summed over the batch:
+
+    - ``L_loc``: Smooth-L1 (beta 1) between ``loc`` and the encoded offsets of the matched
+      ground truth, over positive priors and the 4 coordinates.
+    - ``L_conf``: softmax cross-entropy over positives (target ``label + 1``) and mined
+      negatives (target 0). Per image, the negatives are the
+      ``k = min(neg_pos_ratio * num_pos, num_priors - num_pos)`` non-positive priors with
+      the largest background loss ``logsumexp(conf) - conf[..., 0]`` (raised to
+      ``min_negatives`` when that is larger, still capped by the non-positive count).
+
+    ``N`` is the number of positives in the batch (over all ranks divided by the world size
+    when ``distributed`` and a process group is initialised), clamped at 1. Hence an image
+    without objects contributes nothing by default (no positives, so no negatives), and a
+    batch without any object gives a loss of exactly 0 that stays in the autograd graph,
+    with zero gradients. Set ``min_negatives`` to keep learning the background from such
+    images. A degenerate ground truth (zero width or height) overlaps nothing but is still
+    forced onto a prior; its offsets stay finite (see :func:`detloss.anchors.encode_boxes`).
+    Priors must have a positive width and height.
+
+    Args:
+        loc: ``Tensor[B, P, 4]`` predicted offsets.
+        conf: ``Tensor[B, P, C]`` logits, index 0 = background, ``C >= 2``.
+        priors: ``Tensor[P, 4]`` normalised ``cxcywh`` (:func:`detloss.anchors.ssd_priors`).
+        targets: a list of ``B`` dicts ``{"boxes": [n_i, 4] xyxy, "labels": int[n_i]}``
+            with labels in ``0..C-2``, or the padded form (``[B, N, ...]`` plus
+            ``mask: bool[B, N]``).
+        overlap_threshold: IoU at or above which a prior is positive.
+        neg_pos_ratio: negatives mined per positive, per image.
+        variances: ``(v_xy, v_wh)`` of the offset encoding.
+        loc_weight: weight of ``L_loc`` in the total (the paper's alpha).
+        min_negatives: negatives mined per image at least (0 = SSD).
+        distributed: normalise by the global positive count (see
+            :func:`detloss.distributed.normalizer`).
+        validate: check label range and box finiteness (one host synchronisation).
+            None (default) validates when the inputs are on the CPU.
+        return_terms: also return ``{"loc": L_loc / N, "conf": L_conf / N}`` (unweighted).
+
+    Returns:
+        The scalar total, or ``(total, terms)``. Half-precision inputs are computed in
+        float32 and the results returned in their dtype.
+    """
+    _check_predictions(loc, conf, priors)
+    _check_settings(overlap_threshold, neg_pos_ratio, loc_weight, min_negatives)
+    variances = _check_variances(variances)
+    batch, _, num_classes = conf.shape
+    padded = box_targets(targets, batch, loc.device)
+    gt_boxes, labels, mask = padded["boxes"], padded["labels"], padded["mask"]
+    if validate is None:
+        validate = loc.device.type == "cpu"
+    if validate:
+        real = labels[mask]
+        if real.numel() and (bool(real.min() < 0) or bool(real.max() > num_classes - 2)):
+            raise ValueError(
+                f"targets['labels']: expected values in 0..{num_classes - 2} (C - 2 with "
+                f"C = {num_classes} logits, logit 0 the background), "
+                f"got values in {int(real.min())}..{int(real.max())}"
+            )
+        if not bool(torch.isfinite(gt_boxes[mask]).all()):
+            raise ValueError("targets['boxes']: expected finite coordinates, got NaN or inf")
+
+    dtype = compute_dtype(loc, conf, priors)
+    with torch.no_grad():
+        prior_boxes = priors.detach().to(dtype)
+        gt = gt_boxes.detach().to(dtype)
+        sparse = loc.device.type in _SPARSE_DEVICES
+        assigned = _match(
+            box_convert(prior_boxes, "cxcywh", "xyxy"), gt, mask, overlap_threshold, sparse
+        )
+        positive = assigned >= 0
+        num_pos = positive.sum(dim=1)
+    if sparse:
+        loc_sum, conf_sum = _sparse_terms(
+            loc, conf, prior_boxes, gt, labels, assigned, variances, neg_pos_ratio, min_negatives
+        )
+    else:
+        loc_sum, conf_sum = _dense_terms(
+            loc, conf, prior_boxes, gt, labels, assigned, variances, neg_pos_ratio, min_negatives
+        )
+
+    n = normalizer(num_pos.sum(), distributed).to(device=loc.device, dtype=dtype)
+    loss_loc = loc_sum / n
+    loss_conf = conf_sum / n
+    out = output_dtype(loc, conf)
+    total = (loss_conf + loc_weight * loss_loc).to(out)
+    if return_terms:
+        return total, {"loc": loss_loc.to(out), "conf": loss_conf.to(out)}
+    return total
+
+
+class MultiBoxLoss(nn.Module):
+    """Module form of :func:`multibox_loss`; stores the settings and checks ``num_classes``.
+
+    Called as ``loss(loc [B, P, 4], conf [B, P, C], priors [P, 4], targets,
+    return_terms=False)``.
+
+    Args:
+        num_classes: ``C``, the number of logits including the background (VOC: 21).
+        overlap_threshold, neg_pos_ratio, variances, distributed, loc_weight,
+        min_negatives, validate: see :func:`multibox_loss`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        overlap_threshold: float = 0.5,
+        neg_pos_ratio: float = 3,
+        variances: Sequence[float] = (0.1, 0.2),
+        distributed: bool = True,
+        loc_weight: float = 1.0,
+        *,
+        min_negatives: int = 0,
+        validate: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                f"num_classes must be an int >= 2 (background + classes), got {num_classes!r}"
+            )
+        _check_settings(overlap_threshold, neg_pos_ratio, loc_weight, min_negatives)
+        self.num_classes = num_classes
+        self.overlap_threshold = overlap_threshold
+        self.neg_pos_ratio = neg_pos_ratio
+        self.variances = _check_variances(variances)
+        self.distributed = distributed
+        self.loc_weight = loc_weight
+        self.min_negatives = min_negatives
+        self.validate = validate
+
+    def forward(
+        self,
+        loc: Tensor,
+        conf: Tensor,
+        priors: Tensor,
+        targets: Targets,
+        return_terms: bool = False,
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        check_shape(conf, "conf", ndim=3, expected=f"[B, P, {self.num_classes}]")
+        if conf.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"conf: expected shape [B, P, {self.num_classes}] "
+                f"(num_classes={self.num_classes}), got {shape_str(conf.shape)}"
+            )
+        return multibox_loss(
+            loc,
+            conf,
+            priors,
+            targets,
+            overlap_threshold=self.overlap_threshold,
+            neg_pos_ratio=self.neg_pos_ratio,
+            variances=self.variances,
+            loc_weight=self.loc_weight,
+            min_negatives=self.min_negatives,
+            distributed=self.distributed,
+            validate=self.validate,
+            return_terms=return_terms,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, overlap_threshold={self.overlap_threshold}, "
+            f"neg_pos_ratio={self.neg_pos_ratio}, variances={self.variances}, "
+            f"loc_weight={self.loc_weight}, min_negatives={self.min_negatives}"
+        )

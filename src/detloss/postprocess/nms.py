@@ -1,0 +1,191 @@
+"""Greedy non-maximum suppression, plain and class-aware.
+
+Coordinate rules: boxes are ``Tensor[N, 4]`` in ``xyxy`` (any units). A box with
+``x2 < x1`` (or ``y2 < y1``) has zero extent on that axis; the IoU of two boxes whose
+union is empty is 0, so degenerate boxes never suppress anything and are never
+suppressed.
+
+Rule (torchvision's): boxes are visited by decreasing score; a box is kept unless a kept
+box of the same group has an IoU strictly greater than ``iou_threshold`` with it. Equal
+scores are visited in index order (a stable sort), so the result is deterministic.
+
+Implementation: candidates are sorted by (group, score) and laid out as a padded
+``[groups, K]`` table. The overlap tests are computed on the boxes' device in bounded
+blocks (at most ``2**24`` booleans at a time, their float intermediates in cache-sized
+slices on the CPU), so memory stays bounded for large inputs; the sequential part of the
+greedy rule, a scan over the ``K`` columns vectorised over all groups, runs on the host in
+numpy. The host is reached once per block, not once per box.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._checks import check_shape, check_tensor, shape_str
+
+__all__ = ["batched_nms", "nms"]
+
+#: Most box pairs whose overlap test is held at once, as booleans (16 MB).
+_SCAN_PAIRS = 1 << 24
+#: Most box pairs whose float intermediates are computed at once: cache-sized slices on
+#: the CPU, large launches on accelerators.
+_CPU_PAIRS = 1 << 18
+_DEVICE_PAIRS = 1 << 24
+
+
+def _overlaps(a: Tensor, b: Tensor, threshold: float) -> Tensor:
+    """``bool[G, S, T]``: IoU of ``a [G, S, 4]`` and ``b [G, T, 4]`` above ``threshold``.
+
+    Tested as ``inter * (1 + t) > t * (area_a + area_b)``, which equals ``IoU > t`` for
+    ``t >= 0`` without a division and is false when the union is empty.
+    """
+    g_total, s_total, t_total = a.shape[0], a.shape[1], b.shape[1]
+    out = torch.empty((g_total, s_total, t_total), dtype=torch.bool, device=a.device)
+    if out.numel() == 0:
+        return out
+    budget = _CPU_PAIRS if a.device.type == "cpu" else _DEVICE_PAIRS
+    # Coordinate planes, so every broadcast below runs over contiguous memory.
+    pa = a.permute(2, 0, 1).unsqueeze(-1)  # [4, G, S, 1]
+    pb = b.permute(2, 0, 1).unsqueeze(-2).contiguous()  # [4, G, 1, T]
+    area_a = threshold * (pa[2] - pa[0]).clamp(min=0) * (pa[3] - pa[1]).clamp(min=0)
+    area_b = threshold * (pb[2] - pb[0]).clamp(min=0) * (pb[3] - pb[1]).clamp(min=0)
+    rows = max(1, min(s_total, budget // t_total))
+    groups = max(1, budget // (rows * t_total))
+    for g0 in range(0, g_total, groups):
+        g = slice(g0, g0 + groups)
+        for r0 in range(0, s_total, rows):
+            r = slice(r0, r0 + rows)
+            qa, qb = pa[:, g, r], pb[:, g]
+            iw = torch.minimum(qa[2], qb[2]).sub_(torch.maximum(qa[0], qb[0])).clamp_(min=0)
+            ih = torch.minimum(qa[3], qb[3]).sub_(torch.maximum(qa[1], qb[1]))
+            # One clamp suffices: with iw >= 0 a negative ih gives inter <= 0, never above.
+            inter = iw.mul_(ih).mul_(1 + threshold)
+            torch.gt(inter, area_a[g, r] + area_b[g], out=out[g, r])
+    return out
+
+
+def _greedy(boxes: Tensor, valid: Tensor, threshold: float) -> np.ndarray:
+    """Keep mask ``bool[G, K]`` of the greedy rule applied to each row independently.
+
+    ``boxes [G, K, 4]`` are sorted by decreasing score along ``K``; ``valid [G, K]``
+    marks real entries (padding is never kept).
+    """
+    g_total, k_total = valid.shape
+    keep = np.zeros((g_total, k_total), dtype=bool)
+    alive_all = valid.cpu().numpy().copy()
+    if k_total * k_total <= _SCAN_PAIRS:
+        width, groups = k_total, max(1, _SCAN_PAIRS // (k_total * k_total))
+    else:
+        width, groups = max(1, _SCAN_PAIRS // k_total), 1
+    for g0 in range(0, g_total, groups):
+        g1 = min(g0 + groups, g_total)
+        chunk = boxes[g0:g1]
+        for s in range(0, k_total, width):
+            e = min(s + width, k_total)
+            alive = alive_all[g0:g1, s:e]
+            if not alive.any():
+                continue
+            block = chunk[:, s:e]
+            if s > 0:
+                # Only kept boxes suppress: compare the block with the columns kept so far.
+                kept_before = torch.from_numpy(keep[g0:g1, :s]).to(boxes.device)
+                hit = _overlaps(block, chunk[:, :s], threshold) & kept_before[:, None, :]
+                alive &= ~hit.any(dim=2).cpu().numpy()
+            over = _overlaps(block, block, threshold).cpu().numpy()
+            for i in range(e - s):
+                now = alive[:, i]
+                if not now.any():
+                    continue
+                keep[g0:g1, s + i] = now
+                alive[:, i + 1 :] &= ~(over[:, i, i + 1 :] & now[:, None])
+    return keep
+
+
+def _check_threshold(iou_threshold: object) -> float:
+    if (
+        isinstance(iou_threshold, bool)
+        or not isinstance(iou_threshold, (int, float))
+        or not iou_threshold >= 0
+    ):
+        raise ValueError(f"iou_threshold must be a number >= 0, got {iou_threshold!r}")
+    return float(iou_threshold)
+
+
+def _check_inputs(boxes: Tensor, scores: Tensor) -> None:
+    check_shape(boxes, "boxes", ndim=2, last=4, expected="[N, 4]")
+    check_shape(scores, "scores", ndim=1, expected="[N]")
+    if scores.shape[0] != boxes.shape[0]:
+        raise ValueError(
+            f"scores: expected shape [{boxes.shape[0]}] (one per box), got {shape_str(scores.shape)}"
+        )
+
+
+@torch.no_grad()
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """Class-aware NMS: boxes suppress only boxes with the same ``idxs`` value.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` in ``xyxy``.
+        scores: ``Tensor[N]``, not NaN.
+        idxs: ``int[N]`` group (class, or image * classes + class) of each box.
+        iou_threshold: a box is dropped when its IoU with a kept, higher-ranked box of
+            its group is ``> iou_threshold``.
+
+    Returns:
+        ``int64[K]`` indices of the kept boxes, by decreasing score (equal scores in
+        index order), on the boxes' device.
+
+    Groups are handled exactly by comparing only boxes of the same group, rather than by
+    torchvision's trick of shifting each group's coordinates apart: the result is the
+    same, without the precision lost by large coordinate offsets.
+    """
+    _check_inputs(boxes, scores)
+    check_tensor(idxs, "idxs")
+    if idxs.shape != scores.shape:
+        raise ValueError(
+            f"idxs: expected shape [{boxes.shape[0]}] (one per box), got {shape_str(idxs.shape)}"
+        )
+    if idxs.is_floating_point() or idxs.is_complex():
+        raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
+    threshold = _check_threshold(iou_threshold)
+    n = boxes.shape[0]
+    device = boxes.device
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    dtype = torch.float64 if boxes.dtype == torch.float64 else torch.float32
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    groups, by_group = torch.sort(idxs.to(device)[by_score], stable=True)
+    order = by_score[by_group]  # by group, then by decreasing score
+    _, counts = torch.unique_consecutive(groups, return_counts=True)
+    width = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    row = torch.repeat_interleave(torch.arange(counts.shape[0], device=device), counts)
+    slot = row * width + torch.arange(n, device=device) - starts[row]
+    table = boxes.new_zeros((counts.shape[0] * width, 4), dtype=dtype)
+    table[slot] = boxes[order].to(dtype)
+    valid = torch.zeros(counts.shape[0] * width, dtype=torch.bool, device=device)
+    valid[slot] = True
+    keep_table = _greedy(table.view(-1, width, 4), valid.view(-1, width), threshold).reshape(-1)
+    kept = torch.zeros(n, dtype=torch.bool, device=device)
+    kept[order] = torch.from_numpy(keep_table).to(device)[slot]
+    return by_score[kept[by_score]]
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS over all boxes; ``int64[K]`` kept indices by decreasing score.
+
+    Args:
+        boxes: ``Tensor[N, 4]`` in ``xyxy``.
+        scores: ``Tensor[N]``, not NaN.
+        iou_threshold: a box is dropped when its IoU with a kept, higher-scoring box is
+            ``> iou_threshold``.
+    """
+    _check_inputs(boxes, scores)
+    return batched_nms(
+        boxes,
+        scores,
+        torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device),
+        iou_threshold,
+    )

@@ -1,0 +1,121 @@
+"""SSD inference: decode the offsets, score every class, class-aware NMS, keep the best."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .._checks import check_shape, shape_str
+from ..anchors import _check_variances, decode_boxes
+from .nms import batched_nms
+
+__all__ = ["ssd_detect"]
+
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+@torch.no_grad()
+def ssd_detect(
+    loc: Tensor,
+    conf: Tensor,
+    priors: Tensor,
+    conf_threshold: float = 0.01,
+    nms_threshold: float = 0.45,
+    top_k: int = 200,
+    variances: Sequence[float] = (0.1, 0.2),
+    *,
+    candidates_per_class: int | None = None,
+) -> list[dict[str, Tensor]]:
+    """Detections of an SSD head, one dict per image.
+
+    Steps, per image: decode ``loc`` against the priors (normalised ``xyxy``); softmax
+    over ``conf``; for every class but the background (logit 0), keep the
+    ``candidates_per_class`` highest-scoring priors whose probability is
+    ``> conf_threshold``; NMS per class at ``nms_threshold``; the ``top_k`` best of what
+    remains, over all classes. The whole batch goes through one :func:`batched_nms` call
+    (groups = image x class); no Python loop over images or classes.
+
+    Args:
+        loc: ``Tensor[B, P, 4]`` offsets.
+        conf: ``Tensor[B, P, C]`` logits, index 0 = background, ``C >= 2``.
+        priors: ``Tensor[P, 4]`` normalised ``cxcywh``.
+        conf_threshold: minimum class probability (strict), in ``[0, 1)``.
+        nms_threshold: IoU above which a lower-scoring box of the same class is dropped.
+        top_k: most detections returned per image.
+        variances: ``(v_xy, v_wh)`` of the offset encoding.
+        candidates_per_class: most candidates per class and image entering NMS; defaults
+            to ``top_k`` (the original SSD keeps 200 per class before NMS). Equal scores
+            are taken in prior order.
+
+    Returns:
+        ``B`` dicts with ``"boxes"`` (``[K, 4]`` normalised ``xyxy``, not clipped to the
+        image), ``"scores"`` (``[K]``, decreasing) and ``"labels"`` (``int64[K]`` in
+        ``0..C-2``, the target convention: label ``l`` is logit ``l + 1``). Computed
+        without gradients, in float32 for half inputs.
+    """
+    check_shape(loc, "loc", ndim=3, last=4, expected="[B, P, 4]")
+    check_shape(conf, "conf", ndim=3, expected="[B, P, C]")
+    check_shape(priors, "priors", ndim=2, last=4, expected="[P, 4]")
+    batch, num_priors = loc.shape[:2]
+    if conf.shape[:2] != loc.shape[:2] or conf.shape[2] < 2:
+        raise ValueError(
+            f"conf: expected shape [{batch}, {num_priors}, C] with C >= 2, "
+            f"got {shape_str(conf.shape)}"
+        )
+    if priors.shape[0] != num_priors:
+        raise ValueError(
+            f"priors: expected shape [{num_priors}, 4] (one per prediction), "
+            f"got {shape_str(priors.shape)}"
+        )
+    if (
+        isinstance(conf_threshold, bool)
+        or not isinstance(conf_threshold, (int, float))
+        or not 0 <= conf_threshold < 1
+    ):
+        raise ValueError(f"conf_threshold must be in [0, 1), got {conf_threshold!r}")
+    top_k = _check_positive_int(top_k, "top_k")
+    per_class = top_k if candidates_per_class is None else candidates_per_class
+    per_class = _check_positive_int(per_class, "candidates_per_class")
+    variances = _check_variances(variances)
+    classes = conf.shape[2] - 1
+    device = loc.device
+    dtype = torch.float64 if torch.float64 in (loc.dtype, conf.dtype) else torch.float32
+
+    boxes = decode_boxes(loc.to(dtype), priors.to(dtype), variances)  # [B, P, 4]
+    scores = conf.to(dtype).softmax(dim=-1)[..., 1:].transpose(1, 2)  # [B, C - 1, P]
+    # The `keep` best scores of each (image, class), equal scores taken in prior order:
+    # the k-th largest value is the cut-off, and ties at it are admitted by position.
+    keep = min(per_class, num_priors)
+    cutoff = torch.topk(scores, keep, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    chosen = scores > cutoff
+    tied = scores == cutoff
+    room = keep - chosen.sum(dim=-1, keepdim=True)
+    if bool((tied.sum(dim=-1, keepdim=True) > room).any()):  # more ties than room: rare
+        tied &= tied.cumsum(dim=-1) <= room
+    chosen |= tied
+    chosen &= scores > conf_threshold
+    image, label, prior = chosen.nonzero(as_tuple=True)
+    values = scores[image, label, prior]
+    kept = batched_nms(boxes[image, prior], values, image * classes + label, nms_threshold)
+    # ``kept`` is by decreasing score; a stable sort by image keeps that order per image.
+    image_of, order = torch.sort(image[kept], stable=True)
+    kept = kept[order]
+    counts = torch.bincount(image_of, minlength=batch)
+    rank_in_image = (
+        torch.arange(kept.shape[0], device=device) - (counts.cumsum(0) - counts)[image_of]
+    )
+    kept = kept[rank_in_image < top_k]
+    sizes = counts.clamp(max=top_k).tolist()
+    out_boxes = boxes[image[kept], prior[kept]].split(sizes)
+    out_scores = values[kept].split(sizes)
+    out_labels = label[kept].split(sizes)
+    return [
+        {"boxes": b, "scores": s, "labels": c}
+        for b, s, c in zip(out_boxes, out_scores, out_labels, strict=True)
+    ]

@@ -1,0 +1,336 @@
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from detloss.anchors import decode_boxes, ssd_priors
+from detloss.boxes import box_iou
+from detloss.postprocess import nms as nms_module
+from detloss.postprocess.nms import batched_nms, nms
+from detloss.postprocess.ssd import ssd_detect
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Many small calls: a second intra-op thread only adds wake-up latency here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def slow_nms(boxes, scores, idxs, threshold):
+    """Greedy NMS by plain loops: visit by (score desc, index asc); drop a box whose IoU
+    with a kept box of its group is above the threshold."""
+    iou = box_iou(boxes.double(), boxes.double())
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    kept = []
+    for i in order:
+        if all(int(idxs[j]) != int(idxs[i]) or iou[i, j] <= threshold for j in kept):
+            kept.append(i)
+    return kept
+
+
+def random_boxes(g, n, spread=10.0, size=5.0):
+    xy = torch.rand(n, 2, generator=g) * spread
+    wh = torch.rand(n, 2, generator=g) * size
+    return torch.cat((xy, xy + wh), dim=1)
+
+
+# --- nms / batched_nms ----------------------------------------------------------------------
+
+
+@given(st.integers(0, 10_000), st.integers(0, 40), st.sampled_from([0.0, 0.3, 0.5, 0.7]))
+def test_nms_equals_slow_reference(seed, n, threshold):
+    g = torch.Generator().manual_seed(seed)
+    boxes = random_boxes(g, n)
+    # Integer scores give many ties: equal scores are visited in index order.
+    scores = torch.randint(0, 4, (n,), generator=g).float()
+    assert nms(boxes, scores, threshold).tolist() == slow_nms(
+        boxes, scores, torch.zeros(n), threshold
+    )
+
+
+@given(st.integers(0, 10_000), st.integers(0, 50))
+def test_batched_nms_equals_slow_reference(seed, n):
+    g = torch.Generator().manual_seed(seed)
+    boxes = random_boxes(g, n)
+    scores = torch.rand(n, generator=g).round(decimals=1)
+    idxs = torch.randint(-1, 3, (n,), generator=g)
+    assert batched_nms(boxes, scores, idxs, 0.4).tolist() == slow_nms(boxes, scores, idxs, 0.4)
+
+
+def test_batched_nms_is_the_union_of_per_class_nms():
+    g = torch.Generator().manual_seed(0)
+    boxes = random_boxes(g, 200, spread=20)
+    scores = torch.rand(200, generator=g)
+    idxs = torch.randint(0, 5, (200,), generator=g)
+    kept = batched_nms(boxes, scores, idxs, 0.5)
+    union = []
+    for c in range(5):
+        members = (idxs == c).nonzero().squeeze(1)
+        union.append(members[nms(boxes[members], scores[members], 0.5)])
+    union = torch.cat(union)
+    assert kept.tolist() == union[scores[union].argsort(descending=True, stable=True)].tolist()
+    assert bool((scores[kept].diff() <= 0).all())
+
+
+def test_blocked_computation_equals_one_block(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    boxes = random_boxes(g, 300, spread=30)
+    scores = torch.rand(300, generator=g)
+    idxs = torch.randint(0, 4, (300,), generator=g)
+    expected = slow_nms(boxes, scores, idxs, 0.3)
+    assert batched_nms(boxes, scores, idxs, 0.3).tolist() == expected
+    # Few pairs at once: several column blocks per group chunk and sliced IoU blocks.
+    monkeypatch.setattr(nms_module, "_SCAN_PAIRS", 500)
+    monkeypatch.setattr(nms_module, "_CPU_PAIRS", 77)
+    assert batched_nms(boxes, scores, idxs, 0.3).tolist() == expected
+    assert nms(boxes, scores, 0.3).tolist() == slow_nms(boxes, scores, torch.zeros(300), 0.3)
+
+
+def test_threshold_is_strict():
+    # IoU exactly 0.5: suppressed only when the threshold is below it.
+    boxes = torch.tensor([[0.0, 0.0, 3.0, 1.0], [1.0, 0.0, 4.0, 1.0]])
+    scores = torch.tensor([0.9, 0.8])
+    assert box_iou(boxes, boxes)[0, 1].item() == 0.5
+    assert nms(boxes, scores, 0.5).tolist() == [0, 1]
+    assert nms(boxes, scores, 0.49).tolist() == [0]
+
+
+def test_identical_degenerate_and_empty_inputs():
+    boxes = torch.tensor(
+        [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0]]
+    )
+    scores = torch.tensor([0.5, 0.9, 0.7, 0.8])
+    # The duplicate is suppressed by the higher score; zero-area boxes never overlap.
+    assert nms(boxes, scores, 0.5).tolist() == [1, 3, 2]
+    empty = nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
+    assert empty.dtype == torch.int64 and empty.shape == (0,)
+    # An inverted box has zero extent and suppresses nothing.
+    inverted = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    assert nms(inverted, torch.tensor([0.9, 0.8]), 0.0).tolist() == [0, 1]
+
+
+def test_dtypes():
+    g = torch.Generator().manual_seed(2)
+    boxes = random_boxes(g, 60)
+    scores = torch.rand(60, generator=g)
+    expected = nms(boxes, scores, 0.5)
+    assert nms(boxes.double(), scores.double(), 0.5).tolist() == expected.tolist()
+    pixel = (boxes * 100).round().int()
+    assert nms(pixel, scores, 0.5).tolist() == slow_nms(pixel, scores, torch.zeros(60), 0.5)
+    half = nms(boxes.half(), scores.half(), 0.5)
+    assert half.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (
+            lambda: nms(torch.zeros(3, 5), torch.zeros(3), 0.5),
+            ValueError,
+            r"boxes: expected shape \[N, 4\], got \[3, 5\]",
+        ),
+        (
+            lambda: nms(torch.zeros(3, 4), torch.zeros(2), 0.5),
+            ValueError,
+            r"scores: expected shape \[3\] \(one per box\), got \[2\]",
+        ),
+        (
+            lambda: nms(torch.zeros(3, 4), torch.zeros(3, 1), 0.5),
+            ValueError,
+            r"scores: expected shape \[N\], got \[3, 1\]",
+        ),
+        (
+            lambda: nms(torch.zeros(3, 4), torch.zeros(3), -0.1),
+            ValueError,
+            r"iou_threshold must be a number >= 0, got -0.1",
+        ),
+        (
+            lambda: nms(torch.zeros(3, 4), torch.zeros(3), float("nan")),
+            ValueError,
+            r"iou_threshold must be a number >= 0, got nan",
+        ),
+        (
+            lambda: nms(torch.zeros(3, 4), torch.zeros(3), "0.5"),
+            ValueError,
+            r"iou_threshold must be a number >= 0, got '0.5'",
+        ),
+        (
+            lambda: batched_nms(torch.zeros(3, 4), torch.zeros(3), torch.zeros(3), 0.5),
+            TypeError,
+            r"idxs must be an integer tensor, got torch.float32",
+        ),
+        (
+            lambda: batched_nms(
+                torch.zeros(3, 4), torch.zeros(3), torch.zeros(2, dtype=torch.int64), 0.5
+            ),
+            ValueError,
+            r"idxs: expected shape \[3\] \(one per box\), got \[2\]",
+        ),
+        (
+            lambda: nms([[0, 0, 1, 1]], torch.zeros(1), 0.5),
+            TypeError,
+            r"boxes must be a torch.Tensor, got list",
+        ),
+    ],
+)
+def test_nms_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# --- ssd_detect -----------------------------------------------------------------------------
+
+
+def slow_detect(
+    loc, conf, priors, conf_threshold, nms_threshold, top_k, per_class, variances=(0.1, 0.2)
+):
+    """Per image and class: threshold, the best `per_class` by (score desc, prior asc),
+    greedy NMS; then the best `top_k` of the image."""
+    results = []
+    for b in range(loc.shape[0]):
+        boxes = decode_boxes(loc[b].double(), priors.double(), variances)
+        probs = conf[b].double().softmax(dim=-1)
+        found = []
+        for c in range(1, conf.shape[2]):
+            order = sorted(range(priors.shape[0]), key=lambda p, c=c: (-float(probs[p, c]), p))
+            chosen = [p for p in order[:per_class] if probs[p, c] > conf_threshold]
+            if not chosen:
+                continue
+            chosen_t = torch.tensor(chosen)
+            kept = slow_nms(
+                boxes[chosen_t], probs[chosen_t, c], torch.zeros(len(chosen)), nms_threshold
+            )
+            found += [(float(probs[chosen[k], c]), chosen[k], c - 1) for k in kept]
+        found.sort(key=lambda f: -f[0])
+        results.append(found[:top_k])
+    return results
+
+
+def test_ssd_detect_equals_slow_reference():
+    priors = ssd_priors(
+        image_size=100,
+        feature_maps=(4, 2),
+        steps=(25, 50),
+        min_sizes=(30, 60),
+        max_sizes=(60, 90),
+        aspect_ratios=((2,), (2,)),
+    )  # 80 priors
+    g = torch.Generator().manual_seed(0)
+    loc = torch.randn(3, 80, 4, generator=g) * 0.5
+    conf = torch.randn(3, 80, 4, generator=g) * 2
+    for conf_threshold, top_k, per_class in ((0.2, 30, 10), (0.01, 200, 200), (0.5, 5, 3)):
+        got = ssd_detect(
+            loc, conf, priors, conf_threshold, 0.45, top_k, candidates_per_class=per_class
+        )
+        expected = slow_detect(loc, conf, priors, conf_threshold, 0.45, top_k, per_class)
+        for image, (out, ref) in enumerate(zip(got, expected, strict=True)):
+            assert out["labels"].tolist() == [r[2] for r in ref]
+            torch.testing.assert_close(out["scores"], torch.tensor([r[0] for r in ref]))
+            boxes = decode_boxes(loc[image], priors)
+            ref_boxes = boxes[[r[1] for r in ref]] if ref else torch.zeros(0, 4)
+            torch.testing.assert_close(out["boxes"], ref_boxes)
+
+
+def test_ssd_detect_hand_built_case():
+    # Three priors: two overlapping (IoU 0.6), one apart; zero offsets decode to the priors.
+    priors = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.33, 0.3, 0.2, 0.2], [0.8, 0.8, 0.2, 0.2]])
+    loc = torch.zeros(1, 3, 4)
+    prob = torch.tensor(
+        [
+            [0.1, 0.8, 0.1],  # class 0 (logit 1) at 0.8
+            [0.1, 0.7, 0.2],  # class 0 at 0.7: suppressed by prior 0; class 1 at 0.2 stays
+            [0.97, 0.005, 0.025],  # class 0 below the threshold, class 1 at 0.025
+        ]
+    )
+    out = ssd_detect(loc, prob.log()[None], priors, conf_threshold=0.01, nms_threshold=0.45)[0]
+    assert out["labels"].tolist() == [0, 1, 1]
+    torch.testing.assert_close(out["scores"], torch.tensor([0.8, 0.2, 0.025]))
+    expected_boxes = torch.tensor(
+        [[0.2, 0.2, 0.4, 0.4], [0.23, 0.2, 0.43, 0.4], [0.7, 0.7, 0.9, 0.9]]
+    )
+    torch.testing.assert_close(out["boxes"], expected_boxes)
+    # top_k keeps the best overall; a stricter threshold drops the weak box.
+    assert ssd_detect(loc, prob.log()[None], priors, top_k=1)[0]["labels"].tolist() == [0]
+    assert ssd_detect(loc, prob.log()[None], priors, conf_threshold=0.1)[0]["scores"].shape == (2,)
+
+
+def test_ssd_detect_empty_and_dtypes():
+    priors = ssd_priors(
+        image_size=100,
+        feature_maps=(2,),
+        steps=(50,),
+        min_sizes=(40,),
+        max_sizes=None,
+        aspect_ratios=((),),
+    )
+    conf = torch.zeros(2, 4, 3)
+    conf[..., 0] = 20.0  # confident background everywhere
+    out = ssd_detect(torch.zeros(2, 4, 4), conf, priors)
+    assert len(out) == 2
+    assert out[0]["boxes"].shape == (0, 4) and out[0]["labels"].dtype == torch.int64
+    half = ssd_detect(
+        torch.zeros(1, 4, 4, dtype=torch.float16),
+        torch.zeros(1, 4, 3, dtype=torch.float16),
+        priors.half(),
+    )
+    assert half[0]["scores"].dtype == torch.float32
+    assert half[0]["scores"].shape == (8,)  # 4 disjoint priors x 2 classes at 1/3
+    assert ssd_detect(torch.zeros(0, 4, 4), torch.zeros(0, 4, 3), priors) == []
+
+
+P4 = torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 4)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (
+            lambda: ssd_detect(torch.zeros(1, 4, 3), torch.zeros(1, 4, 3), P4),
+            ValueError,
+            r"loc: expected shape \[B, P, 4\], got \[1, 4, 3\]",
+        ),
+        (
+            lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 1), P4),
+            ValueError,
+            r"conf: expected shape \[1, 4, C\] with C >= 2, got \[1, 4, 1\]",
+        ),
+        (
+            lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4[:3]),
+            ValueError,
+            r"priors: expected shape \[4, 4\] \(one per prediction\), got \[3, 4\]",
+        ),
+        (
+            lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4, conf_threshold=1.0),
+            ValueError,
+            r"conf_threshold must be in \[0, 1\), got 1.0",
+        ),
+        (
+            lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4, top_k=0),
+            ValueError,
+            r"top_k must be a positive int, got 0",
+        ),
+        (
+            lambda: ssd_detect(
+                torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4, candidates_per_class=2.5
+            ),
+            ValueError,
+            r"candidates_per_class must be a positive int, got 2.5",
+        ),
+        (
+            lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4, nms_threshold=-1),
+            ValueError,
+            r"iou_threshold must be a number >= 0, got -1",
+        ),
+        (
+            lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4, variances=(0.1,)),
+            ValueError,
+            r"variances: expected two positive numbers",
+        ),
+    ],
+)
+def test_ssd_detect_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
