@@ -1,6 +1,13 @@
-"""detloss: training objectives for object and point detectors in PyTorch."""
+"""detloss: training objectives for object and point detectors in PyTorch.
 
-from . import costs, losses, match
+Matching (:mod:`detloss.match`), losses (:mod:`detloss.losses`), targets
+(:mod:`detloss.heatmap`, :mod:`detloss.anchors`), decoding (:mod:`detloss.postprocess`)
+and metrics (:mod:`detloss.metrics`) for DETR-, SSD-, CenterNet- and P2PNet-style
+detectors. The most used names are re-exported here.
+"""
+
+from . import costs, losses, match, postprocess
+from .anchors import BoxCoder, decode_boxes, encode_boxes, ssd_priors
 from .batching import pad_targets, unpad_targets
 from .boxes import (
     aligned_box_iou,
@@ -14,47 +21,111 @@ from .boxes import (
     distance_box_iou,
     generalized_box_iou,
 )
+from .heatmap import centernet_targets, draw_gaussians, gaussian_kernel, gaussian_radius
 from .losses import (
+    ALRPLoss,
+    APLoss,
+    CenterNetLoss,
+    DetectionLoss,
+    MultiBoxLoss,
+    PointLoss,
+    RankSortLoss,
     SigmoidFocalLoss,
+    alrp_loss,
+    ap_loss,
+    centernet_loss,
     ciou_loss,
+    detection_loss,
     diou_loss,
+    gaussian_focal_loss,
+    gaussian_focal_loss_with_logits,
     giou_loss,
     iou_loss,
+    multibox_loss,
     negative_prob,
+    point_loss,
+    rank_sort_loss,
     sigmoid_focal_loss,
+    smooth_l1_loss,
 )
-from .match import HungarianMatcher, Matching, MaxIoUMatcher
+from .match import (
+    HungarianMatcher,
+    Matching,
+    MaxIoUMatcher,
+    SinkhornMatcher,
+    hungarian,
+    match_points,
+    max_iou,
+    sinkhorn,
+)
 from .points import anchor_points, pairwise_distance
+from .postprocess import batched_nms, centernet_decode, decode_points, nms, ssd_detect
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALRPLoss",
+    "APLoss",
+    "BoxCoder",
+    "CenterNetLoss",
+    "DetectionLoss",
     "HungarianMatcher",
     "Matching",
     "MaxIoUMatcher",
+    "MultiBoxLoss",
+    "PointLoss",
+    "RankSortLoss",
     "SigmoidFocalLoss",
+    "SinkhornMatcher",
     "__version__",
     "aligned_box_iou",
     "aligned_complete_box_iou",
     "aligned_distance_box_iou",
     "aligned_generalized_box_iou",
+    "alrp_loss",
     "anchor_points",
+    "ap_loss",
+    "batched_nms",
     "box_area",
     "box_convert",
     "box_iou",
+    "centernet_decode",
+    "centernet_loss",
+    "centernet_targets",
     "ciou_loss",
     "complete_box_iou",
     "costs",
+    "decode_boxes",
+    "decode_points",
+    "detection_loss",
     "diou_loss",
     "distance_box_iou",
+    "draw_gaussians",
+    "encode_boxes",
+    "gaussian_focal_loss",
+    "gaussian_focal_loss_with_logits",
+    "gaussian_kernel",
+    "gaussian_radius",
     "generalized_box_iou",
     "giou_loss",
+    "hungarian",
     "iou_loss",
     "losses",
     "match",
+    "match_points",
+    "max_iou",
+    "multibox_loss",
     "negative_prob",
+    "nms",
     "pad_targets",
     "pairwise_distance",
+    "point_loss",
+    "postprocess",
+    "rank_sort_loss",
     "sigmoid_focal_loss",
+    "sinkhorn",
+    "smooth_l1_loss",
+    "ssd_detect",
+    "ssd_priors",
     "unpad_targets",
 ]

@@ -1,15 +1,45 @@
 """Losses: one function per loss, plus a thin ``nn.Module`` that stores its settings."""
 
+from .centernet import (
+    CenterNetLoss,
+    GaussianFocalLoss,
+    centernet_loss,
+    gaussian_focal_loss,
+    gaussian_focal_loss_with_logits,
+)
 from .classification import negative_prob
+from .detection import DetectionLoss, detection_loss
 from .focal import SigmoidFocalLoss, sigmoid_focal_loss
 from .iou import ciou_loss, diou_loss, giou_loss, iou_loss
+from .points import PointLoss, point_loss
+from .ranking import ALRPLoss, APLoss, RankSortLoss, alrp_loss, ap_loss, rank_sort_loss
+from .regression import smooth_l1_loss
+from .ssd import MultiBoxLoss, multibox_loss
 
 __all__ = [
+    "ALRPLoss",
+    "APLoss",
+    "CenterNetLoss",
+    "DetectionLoss",
+    "GaussianFocalLoss",
+    "MultiBoxLoss",
+    "PointLoss",
+    "RankSortLoss",
     "SigmoidFocalLoss",
+    "alrp_loss",
+    "ap_loss",
+    "centernet_loss",
     "ciou_loss",
+    "detection_loss",
     "diou_loss",
+    "gaussian_focal_loss",
+    "gaussian_focal_loss_with_logits",
     "giou_loss",
     "iou_loss",
+    "multibox_loss",
     "negative_prob",
+    "point_loss",
+    "rank_sort_loss",
     "sigmoid_focal_loss",
+    "smooth_l1_loss",
 ]

@@ -2,9 +2,13 @@
 that build the cost from model outputs and targets."""
 
 from .closest import closest_prediction, closest_target
+from .crowd import certify_assignment, crowd_assignment
 from .hungarian import hungarian
 from .matching import BACKGROUND, IGNORED, Matching
 from .modules import BoxCostMatcher, HungarianMatcher, MaxIoUMatcher
+from .points import match_points
+from .sinkhorn import SinkhornConvergenceWarning, SinkhornMatcher, sinkhorn
+from .softmin import combine, softmin
 from .threshold import max_iou
 
 __all__ = [
@@ -14,8 +18,16 @@ __all__ = [
     "HungarianMatcher",
     "Matching",
     "MaxIoUMatcher",
+    "SinkhornConvergenceWarning",
+    "SinkhornMatcher",
+    "certify_assignment",
     "closest_prediction",
     "closest_target",
+    "combine",
+    "crowd_assignment",
     "hungarian",
+    "match_points",
     "max_iou",
+    "sinkhorn",
+    "softmin",
 ]

@@ -1,0 +1,64 @@
+"""Decoding of point-proposal outputs (P2PNet) into per-image point sets."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import check_shape, shape_str
+
+__all__ = ["decode_points", "point_scores"]
+
+
+def point_scores(logits: Tensor) -> Tensor:
+    """Person probabilities ``[B, M]`` from ``logits``: ``Tensor[B, M]`` (sigmoid head) or
+    ``Tensor[B, M, 2]`` (softmax head, index 1 = person). Half precision is computed in
+    float32."""
+    check_shape(logits, "logits", ndim=(2, 3), expected="[B, M] or [B, M, 2]")
+    if logits.ndim == 3 and logits.shape[2] != 2:
+        raise ValueError(
+            f"logits: expected shape [B, M] or [B, M, 2], got {shape_str(logits.shape)}"
+        )
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    if not x.is_floating_point():
+        x = x.float()
+    return x.softmax(dim=-1)[..., 1] if x.ndim == 3 else x.sigmoid()
+
+
+@torch.no_grad()
+def decode_points(
+    points: Tensor, logits: Tensor, threshold: float = 0.5
+) -> list[dict[str, Tensor]]:
+    """Keep the proposals whose person probability is strictly greater than ``threshold``.
+
+    This is P2PNet's counting rule (``p > 0.5``): the count of an image is the length of
+    its kept points. No non-maximum suppression: the one-to-one matching of training
+    already makes proposals compete for a head.
+
+    Args:
+        points: ``Tensor[B, M, 2]`` proposal coordinates (x, y).
+        logits: ``Tensor[B, M]`` (sigmoid head) or ``Tensor[B, M, 2]`` (softmax head,
+            index 1 = person).
+        threshold: probability threshold in [0, 1).
+
+    Returns:
+        One dict per image: ``{"points": [n_i, 2], "scores": [n_i]}``, in proposal order,
+        on the inputs' device (``points`` keeps its dtype, ``scores`` is float32 or
+        float64).
+    """
+    check_shape(points, "points", ndim=3, last=2, expected="[B, M, 2]")
+    scores = point_scores(logits)
+    if tuple(scores.shape) != tuple(points.shape[:2]):
+        raise ValueError(
+            f"logits: expected shape [{points.shape[0]}, {points.shape[1]}] or "
+            f"[{points.shape[0]}, {points.shape[1]}, 2] (points' B and M), "
+            f"got {shape_str(logits.shape)}"
+        )
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    keep = scores > threshold
+    # One host synchronisation for the whole batch.
+    counts = keep.sum(dim=1).tolist()
+    kept_points = points[keep].split(counts)
+    kept_scores = scores[keep].split(counts)
+    return [{"points": p, "scores": s} for p, s in zip(kept_points, kept_scores, strict=True)]
