@@ -29,6 +29,9 @@ def shape_str(shape: Sequence[int]) -> str:
 def check_tensor(x: object, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    # Casting to a real dtype would silently drop the imaginary part.
+    if x.is_complex():
+        raise TypeError(f"{name} must be a real tensor, got {x.dtype}")
     return x
 
 

@@ -5,6 +5,11 @@ a different scale. :func:`normalizer` instead returns the global count divided b
 world size, so that DDP's gradient averaging reproduces single-process training: with a
 batch split over W ranks, the mean of the ranks' losses equals the loss of the whole
 batch on one process. Nothing here calls ``.item()``: counts stay tensors on the device.
+
+The lower clamp applies to the global count, before the division: ``max(G, 1) / W``,
+not DETR's ``max(G / W, 1)``. The two differ only when the batch holds fewer than W
+objects in all (``0 <= G < W``), and only the first keeps the mean of the ranks' losses
+equal to the single-process loss there.
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ def world_size() -> int:
 
 
 def normalizer(count: Tensor | float, distributed: bool = True, minimum: float = 1.0) -> Tensor:
-    """``max(global_count / world_size, minimum)`` as a float tensor without gradient.
+    """``max(global_count, minimum) / world_size`` as a float tensor without gradient.
 
     Args:
         count: this rank's count (a tensor or number).
         distributed: when True and a process group is initialised, the count is summed
-            over ranks and divided by the world size; otherwise it is used as is.
-        minimum: the lower clamp (1 keeps a batch without objects finite).
+            over ranks, clamped, and divided by the world size; otherwise it is this
+            rank's count clamped (world size 1).
+        minimum: the lower clamp of the global count (1 keeps a batch without objects
+            finite).
     """
     count = torch.as_tensor(count).detach()
     if not count.is_floating_point():
@@ -40,7 +47,9 @@ def normalizer(count: Tensor | float, distributed: bool = True, minimum: float =
     if distributed and is_distributed():
         count = count.clone()
         dist.all_reduce(count)
-        count = count / dist.get_world_size()
+        # Clamp before dividing: sum_r loss_r / (max(G, min) / W) / W is the
+        # single-process loss / max(G, min) for every G, including 0 <= G < W.
+        return count.clamp(min=minimum) / dist.get_world_size()
     return count.clamp(min=minimum)
 
 

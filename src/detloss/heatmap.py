@@ -115,17 +115,26 @@ def gaussian_radius(
     if not 0 < min_overlap <= 1:
         raise ValueError(f"min_overlap must be in (0, 1], got {min_overlap}")
     o = float(min_overlap)
+    for value, name in ((height, "height"), (width, "width")):
+        if isinstance(value, Tensor):
+            check_tensor(value, name)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
     tensors = [t for t in (height, width) if isinstance(t, Tensor)]
     if not tensors:
-        for value, name in ((height, "height"), (width, "width")):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
         h, w = max(float(height), 0.0), max(float(width), 0.0)
         scale = max(h, w)
         if scale == 0:
             return 0.0
         r = _radius_cases(h / scale, w / scale, o, legacy, math.sqrt, lambda v: max(v, 0.0))
         return min(r) * scale
+    try:
+        torch.broadcast_shapes(*(t.shape for t in tensors))
+    except RuntimeError:
+        raise ValueError(
+            "height and width: expected broadcastable shapes, got "
+            f"{shape_str(torch.as_tensor(height).shape)} and {shape_str(torch.as_tensor(width).shape)}"
+        ) from None
     dtype = compute_dtype(*tensors)
     out = output_dtype(*tensors)
     device = tensors[0].device

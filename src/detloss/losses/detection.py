@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_reduction, check_shape, compute_dtype, shape_str
 from ..boxes import BOX_FORMATS, box_convert
-from ..distributed import normalizer
+from ..distributed import normalizer, world_size
 from ..match.matching import BACKGROUND, Matching
 from ..match.modules import box_targets
 from .focal import sigmoid_focal_loss
@@ -508,8 +508,12 @@ def _layer_terms(
             torch.stack((sums.cls_norm.sum(), sums.matched.sum())), opts.distributed, minimum=0.0
         ).to(dtype)
         counts_only_positives = opts.background == "none" or opts.hard_negative_ratio is not None
-        cls = cls / norms[0].clamp(min=1.0 if counts_only_positives else _TINY)
-        loc = {k: v / norms[1].clamp(min=1.0) for k, v in loc.items()}
+        # norms are global counts / W: clamping them at minimum / W clamps the global
+        # counts at minimum, which keeps the ranks' mean equal to the whole-batch loss.
+        world = world_size() if opts.distributed else 1
+        cls_min = 1.0 if counts_only_positives else _TINY
+        cls = cls / norms[0].clamp(min=cls_min / world)
+        loc = {k: v / norms[1].clamp(min=1.0 / world) for k, v in loc.items()}
     terms["cls" + suffix] = opts.cls_weight * cls
     for key, w in opts.loc_losses.items():
         terms[key + suffix] = w * loc[key]

@@ -49,6 +49,7 @@ def solve_assignment(block: np.ndarray, image: int = 0) -> tuple[np.ndarray, np.
         ) from None
 
 
+@torch.compiler.disable  # a host step: tracing it only splits the caller's graph
 def hungarian(
     cost: Tensor,
     target_mask: Tensor | None = None,

@@ -154,6 +154,7 @@ def _check_finite(x: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: expected finite values, got a NaN or inf in image {bad}")
 
 
+@torch.compiler.disable  # a host step: tracing it only splits the caller's graph
 @torch.no_grad()
 def match_points(
     pred_points: Tensor,

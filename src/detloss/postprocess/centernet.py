@@ -99,7 +99,7 @@ def centernet_decode(
     pooled = F.max_pool2d(heat, kernel, stride=1, padding=kernel // 2)
     scores = torch.sigmoid(heat) if logits else heat
     scores = torch.where(pooled == heat, scores, 0)
-    best, flat = scores.reshape(batch, -1).topk(top, dim=1)
+    best, flat = scores.reshape(batch, classes * hw).topk(top, dim=1)
     labels = flat // hw
     cell = flat % hw
     ys = (cell // width).to(dtype)
