@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 from hypothesis import given
@@ -5,9 +7,11 @@ from hypothesis import strategies as st
 
 from detloss.anchors import decode_boxes, ssd_priors
 from detloss.boxes import box_iou
-from detloss.postprocess import nms as nms_module
 from detloss.postprocess.nms import batched_nms, nms
 from detloss.postprocess.ssd import ssd_detect
+
+# The package re-exports the function nms, which shadows the submodule as an attribute.
+nms_module = importlib.import_module("detloss.postprocess.nms")
 
 
 @pytest.fixture(autouse=True)
