@@ -1,0 +1,243 @@
+"""Reader of box annotations in COCO JSON ("instances") format.
+
+The parts read are the standard ones::
+
+    {
+      "images": [{"id": 1, "file_name": "a.jpg", "width": 640, "height": 480}, ...],
+      "annotations": [{"id": 7, "image_id": 1, "category_id": 3,
+                       "bbox": [x, y, w, h], "iscrowd": 0}, ...],
+      "categories": [{"id": 3, "name": "dog"}, ...]
+    }
+
+``bbox`` is ``[x, y, width, height]`` in pixels with ``(x, y)`` the top-left corner, in
+the continuous convention (the image spans ``[0, W] x [0, H]``). Other keys
+(``segmentation``, ``area``, ``info``, ...) are ignored.
+
+Rules:
+
+* Category ids may be any integers; labels are their rank in ascending id order
+  (``0..C-1``), with the names in :attr:`CocoDetection.categories`.
+* A box with a negative width or height, or reaching more than ``tolerance`` pixels
+  outside its image, is an error naming the file and the annotation. Boxes within the
+  tolerance are clipped to the image.
+* Crowd regions (``iscrowd: 1``) and boxes of zero width or height are dropped, and one
+  warning reports how many.
+* An image without annotations is kept, with empty targets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ._common import AnnotationError, image_size, load_image, read_json, warn_dropped
+
+__all__ = ["CocoDetection", "load_coco_annotations"]
+
+Transform = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _require(record: object, keys: tuple[str, ...], path: Path, where: str) -> dict:
+    if not isinstance(record, dict):
+        raise AnnotationError(f"{path}: {where}: expected an object, got {type(record).__name__}")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise AnnotationError(f"{path}: {where}: missing keys {missing}, got {sorted(record)}")
+    return record
+
+
+def load_coco_annotations(
+    path: str | Path, tolerance: float = 1.0
+) -> tuple[list[dict], dict[int, dict[str, Tensor]], list[int], list[str]]:
+    """Parse and check a COCO file.
+
+    Returns:
+        ``(images, targets, category_ids, category_names)``: the image records in file
+        order, ``{image id: {"boxes": float32[n, 4] xyxy, "labels": int64[n]}}``, and the
+        categories in label order.
+
+    Raises:
+        FileNotFoundError: no such file.
+        AnnotationError (a ``ValueError``): the message names the file and the record.
+    """
+    path = Path(path)
+    data = read_json(path)
+    top = _require(data, ("images", "annotations", "categories"), path, "top level")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(top[key], list):
+            raise AnnotationError(
+                f"{path}: '{key}': expected a list, got {type(top[key]).__name__}"
+            )
+
+    cat_ids: list[int] = []
+    names: dict[int, str] = {}
+    for k, cat in enumerate(top["categories"]):
+        cat = _require(cat, ("id",), path, f"categories[{k}]")
+        if not _is_int(cat["id"]) or cat["id"] in names:
+            raise AnnotationError(
+                f"{path}: categories[{k}]: expected a unique integer 'id', got {cat['id']!r}"
+            )
+        names[cat["id"]] = str(cat.get("name", cat["id"]))
+        cat_ids.append(cat["id"])
+    cat_ids.sort()
+    label_of = {cid: i for i, cid in enumerate(cat_ids)}
+
+    images: list[dict] = []
+    by_id: dict[int, dict] = {}
+    for k, img in enumerate(top["images"]):
+        img = _require(img, ("id", "file_name", "width", "height"), path, f"images[{k}]")
+        where = f"images[{k}] (id {img['id']!r})"
+        if not _is_int(img["id"]) or img["id"] in by_id:
+            raise AnnotationError(f"{path}: {where}: expected a unique integer 'id'")
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            raise AnnotationError(
+                f"{path}: {where}: expected a non-empty 'file_name', got {img['file_name']!r}"
+            )
+        for key in ("width", "height"):
+            if not _is_int(img[key]) or img[key] <= 0:
+                raise AnnotationError(
+                    f"{path}: {where}: expected a positive integer '{key}', got {img[key]!r}"
+                )
+        images.append(img)
+        by_id[img["id"]] = img
+
+    boxes: dict[int, list[list[float]]] = {i: [] for i in by_id}
+    labels: dict[int, list[int]] = {i: [] for i in by_id}
+    dropped = {"crowd regions (iscrowd=1)": 0, "boxes of zero width or height": 0}
+    for k, ann in enumerate(top["annotations"]):
+        ann = _require(ann, ("image_id", "category_id", "bbox"), path, f"annotations[{k}]")
+        where = f"annotations[{k}] (id {ann.get('id', '?')!r})"
+        if ann["image_id"] not in by_id:
+            raise AnnotationError(
+                f"{path}: {where}: 'image_id' {ann['image_id']!r} is not in 'images'"
+            )
+        if ann["category_id"] not in label_of:
+            raise AnnotationError(
+                f"{path}: {where}: 'category_id' {ann['category_id']!r} is not in 'categories'"
+            )
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise AnnotationError(
+                f"{path}: {where}: expected 'bbox' [x, y, width, height] of finite numbers, "
+                f"got {bbox!r}"
+            )
+        x, y, w, h = (float(v) for v in bbox)
+        if w < 0 or h < 0:
+            raise AnnotationError(
+                f"{path}: {where}: 'bbox' has a negative size, got {bbox!r} "
+                "(expected [x, y, width, height] with width, height >= 0)"
+            )
+        img = by_id[ann["image_id"]]
+        width, height = img["width"], img["height"]
+        if (
+            x < -tolerance
+            or y < -tolerance
+            or x + w > width + tolerance
+            or (y + h > height + tolerance)
+        ):
+            raise AnnotationError(
+                f"{path}: {where}: 'bbox' {bbox!r} lies outside image {img['id']} "
+                f"({img['file_name']!r}, width {width}, height {height})"
+            )
+        if ann.get("iscrowd", 0):
+            dropped["crowd regions (iscrowd=1)"] += 1
+            continue
+        x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        if x1 <= x0 or y1 <= y0:
+            dropped["boxes of zero width or height"] += 1
+            continue
+        boxes[img["id"]].append([x0, y0, x1, y1])
+        labels[img["id"]].append(label_of[ann["category_id"]])
+    warn_dropped(path, dropped)
+    targets = {
+        i: {
+            "boxes": torch.tensor(boxes[i], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels[i], dtype=torch.int64),
+        }
+        for i in by_id
+    }
+    return images, targets, cat_ids, [names[c] for c in cat_ids]
+
+
+class CocoDetection(Dataset):
+    """Images with COCO box annotations, as ``(image, target)`` pairs.
+
+    Args:
+        image_dir: directory the ``file_name`` entries are relative to.
+        annotation_file: a COCO instances JSON file.
+        transform: optional ``(image, target) -> (image, target)`` applied after loading.
+        tolerance: how far (pixels) a box may reach outside its image before it is an
+            error; boxes within it are clipped.
+        check_images: read every image header at construction, so a missing or
+            unreadable image, or one whose size differs from its record, fails now.
+
+    Items: ``image`` is ``float32[3, H, W]`` in [0, 1] (RGB); ``target`` is
+    ``{"boxes": float32[n, 4] (xyxy, pixels), "labels": int64[n]}``. ``image_ids[i]`` is
+    the COCO id of item ``i``; ``categories`` the names in label order.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        annotation_file: str | Path,
+        transform: Transform | None = None,
+        *,
+        tolerance: float = 1.0,
+        check_images: bool = False,
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.annotation_file = Path(annotation_file)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"{self.image_dir}: image directory not found")
+        images, self.targets, self.category_ids, self.categories = load_coco_annotations(
+            self.annotation_file, tolerance
+        )
+        self.images = images
+        self.image_ids = [img["id"] for img in images]
+        self.transform = transform
+        if check_images:
+            for img in images:
+                self._check_size(
+                    img, image_size(self.image_dir / img["file_name"], self._where(img))
+                )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def _where(self, img: dict) -> str:
+        return f"image id {img['id']} of {self.annotation_file}"
+
+    def _check_size(self, img: dict, hw: tuple[int, int]) -> None:
+        if hw != (img["height"], img["width"]):
+            raise AnnotationError(
+                f"{self.annotation_file}: image id {img['id']} ({img['file_name']!r}): "
+                f"record says width {img['width']} and height {img['height']}, "
+                f"the file has width {hw[1]} and height {hw[0]}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        img = self.images[index]
+        image = load_image(self.image_dir / img["file_name"], self._where(img))
+        self._check_size(img, (image.shape[1], image.shape[2]))
+        target = {k: v.clone() for k, v in self.targets[img["id"]].items()}
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
