@@ -3,10 +3,12 @@
 Matching (:mod:`detloss.match`), losses (:mod:`detloss.losses`), targets
 (:mod:`detloss.heatmap`, :mod:`detloss.anchors`), decoding (:mod:`detloss.postprocess`)
 and metrics (:mod:`detloss.metrics`) for DETR-, SSD-, CenterNet- and P2PNet-style
-detectors. The most used names are re-exported here.
+detectors. The most used names are re-exported here; :mod:`detloss.models` holds small
+reference detectors, and :mod:`detloss.data` (needs Pillow, the ``demo`` extra) the
+synthetic data generator and the COCO / point-annotation readers.
 """
 
-from . import costs, losses, match, postprocess
+from . import costs, losses, match, metrics, models, postprocess
 from .anchors import BoxCoder, decode_boxes, encode_boxes, ssd_priors
 from .batching import pad_targets, unpad_targets
 from .boxes import (
@@ -58,6 +60,7 @@ from .match import (
     max_iou,
     sinkhorn,
 )
+from .metrics import coco_box_ap, count_metrics, point_metrics, voc_box_ap
 from .points import anchor_points, pairwise_distance
 from .postprocess import batched_nms, centernet_decode, decode_points, nms, ssd_detect
 
@@ -93,8 +96,10 @@ __all__ = [
     "centernet_loss",
     "centernet_targets",
     "ciou_loss",
+    "coco_box_ap",
     "complete_box_iou",
     "costs",
+    "count_metrics",
     "decode_boxes",
     "decode_points",
     "detection_loss",
@@ -114,12 +119,15 @@ __all__ = [
     "match",
     "match_points",
     "max_iou",
+    "metrics",
+    "models",
     "multibox_loss",
     "negative_prob",
     "nms",
     "pad_targets",
     "pairwise_distance",
     "point_loss",
+    "point_metrics",
     "postprocess",
     "rank_sort_loss",
     "sigmoid_focal_loss",
@@ -128,4 +136,5 @@ __all__ = [
     "ssd_detect",
     "ssd_priors",
     "unpad_targets",
+    "voc_box_ap",
 ]
