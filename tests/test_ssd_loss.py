@@ -713,3 +713,21 @@ def test_validate_false_skips_the_host_checks():
     b = multibox_loss(loc, conf, PRIORS, _targets(labels=(3,)), validate=True)
     torch.testing.assert_close(a, b)
     assert math.isfinite(a.item())
+
+
+def test_non_contiguous_predictions_give_the_same_loss_and_gradients(path):
+    # The loss gathers rows from flattened predictions: strided inputs must agree too.
+    g = torch.Generator().manual_seed(11)
+    targets = random_targets(g, batch=3, max_objects=4)
+    loc, conf = random_predictions(g, 3)
+    loc_a, conf_a = loc.clone().requires_grad_(), conf.clone().requires_grad_()
+    # The same values, laid out [P, B, ...] and viewed as [B, P, ...].
+    loc_t = loc.transpose(0, 1).contiguous().requires_grad_()
+    conf_t = conf.transpose(0, 1).contiguous().requires_grad_()
+    expected = multibox_loss(loc_a, conf_a, PRIORS, targets)
+    got = multibox_loss(loc_t.transpose(0, 1), conf_t.transpose(0, 1), PRIORS, targets)
+    expected.backward()
+    got.backward()
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(loc_t.grad.transpose(0, 1), loc_a.grad, rtol=0, atol=0)
+    torch.testing.assert_close(conf_t.grad.transpose(0, 1), conf_a.grad, rtol=0, atol=0)

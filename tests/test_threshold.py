@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detloss.match import max_iou
@@ -65,6 +65,69 @@ def test_every_target_keeps_a_prediction(m, n, seed):
         assert kept == real
     else:
         assert len(kept) == m
+
+
+def forced_reference(iou: np.ndarray, tmask: np.ndarray, pmask: np.ndarray) -> np.ndarray:
+    """The documented forcing rule, one claim at a time: each round, every unresolved real
+    target claims its best free real prediction (first index on equal IoU); a contested
+    prediction goes to the highest IoU, then the lower target index."""
+    m, n = iou.shape
+    forced = np.full(m, -1)
+    free = pmask.copy()
+    unresolved = [j for j in range(n) if tmask[j]]
+    for _ in range(min(m, n)):
+        claims: dict[int, list[int]] = {}
+        for j in unresolved:
+            options = [i for i in range(m) if free[i]]
+            if options:
+                best = max(options, key=lambda i: (iou[i, j], -i))
+                claims.setdefault(best, []).append(j)
+        if not claims:
+            break
+        for i, claimants in claims.items():
+            forced[i] = max(claimants, key=lambda j: (iou[i, j], -j))
+            free[i] = False
+        unresolved = [j for js in claims.values() for j in js if j not in forced]
+        if not unresolved:
+            break
+    return forced
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 7), st.integers(0, 2**31 - 1))
+def test_forcing_equals_the_documented_rule(b, m, n, seed):
+    # Few distinct IoU values, so several targets often share a best prediction and
+    # conflicts last several rounds; the batch mixes images with and without conflicts.
+    rng = np.random.default_rng(seed)
+    iou = rng.integers(0, 4, (b, m, n)) / 4.0
+    tmask = rng.random((b, n)) < 0.8
+    pmask = rng.random((b, m)) < 0.8
+    for pred_mask in (None, torch.from_numpy(pmask)):
+        got = max_iou(
+            torch.from_numpy(iou),
+            pos_threshold=1.5,  # nothing passes: only forced matches remain
+            neg_threshold=1.5,
+            target_mask=torch.from_numpy(tmask),
+            pred_mask=pred_mask,
+        ).pred_to_target
+        for i in range(b):
+            real = pmask[i] if pred_mask is not None else np.ones(m, dtype=bool)
+            expected = forced_reference(iou[i], tmask[i], real)
+            expected = np.where(expected >= 0, expected, np.where(real, -1, -2))
+            np.testing.assert_array_equal(got[i].numpy(), expected)
+
+
+def test_conflicting_image_resolved_alone_in_a_batch():
+    # image 1 has a conflict (both targets prefer prediction 0), image 0 has none
+    iou = torch.tensor(
+        [
+            [[0.9, 0.1], [0.1, 0.8], [0.0, 0.0]],
+            [[0.45, 0.40], [0.30, 0.10], [0.05, 0.35]],
+        ]
+    )
+    p2t = max_iou(iou).pred_to_target
+    assert p2t.tolist() == [[0, 1, -1], [0, -1, 1]]
+    assert max_iou(iou[1]).pred_to_target[0].tolist() == [0, -1, 1]
 
 
 def test_band_between_thresholds_is_ignored_and_padding():

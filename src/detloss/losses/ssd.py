@@ -345,8 +345,15 @@ def _sparse_terms(
             )
         else:  # no target slot at all: every chosen prior is a negative
             target_class = torch.zeros_like(chosen_target)
-    loc_sum = smooth_l1_loss(loc[image, prior].to(dtype), loc_target, beta=1.0).sum()
-    log_prob = conf[chosen_image, chosen_prior].to(dtype).log_softmax(dim=-1)  # [S, C]
+    # Flat index_select: its backward is an index_add, much cheaper than the accumulating
+    # index_put that advanced indexing differentiates to.
+    num_priors = loc.shape[1]
+    loc_rows = loc.reshape(-1, 4).index_select(0, image * num_priors + prior)
+    loc_sum = smooth_l1_loss(loc_rows.to(dtype), loc_target, beta=1.0).sum()
+    conf_rows = conf.reshape(-1, conf.shape[-1]).index_select(
+        0, chosen_image * num_priors + chosen_prior
+    )
+    log_prob = conf_rows.to(dtype).log_softmax(dim=-1)  # [S, C]
     return loc_sum, -log_prob.gather(1, target_class[:, None]).sum()
 
 
