@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -23,6 +24,8 @@ from detloss.losses.ranking import (
     RankSortLoss,
     _alrp_loss_and_grads,
     _ap_loss_and_grad,
+    _sort_float32,
+    _sorted_subset,
     alrp_loss,
     ap_loss,
     rank_sort_loss,
@@ -196,6 +199,72 @@ def test_matches_loop_on_random_cases():
             loss, grad = _ap_loss_and_grad(x, y, delta, compact=compact)
             assert abs(loss.item() - ref_loss.item()) < 1e-12, (case, compact)
             assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-12), (case, compact)
+
+
+def test_float32_sort_is_a_stable_argsort():
+    g = np.random.default_rng(0)
+    special = np.array([np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.0, -1.0], np.float32)
+    for case in range(30):
+        n = int(g.integers(1, 300))
+        if case % 3 == 0:  # many ties, negative and positive
+            x = (g.integers(-5, 6, n) / 4).astype(np.float32)
+        else:
+            x = np.concatenate([g.standard_normal(n).astype(np.float32), special])
+        index = np.arange(x.size, dtype=np.int64)
+        values, order = _sort_float32(x, index)
+        expected = np.argsort(x, kind="stable")
+        assert np.array_equal(order, expected), case
+        assert np.array_equal(values, x[expected]), case
+    # Carried indices need not be 0..n-1 (a compacted subset).
+    x = np.array([2.0, -1.0, 2.0, 0.5], np.float32)
+    values, order = _sort_float32(x, np.array([7, 3, 5, 9], np.int64))
+    assert values.tolist() == [-1.0, 0.5, 2.0, 2.0]
+    assert order.tolist() == [3, 9, 5, 7]
+    # -0.0 sorts before +0.0: a tie broken by sign, which cannot change any result.
+    values, order = _sort_float32(np.array([0.0, -0.0], np.float32), np.arange(2))
+    assert order.tolist() == [1, 0]
+
+
+def test_float32_sorted_subset_matches_float64():
+    g = torch.Generator().manual_seed(3)
+    for case in range(40):
+        x, _ = random_case(g, int(torch.randint(1, 60, (1,), generator=g)), grid=case % 2 == 0)
+        x = x.float().double()
+        mask = torch.rand(x.shape, generator=g) < 0.7
+        for compact in (True, False):
+            v32, i32, valid32 = _sorted_subset(x.float(), mask, compact)
+            v64, i64, valid64 = _sorted_subset(x, mask, compact)
+            assert v32.dtype == torch.float32 and i32.dtype == torch.int64
+            assert torch.equal(v32.double(), v64), (case, compact)
+            # Same multiset of indices per value: the element at each index is the value.
+            assert torch.equal(torch.where(v32.isinf(), torch.inf, x.float()[i32]), v32)
+            if compact:
+                assert valid32 is None and sorted(i32.tolist()) == sorted(i64.tolist())
+            else:
+                assert torch.equal(valid32, valid64)
+
+
+def test_float32_matches_float64_on_random_cases():
+    # The float32 path sorts through integer keys; it must give the float64 numbers of
+    # the same values, rounded once to float32.
+    g = torch.Generator().manual_seed(4)
+    for case in range(200):
+        n = int(torch.randint(1, 40, (1,), generator=g))
+        delta = (0.25, 0.5, 1.0, 2.0)[case % 4]
+        x, y = random_case(g, n, grid=case % 2 == 0)
+        x = x.float().double()
+        ref_loss, ref_grad = loop_reference(x, y, delta)
+        reg = torch.rand(int((y == 1).sum()), generator=g, dtype=torch.float64)
+        ref_alrp = alrp_reference(x, y, reg, delta) if bool((y == 1).any()) else None
+        for compact in (True, False):
+            loss, grad = _ap_loss_and_grad(x.float(), y, delta, compact=compact)
+            assert loss.dtype == grad.dtype == torch.float32
+            assert abs(loss.item() - ref_loss.item()) < 1e-7, (case, compact)
+            assert torch.allclose(grad.double(), ref_grad, rtol=0, atol=1e-7), (case, compact)
+            if ref_alrp is not None:
+                cls, _, update, _ = _alrp_loss_and_grads(x.float(), y, reg, delta, compact)
+                assert cls.item() == pytest.approx(ref_alrp[0].item(), abs=1e-7)
+                assert torch.allclose(update.double(), ref_alrp[2], rtol=0, atol=1e-7)
 
 
 def test_matches_loop_with_one_positive():

@@ -19,6 +19,8 @@ O(P^2).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -51,10 +53,42 @@ def _accumulation_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+def _float32_keys(values: np.ndarray) -> np.ndarray:
+    """int32 keys ordered as the float32 ``values`` (no NaN): negative floats get all
+    bits but the sign flipped. The map is its own inverse."""
+    bits = values.view(np.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _sort_float32(values: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(values sorted ascending, index in the same order)`` for float32 ``values`` and
+    int64 ``index`` in ``[0, 2**32)``; ties by index.
+
+    NumPy sorts plain integers with SIMD kernels about twice as fast as its argsort, so
+    each value becomes one int64 key, its order-preserving bits above its index, which
+    the sort carries along; both results are read back from the sorted keys.
+    """
+    key = _float32_keys(values).astype(np.int64)
+    key <<= 32
+    key |= index
+    key.sort()
+    if sys.byteorder == "little":
+        high = key.view(np.int32)[1::2].copy()  # the upper halves, without a shifted copy
+    else:
+        high = (key >> 32).astype(np.int32)
+    sorted_values = _float32_keys(high).view(np.float32)
+    key &= 0xFFFFFFFF
+    return sorted_values, key
+
+
 def _argsort(values: Tensor) -> tuple[Tensor, Tensor]:
     """``(sorted values, order)`` ascending; ties in any order (tied elements get
     identical results, so their order cannot change any number)."""
     if values.device.type == "cpu":
+        if values.dtype == torch.float32 and values.numel() < 2**32:
+            index = np.arange(values.numel(), dtype=np.int64)
+            ordered, order = _sort_float32(values.numpy(), index)
+            return torch.from_numpy(ordered), torch.from_numpy(order)
         # NumPy's vectorised quicksort is 5-10x faster than torch.sort on CPU.
         order = torch.from_numpy(np.argsort(values.numpy()))
     else:
@@ -73,6 +107,10 @@ def _sorted_subset(x: Tensor, mask: Tensor, compact: bool) -> tuple[Tensor, Tens
     """
     if compact:
         if mask.device.type == "cpu":
+            if x.dtype == torch.float32 and x.numel() < 2**32:
+                x_np, mask_np = x.numpy(), mask.numpy()
+                values, index = _sort_float32(x_np[mask_np], np.flatnonzero(mask_np))
+                return torch.from_numpy(values), torch.from_numpy(index), None
             index = torch.from_numpy(np.flatnonzero(mask.numpy()))
         else:
             index = mask.nonzero().squeeze(1)
@@ -171,14 +209,20 @@ class _Ranking:
         """
         m = self.y.numel()
         weight = self.mask(weight)
-        n_full = torch.bincount(self.hi_n, minlength=m + 1)[:m].cumsum(0)
-        n_seen = torch.bincount(self.lo_n, minlength=m + 1)[:m].cumsum(0)
-        w = _prefix(weight)
-        v = _prefix(weight * self.x / (2 * self.delta))
-        u = (self.y + self.delta) / (2 * self.delta)
-        out = torch.lerp(w.index_select(0, n_full), w.index_select(0, n_seen), u)
-        out -= v.index_select(0, n_seen)
-        out += v.index_select(0, n_full)
+        # No gathers of length N: positive i enters running sums over j at lo_n[i] (its
+        # zone starts) and at hi_n[i] (it counts fully), so one scatter of P steps and one
+        # cumulative sum give both per-negative coefficients of the sum, linear in y_j:
+        # slope (W[n_seen] - W[n_full]) / (2 delta) and offset
+        # (W[n_seen] + W[n_full]) / 2 - (V[n_seen] - V[n_full]).
+        scaled = weight * self.x / (2 * self.delta)
+        slope = weight / (2 * self.delta)
+        steps = self.y.new_zeros(2, m + 1)
+        steps[0].index_add_(0, self.lo_n, slope).index_add_(0, self.hi_n, slope, alpha=-1)
+        steps[1].index_add_(0, self.hi_n, 0.5 * weight + scaled)
+        steps[1].index_add_(0, self.lo_n, 0.5 * weight - scaled)
+        steps.cumsum_(1)
+        slopes, out = steps[:, :m]
+        out.addcmul_(slopes, self.y)
         return _masked(out, self.valid_n)
 
     def scatter(self, pos_update: Tensor, neg_update: Tensor | None = None) -> Tensor:
