@@ -5,13 +5,16 @@ Messages follow one pattern: the argument, what was expected, what was received.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from numbers import Real
 
 import torch
 from torch import Tensor
 
 __all__ = [
     "check_choice",
+    "check_nonnegative",
     "check_reduction",
     "check_shape",
     "check_tensor",
@@ -66,6 +69,15 @@ def check_shape(
             expected = ", ".join(parts)
         raise ValueError(f"{name}: expected shape {expected}, got {shape_str(x.shape)}")
     return x
+
+
+def check_nonnegative(value: object, name: str) -> float:
+    """A finite real number >= 0 (weights, temperatures), returned as a float."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(float(value)) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    return float(value)
 
 
 def check_choice(value: object, name: str, choices: Sequence[object]) -> None:

@@ -6,15 +6,13 @@ Framework" (ICCV 2021).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from numbers import Real
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, compute_dtype, output_dtype, shape_str
+from .._checks import check_choice, check_nonnegative, compute_dtype, output_dtype, shape_str
 from ..distributed import normalizer
 from ..match.matching import Matching
 from ..match.points import (
@@ -28,14 +26,6 @@ from ..match.points import (
 __all__ = ["HEADS", "PointLoss", "point_loss"]
 
 HEADS = ("sigmoid", "softmax")
-
-
-def _check_weight(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(float(value)) or value < 0:
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
-    return float(value)
 
 
 def _check_head(head: object, pred_logits: Tensor) -> None:
@@ -130,8 +120,8 @@ def point_loss(
     check_point_inputs(pred_points, pred_logits)
     _check_head(head, pred_logits)
     tau = check_tau(tau)
-    neg_weight = _check_weight(neg_weight, "neg_weight")
-    loc_weight = _check_weight(loc_weight, "loc_weight")
+    neg_weight = check_nonnegative(neg_weight, "neg_weight")
+    loc_weight = check_nonnegative(loc_weight, "loc_weight")
     b, m = pred_points.shape[:2]
     device = pred_points.device
     target_xy, target_mask = point_targets(targets, None, b, device)
@@ -212,8 +202,8 @@ class PointLoss(nn.Module):
         super().__init__()
         check_choice(head, "head", HEADS)
         self.tau = check_tau(tau)
-        self.neg_weight = _check_weight(neg_weight, "neg_weight")
-        self.loc_weight = _check_weight(loc_weight, "loc_weight")
+        self.neg_weight = check_nonnegative(neg_weight, "neg_weight")
+        self.loc_weight = check_nonnegative(loc_weight, "loc_weight")
         self.head = head
         self.distributed = distributed
 

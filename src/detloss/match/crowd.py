@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from scipy.sparse.csgraph import (
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from .._checks import check_shape, shape_str
+from .._checks import check_nonnegative, check_shape, shape_str
 
 __all__ = [
     "DENSE_BELOW",
@@ -228,11 +228,7 @@ def _inputs(
             f"got {shape_str(scores.shape)}"
         )
     target = _host(target_points, "target_points", "[N, 2]", 2)
-    if isinstance(tau, bool) or not isinstance(tau, Real):
-        raise TypeError(f"tau must be a real number, got {type(tau).__name__}")
-    if not math.isfinite(float(tau)) or tau < 0:
-        raise ValueError(f"tau: expected a finite number >= 0, got {tau}")
-    return pred, scores, target, float(tau)
+    return pred, scores, target, check_nonnegative(tau, "tau")
 
 
 def _positive_int(value: object, name: str, minimum: int) -> int:

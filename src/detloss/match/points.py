@@ -3,16 +3,14 @@ annotated points on the cost ``tau * ||p - t|| - prob``."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from numbers import Real
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from .._checks import check_shape, check_tensor, compute_dtype, shape_str
+from .._checks import check_nonnegative, check_shape, check_tensor, compute_dtype, shape_str
 from ..batching import as_padded
 from .crowd import DENSE_BELOW, crowd_assignment
 from .hungarian import _thread_pool
@@ -57,11 +55,7 @@ def check_point_inputs(pred_points: Tensor, pred_logits: Tensor) -> None:
 
 
 def check_tau(tau: object) -> float:
-    if isinstance(tau, bool) or not isinstance(tau, Real):
-        raise TypeError(f"tau must be a real number, got {type(tau).__name__}")
-    if not math.isfinite(float(tau)) or tau < 0:
-        raise ValueError(f"tau: expected a finite number >= 0, got {tau}")
-    return float(tau)
+    return check_nonnegative(tau, "tau")
 
 
 def point_targets(
