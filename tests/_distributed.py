@@ -6,9 +6,11 @@ import os
 import pickle
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -33,17 +35,26 @@ def _worker(rank: int, world: int, port: int, fn: Callable, args: tuple, out_dir
         dist.destroy_process_group()
 
 
-def run_distributed(fn: Callable, *args: object, world: int = 2) -> list:
+def run_distributed(fn: Callable, *args: object, world: int = 2, timeout: float = 120) -> list:
     """Call ``fn(rank, world, *args)`` on ``world`` processes; return their results in rank
-    order. ``fn`` must be a module-level function; results must be picklable."""
+    order. ``fn`` must be a module-level function; results must be picklable. Workers still
+    running after ``timeout`` seconds are killed and the test fails (a rank that raised
+    before a collective would otherwise leave the others waiting forever)."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(
+        # fork: the children need not re-import torch (seconds on a loaded machine).
+        context = mp.start_processes(
             _worker,
             args=(world, _free_port(), fn, args, out_dir),
             nprocs=world,
-            join=True,
+            join=False,
             start_method="fork",
         )
+        deadline = time.monotonic() + timeout
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                pytest.fail(f"distributed workers did not finish within {timeout} s")
         results = []
         for rank in range(world):
             with open(Path(out_dir) / f"{rank}.pkl", "rb") as f:

@@ -4,20 +4,14 @@ their published loops."""
 
 from __future__ import annotations
 
-import datetime
-import socket
-import tempfile
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from hypothesis import given
 from hypothesis import strategies as st
 
+from _distributed import run_distributed
 from detloss.losses.ranking import (
     ALRPLoss,
     APLoss,
@@ -542,12 +536,6 @@ def test_errors():
 # ---------------------------------------------------------------- two processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dist_case(case: int):
     """Whole batch and the split point for rank 0 (rank 1 takes the rest)."""
     g = torch.Generator().manual_seed(100 + case)
@@ -559,48 +547,22 @@ def _dist_case(case: int):
     return x, y, split
 
 
-def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=30),
-    )
-    try:
-        results = []
-        for case in range(3):
-            x, y, split = _dist_case(case)
-            part = slice(0, split) if rank == 0 else slice(split, None)
-            xr = x[part].clone().requires_grad_()
-            loss = ap_loss(xr, y[part])
-            loss.backward()
-            local = ap_loss(x[part], y[part], distributed=False)
-            results.append((loss.detach(), xr.grad, local))
-        torch.save(results, Path(out_dir) / f"{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _dist_worker(rank: int, world: int):
+    results = []
+    for case in range(3):
+        x, y, split = _dist_case(case)
+        part = slice(0, split) if rank == 0 else slice(split, None)
+        xr = x[part].clone().requires_grad_()
+        loss = ap_loss(xr, y[part])
+        loss.backward()
+        local = ap_loss(x[part], y[part], distributed=False)
+        results.append((loss.detach(), xr.grad, local))
+    return results
 
 
 def test_two_processes_reproduce_single_process():
     world = 2
-    with tempfile.TemporaryDirectory() as out_dir:
-        # fork: the children need not re-import torch (seconds on a loaded machine).
-        context = mp.start_processes(
-            _dist_worker,
-            args=(world, _free_port(), out_dir),
-            nprocs=world,
-            join=False,
-            start_method="fork",
-        )
-        deadline = time.monotonic() + 60
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.kill()
-                pytest.fail("distributed AP-loss workers timed out")
-        results = [torch.load(Path(out_dir) / f"{r}.pt") for r in range(world)]
+    results = run_distributed(_dist_worker, world=world, timeout=60)
     for case in range(3):
         x, y, split = _dist_case(case)
         loss, grad = run_ap(x, y)

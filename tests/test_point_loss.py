@@ -1,6 +1,4 @@
 import math
-import os
-import socket
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 from torch.autograd import gradcheck
 
+from _distributed import run_distributed
 from detloss.batching import pad_targets
 from detloss.losses.points import HEADS, PointLoss, point_loss
 from detloss.match.matching import IGNORED, Matching
@@ -364,55 +363,34 @@ def test_errors():
         module(pred, logits, {"points": torch.zeros(1, 2, 2)})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, inputs, out):
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        mine = slice(0, 2) if rank == 0 else slice(2, None)
-        for head, (pred, logits, targets) in inputs.items():
-            p = pred[mine].clone().requires_grad_()
-            lg = logits[mine].clone().requires_grad_()
-            loss = point_loss(p, lg, targets[mine], head=head)
-            grad_p, grad_l = torch.autograd.grad(loss, (p, lg))
-            out[rank, head] = torch.cat((grad_p.flatten(), grad_l.flatten())).tolist()
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank, world, inputs):
+    out = {}
+    mine = slice(0, 2) if rank == 0 else slice(2, None)
+    for head, (pred, logits, targets) in inputs.items():
+        p = pred[mine].clone().requires_grad_()
+        lg = logits[mine].clone().requires_grad_()
+        loss = point_loss(p, lg, targets[mine], head=head)
+        grad_p, grad_l = torch.autograd.grad(loss, (p, lg))
+        out[head] = torch.cat((grad_p.flatten(), grad_l.flatten())).tolist()
+    return out
 
 
 @pytest.mark.slow
 def test_distributed_normalisers_reproduce_single_process():
     """A batch split unevenly over 2 gloo ranks (2 + 1 images, different point counts)
     gives the single-process gradients after DDP's averaging, for both heads."""
-    import torch.multiprocessing as mp
-
     world = 2
     inputs = {}
     for head in HEADS:
         pred, logits, targets = random_batch([4, 1, 6], 5, seed=11, head=head)
         inputs[head] = (pred.detach(), logits.detach(), targets)
-    out = mp.Manager().dict()
-    mp.start_processes(
-        _ddp_worker,
-        args=(world, _free_port(), inputs, out),
-        nprocs=world,
-        start_method="fork",
-    )
+    out = run_distributed(_ddp_worker, inputs, world=world)
     for head, (pred, logits, targets) in inputs.items():
         p, lg = pred.clone().requires_grad_(), logits.clone().requires_grad_()
         grad_p, grad_l = torch.autograd.grad(point_loss(p, lg, targets, head=head), (p, lg))
         for rank, mine in ((0, slice(0, 2)), (1, slice(2, None))):
             # A parameter's DDP gradient is the mean over ranks of sum_x dL_r/dx dx/dtheta:
             # it equals the single-process one when dL_r/dx / world = dL/dx for every x.
-            got = torch.tensor(out[rank, head], dtype=torch.float64) / world
+            got = torch.tensor(out[rank][head], dtype=torch.float64) / world
             expected = torch.cat((grad_p[mine].flatten(), grad_l[mine].flatten()))
             torch.testing.assert_close(got, expected)
