@@ -731,3 +731,57 @@ def test_non_contiguous_predictions_give_the_same_loss_and_gradients(path):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     torch.testing.assert_close(loc_t.grad.transpose(0, 1), loc_a.grad, rtol=0, atol=0)
     torch.testing.assert_close(conf_t.grad.transpose(0, 1), conf_a.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_background_loss_equals_log_softmax_even_for_extreme_logits(dtype):
+    # The mining key skips log-softmax's max shift; rows whose plain sum of exponentials
+    # overflows or underflows must fall back to it and agree.
+    g = torch.Generator().manual_seed(3)
+    conf = torch.randn(2, 300, 6, generator=g, dtype=dtype) * 3
+    conf[0, :5] += 1e4  # exp overflows in both dtypes
+    conf[0, 5:10] -= 1e4  # exp underflows to zero
+    conf[1, 7, 2] = 200.0  # overflows float32 only
+    conf[1, 8] = -120.0  # underflows float32 only
+    expected = -conf.log_softmax(dim=-1)[..., 0]
+    got = ssd_module._background_loss(conf)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+
+
+def test_equal_background_losses_are_mined_in_prior_order(path):
+    # Identical logits everywhere: every non-positive ties, and the first ones by prior
+    # index are taken (the selection of a stable sort), in both implementations.
+    targets = _targets(labels=(1,))
+    loc = torch.zeros(1, PRIORS.shape[0], 4, dtype=torch.float64)
+    conf = torch.zeros(1, PRIORS.shape[0], NUM_CLASSES, dtype=torch.float64, requires_grad=True)
+    multibox_loss(loc, conf, PRIORS, targets).backward()
+    touched = (conf.grad[0] != 0).any(dim=1)
+    assigned = ssd_module._match(
+        box_convert(PRIORS, "cxcywh", "xyxy"),
+        targets[0]["boxes"][None].double(),
+        torch.ones(1, 1, dtype=torch.bool),
+        0.5,
+        path == "sparse",
+    )[0]
+    positive = assigned >= 0
+    candidates = (~positive).nonzero().squeeze(1)
+    mined = candidates[: 3 * int(positive.sum())]
+    expected = positive.clone()
+    expected[mined] = True
+    assert torch.equal(touched, expected)
+
+
+def test_cached_prior_intervals_follow_the_priors():
+    # The CPU matching caches the distinct intervals of the last priors: alternating two
+    # prior sets (and modifying one in place) must always match on the priors given.
+    other = ssd_priors(**{**SMALL, "feature_maps": (5, 3, 1)}, dtype=torch.float64)
+    boxes = torch.tensor([[[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8]]], dtype=torch.float64)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    shifted = PRIORS.clone()
+    for priors in (PRIORS, other, PRIORS, shifted, other):
+        prior_xyxy = box_convert(priors, "cxcywh", "xyxy")
+        expected = max_iou(box_iou(prior_xyxy, boxes[0])[None], 0.5).pred_to_target
+        got = ssd_module._match(prior_xyxy, boxes, mask, 0.5, True)
+        assert torch.equal(got, expected)
+        shifted[:, 0] += 0.05  # in place, after its use: the next call must not reuse it

@@ -18,6 +18,7 @@ import math
 import operator
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -36,6 +37,24 @@ Targets = Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor]
 # Radii are grouped into power-of-two classes before drawing; 32 classes cover every radius
 # below 2**31, far beyond any heatmap.
 _RADIUS_CLASSES = 32
+
+
+def _sparse_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A zero tensor for a map that drawing leaves mostly zero.
+
+    ``torch.zeros`` on a CPU memsets fresh memory page by page: for a batch of 80-class
+    heatmaps (84 MB) that is 20,000 page faults, about 30 ms, more than the drawing.
+    NumPy's allocator takes large blocks as fresh, already-zero memory (``calloc``) and
+    asks for huge pages, so the kernel zeroes only the 2 MiB regions that a gaussian
+    touches, once. Other devices and dtypes use ``torch.zeros``.
+    """
+    np_dtype = _NUMPY_FLOATS.get(dtype)
+    if device.type == "cpu" and np_dtype is not None:
+        return torch.from_numpy(np.zeros(shape, dtype=np_dtype))
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+_NUMPY_FLOATS = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 
 # --------------------------------------------------------------------------------------
@@ -584,7 +603,7 @@ def centernet_targets(
     weight = torch.zeros(batch, 1, hw, dtype=dtype, device=device)
     weight.scatter_reduce_(2, index[:, None, :], fill.transpose(1, 2), "amax")
 
-    heatmap = torch.zeros(batch * num_classes * hw, dtype=dtype, device=device)
+    heatmap = _sparse_zeros((batch * num_classes * hw,), dtype, device)
     channel = labels.clamp(0, num_classes - 1)
     plane = (torch.arange(batch, device=device)[:, None] * num_classes + channel) * hw
     _scatter_gaussians(
