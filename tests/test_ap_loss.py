@@ -18,6 +18,7 @@ from detloss.losses.ranking import (
     RankSortLoss,
     _alrp_loss_and_grads,
     _ap_loss_and_grad,
+    _locate,
     _sort_float32,
     _sorted_subset,
     alrp_loss,
@@ -844,3 +845,34 @@ def test_rank_sort_errors():
         rank_sort_loss(torch.zeros(2), torch.zeros(3))
     with pytest.raises(ValueError, match="delta must be a finite number > 0, got -1"):
         RankSortLoss(delta=-1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_locate_equals_a_binary_search(dtype):
+    """The grid that places negatives among the zone ends gives searchsorted's answer:
+    values on the ends, between two ends closer than a cell, beyond both extremes,
+    infinite, and cells crowded with ends (the search fallback) included."""
+    rng = np.random.default_rng(0)
+    for case in range(60):
+        num_bounds = int(rng.integers(1, 300))
+        bounds = rng.normal(size=num_bounds)
+        if case % 3 == 0:
+            bounds = np.round(bounds, 1)  # many equal ends
+        if case % 5 == 0:
+            bounds[: num_bounds // 2] = bounds[0] + rng.uniform(0, 1e-9, num_bounds // 2)
+        bounds = np.sort(np.concatenate((bounds, bounds[-1:] + 2.0)))
+        values = rng.normal(size=2000) * 1.5
+        values[:50] = rng.choice(bounds, 50)  # exactly on an end (float64)
+        values[50:60] = np.nextafter(rng.choice(bounds, 10), -np.inf)
+        values[60:64] = (np.inf, -np.inf, 1e30, -1e30)
+        values = values.astype(dtype)
+        expected = np.searchsorted(bounds, values.astype(np.float64), "right")
+        np.testing.assert_array_equal(_locate(values, bounds), expected, err_msg=str(case))
+
+
+def test_locate_survives_a_degenerate_grid():
+    # Ends so close together that the cell scale overflows float32: plain search.
+    bounds = np.array([0.0, 1e-44, 2e-44])
+    values = np.array([-1.0, 0.0, 1e-44, 5.0], dtype=np.float32)
+    expected = np.searchsorted(bounds, values.astype(np.float64), "right")
+    np.testing.assert_array_equal(_locate(values, bounds), expected)

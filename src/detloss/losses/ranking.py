@@ -12,7 +12,9 @@ elements: O(P (P + N)) time and P kernel launches. Because ``H`` is piecewise li
 every per-positive sum is a count plus a sum of logits over a contiguous range of sorted
 logits, so here all of them come from prefix sums and binary searches, and the negatives'
 updates from the same ranges read the other way round: O((P + N) log(P + N)) time and
-O(P + N) memory for the same numbers as the loops (see ``docs/ap_loss.md``). Rank & Sort
+O(P + N) memory for the same numbers as the loops (see ``docs/ap_loss.md``). On the CPU
+the negatives are not even sorted: each is placed in its gap between the positives' zone
+ends through a uniform grid, O(N + P log P). Rank & Sort
 also compares every pair of positives by their targets; that part is a dense, chunked
 O(P^2).
 """
@@ -120,6 +122,14 @@ def _sorted_subset(x: Tensor, mask: Tensor, compact: bool) -> tuple[Tensor, Tens
     return values, order, mask.index_select(0, order)
 
 
+def _equal(labels: Tensor, value: int) -> Tensor:
+    """``labels == value``; on the CPU by NumPy, several times faster on 10^5 labels than
+    a two-thread kernel."""
+    if labels.device.type == "cpu" and labels.dtype != torch.bfloat16:
+        return torch.from_numpy(labels.numpy() == value)
+    return labels == value
+
+
 def _prefix(values: Tensor) -> Tensor:
     """``[0, v0, v0 + v1, ...]``: sums over index ranges ``[lo, hi)`` are differences."""
     out = values.new_zeros(values.numel() + 1)
@@ -144,36 +154,208 @@ def _soft_sum(
     return (weight[-1] - weight_hi) + linear / (2 * delta)
 
 
+def _zone_coefficients(
+    weight: Tensor, x: Tensor, lo: Tensor, hi: Tensor, size: int, delta: float
+) -> tuple[Tensor, Tensor]:
+    """``(slope, offset)`` of ``sum_i w_i H(y - x_i) = slope[g] * y + offset[g]`` for every
+    position ``g < size`` of an ascending order of negatives (or of the gaps between zone
+    boundaries), where positive i's zone covers ``lo[i] <= g < hi[i]`` and it counts
+    fully from ``hi[i]`` on.
+
+    Positive i enters running sums over g at ``lo[i]`` (slope ``w_i / (2 delta)``, offset
+    ``w_i / 2 - w_i x_i / (2 delta)``) and at ``hi[i]`` (slope back to 0, offset up to
+    ``w_i``): one scatter of P steps and one cumulative sum, no gather of length N.
+    """
+    scaled = weight * x / (2 * delta)
+    slope = weight / (2 * delta)
+    steps = x.new_zeros(2, size + 1)
+    steps[0].index_add_(0, lo, slope).index_add_(0, hi, slope, alpha=-1)
+    steps[1].index_add_(0, hi, 0.5 * weight + scaled)
+    steps[1].index_add_(0, lo, 0.5 * weight - scaled)
+    steps.cumsum_(1)
+    return steps[0, :size], steps[1, :size]
+
+
+#: Grid cells per zone boundary when locating negatives among the boundaries (CPU path).
+_CELLS_PER_BOUND = 16
+#: At most this many boundaries per cell are compared one by one; more use a search.
+_CELL_COMPARES = 8
+
+
+def _locate(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(bounds, values, "right")`` (``intp``) for unsorted float
+    ``values`` and sorted float64 ``bounds`` spanning a positive width: how many bounds
+    lie at or below each value.
+
+    A binary search per value is slow on unsorted values (its branches cannot be
+    predicted). Instead, a uniform grid of cells over the bounds answers most values with
+    one table read. The cell of a value is a non-decreasing function of it, computed in
+    the values' dtype and applied to the bounds rounded to that dtype, so every bound in
+    an earlier cell than a value is <= the value and every bound in a later cell is
+    greater (rounding to a dtype in which the value is exact keeps both orders). Only the
+    values whose cell also holds bounds compare against those bounds.
+    """
+    dtype = values.dtype.type
+    cells = _CELLS_PER_BOUND * bounds.size
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        start, scale = dtype(bounds[0]), dtype(cells / (bounds[-1] - bounds[0]))
+    if not (np.isfinite(start) and np.isfinite(scale) and scale > 0):
+        return np.searchsorted(bounds, values.astype(np.float64), "right")
+
+    def cell(v: np.ndarray) -> np.ndarray:
+        # Index 0 holds everything below the first bound, cells + 1 the last bound and
+        # everything above it.
+        with np.errstate(over="ignore", invalid="ignore"):
+            c = v - start
+            c *= scale
+        np.floor(c, out=c)
+        np.clip(c, -1, cells, out=c)
+        index = c.astype(np.intp)
+        index += 1
+        return index
+
+    per_cell = np.bincount(cell(bounds.astype(values.dtype)), minlength=cells + 2)
+    before = np.cumsum(per_cell)
+    before -= per_cell
+    # One table: the answer for cells without bounds, -1 where the cell needs a look.
+    table = np.where(per_cell > 0, -1, before)
+    where = cell(values)
+    found = table.take(where, mode="clip")
+    unsure = np.flatnonzero(found < 0)
+    if unsure.size:
+        value = values[unsure].astype(np.float64)
+        cell_of = where[unsure]
+        first, count = before.take(cell_of), per_cell.take(cell_of)
+        most = int(count.max())
+        if most > _CELL_COMPARES:
+            found[unsure] = np.searchsorted(bounds, value, "right")
+        else:
+            last, below = bounds.size - 1, first.copy()
+            for k in range(most):
+                below += (bounds.take(np.minimum(first + k, last)) <= value) & (count > k)
+            found[unsure] = below
+    return found
+
+
+class _SortedNegatives:
+    """The participating negatives sorted ascending (any device), with the positions of
+    every positive's zone ``[x_i - delta, x_i + delta)`` among them. With ``compact=False``
+    the arrays keep the static length ``n`` with padding at the end."""
+
+    def __init__(self, x: Tensor, neg: Tensor, xs: Tensor, delta: float, compact: bool):
+        ys, self.index, self.valid = _sorted_subset(x, neg, compact)
+        ys = ys.to(xs.dtype)
+        self.n, self.delta = x.numel(), delta
+        self.lo = torch.searchsorted(ys, xs - delta, right=True)
+        self.hi = torch.searchsorted(ys, xs + delta)
+        self.y = _masked(ys, self.valid)
+
+    def above(self, x: Tensor) -> Tensor:
+        """``sum_j H(y_j - x_i)`` for every sorted positive ``x_i``."""
+        sums = _prefix(self.y)
+        if self.valid is None:
+            # The count prefix of a compact array is the index itself: no length-N arange.
+            lo, hi = self.lo.to(self.y.dtype), self.hi.to(self.y.dtype)
+            sums_range = sums.index_select(0, self.hi) - sums.index_select(0, self.lo)
+            linear = sums_range - (x - self.delta) * (hi - lo)
+            return (self.y.numel() - hi) + linear / (2 * self.delta)
+        counts = _prefix(self.valid.to(self.y.dtype))
+        return _soft_sum(counts, sums, self.lo, self.hi, x, self.delta)
+
+    def spread(self, weight: Tensor, x: Tensor) -> Tensor:
+        """``sum_i w_i H(y_j - x_i)`` for every negative j, in element order (length
+        ``n``, zero elsewhere).
+
+        Positive i is in j's linear zone iff ``lo[i] <= j < hi[i]`` and counts fully iff
+        ``hi[i] <= j``: positive i enters running sums over j at ``lo[i]`` and ``hi[i]``,
+        so one scatter of P steps and one cumulative sum give both coefficients of the
+        sum, which is linear in ``y_j`` (see :func:`_zone_coefficients`).
+        """
+        slopes, offsets = _zone_coefficients(
+            weight, x, self.lo, self.hi, self.y.numel(), self.delta
+        )
+        values = _masked(torch.addcmul(offsets, slopes, self.y), self.valid)
+        out = torch.zeros(self.n, dtype=values.dtype, device=values.device)
+        return out.index_add_(0, self.index, values)
+
+
+class _BinnedNegatives:
+    """The negatives of a CPU problem placed among the 2P sorted zone boundaries
+    ``x_i +- delta`` instead of being sorted: all negatives between two consecutive
+    boundaries see the same positives in the same way, so counts and sums per gap give
+    every positive's sum over negatives, and each negative's update is the same linear
+    function of its score within its gap. O(N + P log P) work, about twice as fast as
+    sorting the negatives."""
+
+    def __init__(self, x: Tensor, neg: Tensor, xs: Tensor, delta: float):
+        self.n, self.delta = x.numel(), delta
+        values = x.numpy()
+        # A negative at exactly x_i - delta is below the zone (H = 0), one at x_i + delta
+        # above it (H = 1): with each lower end moved up to the next float, "at or above
+        # a boundary" means the same for both ends.
+        lower = np.nextafter((xs - delta).numpy(), np.inf)
+        upper = (xs + delta).numpy()
+        bounds = np.sort(np.concatenate((lower, upper)))
+        self.gaps = bounds.size + 1
+        # Gap g holds the scores with exactly g boundaries at or below them; a negative is
+        # in positive i's linear zone iff lo[i] <= g < hi[i], above it iff hi[i] <= g.
+        self.lo = torch.from_numpy(np.searchsorted(bounds, lower, "right"))
+        self.hi = torch.from_numpy(np.searchsorted(bounds, upper, "right"))
+        gap = _locate(values, bounds)
+        gap[~neg.numpy()] = self.gaps  # not a negative: a spare gap, dropped
+        counts = np.bincount(gap, minlength=self.gaps + 1)[: self.gaps]
+        sums = np.bincount(gap, weights=values, minlength=self.gaps + 1)[: self.gaps]
+        self.counts = _prefix(torch.from_numpy(counts.astype(np.float64)))
+        self.sums = _prefix(torch.from_numpy(sums))
+        self.gap, self.values = gap, values
+
+    def above(self, x: Tensor) -> Tensor:
+        """``sum_j H(y_j - x_i)`` for every sorted positive ``x_i``."""
+        return _soft_sum(self.counts, self.sums, self.lo, self.hi, x, self.delta)
+
+    def spread(self, weight: Tensor, x: Tensor) -> Tensor:
+        """``sum_i w_i H(y_j - x_i)`` for every negative j, in element order (length
+        ``n``, zero elsewhere)."""
+        slopes, offsets = _zone_coefficients(weight, x, self.lo, self.hi, self.gaps, self.delta)
+        # The spare gap (everything that is not a negative) gets zero coefficients.
+        slope = np.append(slopes.numpy(), 0.0).take(self.gap)
+        slope *= self.values
+        slope += np.append(offsets.numpy(), 0.0).take(self.gap)
+        return torch.from_numpy(slope)
+
+
 class _Ranking:
-    """The positives and participating negatives of one flat problem, sorted ascending,
-    and the searches that place every positive's linear zone ``(x_i - delta, x_i +
-    delta)`` among them. Arrays over positives are in ascending order of score; with
-    ``compact=False`` they (and those over negatives) keep the length ``n`` with padding
-    at the end, zeroed by :meth:`mask`."""
+    """The positives of one flat problem sorted ascending, with the searches that place
+    every positive's linear zone ``(x_i - delta, x_i + delta)`` among them, and the
+    negatives that take part (:class:`_BinnedNegatives` on the CPU when compacting,
+    :class:`_SortedNegatives` otherwise). Arrays over positives are in ascending order of
+    score; with ``compact=False`` they keep the length ``n`` with padding at the end,
+    zeroed by :meth:`mask`."""
 
     def __init__(self, x: Tensor, pos: Tensor, neg: Tensor, delta: float, compact: bool):
         self.n, self.delta, self.dtype, self.compact = x.numel(), delta, x.dtype, compact
         acc = _accumulation_dtype(x.device)
         xs, self.index_p, self.valid_p = _sorted_subset(x, pos, compact)
-        # Negatives below min(positive) - delta have H = 0 against every positive; the
-        # published code skips them. Without a positive the minimum is +inf: none takes
-        # part. (Padded arrays are never empty.)
-        lowest = xs[:1] if xs.numel() else x.new_full((1,), torch.inf)
-        neg = neg & (x >= lowest - delta)
-        ys, self.index_n, self.valid_n = _sorted_subset(x, neg, compact)
         # Searches and sums in the accumulation dtype; padding stays +inf for the searches
         # and is zeroed for the arithmetic.
-        self.xs, ys = xs.to(acc), ys.to(acc)
+        self.xs = xs.to(acc)
         self.x = _masked(self.xs, self.valid_p)
-        self.y = _masked(ys, self.valid_n)
-        lower, upper = self.xs - delta, self.xs + delta
-        self.lo_p = torch.searchsorted(self.xs, lower, right=True)
-        self.hi_p = torch.searchsorted(self.xs, upper)
-        self.lo_n = torch.searchsorted(ys, lower, right=True)
-        self.hi_n = torch.searchsorted(ys, upper)
+        self.lo_p = torch.searchsorted(self.xs, self.xs - delta, right=True)
+        self.hi_p = torch.searchsorted(self.xs, self.xs + delta)
         self.ones_p = _masked(torch.ones_like(self.x), self.valid_p)
         self.num_pos = self.ones_p.sum()
         self.norm = self.num_pos.clamp(min=1)
+        if compact and x.device.type == "cpu" and xs.numel() and acc == torch.float64:
+            self.negatives: _SortedNegatives | _BinnedNegatives = _BinnedNegatives(
+                x, neg, self.xs, delta
+            )
+        else:
+            # Negatives below min(positive) - delta have H = 0 against every positive;
+            # the published code skips them. Without a positive the minimum is +inf: none
+            # takes part. (Padded arrays are never empty.)
+            lowest = xs[:1] if xs.numel() else x.new_full((1,), torch.inf)
+            neg = neg & (x >= lowest - delta)
+            self.negatives = _SortedNegatives(x, neg, self.xs, delta, compact)
 
     def mask(self, values: Tensor) -> Tensor:
         """Zero the padding of an array over the sorted positives."""
@@ -187,58 +369,23 @@ class _Ranking:
 
     def negatives_above(self) -> Tensor:
         """``sum_j H(y_j - x_i)`` for every positive i: its soft count of false positives."""
-        sums = _prefix(self.y)
-        if self.valid_n is None:
-            # The count prefix of a compact array is the index itself: no length-N arange.
-            lo, hi = self.lo_n.to(self.y.dtype), self.hi_n.to(self.y.dtype)
-            sums_range = sums.index_select(0, self.hi_n) - sums.index_select(0, self.lo_n)
-            linear = sums_range - (self.x - self.delta) * (hi - lo)
-            return (self.y.numel() - hi) + linear / (2 * self.delta)
-        counts = _prefix(self.valid_n.to(self.y.dtype))
-        return _soft_sum(counts, sums, self.lo_n, self.hi_n, self.x, self.delta)
+        return self.negatives.above(self.x)
 
     def spread(self, weight: Tensor) -> Tensor:
-        """``sum_i w_i H(y_j - x_i)`` for every sorted negative j.
-
-        Positive i is in j's linear zone iff ``lo_n[i] <= j < hi_n[i]`` and counts fully
-        iff ``hi_n[i] <= j``. Both are non-decreasing in i, so those positives form
-        prefixes of the sorted positives, of lengths ``n_full[j] <= n_seen[j]``
-        (cumulative counts of ``hi_n`` and ``lo_n``). With prefix sums W of ``w`` and V
-        of ``w x / (2 delta)`` and ``u = (y_j + delta) / (2 delta)``, the sum is
-        ``W[n_full] + u (W[n_seen] - W[n_full]) - (V[n_seen] - V[n_full])``.
-        """
-        m = self.y.numel()
-        weight = self.mask(weight)
-        # No gathers of length N: positive i enters running sums over j at lo_n[i] (its
-        # zone starts) and at hi_n[i] (it counts fully), so one scatter of P steps and one
-        # cumulative sum give both per-negative coefficients of the sum, linear in y_j:
-        # slope (W[n_seen] - W[n_full]) / (2 delta) and offset
-        # (W[n_seen] + W[n_full]) / 2 - (V[n_seen] - V[n_full]).
-        scaled = weight * self.x / (2 * self.delta)
-        slope = weight / (2 * self.delta)
-        steps = self.y.new_zeros(2, m + 1)
-        steps[0].index_add_(0, self.lo_n, slope).index_add_(0, self.hi_n, slope, alpha=-1)
-        steps[1].index_add_(0, self.hi_n, 0.5 * weight + scaled)
-        steps[1].index_add_(0, self.lo_n, 0.5 * weight - scaled)
-        steps.cumsum_(1)
-        slopes, out = steps[:, :m]
-        out.addcmul_(slopes, self.y)
-        return _masked(out, self.valid_n)
+        """``sum_i w_i H(y_j - x_i)`` for every negative j, in element order (zero for the
+        other elements)."""
+        return self.negatives.spread(self.mask(weight), self.x)
 
     def scatter(self, pos_update: Tensor, neg_update: Tensor | None = None) -> Tensor:
-        """Updates over the sorted positives (and negatives) back in element order."""
-        update = torch.zeros(self.n, dtype=self.dtype, device=self.xs.device)
-        pos_update = self.mask(pos_update).to(self.dtype)
-        if self.compact:
-            update.index_copy_(0, self.index_p, pos_update)
-            if neg_update is not None:
-                update.index_copy_(0, self.index_n, neg_update.to(self.dtype))
-            return update
-        # Both index arrays are permutations of all n elements, padding carrying zeros.
-        update.scatter_(0, self.index_p, pos_update)
-        if neg_update is not None:
-            update += torch.zeros_like(update).scatter_(0, self.index_n, neg_update.to(self.dtype))
-        return update
+        """Updates over the sorted positives (plus the negatives' from :meth:`spread`) in
+        element order."""
+        if neg_update is None:
+            update = torch.zeros(self.n, dtype=self.dtype, device=self.xs.device)
+        else:
+            update = neg_update.to(self.dtype, copy=True)
+        # Each element once (padding adds zeros), and the negatives' array is zero at the
+        # positives: an add is a copy here.
+        return update.index_add_(0, self.index_p, self.mask(pos_update).to(self.dtype))
 
 
 def _default_compact(x: Tensor, compact: bool | None) -> bool:
@@ -266,8 +413,8 @@ def _ap_loss_and_grad(
     """
     if x.numel() == 0:
         return x.new_zeros(()), x.new_zeros(0)
-    pos = labels == 1
-    r = _Ranking(x, pos, labels == 0, delta, _default_compact(x, compact))
+    pos = _equal(labels, 1)
+    r = _Ranking(x, pos, _equal(labels, 0), delta, _default_compact(x, compact))
     # Positive i ranks itself 1: H(0) = 1/2 from the sum plus the reference's constant 1/2.
     a = r.positives_above() + 0.5
     b = r.negatives_above()
@@ -459,8 +606,8 @@ def _alrp_loss_and_grads(
     """
     if x.numel() == 0:
         return x.new_zeros(()), reg.new_zeros(()), x.new_zeros(0), torch.zeros_like(reg)
-    pos = labels == 1
-    r = _Ranking(x, pos, labels == 0, delta, _default_compact(x, compact))
+    pos = _equal(labels, 1)
+    r = _Ranking(x, pos, _equal(labels, 0), delta, _default_compact(x, compact))
     acc = r.x.dtype
     # Which entry of reg belongs to each sorted positive (padding: any, masked).
     slot = (pos.cumsum(0) - 1).index_select(0, r.index_p).clamp(min=0)
@@ -623,7 +770,7 @@ def _rank_sort_loss_and_grads(
         return zero, zero, x.new_zeros(0), x.new_zeros(0)
     pos = targets > 0
     # The pairwise part needs the positives without padding: compact.
-    r = _Ranking(x, pos, targets == 0, delta, compact=True)
+    r = _Ranking(x, pos, _equal(targets, 0), delta, compact=True)
     acc = r.x.dtype
     t = targets.detach().to(acc).index_select(0, r.index_p)
 
