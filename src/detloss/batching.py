@@ -79,8 +79,12 @@ def pad_targets(
             if counts[i]:
                 padded[i, : counts[i]] = d[k].to(device=device, dtype=dtype)
         out[k] = padded
-    lengths = torch.tensor(counts, device=device)
-    out["mask"] = torch.arange(width, device=device)[None, :] < lengths[:, None]
+    # Rows of ones written by fill kernels: no host-to-device copy of the counts (a
+    # blocking copy on a GPU).
+    mask = torch.zeros((batch, width), dtype=torch.bool, device=device)
+    for i, count in enumerate(counts):
+        mask[i, :count] = True
+    out["mask"] = mask
     return out
 
 

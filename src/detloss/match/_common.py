@@ -7,7 +7,35 @@ from torch import Tensor
 
 from .._checks import check_shape, check_tensor, shape_str
 
-__all__ = ["prepare_cost"]
+__all__ = ["broadcast_value", "prepare_cost"]
+
+
+def broadcast_value(
+    value: float | Tensor,
+    shape: tuple[int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+    name: str,
+    dims: str,
+) -> Tensor:
+    """A float or a tensor broadcastable to ``shape`` (named ``dims`` in errors), expanded
+    to it in ``dtype`` on ``device``.
+
+    A Python number is written by a fill kernel (``torch.full``), not copied from the host
+    as ``torch.as_tensor(value, device=...)`` would (a blocking copy on a GPU), and goes
+    straight to the dtype (a float32 detour would round it).
+    """
+    if isinstance(value, Tensor):
+        tensor = value.detach().to(dtype=dtype, device=device)
+    else:
+        tensor = torch.full((), value, dtype=dtype, device=device)
+    try:
+        return tensor.expand(shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: expected a float or a tensor broadcastable to {dims} = "
+            f"{shape_str(shape)}, got shape {shape_str(tensor.shape)}"
+        ) from None
 
 
 def _mask(mask: Tensor | None, name: str, shape: tuple[int, int], device: torch.device) -> Tensor:

@@ -6,21 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import prepare_cost
+from ._common import broadcast_value, prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 
 __all__ = ["closest_prediction", "closest_target"]
-
-
-def _background(value: float | Tensor, b: int, m: int, cost: Tensor, name: str) -> Tensor:
-    value = torch.as_tensor(value, dtype=cost.dtype, device=cost.device)
-    try:
-        return value.expand(b, m)
-    except RuntimeError:
-        raise ValueError(
-            f"{name}: expected a float or a tensor broadcastable to [B, M] = [{b}, {m}], "
-            f"got shape {list(value.shape)}"
-        ) from None
 
 
 def closest_target(
@@ -45,7 +34,9 @@ def closest_target(
     if not cost.is_floating_point():
         cost = cost.float()
     b, m, n = cost.shape
-    bg = _background(background_cost, b, m, cost, "background_cost")
+    bg = broadcast_value(
+        background_cost, (b, m), cost.dtype, cost.device, "background_cost", "[B, M]"
+    )
     if n == 0:
         p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=cost.device)
     else:
@@ -83,14 +74,7 @@ def closest_prediction(
     plan = cost.new_zeros((b, m, n + 1))
     p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=cost.device)
     if m > 0 and n > 0:
-        thr = torch.as_tensor(threshold, dtype=cost.dtype, device=cost.device)
-        try:
-            thr = thr.expand(b, n)
-        except RuntimeError:
-            raise ValueError(
-                f"threshold: expected a float or a tensor broadcastable to [B, N] = [{b}, {n}], "
-                f"got shape {list(thr.shape)}"
-            ) from None
+        thr = broadcast_value(threshold, (b, n), cost.dtype, cost.device, "threshold", "[B, N]")
         masked = cost.masked_fill(~pred_mask[:, :, None], torch.inf)
         best_cost, best_pred = masked.min(dim=1)  # [B, N]
         chosen = target_mask & (best_cost < thr)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_tensor, compute_dtype, shape_str
-from ._common import prepare_cost
+from ._common import broadcast_value, prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 from .modules import BoxCostMatcher
 
@@ -81,15 +81,7 @@ def background_column(
     """``background_cost`` (a float or a tensor broadcastable to ``[B, M]``) as ``[B, M]``."""
     if isinstance(value, bool) or not isinstance(value, (Tensor, int, float)):
         raise TypeError(f"background_cost must be a float or a tensor, got {type(value).__name__}")
-    # Python numbers go straight to dtype: a float32 detour would round them.
-    tensor = torch.as_tensor(value, dtype=dtype, device=device).detach()
-    try:
-        return tensor.expand(b, m)
-    except RuntimeError:
-        raise ValueError(
-            f"background_cost: expected a float or a tensor broadcastable to [B, M] = "
-            f"[{b}, {m}], got shape {shape_str(tensor.shape)}"
-        ) from None
+    return broadcast_value(value, (b, m), dtype, device, "background_cost", "[B, M]")
 
 
 def plan_to_assignment(plan: Tensor, row_valid: Tensor) -> Tensor:
