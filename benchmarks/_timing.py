@@ -19,6 +19,31 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[
     return times
 
 
+def time_pair(
+    baseline: Callable[[], object],
+    ours: Callable[[], object],
+    repeats: int,
+    sync: Callable[[], object] = lambda: None,
+) -> tuple[list[float], list[float]]:
+    """Wall-clock seconds of ``repeats`` calls of each, alternated (baseline, ours,
+    baseline, ...), so that each repeat's ratio compares two neighbouring measurements: on
+    a shared machine the speed drifts over seconds, and timing all of one side first would
+    put the drift into the ratio. Each timed call directly follows an untimed call of the
+    same function, so both are measured warm (caches, allocator, thread pool), as when
+    timed in a row. ``sync`` runs inside each timed region (e.g. ``torch.cuda.synchronize``).
+    """
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in ((baseline, times[0]), (ours, times[1])):
+            fn()
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            out.append(time.perf_counter() - start)
+    return times
+
+
 def summary(times: list[float]) -> str:
     return f"{min(times) * 1e3:9.2f} {statistics.median(times) * 1e3:9.2f} {max(times) * 1e3:9.2f}"
 

@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from _timing import print_rows, time_calls
+from _timing import print_rows, time_pair
 from detloss.losses.ranking import alrp_loss, ap_loss, rank_sort_loss
 
 
@@ -161,21 +161,28 @@ def run(repeats: int = 5, quick: bool = False) -> list[dict]:
     rows = []
 
     _assert_same(_ours(logits, labels), loop_ap_loss(logits, labels))
-    baseline = time_calls(lambda: loop_ap_loss(logits, labels), repeats)
-    mine = time_calls(lambda: _ours(logits, labels), repeats)
+    baseline, mine = time_pair(
+        lambda: loop_ap_loss(logits, labels), lambda: _ours(logits, labels), repeats
+    )
     rows.append({"name": f"ap_loss fwd+bwd {size}", "baseline_s": baseline, "ours_s": mine})
 
     g = torch.Generator().manual_seed(1)
     reg = torch.rand(num_pos, generator=g)
     _assert_same(_ours_alrp(logits, labels, reg), loop_alrp_loss(logits, labels, reg))
-    baseline = time_calls(lambda: loop_alrp_loss(logits, labels, reg), repeats)
-    mine = time_calls(lambda: _ours_alrp(logits, labels, reg), repeats)
+    baseline, mine = time_pair(
+        lambda: loop_alrp_loss(logits, labels, reg),
+        lambda: _ours_alrp(logits, labels, reg),
+        repeats,
+    )
     rows.append({"name": f"alrp_loss cls fwd+bwd {size}", "baseline_s": baseline, "ours_s": mine})
 
     targets = torch.where(labels == 1, torch.rand(labels.shape, generator=g).clamp(min=0.05), 0.0)
     _assert_same(_ours_rank_sort(logits, targets), loop_rank_sort_loss(logits, targets))
-    baseline = time_calls(lambda: loop_rank_sort_loss(logits, targets), repeats)
-    mine = time_calls(lambda: _ours_rank_sort(logits, targets), repeats)
+    baseline, mine = time_pair(
+        lambda: loop_rank_sort_loss(logits, targets),
+        lambda: _ours_rank_sort(logits, targets),
+        repeats,
+    )
     rows.append({"name": f"rank_sort_loss fwd+bwd {size}", "baseline_s": baseline, "ours_s": mine})
     for row in rows:
         row["note"] = note

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 
 import torch
 
+from _timing import time_pair
 from detloss.heatmap import centernet_targets, draw_gaussians, gaussian_radius
 
 STRIDE = 4
@@ -116,20 +116,13 @@ def loop_targets(
     }
 
 
-def _time(fn, repeats: int, device: torch.device) -> list[float]:
+def _pair(baseline, ours, repeats: int, device: torch.device) -> dict[str, list[float]]:
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    fn()  # warm-up
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
+    base_s, ours_s = time_pair(baseline, ours, repeats, sync=sync)
+    return {"baseline_s": base_s, "ours_s": ours_s}
 
 
 def run(
@@ -175,8 +168,7 @@ def run(
     rows = [
         {
             "name": "centernet_targets",
-            "baseline_s": _time(baseline, repeats, dev),
-            "ours_s": _time(ours, repeats, dev),
+            **_pair(baseline, ours, repeats, dev),
             "note": note + "; end to end, both allocate the same outputs",
         }
     ]
@@ -206,8 +198,7 @@ def run(
     rows.append(
         {
             "name": "draw_gaussians",
-            "baseline_s": _time(baseline_draw, repeats, dev),
-            "ours_s": _time(ours_draw, repeats, dev),
+            **_pair(baseline_draw, ours_draw, repeats, dev),
             "note": note + "; drawing only, into preallocated maps",
         }
     )

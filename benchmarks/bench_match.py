@@ -15,7 +15,7 @@ import argparse
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from _timing import print_rows, time_calls
+from _timing import print_rows, time_pair
 from detloss.match import HungarianMatcher
 
 
@@ -92,8 +92,9 @@ def run(repeats: int = 5, quick: bool = False) -> list[dict]:
         order = rows.argsort()
         assert pred.tolist() == rows[order].tolist() and tgt.tolist() == cols[order].tolist()
 
-    baseline = time_calls(lambda: detr_pipeline(outputs, targets), repeats)
-    mine = time_calls(lambda: matcher(outputs, targets), repeats)
+    baseline, mine = time_pair(
+        lambda: detr_pipeline(outputs, targets), lambda: matcher(outputs, targets), repeats
+    )
     name = f"hungarian matcher B={batch} M={queries} N~U(1,30) C=91"
     return [
         {"name": name, "baseline_s": baseline, "ours_s": mine, "note": "same assignments asserted"}

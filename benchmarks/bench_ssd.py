@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from _timing import time_pair
 from detloss.anchors import encode_boxes, ssd_priors
 from detloss.boxes import box_convert, box_iou
 from detloss.losses.ssd import multibox_loss
@@ -90,16 +90,6 @@ def baseline_loss(
     return loss_l / n, loss_c / n
 
 
-def _time(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def run(repeats: int = 5, quick: bool = False) -> list[dict]:
     torch.manual_seed(0)
     batch = 4 if quick else 32
@@ -123,11 +113,12 @@ def run(repeats: int = 5, quick: bool = False) -> list[dict]:
     for a, b in zip(ours_values, base_values):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     objects = sum(t["boxes"].shape[0] for t in targets)
+    base_s, ours_s = time_pair(base, ours, repeats)
     return [
         {
             "name": f"MultiBoxLoss fwd+bwd B={batch} P={priors.shape[0]} C={num_classes}",
-            "baseline_s": _time(base, repeats),
-            "ours_s": _time(ours, repeats),
+            "baseline_s": base_s,
+            "ours_s": ours_s,
             "note": f"{objects} objects; baseline = per-image SSD matching + double sort",
         }
     ]
