@@ -319,8 +319,9 @@ class _BinnedNegatives:
         slopes, offsets = _zone_coefficients(weight, x, self.lo, self.hi, self.gaps, self.delta)
         # The spare gap (everything that is not a negative) gets zero coefficients.
         slope = np.append(slopes.numpy(), 0.0).take(self.gap)
-        slope *= self.values
-        slope += np.append(offsets.numpy(), 0.0).take(self.gap)
+        with np.errstate(invalid="ignore", over="ignore"):  # unvalidated inf: as torch
+            slope *= self.values
+            slope += np.append(offsets.numpy(), 0.0).take(self.gap)
         return torch.from_numpy(slope)
 
 
