@@ -123,21 +123,21 @@ def make_problem(num_pos: int, num_neg: int, seed: int = 0):
 
 
 def _ours(logits: torch.Tensor, labels: torch.Tensor):
-    x = logits.clone().requires_grad_()
+    x = logits.detach().requires_grad_()
     loss = ap_loss(x, labels, validate=False)
     loss.backward()
     return x.grad, loss.detach()
 
 
 def _ours_alrp(logits, labels, regression_losses):
-    x = logits.clone().requires_grad_()
+    x = logits.detach().requires_grad_()
     cls, _ = alrp_loss(x, labels, regression_losses, validate=False)
     cls.backward()
     return x.grad, cls.detach()
 
 
 def _ours_rank_sort(logits, targets):
-    x = logits.clone().requires_grad_()
+    x = logits.detach().requires_grad_()
     ranking, sorting = rank_sort_loss(x, targets, validate=False)
     (ranking + sorting).backward()
     return x.grad, ranking.detach(), sorting.detach()

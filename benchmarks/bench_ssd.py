@@ -98,13 +98,13 @@ def run(repeats: int = 5, quick: bool = False) -> list[dict]:
     loc, conf, targets = make_batch(batch, num_classes, priors, max_objects=20)
 
     def ours() -> tuple[Tensor, Tensor]:
-        x, c = loc.clone().requires_grad_(), conf.clone().requires_grad_()
+        x, c = loc.detach().requires_grad_(), conf.detach().requires_grad_()
         _, terms = multibox_loss(x, c, priors, targets, return_terms=True)
         (terms["loc"] + terms["conf"]).backward()
         return terms["loc"].detach(), terms["conf"].detach()
 
     def base() -> tuple[Tensor, Tensor]:
-        x, c = loc.clone().requires_grad_(), conf.clone().requires_grad_()
+        x, c = loc.detach().requires_grad_(), conf.detach().requires_grad_()
         loss_l, loss_c = baseline_loss(x, c, priors, targets)
         (loss_l + loss_c).backward()
         return loss_l.detach(), loss_c.detach()
