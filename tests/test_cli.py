@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -41,6 +42,33 @@ def test_bench_is_handed_to_the_runner(monkeypatch):
     monkeypatch.setattr(detloss.benchrunner, "main", lambda argv: seen.append(argv) or 0)
     assert main(["bench", "--quick", "--only", "bench_x"]) == 0
     assert seen == [["--quick", "--only", "bench_x"]]
+
+
+def test_bench_runs_each_script_in_its_own_process(tmp_path):
+    # Two toy scripts: each sees a fresh interpreter (the module-level counter starts over),
+    # a broken one is reported without stopping the other, and the notes survive.
+    from detloss import benchrunner
+
+    script = (
+        "import os\n"
+        "COUNT = [0]\n"
+        "def run(repeats, quick=False):\n"
+        "    COUNT[0] += 1\n"
+        "    return [{'name': f'pid {os.getpid()} call {COUNT[0]} quick {quick}',\n"
+        "             'baseline_s': [2.0] * repeats, 'ours_s': [1.0] * repeats, 'note': 'n'}]\n"
+    )
+    (tmp_path / "bench_a.py").write_text(script)
+    (tmp_path / "bench_b.py").write_text(script)
+    (tmp_path / "bench_c.py").write_text("def run(repeats):\n    raise RuntimeError('no')\n")
+    out = tmp_path / "RESULTS.md"
+    out.write_text("old\n<!-- notes -->\nkept notes\n")
+    assert benchrunner.main(["--dir", str(tmp_path), "--repeats", "3", "--quick"]) == 1
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| bench_")]
+    assert len(rows) == 3 and "failed" in rows[2]
+    assert all("call 1 quick True" in row and "2.00 / 2.00 / 2.00" in row for row in rows[:2])
+    assert rows[0].split("pid ")[1].split()[0] != str(os.getpid())
+    assert text.endswith("<!-- notes -->\nkept notes\n")
 
 
 def test_bad_arguments(capsys):

@@ -2,7 +2,8 @@
 
 Each script exposes ``run(repeats) -> list[dict]`` with rows ``{"name", "baseline_s",
 "ours_s", "note"}``. Ratios are baseline / detloss per repeat, reported as
-min / median / max.
+min / median / max. Every script runs in a fresh interpreter, so that the memory one
+benchmark leaves behind (a large, fragmented heap) does not slow down the next.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import argparse
 import datetime as _dt
 import importlib.util
 import inspect
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +40,31 @@ def _load(path: Path):
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
+
+
+def _child(argv: Sequence[str]) -> None:
+    """In the fresh interpreter: ``run(**kwargs)`` of one script, rows written as JSON."""
+    script, kwargs, result = Path(argv[0]), json.loads(argv[1]), Path(argv[2])
+    sys.path.insert(0, str(script.parent))
+    module = _load(script)
+    if "quick" not in inspect.signature(module.run).parameters:
+        kwargs.pop("quick", None)
+    result.write_text(json.dumps(module.run(**kwargs)))
+
+
+def _run_script(script: Path, kwargs: dict) -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "rows.json"
+        # This file loaded by path: the child imports only what the script imports.
+        code = (
+            "import importlib.util, sys; "
+            f"spec = importlib.util.spec_from_file_location('benchrunner', {__file__!r}); "
+            "runner = importlib.util.module_from_spec(spec); spec.loader.exec_module(runner); "
+            "runner._child(sys.argv[1:])"
+        )
+        command = [sys.executable, "-c", code, str(script), json.dumps(kwargs), str(result)]
+        subprocess.run(command, check=True)
+        return json.loads(result.read_text())
 
 
 def _machine() -> list[str]:
@@ -77,7 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     folder = _find_benchmarks(args.dir)
-    sys.path.insert(0, str(folder))
     scripts = sorted(folder.glob("bench_*.py"))
     if args.only:
         scripts = [s for s in scripts if s.stem in args.only]
@@ -86,11 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for script in scripts:
         print(f"== {script.stem}", flush=True)
         try:
-            module = _load(script)
-            kwargs = {"repeats": args.repeats}
-            if "quick" in inspect.signature(module.run).parameters:
-                kwargs["quick"] = args.quick
-            rows = module.run(**kwargs)
+            rows = _run_script(script, {"repeats": args.repeats, "quick": args.quick})
         except Exception:  # a broken script is reported, the others still run
             failures += 1
             traceback.print_exc()
@@ -106,12 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"Written by `detloss bench` on {_dt.date.today().isoformat()}"
         + (" (quick sizes)" if args.quick else "")
-        + f", {args.repeats} timed repeats after a warm-up.",
+        + f", {args.repeats} timed repeats; each script in a fresh process.",
         "",
         *_machine(),
         "",
         "Times are medians in milliseconds; the ratio is baseline / detloss per repeat "
-        "(min / median / max). Every script asserts that both sides give the same result.",
+        "(min / median / max). Where the scripts alternate the two sides, each repeat pairs "
+        "neighbouring calls, each timed right after an untimed call of the same function. "
+        "Every script asserts that both sides give the same result.",
         "",
         "| script | benchmark | baseline ms | detloss ms | speed-up min / median / max | note |",
         "|---|---|---|---|---|---|",
