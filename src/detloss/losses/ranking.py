@@ -239,7 +239,7 @@ def _locate(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 class _SortedNegatives:
     """The participating negatives sorted ascending (any device), with the positions of
-    every positive's zone ``[x_i - delta, x_i + delta)`` among them. With ``compact=False``
+    every positive's zone ``(x_i - delta, x_i + delta)`` among them. With ``compact=False``
     the arrays keep the static length ``n`` with padding at the end."""
 
     def __init__(self, x: Tensor, neg: Tensor, xs: Tensor, delta: float, compact: bool):
@@ -334,7 +334,7 @@ class _Ranking:
     zeroed by :meth:`mask`."""
 
     def __init__(self, x: Tensor, pos: Tensor, neg: Tensor, delta: float, compact: bool):
-        self.n, self.delta, self.dtype, self.compact = x.numel(), delta, x.dtype, compact
+        self.n, self.delta, self.dtype = x.numel(), delta, x.dtype
         acc = _accumulation_dtype(x.device)
         xs, self.index_p, self.valid_p = _sorted_subset(x, pos, compact)
         # Searches and sums in the accumulation dtype; padding stays +inf for the searches
