@@ -35,8 +35,10 @@ __all__ = [
 Targets = Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor]
 
 # Radii are grouped into power-of-two classes before drawing; 32 classes cover every radius
-# below 2**31, far beyond any heatmap.
+# below 2**31, far beyond any heatmap. The first class holds the radii below
+# 2**_SMALL_CLASSES.
 _RADIUS_CLASSES = 32
+_SMALL_CLASSES = 2
 
 
 def _sparse_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -232,11 +234,13 @@ def _draw_window(
     cy: Tensor,
     radius: Tensor,
     valid: Tensor,
+    lowest: int,
     window: int,
     height: int,
     width: int,
 ) -> None:
-    """Max-scatter the default-sigma kernels of ``m`` objects whose radii are <= ``window``.
+    """Max-scatter the default-sigma kernels of ``m`` objects whose radii lie in
+    ``[lowest, window]``.
 
     ``plane`` is the flat offset of each object's ``[H, W]`` plane inside ``flat``. Each
     object gets a ``(2 * window + 1)^2`` block of candidate cells (cropped to the map size);
@@ -248,17 +252,24 @@ def _draw_window(
     wx = min(window, width - 1)
     dy = torch.arange(-wy, wy + 1, device=device)[:, None]  # [h, 1]
     dx = torch.arange(-wx, wx + 1, device=device)[None, :]  # [1, w]
-    r = radius[:, None, None]
     x = cx[:, None, None] + dx  # [m, 1, w]
     y = cy[:, None, None] + dy  # [m, h, 1]
-    # Rows and columns are rejected separately; only their union is window-sized.
-    out_x = (dx.abs() > r) | (x < 0) | (x >= width)
-    out_y = (dy.abs() > r) | (y < 0) | (y >= height) | ~valid[:, None, None]
-    # Same float64 expression as gaussian_kernel, so drawing equals pasting its kernel.
+    # Same float64 expression as gaussian_kernel, so drawing equals pasting its kernel:
+    # once per radius of the class when there are fewer radii than objects.
+    distinct = window - lowest + 1
+    r = torch.arange(lowest, window + 1, device=device) if distinct < radius.numel() else radius
+    r = r[:, None, None]
     sigma = (2 * r + 1).to(torch.float64) / 6
     d2 = (dx * dx + dy * dy).to(torch.float64)
     values = torch.exp_(-d2 / (2 * sigma * sigma))
     values = values.masked_fill_(values < torch.finfo(flat.dtype).eps, 0).to(flat.dtype)
+    values = values.masked_fill_((dx.abs() > r) | (dy.abs() > r), -math.inf)
+    if distinct < radius.numel():
+        values = values.index_select(0, radius - lowest)
+    # Rows and columns outside the map are rejected separately; only their union is
+    # window-sized.
+    out_x = (x < 0) | (x >= width)
+    out_y = (y < 0) | (y >= height) | ~valid[:, None, None]
     values = values.masked_fill_(out_y | out_x, -math.inf)
     index = plane[:, None, None] + y.clamp(0, height - 1) * width + x.clamp(0, width - 1)
     flat.scatter_reduce_(0, index.reshape(-1), values.reshape(-1), "amax", include_self=True)
@@ -279,25 +290,30 @@ def _scatter_gaussians(
     One window size for all objects would cost ``n (2 r_max + 1)^2`` cells: a single large
     object would make every small one pay for its window. Classes ``[2^(k-1), 2^k - 1]``
     bound the waste to about 4x per object at the price of one host read of the histogram.
+    Radii up to 3 share one class: their windows are tiny, and each class costs a fixed
+    number of operations.
     """
     if radius.numel() == 0:
         return
     valid = valid & (radius >= 0)  # a negative radius draws nothing
     r = torch.where(valid, radius, 0)
-    powers = torch.pow(2, torch.arange(_RADIUS_CLASSES - 1, device=r.device))
-    cls = (r[:, None] >= powers).sum(dim=1)  # 0 for r = 0, k for 2^(k-1) <= r < 2^k
+    powers = torch.pow(2, torch.arange(_SMALL_CLASSES, _RADIUS_CLASSES - 1, device=r.device))
+    cls = (r[:, None] >= powers).sum(dim=1)  # 0 for r < 4, k for 2^(k+1) <= r < 2^(k+2)
     counts = torch.bincount(cls, minlength=_RADIUS_CLASSES)
     largest = torch.zeros(_RADIUS_CLASSES, dtype=r.dtype, device=r.device)
     largest = largest.scatter_reduce(0, cls, r, "amax", include_self=True)
     order = torch.argsort(cls, stable=True)
     host_counts, host_largest = torch.stack((counts, largest)).tolist()
     start = 0
-    for count, window in zip(host_counts, host_largest):
+    for k, (count, window) in enumerate(zip(host_counts, host_largest)):
         if count == 0:
             continue
         sel = order[start : start + count]
         start += count
-        _draw_window(flat, plane[sel], cx[sel], cy[sel], r[sel], valid[sel], window, height, width)
+        lowest = 0 if k == 0 else 2 ** (k + _SMALL_CLASSES - 1)
+        _draw_window(
+            flat, plane[sel], cx[sel], cy[sel], r[sel], valid[sel], lowest, window, height, width
+        )
 
 
 def _int_tensor(x: object, name: str) -> Tensor:
