@@ -359,8 +359,8 @@ def _decode(gen):
 
 FORCE_BEST = "max_iou's force-best loop reads bool(unresolved.any()) once per round"
 SSD_MATCH = (
-    "multibox_loss's matching calls torch.unique (_intervals) and reads "
-    "bool(shared.any()) once per batch (losses/ssd.py)"
+    "multibox_loss's matching reads bool(shared.any()) once per batch to find images where "
+    "two ground truths share a best prior (losses/ssd.py), then max_iou's rounds there"
 )
 SINKHORN = "sinkhorn checks its scalings' range on the host once per block (documented)"
 
