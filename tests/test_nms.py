@@ -299,7 +299,7 @@ P4 = torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 4)
         (
             lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 1), P4),
             ValueError,
-            r"conf: expected shape \[1, 4, C\] with C >= 2, got \[1, 4, 1\]",
+            r"conf: expected shape \[1, 4, C\] with C >= 2 \(background \+ classes\), got \[1, 4, 1\]",
         ),
         (
             lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4[:3]),

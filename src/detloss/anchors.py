@@ -138,6 +138,24 @@ def ssd_priors(
     return priors.to(dtype)
 
 
+def _check_ssd_inputs(loc: Tensor, conf: Tensor, priors: Tensor) -> None:
+    """Shapes of SSD head outputs ``loc [B, P, 4]``, ``conf [B, P, C >= 2]`` and their
+    ``priors [P, 4]``, for the loss and the detector."""
+    check_shape(loc, "loc", ndim=3, last=4, expected="[B, P, 4]")
+    check_shape(conf, "conf", ndim=3, expected="[B, P, C]")
+    check_shape(priors, "priors", ndim=2, last=4, expected="[P, 4]")
+    b, p = loc.shape[:2]
+    if conf.shape[:2] != loc.shape[:2] or conf.shape[2] < 2:
+        raise ValueError(
+            f"conf: expected shape [{b}, {p}, C] with C >= 2 (background + classes), "
+            f"got {shape_str(conf.shape)}"
+        )
+    if priors.shape[0] != p:
+        raise ValueError(
+            f"priors: expected shape [{p}, 4] (one per prediction), got {shape_str(priors.shape)}"
+        )
+
+
 def _check_variances(variances: object) -> tuple[float, float]:
     if not isinstance(variances, Sequence) or isinstance(variances, str):
         raise TypeError(

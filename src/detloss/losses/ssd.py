@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_shape, compute_dtype, output_dtype, shape_str
-from ..anchors import _check_variances, encode_boxes
+from ..anchors import _check_ssd_inputs, _check_variances, encode_boxes
 from ..boxes import box_convert
 from ..distributed import normalizer
 from ..match.matching import BACKGROUND
@@ -47,22 +47,6 @@ def _check_settings(
         raise ValueError(f"loc_weight must be a number >= 0, got {loc_weight!r}")
     if isinstance(min_negatives, bool) or not isinstance(min_negatives, int) or min_negatives < 0:
         raise ValueError(f"min_negatives must be an int >= 0, got {min_negatives!r}")
-
-
-def _check_predictions(loc: Tensor, conf: Tensor, priors: Tensor) -> None:
-    check_shape(loc, "loc", ndim=3, last=4, expected="[B, P, 4]")
-    check_shape(conf, "conf", ndim=3, expected="[B, P, C]")
-    check_shape(priors, "priors", ndim=2, last=4, expected="[P, 4]")
-    b, p = loc.shape[:2]
-    if conf.shape[:2] != loc.shape[:2] or conf.shape[2] < 2:
-        raise ValueError(
-            f"conf: expected shape [{b}, {p}, C] with C >= 2 (background + classes), "
-            f"got {shape_str(conf.shape)}"
-        )
-    if priors.shape[0] != p:
-        raise ValueError(
-            f"priors: expected shape [{p}, 4] (one per prediction), got {shape_str(priors.shape)}"
-        )
 
 
 def _intervals(lo: Tensor, hi: Tensor, compress: bool) -> tuple[Tensor, Tensor]:
@@ -490,7 +474,7 @@ def multibox_loss(
         The scalar total, or ``(total, terms)``. Half-precision inputs are computed in
         float32 and the results returned in their dtype.
     """
-    _check_predictions(loc, conf, priors)
+    _check_ssd_inputs(loc, conf, priors)
     _check_settings(overlap_threshold, neg_pos_ratio, loc_weight, min_negatives)
     variances = _check_variances(variances)
     batch, _, num_classes = conf.shape

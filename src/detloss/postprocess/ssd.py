@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_shape, shape_str
-from ..anchors import _check_variances, decode_boxes
+from ..anchors import _check_ssd_inputs, _check_variances, decode_boxes
 from .nms import batched_nms
 
 __all__ = ["ssd_detect"]
@@ -59,20 +58,8 @@ def ssd_detect(
         ``0..C-2``, the target convention: label ``l`` is logit ``l + 1``). Computed
         without gradients, in float32 for half inputs.
     """
-    check_shape(loc, "loc", ndim=3, last=4, expected="[B, P, 4]")
-    check_shape(conf, "conf", ndim=3, expected="[B, P, C]")
-    check_shape(priors, "priors", ndim=2, last=4, expected="[P, 4]")
+    _check_ssd_inputs(loc, conf, priors)
     batch, num_priors = loc.shape[:2]
-    if conf.shape[:2] != loc.shape[:2] or conf.shape[2] < 2:
-        raise ValueError(
-            f"conf: expected shape [{batch}, {num_priors}, C] with C >= 2, "
-            f"got {shape_str(conf.shape)}"
-        )
-    if priors.shape[0] != num_priors:
-        raise ValueError(
-            f"priors: expected shape [{num_priors}, 4] (one per prediction), "
-            f"got {shape_str(priors.shape)}"
-        )
     if (
         isinstance(conf_threshold, bool)
         or not isinstance(conf_threshold, (int, float))
