@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from _distributed import run_distributed
+from _references import iou_family_reference
 from detloss.losses.detection import DetectionLoss, detection_loss
 from detloss.match.matching import Matching
 from detloss.match.modules import HungarianMatcher, MaxIoUMatcher
@@ -103,29 +104,6 @@ def convert(box, fmt_in, fmt_out):
     return [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
 
 
-def iou_family(a, b, kind):
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    wa, ha, wb, hb = a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1]
-    union = wa * ha + wb * hb - inter
-    iou = inter / union
-    if kind == "iou":
-        return iou
-    cw = max(a[2], b[2]) - min(a[0], b[0])
-    ch = max(a[3], b[3]) - min(a[1], b[1])
-    if kind == "giou":
-        return iou - (cw * ch - union) / (cw * ch)
-    rho2 = ((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) ** 2 + (
-        (a[1] + a[3]) / 2 - (b[1] + b[3]) / 2
-    ) ** 2
-    diou = iou - rho2 / (cw**2 + ch**2)
-    if kind == "diou":
-        return diou
-    v = 4 / math.pi**2 * (math.atan(wb / hb) - math.atan(wa / ha)) ** 2
-    return diou - v / (1 - iou + v) * v
-
-
 def ref_loc(name, pred, target, box_format, l1_format, beta):
     if name in ("l1", "smooth_l1"):
         p, t = convert(pred, box_format, l1_format), convert(target, box_format, l1_format)
@@ -134,7 +112,7 @@ def ref_loc(name, pred, target, box_format, l1_format, beta):
             return sum(diffs)
         return sum(0.5 * d * d / beta if d < beta else d - 0.5 * beta for d in diffs)
     a, b = convert(pred, box_format, "xyxy"), convert(target, box_format, "xyxy")
-    return 1 - iou_family(a, b, name)
+    return 1 - iou_family_reference(a, b, name)
 
 
 def ref_cls(x, cls, opts):
@@ -590,7 +568,10 @@ def detr_reference(outputs, targets, pairs, num_classes, eos_coef=0.1):
         return torch.cat((b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2), dim=-1)
 
     giou = torch.tensor(
-        [iou_family(a, c, "giou") for a, c in zip(xyxy(src).tolist(), xyxy(tgt).tolist())],
+        [
+            iou_family_reference(a, c, "giou")
+            for a, c in zip(xyxy(src).tolist(), xyxy(tgt).tolist())
+        ],
         dtype=logits.dtype,
     )
     loss_giou = (1 - giou).sum() / num_boxes

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from _references import iou_family_reference
 from detloss.losses._reduction import reduce_loss
 from detloss.losses.classification import negative_prob
 from detloss.losses.focal import SigmoidFocalLoss, sigmoid_focal_loss
@@ -27,29 +28,6 @@ def focal_reference(x: float, t: float, alpha: float | None, gamma: float) -> fl
     pt = p * t + (1 - p) * (1 - t)
     weight = 1.0 if alpha is None else alpha * t + (1 - alpha) * (1 - t)
     return weight * (1 - pt) ** gamma * bce
-
-
-def iou_family_reference(a, b, kind: str) -> float:
-    """Plain-float IoU / GIoU / DIoU / CIoU of two xyxy boxes of positive size."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    wa, ha, wb, hb = a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1]
-    union = wa * ha + wb * hb - inter
-    iou = inter / union
-    if kind == "iou":
-        return iou
-    cw = max(a[2], b[2]) - min(a[0], b[0])
-    ch = max(a[3], b[3]) - min(a[1], b[1])
-    if kind == "giou":
-        return iou - (cw * ch - union) / (cw * ch)
-    dx = (a[0] + a[2] - b[0] - b[2]) / 2
-    dy = (a[1] + a[3] - b[1] - b[3]) / 2
-    diou = iou - (dx * dx + dy * dy) / (cw * cw + ch * ch)
-    if kind == "diou":
-        return diou
-    v = 4 / math.pi**2 * (math.atan(wb / hb) - math.atan(wa / ha)) ** 2
-    return diou - v / (1 - iou + v) * v
 
 
 def random_xyxy(gen: torch.Generator, n: int, dtype=torch.float64) -> torch.Tensor:

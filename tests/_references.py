@@ -1,0 +1,34 @@
+"""Slow, obviously-correct references shared by several test modules."""
+
+from __future__ import annotations
+
+import math
+
+IOU_KINDS = ("iou", "giou", "diou", "ciou")
+
+
+def box_scores(a, b) -> tuple[float, float, float, float]:
+    """IoU, GIoU, DIoU and CIoU of two ``xyxy`` boxes from the definitions, in Python
+    floats (widths and heights clamped at 0; CIoU's trade-off term is 0 when ``v = 0``)."""
+    ax1, ay1, ax2, ay2 = a
+    bx1, by1, bx2, by2 = b
+    wa, ha = max(ax2 - ax1, 0.0), max(ay2 - ay1, 0.0)
+    wb, hb = max(bx2 - bx1, 0.0), max(by2 - by1, 0.0)
+    iw = max(min(ax2, bx2) - max(ax1, bx1), 0.0)
+    ih = max(min(ay2, by2) - max(ay1, by1), 0.0)
+    inter = iw * ih
+    union = wa * ha + wb * hb - inter
+    iou = inter / union
+    ew = max(ax2, bx2) - min(ax1, bx1)
+    eh = max(ay2, by2) - min(ay1, by1)
+    giou = iou - (ew * eh - union) / (ew * eh)
+    rho2 = ((ax1 + ax2) / 2 - (bx1 + bx2) / 2) ** 2 + ((ay1 + ay2) / 2 - (by1 + by2) / 2) ** 2
+    diou = iou - rho2 / (ew**2 + eh**2)
+    v = 4 / math.pi**2 * (math.atan(wb / hb) - math.atan(wa / ha)) ** 2
+    alpha = v / (1 - iou + v) if v > 0 else 0.0
+    return iou, giou, diou, diou - alpha * v
+
+
+def iou_family_reference(a, b, kind: str) -> float:
+    """One of :func:`box_scores`, by name (``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"``)."""
+    return box_scores(a, b)[IOU_KINDS.index(kind)]
