@@ -256,15 +256,15 @@ def _draw_window(
     y = cy[:, None, None] + dy  # [m, h, 1]
     # Same float64 expression as gaussian_kernel, so drawing equals pasting its kernel:
     # once per radius of the class when there are fewer radii than objects.
-    distinct = window - lowest + 1
-    r = torch.arange(lowest, window + 1, device=device) if distinct < radius.numel() else radius
+    per_radius = window - lowest + 1 < radius.numel()
+    r = torch.arange(lowest, window + 1, device=device) if per_radius else radius
     r = r[:, None, None]
     sigma = (2 * r + 1).to(torch.float64) / 6
     d2 = (dx * dx + dy * dy).to(torch.float64)
     values = torch.exp_(-d2 / (2 * sigma * sigma))
     values = values.masked_fill_(values < torch.finfo(flat.dtype).eps, 0).to(flat.dtype)
     values = values.masked_fill_((dx.abs() > r) | (dy.abs() > r), -math.inf)
-    if distinct < radius.numel():
+    if per_radius:
         values = values.index_select(0, radius - lowest)
     # Rows and columns outside the map are rejected separately; only their union is
     # window-sized.
