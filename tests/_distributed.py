@@ -35,19 +35,28 @@ def _worker(rank: int, world: int, port: int, fn: Callable, args: tuple, out_dir
         dist.destroy_process_group()
 
 
+def _start_method() -> str:
+    """fork where it is safe: the children need not re-import torch (seconds on a loaded
+    machine). With a CUDA device, the first backward pass starts autograd's device threads,
+    after which a forked child cannot run backward at all: spawn there."""
+    forced = os.environ.get("DETLOSS_TEST_START_METHOD")
+    if forced:
+        return forced
+    return "spawn" if torch.cuda.is_available() else "fork"
+
+
 def run_distributed(fn: Callable, *args: object, world: int = 2, timeout: float = 120) -> list:
     """Call ``fn(rank, world, *args)`` on ``world`` processes; return their results in rank
     order. ``fn`` must be a module-level function; results must be picklable. Workers still
     running after ``timeout`` seconds are killed and the test fails (a rank that raised
     before a collective would otherwise leave the others waiting forever)."""
     with tempfile.TemporaryDirectory() as out_dir:
-        # fork: the children need not re-import torch (seconds on a loaded machine).
         context = mp.start_processes(
             _worker,
             args=(world, _free_port(), fn, args, out_dir),
             nprocs=world,
             join=False,
-            start_method="fork",
+            start_method=_start_method(),
         )
         deadline = time.monotonic() + timeout
         while not context.join(timeout=1):
