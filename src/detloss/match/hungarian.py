@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,11 +50,45 @@ def solve_assignment(block: np.ndarray, image: int = 0) -> tuple[np.ndarray, np.
         ) from None
 
 
+_SOLVERS = ("auto", "scipy", "triton")
+
+
+@functools.cache
+def _triton_kernel():
+    """The device solver's module, or None where Triton is not installed."""
+    try:
+        from . import _assignment_kernel
+    except ImportError:
+        return None
+    return _assignment_kernel
+
+
+def _use_device_solver(cost: Tensor, solver: str) -> bool:
+    if solver not in _SOLVERS:
+        raise ValueError(f"solver: expected one of {list(_SOLVERS)}, got {solver!r}")
+    if solver == "scipy":
+        return False
+    kernel = _triton_kernel() if cost.device.type == "cuda" else None
+    fits = kernel is not None and max(cost.shape[1:]) <= kernel.MAX_COLUMNS
+    if solver == "triton" and not fits:
+        reason = (
+            f"cost is on {cost.device}, not a CUDA device"
+            if cost.device.type != "cuda"
+            else "Triton is not installed"
+            if kernel is None
+            else f"an image has {max(cost.shape[1:])} > {kernel.MAX_COLUMNS} columns"
+        )
+        raise ValueError(f"solver='triton': {reason}")
+    return fits
+
+
 @torch.compiler.disable  # a host step: tracing it only splits the caller's graph
 def hungarian(
     cost: Tensor,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
+    *,
+    solver: str = "auto",
 ) -> Matching:
     """Exact minimum-cost one-to-one matching of predictions to targets in each image.
 
@@ -64,6 +99,9 @@ def hungarian(
         target_mask: ``bool[B, N]``, True for real targets (need not be a prefix).
         pred_mask: ``bool[B, M]``, True for real predictions. Padded predictions come back
             as ignored (``-2``).
+        solver: ``"scipy"`` solves on the host; ``"triton"`` on the GPU (a CUDA cost,
+            Triton installed, and at most 8192 predictions, or targets where they are
+            more); ``"auto"`` (default) takes the GPU where it can and the host otherwise.
 
     Returns:
         A :class:`Matching` in which ``min(m_b, n_b)`` predictions of image ``b`` are matched
@@ -74,19 +112,73 @@ def hungarian(
         ValueError: a NaN or ``-inf`` cost, or an image whose ``+inf`` pairs make every
             assignment impossible (the message names the image).
 
-    The valid block of each image is copied to the host once per batch as float64 and
-    solved by ``scipy.optimize.linear_sum_assignment`` in its faster orientation (fewer
-    rows than columns); images run in a small thread pool, since scipy releases the GIL.
-    No gradient flows through a matching.
+    Both solvers run the same exact algorithm in float64 (shortest augmenting paths, as
+    ``scipy.optimize.linear_sum_assignment``), so they reach the same optimal total; where
+    several assignments share it they may pick different ones.
+
+    On the host, the valid block of each image is copied to the host once per batch and
+    solved by scipy in its faster orientation (fewer rows than columns); images run in a
+    small thread pool, since scipy releases the GIL. On the GPU, one Triton program per
+    image solves it in place; the host reads back one status flag per image (one
+    synchronisation per batch) and solves there only the images the kernel could not
+    finish (more real targets than real predictions, or infeasible +inf pairs) and those
+    with a NaN or ``-inf`` cost, so errors read the same on both. No gradient flows
+    through a matching.
     """
     cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
+    on_gpu = _use_device_solver(cost, solver)
+    if not on_gpu or 0 in cost.shape:
+        return Matching(_solve_on_host(cost, target_mask, pred_mask), target_mask)
+    pred_to_target, unsolved = _solve_on_gpu(cost, target_mask, pred_mask)
+    unsolved = unsolved.cpu()  # the batch's one synchronisation
+    if unsolved.any():
+        ids = unsolved.nonzero().squeeze(1)
+        images = ids.to(cost.device)
+        pred_to_target[images] = _solve_on_host(
+            cost[images], target_mask[images], pred_mask[images], image_ids=ids.tolist()
+        )
+    return Matching(pred_to_target, target_mask)
+
+
+def _solve_on_gpu(cost: Tensor, target_mask: Tensor, pred_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``pred_to_target [B, M]`` from the device kernel and ``bool[B]``: the images it left
+    for the host."""
+    b, m, n = cost.shape
+    # The smaller side is the rows: the kernel loops over rows and holds columns in lanes.
+    rows_are_targets = m >= n
+    if rows_are_targets:
+        cost_rc, row_valid, col_valid = cost.transpose(1, 2), target_mask, pred_mask
+    else:
+        cost_rc, row_valid, col_valid = cost, pred_mask, target_mask
+    pair_valid = row_valid[:, :, None] & col_valid[:, None, :]
+    invalid_value = (cost_rc.isnan() | (cost_rc == -torch.inf)) & pair_valid
+    row_of_col, status = _triton_kernel().solve_on_device(cost_rc, row_valid, col_valid)
+    unsolved = (status != 0) | invalid_value.flatten(1).any(dim=1)
+    if rows_are_targets:
+        pred_to_target = row_of_col
+    else:
+        # Each target's prediction, scattered into a row with one spare slot for the
+        # unmatched targets.
+        scattered = torch.full((b, m + 1), BACKGROUND, dtype=torch.int64, device=cost.device)
+        slots = torch.where(row_of_col >= 0, row_of_col, m)
+        targets = torch.arange(n, device=cost.device).expand(b, n)
+        pred_to_target = scattered.scatter_(1, slots, targets)[:, :m]
+    return pred_to_target.masked_fill(~pred_mask, IGNORED), unsolved
+
+
+def _solve_on_host(
+    cost: Tensor, target_mask: Tensor, pred_mask: Tensor, image_ids: list[int] | None = None
+) -> Tensor:
+    """``pred_to_target [B, M]`` by scipy, on ``cost``'s device. ``image_ids`` are the
+    images' numbers in error messages (default ``0 .. B - 1``)."""
     b, m, n = cost.shape
     device = cost.device
     result = np.full((b, m), BACKGROUND, dtype=np.int64)
     pmask_host = pred_mask.cpu().numpy()
     result[~pmask_host] = IGNORED
     if b == 0 or m == 0 or n == 0:
-        return Matching(torch.from_numpy(result).to(device), target_mask)
+        return torch.from_numpy(result).to(device)
+    image_ids = list(range(b)) if image_ids is None else image_ids
 
     tmask_host = target_mask.cpu().numpy()
     pred_counts = pmask_host.sum(axis=1)
@@ -123,9 +215,9 @@ def hungarian(
         block = blocks[i]
         if block.shape[0] > block.shape[1]:
             block = np.ascontiguousarray(block.T)
-            cols, rows = solve_assignment(block, i)
+            cols, rows = solve_assignment(block, image_ids[i])
         else:
-            rows, cols = solve_assignment(block, i)
+            rows, cols = solve_assignment(block, image_ids[i])
         preds, targets = (cols, rows) if transposed else (rows, cols)
         pred_ids = np.flatnonzero(pmask_host[i])
         target_ids = np.flatnonzero(tmask_host[i])
@@ -136,4 +228,4 @@ def hungarian(
     else:
         for i in range(b):
             solve(i)
-    return Matching(torch.from_numpy(result).to(device), target_mask)
+    return torch.from_numpy(result).to(device)
