@@ -6,15 +6,36 @@ import statistics
 import time
 from collections.abc import Callable
 
+import torch
 
-def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls after ``warmup`` untimed calls."""
+
+def device_sync(device: torch.device | str) -> Callable[[], None]:
+    """The ``sync`` to pass to the timers for ``device``: ``torch.cuda.synchronize`` on a
+    CUDA device, since a CUDA call returns once its kernels are queued and without the
+    wait a timed region would measure the launches, not the work; nothing on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_calls(
+    fn: Callable[[], object],
+    repeats: int,
+    warmup: int = 1,
+    sync: Callable[[], object] = lambda: None,
+) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls after ``warmup`` untimed calls. ``sync``
+    runs after the warm-up (so that the first timed region does not inherit its queued
+    work) and inside each timed region."""
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return times
 
@@ -51,6 +72,9 @@ def summary(times: list[float]) -> str:
 def print_rows(rows: list[dict]) -> None:
     print(f"{'benchmark':40s} {'side':9s} {'min ms':>9s} {'median':>9s} {'max':>9s}")
     for row in rows:
+        if not row.get("ours_s"):  # a note row: nothing was timed
+            print(f"{row['name']:40s} {row.get('note', '')}")
+            continue
         print(f"{row['name']:40s} {'baseline':9s} {summary(row['baseline_s'])}")
         print(f"{'':40s} {'detloss':9s} {summary(row['ours_s'])}")
         ratio = statistics.median(row["baseline_s"]) / statistics.median(row["ours_s"])

@@ -18,7 +18,7 @@ import statistics
 
 import torch
 
-from _timing import time_pair
+from _timing import device_sync, time_pair
 from detloss.heatmap import centernet_targets, draw_gaussians, gaussian_radius
 
 STRIDE = 4
@@ -117,11 +117,7 @@ def loop_targets(
 
 
 def _pair(baseline, ours, repeats: int, device: torch.device) -> dict[str, list[float]]:
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    base_s, ours_s = time_pair(baseline, ours, repeats, sync=sync)
+    base_s, ours_s = time_pair(baseline, ours, repeats, sync=device_sync(device))
     return {"baseline_s": base_s, "ours_s": ours_s}
 
 

@@ -15,6 +15,10 @@ resident set size during one solve). The baseline takes seconds per image, so it
 twice, without a warm-up. The note of each row also counts, over several images, how often
 the certificate needed more than one candidate solve or fell back to the dense solve.
 
+Both solvers run on the host (scipy, and a sparse solve with a host certificate), so on
+``--device cuda`` this script times nothing and returns a note row: GPU figures for a host
+algorithm would only measure the copies.
+
 Run: ``python benchmarks/bench_dense_crowd.py [--quick] [--repeats R] [--no-memory]``
 (``--quick``: a 192 x 256 image with 200 heads, no memory probes).
 """
@@ -116,7 +120,12 @@ def peak_memory_mb(side: str, quick: bool, layout: str) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
 
-def run(repeats: int = 5, quick: bool = False, memory: bool = True) -> list[dict]:
+def run(
+    repeats: int = 5, quick: bool = False, memory: bool = True, device: str = "cpu"
+) -> list[dict]:
+    if torch.device(device).type != "cpu":
+        note = "host algorithm (scipy baseline, sparse solve + certificate on the host): CPU only"
+        return [{"name": f"not run on {device}", "note": note}]
     torch.set_num_threads(2)
     size = QUICK if quick else FULL
     rows = []

@@ -1,8 +1,9 @@
 """MultiBoxLoss forward + backward: detloss vs a per-image implementation of the original
 SSD formulation (loop over images for matching, the double sort for hard negatives).
 
-SSD300 sizes: B = 32, 8732 priors, 21 classes, 1-20 objects per image. Run as
-``python benchmarks/bench_ssd.py [--quick] [--repeats N]``.
+SSD300 sizes: B = 32, 8732 priors, 21 classes, 1-20 objects per image. The batch is drawn
+on the host and moved to the device, where both sides run. Run as
+``python benchmarks/bench_ssd.py [--quick] [--repeats N] [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from _timing import time_pair
+from _timing import device_sync, time_pair
 from detloss.anchors import encode_boxes, ssd_priors
 from detloss.boxes import box_convert, box_iou
 from detloss.losses.ssd import multibox_loss
@@ -69,8 +70,8 @@ def baseline_loss(
 ) -> tuple[Tensor, Tensor]:
     """Per-image reference of the SSD loss (with the negative cap ``P - num_pos``)."""
     batch, num_priors, num_classes = conf.shape
-    loc_t = torch.zeros(batch, num_priors, 4)
-    conf_t = torch.zeros(batch, num_priors, dtype=torch.int64)
+    loc_t = torch.zeros(batch, num_priors, 4, device=conf.device)
+    conf_t = torch.zeros(batch, num_priors, dtype=torch.int64, device=conf.device)
     for i, t in enumerate(targets):
         if t["boxes"].shape[0]:
             loc_t[i], conf_t[i] = _match_one(threshold, t["boxes"], t["labels"], priors, variances)
@@ -90,12 +91,15 @@ def baseline_loss(
     return loss_l / n, loss_c / n
 
 
-def run(repeats: int = 5, quick: bool = False) -> list[dict]:
+def run(repeats: int = 5, quick: bool = False, device: str = "cpu") -> list[dict]:
     torch.manual_seed(0)
+    dev = torch.device(device)
     batch = 4 if quick else 32
     num_classes = 21
     priors = ssd_priors()
     loc, conf, targets = make_batch(batch, num_classes, priors, max_objects=20)
+    priors, loc, conf = priors.to(dev), loc.to(dev), conf.to(dev)
+    targets = [{key: value.to(dev) for key, value in t.items()} for t in targets]
 
     def ours() -> tuple[Tensor, Tensor]:
         x, c = loc.detach().requires_grad_(), conf.detach().requires_grad_()
@@ -113,7 +117,7 @@ def run(repeats: int = 5, quick: bool = False) -> list[dict]:
     for a, b in zip(ours_values, base_values):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     objects = sum(t["boxes"].shape[0] for t in targets)
-    base_s, ours_s = time_pair(base, ours, repeats)
+    base_s, ours_s = time_pair(base, ours, repeats, sync=device_sync(dev))
     return [
         {
             "name": f"MultiBoxLoss fwd+bwd B={batch} P={priors.shape[0]} C={num_classes}",
@@ -128,10 +132,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="B = 4 instead of 32")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="e.g. cuda")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}")
     print(f"{'case':<48} {'baseline min/med/max (ms)':>28} {'ours min/med/max (ms)':>26} speed-up")
-    for row in run(args.repeats, quick=args.quick):
+    for row in run(args.repeats, quick=args.quick, device=args.device):
         b = [1e3 * t for t in row["baseline_s"]]
         o = [1e3 * t for t in row["ours_s"]]
         fmt = "{:.1f}/{:.1f}/{:.1f}"

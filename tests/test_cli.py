@@ -68,6 +68,7 @@ def test_bench_runs_each_script_in_its_own_process(tmp_path):
     assert len(rows) == 3 and "failed" in rows[2]
     assert all("call 1 quick True" in row and "2.00 / 2.00 / 2.00" in row for row in rows[:2])
     assert rows[0].split("pid ")[1].split()[0] != str(os.getpid())
+    assert "\n## CPU\n" in text and "## CUDA" not in text
     assert text.endswith("<!-- notes -->\nkept notes\n")
 
 
