@@ -27,7 +27,16 @@ def run_interpreted(filename: str, timeout: float = 300) -> None:
     if importlib.util.find_spec("triton") is None:
         pytest.skip("Triton is not installed")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(INTERPRETED / filename)]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        str(INTERPRETED / filename),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        pytest.fail(f"interpreted kernel tests failed:\n{done.stdout[-6000:]}\n{done.stderr[-2000:]}")
+        pytest.fail(
+            f"interpreted kernel tests failed:\n{done.stdout[-6000:]}\n{done.stderr[-2000:]}"
+        )

@@ -54,7 +54,9 @@ def test_gpu_hungarian_equals_scipy(b, m, counts):
     gpu = hungarian(cost.cuda(), mask.cuda(), pred_mask.cuda(), solver="triton")
     # Continuous random costs: the optimum is unique, so the pairs agree.
     torch.testing.assert_close(gpu.pred_to_target.cpu(), host.pred_to_target)
-    torch.testing.assert_close(_totals(cost, gpu.to("cpu")), _totals(cost, host), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        _totals(cost, gpu.to("cpu")), _totals(cost, host), rtol=1e-12, atol=0
+    )
 
 
 @pytest.mark.cuda
@@ -88,3 +90,31 @@ def test_solver_argument_is_checked():
         hungarian(torch.rand(3, 2), solver="jv")
     with pytest.raises(ValueError, match="solver='triton': cost is on cpu, not a CUDA device"):
         hungarian(torch.rand(3, 2), solver="triton")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("head", ["sigmoid", "softmax"])
+def test_gpu_point_matching_equals_the_host(head):
+    from detloss.match import match_points
+
+    gen = torch.Generator().manual_seed(3)
+    b, m, n = 4, 1024, 60  # P2PNet's 128 x 128 training crops: 1024 proposals
+    points = torch.rand(b, m, 2, generator=gen) * 128
+    logits = torch.randn((b, m, 2) if head == "softmax" else (b, m), generator=gen)
+    targets = torch.rand(b, n, 2, generator=gen) * 128
+    mask = torch.rand(b, n, generator=gen) < 0.8
+    mask[1] = False  # an image without people
+    host = match_points(points, logits, targets, mask)
+    gpu = match_points(points.cuda(), logits.cuda(), targets.cuda(), mask.cuda())
+    assert gpu.pred_to_target.is_cuda
+    torch.testing.assert_close(gpu.pred_to_target.cpu(), host.pred_to_target)
+
+
+@pytest.mark.cuda
+def test_gpu_point_matching_errors_read_as_on_the_host():
+    from detloss.match import match_points
+
+    points = torch.rand(2, 8, 2)
+    points[1, 3, 0] = torch.nan
+    with pytest.raises(ValueError, match="pred_points: expected finite values"):
+        match_points(points.cuda(), torch.zeros(2, 8, device="cuda"), torch.rand(2, 3, 2).cuda())

@@ -83,7 +83,9 @@ def test_square_and_one_by_one(kernel):
     row_of_col = check_batch(kernel, cost, np.ones((1, 3), bool), np.ones((1, 3), bool))
     # The textbook optimum: rows (0, 1, 2) take columns (1, 0, 2), total 5.
     np.testing.assert_array_equal(row_of_col[0], [1, 0, 2])
-    row_of_col = check_batch(kernel, np.array([[[7.5]]]), np.ones((1, 1), bool), np.ones((1, 1), bool))
+    row_of_col = check_batch(
+        kernel, np.array([[[7.5]]]), np.ones((1, 1), bool), np.ones((1, 1), bool)
+    )
     np.testing.assert_array_equal(row_of_col[0], [0])
 
 
@@ -140,5 +142,3 @@ def test_random_problems_match_scipy(kernel, rows, extra, levels, seed):
     row_valid = rng.random(shape[:2]) < 0.9
     col_valid = rng.random((2, shape[2])) < 0.9
     check_batch(kernel, cost, row_valid, col_valid)
-
-

@@ -63,20 +63,27 @@ def _triton_kernel():
     return _assignment_kernel
 
 
+def gpu_solver_fits(device: torch.device, m: int, n: int) -> bool:
+    """Whether the GPU solver takes an ``[M, N]`` cost on ``device``."""
+    kernel = _triton_kernel() if device.type == "cuda" else None
+    return kernel is not None and max(m, n) <= kernel.MAX_COLUMNS
+
+
 def _use_device_solver(cost: Tensor, solver: str) -> bool:
     if solver not in _SOLVERS:
         raise ValueError(f"solver: expected one of {list(_SOLVERS)}, got {solver!r}")
     if solver == "scipy":
         return False
-    kernel = _triton_kernel() if cost.device.type == "cuda" else None
-    fits = kernel is not None and max(cost.shape[1:]) <= kernel.MAX_COLUMNS
+    m, n = cost.shape[1:]
+    fits = gpu_solver_fits(cost.device, m, n)
     if solver == "triton" and not fits:
+        kernel = _triton_kernel()
         reason = (
             f"cost is on {cost.device}, not a CUDA device"
             if cost.device.type != "cuda"
             else "Triton is not installed"
             if kernel is None
-            else f"an image has {max(cost.shape[1:])} > {kernel.MAX_COLUMNS} columns"
+            else f"an image has {max(m, n)} > {kernel.MAX_COLUMNS} columns"
         )
         raise ValueError(f"solver='triton': {reason}")
     return fits
@@ -129,7 +136,7 @@ def hungarian(
     on_gpu = _use_device_solver(cost, solver)
     if not on_gpu or 0 in cost.shape:
         return Matching(_solve_on_host(cost, target_mask, pred_mask), target_mask)
-    pred_to_target, unsolved = _solve_on_gpu(cost, target_mask, pred_mask)
+    pred_to_target, unsolved = solve_on_gpu(cost, target_mask, pred_mask)
     unsolved = unsolved.cpu()  # the batch's one synchronisation
     if unsolved.any():
         ids = unsolved.nonzero().squeeze(1)
@@ -140,7 +147,7 @@ def hungarian(
     return Matching(pred_to_target, target_mask)
 
 
-def _solve_on_gpu(cost: Tensor, target_mask: Tensor, pred_mask: Tensor) -> tuple[Tensor, Tensor]:
+def solve_on_gpu(cost: Tensor, target_mask: Tensor, pred_mask: Tensor) -> tuple[Tensor, Tensor]:
     """``pred_to_target [B, M]`` from the device kernel and ``bool[B]``: the images it left
     for the host."""
     b, m, n = cost.shape

@@ -13,7 +13,7 @@ from torch import Tensor
 from .._checks import check_nonnegative, check_shape, check_tensor, compute_dtype, shape_str
 from ..batching import as_padded
 from .crowd import DENSE_BELOW, crowd_assignment
-from .hungarian import _thread_pool
+from .hungarian import _thread_pool, gpu_solver_fits, solve_on_gpu
 from .matching import BACKGROUND, Matching
 
 __all__ = ["PointTargets", "check_point_inputs", "check_tau", "match_points", "point_targets"]
@@ -27,6 +27,8 @@ _POOL_MIN_ENTRIES = 50_000
 # Above this many entries per image (256 MB of float64) images are solved one at a time,
 # so that at most one dense cost matrix is alive on the host.
 _POOL_MAX_BLOCK = 1 << 25
+# The GPU solver takes batches whose float64 cost has at most this many entries (1 GiB).
+_GPU_MAX_ENTRIES = 1 << 27
 
 
 def _check_real(x: Tensor, name: str) -> None:
@@ -148,6 +150,27 @@ def _check_finite(x: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: expected finite values, got a NaN or inf in image {bad}")
 
 
+def _match_on_gpu(
+    pred_points: Tensor, pred_logits: Tensor, points: Tensor, mask: Tensor, tau: float
+) -> Tensor | None:
+    """``pred_to_target [B, M]`` solved on the GPU, or None where the host must solve the
+    batch (a non-finite input, or an image the kernel handed back)."""
+    pred_xy = pred_points.double()
+    logits = pred_logits.double()
+    prob = logits.softmax(dim=-1)[..., 1] if logits.ndim == 3 else logits.sigmoid()
+    target_xy = torch.where(mask[:, :, None], points.double(), 0.0)
+    cost = torch.cdist(target_xy, pred_xy, compute_mode="donot_use_mm_for_euclid_dist")
+    cost = cost.mul_(tau).sub_(prob[:, None, :])  # [B, N, M]
+    pred_mask = torch.ones(pred_xy.shape[:2], dtype=torch.bool, device=pred_xy.device)
+    pred_to_target, unsolved = solve_on_gpu(cost.transpose(1, 2), mask, pred_mask)
+    finite = torch.stack(
+        (pred_xy.isfinite().all(), logits.isfinite().all(), target_xy.isfinite().all())
+    )
+    if not bool(finite.all() & ~unsolved.any()):  # the batch's one synchronisation
+        return None
+    return pred_to_target
+
+
 @torch.compiler.disable  # a host step: tracing it only splits the caller's graph
 @torch.no_grad()
 def match_points(
@@ -184,11 +207,15 @@ def match_points(
         ValueError: bad shapes, a negative or non-finite ``tau``, or a NaN / inf in the
             coordinates or logits (the message names the argument and image).
 
-    No gradient flows through a matching. Everything the solver needs (``B x M`` proposals,
-    ``B x N`` targets) goes to the host in one transfer; there each image builds its
-    float64 cost once, directly in the orientation scipy solves fastest, and images run
-    in a small thread pool (scipy releases the GIL). No ``[B, M, N]`` tensor is allocated
-    on the predictions' device.
+    No gradient flows through a matching. On a GPU with Triton, batches of at most 8192
+    proposals (or targets) and 2^27 cost entries are solved there: the float64 cost
+    ``[B, N, M]`` is built on the device and solved exactly by the GPU solver of
+    :func:`detloss.match.hungarian`, with one host synchronisation; a batch with a
+    non-finite input, or an image the kernel hands back, is then solved on the host as
+    below, so errors read the same. Otherwise everything the solver needs (``B x M``
+    proposals, ``B x N`` targets) goes to the host in one transfer; there each image builds
+    its float64 cost once, directly in the orientation scipy solves fastest, and images
+    run in a small thread pool (scipy releases the GIL).
     """
     check_point_inputs(pred_points, pred_logits)
     tau = check_tau(tau)
@@ -199,6 +226,10 @@ def match_points(
     result = np.full((b, m), BACKGROUND, dtype=np.int64)
     if b == 0 or m == 0 or n == 0:
         return Matching(torch.from_numpy(result).to(device), mask)
+    if b * m * n <= _GPU_MAX_ENTRIES and gpu_solver_fits(device, m, n):
+        pred_to_target = _match_on_gpu(pred_points, pred_logits, points, mask, tau)
+        if pred_to_target is not None:
+            return Matching(pred_to_target, mask)
 
     # One device-to-host transfer for the whole batch, in the inputs' precision; the
     # cost is then built in float64, so near-ties are decided as a float64 reference would.
