@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,9 @@ class SinkhornConvergenceWarning(UserWarning):
 _FLOOR = {torch.float32: -67.0, torch.float64: -400.0}
 _RANGE = {torch.float32: 20.0, torch.float64: 150.0}
 _BMM_MIN_ENTRIES = 1 << 16
+# On CUDA a scaling block runs as one Triton kernel (``_sinkhorn_kernel``) where
+# ``_fused_block`` allows; False keeps every device on the torch path (to compare them).
+_FUSED = True
 
 
 # -- argument checks --------------------------------------------------------------------------
@@ -99,6 +103,23 @@ def plan_to_assignment(plan: Tensor, row_valid: Tensor) -> Tensor:
 # -- the solver ---------------------------------------------------------------------------------
 
 
+def _fused_block(kernel_t: Tensor) -> ModuleType | None:
+    """The fused scaling block's module where it applies to the kernel ``[B, N + 1, M]``,
+    else None (the torch path): a CUDA device of compute capability 7.0 or later (what
+    Triton compiles for; not ROCm, untested), ``triton`` importable, and a float32 or
+    float64 kernel with ``N + 1 <= 512`` and ``M * (N + 1) <= 2^22`` per image
+    (``_sinkhorn_kernel.supports``). The CPU never imports triton."""
+    if not _FUSED or kernel_t.device.type != "cuda" or torch.version.hip is not None:
+        return None
+    if torch.cuda.get_device_capability(kernel_t.device) < (7, 0):
+        return None
+    try:
+        from . import _sinkhorn_kernel
+    except ImportError:  # no triton
+        return None
+    return _sinkhorn_kernel if _sinkhorn_kernel.supports(kernel_t) else None
+
+
 def _exponent(tau: float | None, reg: float | Tensor) -> float | Tensor:
     """The KL-relaxation exponent ``tau / (tau + reg)``: 1 for a hard marginal (None or inf)."""
     if tau is None or math.isinf(tau):
@@ -136,7 +157,9 @@ class _Solver:
     The fast path keeps a kernel ``exp(S + f_k + g_k)`` and scalings ``u, v`` (the
     potentials are ``f_k + log u``, ``g_k + log v``); each half-step is one batched
     matrix-vector product. The kernel is rebuilt when the scalings drift, and a block that
-    leaves the safe range is redone in the log domain.
+    leaves the safe range is redone in the log domain. On CUDA a whole block of iterations
+    is one fused Triton kernel where ``_fused_block`` allows, with the same results up to
+    rounding.
     """
 
     def __init__(
@@ -171,6 +194,7 @@ class _Solver:
         # waits milliseconds for a descheduled thread. Small kernels use a product and a
         # sum, which torch keeps on one thread below its parallel grain size.
         self.use_bmm = cost_t.device.type != "cpu" or cost_t.numel() >= _BMM_MIN_ENTRIES
+        self.fused = _fused_block(cost_t)
 
     def set_reg(
         self, reg: float | Tensor, tau_pred: float | None, tau_target: float | None
@@ -271,10 +295,23 @@ class _Solver:
         """``n_iter`` iterations on the current kernel. Returns the new scalings ``(u, v)``
         (the state is left unchanged), the residual (zeros unless ``residual``) and the
         largest ``|log|`` of a real scaling."""
-        u, v = self.u, self.v
-        for _ in range(n_iter):
-            u = self._pred_update(v)
-            v = self._target_update(u)
+        if self.fused is not None and n_iter > 0:
+            # One launch instead of 2 * n_iter products and their updates.
+            hard_p, hard_t = self.c_p is None, self.c_t is None
+            u, v = self.fused.scaling_block(
+                self.kernel_t,
+                self.v,
+                self.a if hard_p else self.c_p,
+                self.b if hard_t else self.c_t,
+                None if hard_p else self.phi_p,
+                None if hard_t else self.phi_t,
+                n_iter,
+            )
+        else:
+            u, v = self.u, self.v
+            for _ in range(n_iter):
+                u = self._pred_update(v)
+                v = self._target_update(u)
         if residual:
             rel = (u / self._pred_update(v).clamp_min(self.tiny) - 1.0).abs()
             res = torch.where(self.row_valid, rel, 0.0).amax(dim=1)
