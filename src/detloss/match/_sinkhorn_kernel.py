@@ -3,13 +3,15 @@
 ``_Solver.scaling_block`` runs ``n_iter`` times ``u = update(K^T v)``, ``v = update(K u)``
 on the kernel ``K [B, N + 1, M]`` (targets by predictions); in torch that is ``2 * n_iter``
 batched products plus their elementwise updates, a dozen launches per iteration. Here one
-program per image runs the whole block: each iteration streams the image's kernel once,
-tile by tile (``[BLOCK_N, BLOCK_M]``, all N + 1 rows by a slice of the predictions), and
-uses every tile twice, first for the prediction sums ``r = v K`` of its columns, hence
-their new ``u``, then for the partial target sums ``s += K u``. ``v`` and ``s`` stay in
-registers; ``u`` is written out as it is formed (only the last iteration's is kept). An
-image's kernel (364 KB for M = 900, N = 100 in float32) stays in the GPU's L2 cache across
-the iterations.
+launch runs the whole block. Each image is split into ``parts`` programs, each owning a
+slice of the predictions; per iteration a part streams its slice tile by tile
+(``[BLOCK_N, BLOCK_M]``, all N + 1 rows by a slice of the predictions) and uses every tile
+twice, first for the prediction sums ``r = v K`` of its columns, hence their new ``u``,
+then for its partial target sums ``s += K u``. The parts of an image then meet at a
+barrier in global memory (an atomic counter), add up their partial sums in a fixed order
+and each form the same new ``v``. Every program of the launch must be resident at once for
+that barrier: there are at most as many as multiprocessors. An image's kernel (364 KB
+for M = 900, N = 100 in float32) stays in the GPU's L2 cache across the iterations.
 
 This module imports ``triton`` at the top: :mod:`~detloss.match.sinkhorn` imports it
 lazily, for CUDA tensors only, so the package works without triton.
@@ -32,8 +34,7 @@ __all__ = ["MAX_ENTRIES", "MAX_ROWS", "scaling_block", "supports"]
 
 # The fused block takes a problem when N + 1 <= MAX_ROWS (all rows of a tile, with v and
 # the target sums, live in registers: at 512 rows a tile is 16 predictions wide) and
-# M * (N + 1) <= MAX_ENTRIES per image (16 MiB in float32: one program streams its image
-# every iteration, so a larger image is better spread over the whole GPU by bmm).
+# M * (N + 1) <= MAX_ENTRIES per image (16 MiB in float32, streamed every iteration).
 MAX_ROWS = 512
 MAX_ENTRIES = 1 << 22
 # Entries per tile: the fastest of 2048, 4096 and 8192 (at 4 and 8 warps) on an H100 for
@@ -102,21 +103,30 @@ def _scaling_block_kernel(
     mass_t_ptr,  # [B, N1]: b (hard) or c_t (relaxed)
     phi_p_ptr,  # [B]: the relaxation exponents (read only when relaxed)
     phi_t_ptr,  # [B]
+    partial_ptr,  # [B, 2, parts, BLOCK_N] scratch: each part's target sums
+    arrived_ptr,  # int32 [B], zeroed: how many parts have published their sums
     M,
     N1,
     n_iter,
+    parts,
     RELAXED_P: tl.constexpr,
     RELAXED_T: tl.constexpr,
     F64: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
-    # One program per image; offsets in int64 (a batch may pass 2^31 entries).
-    image = tl.program_id(0).to(tl.int64)
+    # Program = (image, part): a part owns a slice of the image's predictions. Offsets in
+    # int64 (a batch may pass 2^31 entries).
+    image = (tl.program_id(0) // parts).to(tl.int64)
+    part = tl.program_id(0) % parts
     dtype = kernel_ptr.dtype.element_ty
     kernel_ptr += image * stride_kb
     u_ptr += image * M
     mass_p_ptr += image * M
+    # Whole tiles per part (no tl.cdiv: see above).
+    width = ((M + parts - 1) // parts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    first = part * width
+    last = tl.minimum(first + width, M)
 
     rows = tl.arange(0, BLOCK_N)
     in_n = rows < N1
@@ -130,11 +140,11 @@ def _scaling_block_kernel(
         neg_phi_t = -tl.load(phi_t_ptr + image).to(tl.float64)
 
     v = tl.load(v_in_ptr + target, mask=in_n, other=0.0)
-    for _ in range(n_iter):
+    for step in range(n_iter):
         s = tl.full([BLOCK_N], 0.0, dtype)
-        for start in range(0, M, BLOCK_M):
+        for start in range(first, last, BLOCK_M):
             cols = start + tl.arange(0, BLOCK_M)
-            in_m = cols < M
+            in_m = cols < last
             tile = tl.load(
                 kernel_ptr + rows[:, None] * stride_kn + cols[None, :] * stride_km,
                 mask=in_n[:, None] & in_m[None, :],
@@ -148,8 +158,27 @@ def _scaling_block_kernel(
             u = tl.where(in_m, u, 0.0)
             tl.store(u_ptr + cols, u, mask=in_m)
             s += tl.reduce(tile * u[None, :], 1, _add)
+        if parts > 1:
+            # Publish this part's sums, wait for the image's other parts (all programs are
+            # resident: the launch has at most one per multiprocessor), then add every
+            # part's sums in the same order, so each part forms the same v. Two buffers:
+            # a part can only overwrite one after every part has passed the next barrier,
+            # hence read it.
+            slot = partial_ptr + (image * 2 + step % 2) * parts * BLOCK_N
+            tl.store(slot + part * BLOCK_N + rows, s)
+            tl.debug_barrier()
+            tl.atomic_add(arrived_ptr + image, 1, sem="release")
+            goal = (step + 1) * parts
+            count = tl.atomic_add(arrived_ptr + image, 0, sem="acquire")
+            while count < goal:
+                count = tl.atomic_add(arrived_ptr + image, 0, sem="acquire")
+            tl.debug_barrier()
+            s = tl.full([BLOCK_N], 0.0, dtype)
+            for other in range(0, parts):
+                s += tl.load(slot + other * BLOCK_N + rows, volatile=True)
         v = tl.where(in_n, _update(s, mass_t, neg_phi_t, RELAXED_T, F64), 0.0)
-    tl.store(v_ptr + target, v, mask=in_n)
+    if part == 0:
+        tl.store(v_ptr + target, v, mask=in_n)
 
 
 def _exponents(phi: float | Tensor | None, b: int, like: Tensor) -> Tensor:
@@ -166,6 +195,16 @@ def _blocks(m: int, n1: int, dtype: torch.dtype) -> tuple[int, int]:
     block_n = max(16, triton.next_power_of_2(n1))
     block_m = max(16, min(_TILE[dtype] // block_n, triton.next_power_of_2(m)))
     return block_n, block_m
+
+
+def _parts(b: int, m: int, block_m: int, device: torch.device) -> int:
+    """Programs per image: as many as keep every program of the launch resident at once
+    (at most one per multiprocessor, which the parts' barrier needs), each with at least
+    two tiles of predictions; 1 off CUDA (Triton's interpreter runs programs in turn)."""
+    if device.type != "cuda":
+        return 1
+    processors = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(processors // max(b, 1), m // (2 * block_m)))
 
 
 def scaling_block(
@@ -201,7 +240,10 @@ def scaling_block(
     u_out = kernel_t.new_empty((b, m))
     v_out = kernel_t.new_empty((b, n1))
     block_n, block_m = _blocks(m, n1, dtype)
-    _scaling_block_kernel[(b,)](
+    parts = _parts(b, m, block_m, kernel_t.device)
+    partial = kernel_t.new_empty((b, 2, parts, block_n)) if parts > 1 else kernel_t
+    arrived = torch.zeros(b if parts > 1 else 1, dtype=torch.int32, device=kernel_t.device)
+    _scaling_block_kernel[(b * parts,)](
         kernel_t,
         *kernel_t.stride(),
         v.to(dtype).contiguous(),
@@ -211,9 +253,12 @@ def scaling_block(
         mass_t.to(dtype).contiguous(),
         _exponents(phi_p, b, kernel_t),
         _exponents(phi_t, b, kernel_t),
+        partial,
+        arrived,
         m,
         n1,
         n_iter,
+        parts,
         RELAXED_P=phi_p is not None,
         RELAXED_T=phi_t is not None,
         F64=dtype == torch.float64,
