@@ -24,6 +24,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._common import kernel_device
+
 __all__ = ["MAX_COLUMNS", "solve_on_device"]
 
 #: The most columns (the larger side of an image's cost) one program holds in registers.
@@ -144,15 +146,17 @@ def solve_on_device(cost: Tensor, row_valid: Tensor, col_valid: Tensor) -> tuple
     if b == 0:
         return row_of_col.long(), status
     block = max(16, triton.next_power_of_2(c))
-    _shortest_augmenting_paths[(b,)](
-        cost,
-        row_valid.to(torch.int8).contiguous(),
-        col_valid.to(torch.int8).contiguous(),
-        row_of_col,
-        status,
-        r,
-        c,
-        BLOCK_C=block,
-        num_warps=_warps(block),
-    )
+    # Triton launches on the current device: make it the cost's.
+    with kernel_device(cost.device):
+        _shortest_augmenting_paths[(b,)](
+            cost,
+            row_valid.to(torch.int8).contiguous(),
+            col_valid.to(torch.int8).contiguous(),
+            row_of_col,
+            status,
+            r,
+            c,
+            BLOCK_C=block,
+            num_warps=_warps(block),
+        )
     return row_of_col.long(), status

@@ -30,6 +30,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._common import kernel_device
+
 __all__ = ["MAX_ENTRIES", "MAX_ROWS", "scaling_block", "supports"]
 
 # The fused block takes a problem when N + 1 <= MAX_ROWS (all rows of a tile, with v and
@@ -240,27 +242,29 @@ def scaling_block(
     parts = _parts(b, m, block_m, kernel_t.device)
     partial = kernel_t.new_empty((b, 2, parts, block_n)) if parts > 1 else kernel_t
     arrived = torch.zeros(b if parts > 1 else 1, dtype=torch.int32, device=kernel_t.device)
-    _scaling_block_kernel[(b * parts,)](
-        kernel_t,
-        *kernel_t.stride(),
-        v.to(dtype).contiguous(),
-        u_out,
-        v_out,
-        mass_p.to(dtype).contiguous(),
-        mass_t.to(dtype).contiguous(),
-        _exponents(phi_p, b, kernel_t),
-        _exponents(phi_t, b, kernel_t),
-        partial,
-        arrived,
-        m,
-        n1,
-        n_iter,
-        parts,
-        RELAXED_P=phi_p is not None,
-        RELAXED_T=phi_t is not None,
-        F64=dtype == torch.float64,
-        BLOCK_N=block_n,
-        BLOCK_M=block_m,
-        num_warps=_NUM_WARPS,
-    )
+    # Triton launches on the current device: make it the kernel's.
+    with kernel_device(kernel_t.device):
+        _scaling_block_kernel[(b * parts,)](
+            kernel_t,
+            *kernel_t.stride(),
+            v.to(dtype).contiguous(),
+            u_out,
+            v_out,
+            mass_p.to(dtype).contiguous(),
+            mass_t.to(dtype).contiguous(),
+            _exponents(phi_p, b, kernel_t),
+            _exponents(phi_t, b, kernel_t),
+            partial,
+            arrived,
+            m,
+            n1,
+            n_iter,
+            parts,
+            RELAXED_P=phi_p is not None,
+            RELAXED_T=phi_t is not None,
+            F64=dtype == torch.float64,
+            BLOCK_N=block_n,
+            BLOCK_M=block_m,
+            num_warps=_NUM_WARPS,
+        )
     return u_out, v_out
