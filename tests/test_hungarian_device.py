@@ -86,7 +86,9 @@ def test_gpu_hungarian_errors_read_as_on_the_host():
 
 
 def test_solver_argument_is_checked():
-    with pytest.raises(ValueError, match=r"solver: expected one of \['auto', 'scipy', 'triton'\]"):
+    with pytest.raises(
+        ValueError, match="solver must be one of 'auto', 'scipy', 'triton', got 'jv'"
+    ):
         hungarian(torch.rand(3, 2), solver="jv")
     with pytest.raises(ValueError, match="solver='triton': cost is on cpu, not a CUDA device"):
         hungarian(torch.rand(3, 2), solver="triton")
@@ -118,3 +120,20 @@ def test_gpu_point_matching_errors_read_as_on_the_host():
     points[1, 3, 0] = torch.nan
     with pytest.raises(ValueError, match="pred_points: expected finite values"):
         match_points(points.cuda(), torch.zeros(2, 8, device="cuda"), torch.rand(2, 3, 2).cuda())
+
+
+def test_matcher_passes_its_solver():
+    from detloss.match import HungarianMatcher
+
+    with pytest.raises(ValueError, match="solver must be one of 'auto', 'scipy', 'triton'"):
+        HungarianMatcher(solver="gpu")
+    matcher = HungarianMatcher(1.0, 5.0, 2.0, solver="scipy")
+    assert "solver='scipy'" in repr(matcher) and matcher.cost_bbox == 5.0
+    gen = torch.Generator().manual_seed(0)
+    outputs = {
+        "pred_logits": torch.randn(2, 6, 4, generator=gen),
+        "pred_boxes": torch.rand(2, 6, 4),
+    }
+    targets = [{"boxes": torch.tensor([[0.1, 0.1, 0.5, 0.5]]), "labels": torch.tensor([1])}] * 2
+    expected = hungarian(matcher.cost(outputs, targets)[0])
+    assert torch.equal(matcher(outputs, targets).pred_to_target, expected.pred_to_target)

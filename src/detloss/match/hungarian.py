@@ -11,6 +11,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from .._checks import check_choice
 from ._common import prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 
@@ -50,7 +51,8 @@ def solve_assignment(block: np.ndarray, image: int = 0) -> tuple[np.ndarray, np.
         ) from None
 
 
-_SOLVERS = ("auto", "scipy", "triton")
+#: The values of ``hungarian``'s ``solver``.
+SOLVERS = ("auto", "scipy", "triton")
 
 
 @functools.cache
@@ -70,8 +72,7 @@ def gpu_solver_fits(device: torch.device, m: int, n: int) -> bool:
 
 
 def _use_device_solver(cost: Tensor, solver: str) -> bool:
-    if solver not in _SOLVERS:
-        raise ValueError(f"solver: expected one of {list(_SOLVERS)}, got {solver!r}")
+    check_choice(solver, "solver", SOLVERS)
     if solver == "scipy":
         return False
     m, n = cost.shape[1:]

@@ -12,7 +12,7 @@ from .._checks import check_choice, check_shape, shape_str
 from ..batching import as_padded
 from ..boxes import BOX_FORMATS, box_iou
 from ..costs import BACKGROUNDS, CLASS_COSTS, detection_cost
-from .hungarian import hungarian
+from .hungarian import SOLVERS, hungarian
 from .matching import Matching
 from .threshold import max_iou
 
@@ -145,10 +145,22 @@ class HungarianMatcher(BoxCostMatcher):
     Called as ``matcher(outputs, targets)`` with ``outputs = {"pred_logits": [B, M, C],
     "pred_boxes": [B, M, 4]}`` (optionally ``"pred_mask": bool[B, M]``) and targets a list
     of ``{"boxes", "labels"}`` dicts or the padded form; returns a :class:`Matching`.
+
+    Takes :class:`BoxCostMatcher`'s arguments and ``solver`` (``"auto"``, ``"scipy"`` or
+    ``"triton"``), passed to :func:`hungarian`: by default the GPU solves where the
+    outputs are on one and Triton is installed.
     """
 
+    def __init__(self, *args: object, solver: str = "auto", **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        check_choice(solver, "solver", SOLVERS)
+        self.solver = solver
+
     def solve(self, cost: Tensor, target_mask: Tensor, pred_mask: Tensor | None) -> Matching:
-        return hungarian(cost, target_mask, pred_mask)
+        return hungarian(cost, target_mask, pred_mask, solver=self.solver)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", solver={self.solver!r}"
 
 
 class MaxIoUMatcher(nn.Module):
