@@ -8,10 +8,12 @@ mask need not be a prefix). Images without objects are ordinary data.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from ._checks import check_tensor, shape_str
 
@@ -59,33 +61,35 @@ def pad_targets(
         counts.append(sizes.pop() if sizes else 0)
     if device is None:
         device = next((d[k].device for d in dicts for k in keys), torch.device("cpu"))
-    batch = len(dicts)
-    width = max(counts)
+    device = torch.device(device)
     out: dict[str, Tensor] = {}
     for k in keys:
-        ref = dicts[0][k]
-        tail = ref.shape[1:]
-        for i, d in enumerate(dicts):
-            if d[k].shape[1:] != tail:
+        values = [d[k] for d in dicts]
+        tail = values[0].shape[1:]
+        for i, value in enumerate(values):
+            if value.shape[1:] != tail:
                 raise ValueError(
                     f"targets[{i}][{k!r}]: expected shape [n, {', '.join(map(str, tail))}] "
-                    f"like targets[0], got {shape_str(d[k].shape)}"
+                    f"like targets[0], got {shape_str(value.shape)}"
                 )
-        dtype = ref.dtype
-        for d in dicts[1:]:
-            dtype = torch.promote_types(dtype, d[k].dtype)
-        padded = ref.new_zeros((batch, width, *tail), dtype=dtype, device=device)
-        for i, d in enumerate(dicts):
-            if counts[i]:
-                padded[i, : counts[i]] = d[k].to(device=device, dtype=dtype)
-        out[k] = padded
-    # Rows of ones written by fill kernels: no host-to-device copy of the counts (a
-    # blocking copy on a GPU).
-    mask = torch.zeros((batch, width), dtype=torch.bool, device=device)
-    for i, count in enumerate(counts):
-        mask[i, :count] = True
-    out["mask"] = mask
+        dtype = functools.reduce(torch.promote_types, {v.dtype for v in values})
+        out[k] = _pad(values, dtype, device)
+    # The mask pads rows of ones cut from one fill: no host-to-device copy of the counts
+    # (a blocking copy on a GPU).
+    ones = torch.ones(sum(counts), dtype=torch.bool, device=device)
+    out["mask"] = _pad(list(ones.split(counts)), torch.bool, device)
     return out
+
+
+def _pad(values: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``[B, max n, ...]``, zero-padded, in ``dtype`` on ``device``: one ``pad_sequence``
+    (its copies loop in C++), on the values' own device when they share one, then a
+    single transfer."""
+    source = values[0].device
+    if any(v.device != source for v in values):
+        values, source = [v.to(device) for v in values], device
+    padded = pad_sequence([v.to(dtype) for v in values], batch_first=True)
+    return padded.to(device)
 
 
 def unpad_targets(padded: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
