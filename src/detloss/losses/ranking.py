@@ -508,15 +508,35 @@ def _should_validate(x: Tensor, validate: bool | None) -> bool:
     return x.device.type == "cpu" if validate is None else validate
 
 
+def _host_array(x: Tensor) -> np.ndarray | None:
+    """``x``'s values as a NumPy view where that is free (CPU, a NumPy dtype): NumPy's
+    checks below are several times faster on 10^5 elements than two-thread kernels."""
+    if x.device.type == "cpu" and x.dtype not in (torch.bfloat16, torch.bool):
+        return x.detach().numpy()
+    return None
+
+
 def _check_finite(x: Tensor, name: str) -> None:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if not x.is_floating_point():
+        return
+    array = _host_array(x)
+    finite = bool(np.isfinite(array).all()) if array is not None else bool(x.isfinite().all())
+    if not finite:
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
 
 
 def _check_labels(labels: Tensor) -> None:
-    allowed = (labels == 1) | (labels == 0) | (labels == -1)
-    if not bool(allowed.all()):
-        bad = labels[~allowed].reshape(-1)[0].item()
+    array = _host_array(labels)
+    if array is not None and array.dtype.kind in "iu":
+        # Integers: the extremes decide.
+        allowed = array.size == 0 or (array.min() >= -1 and array.max() <= 1)
+    elif array is not None:
+        allowed = bool(((array == 1) | (array == 0) | (array == -1)).all())
+    else:
+        allowed = bool(((labels == 1) | (labels == 0) | (labels == -1)).all())
+    if not allowed:
+        ok = (labels == 1) | (labels == 0) | (labels == -1)
+        bad = labels[~ok].reshape(-1)[0].item()
         raise ValueError(f"labels: expected values in {{-1, 0, 1}}, got {bad}")
 
 
