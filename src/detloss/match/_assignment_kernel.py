@@ -31,10 +31,6 @@ __all__ = ["MAX_COLUMNS", "solve_on_device"]
 #: The most columns (the larger side of an image's cost) one program holds in registers.
 MAX_COLUMNS = 8192
 
-# Status codes written per image.
-_SOLVED = 0
-_NO_PATH = 1  # a row found no free column: infeasible (+inf pairs) or more rows than columns
-
 
 @triton.jit
 def _shortest_augmenting_paths(
@@ -81,7 +77,8 @@ def _shortest_augmenting_paths(
                 candidate = tl.where(open_lane, path_cost, inf)
                 lowest = tl.min(candidate, axis=0)
                 if lowest == inf:
-                    status = status + 1  # _NO_PATH
+                    # No free column reachable: +inf pairs, or more rows than columns.
+                    status = status + 1
                 else:
                     at_lowest = open_lane & (candidate == lowest)
                     # Among equal costs prefer a free column: it ends the search (scipy's

@@ -122,7 +122,7 @@ def _scaling_block_kernel(
     kernel_ptr += image * stride_kb
     u_ptr += image * M
     mass_p_ptr += image * M
-    # Whole tiles per part (no tl.cdiv: see above).
+    # Whole tiles per part.
     width = ((M + parts - 1) // parts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     first = part * width
     last = tl.minimum(first + width, M)

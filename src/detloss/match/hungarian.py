@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .._checks import check_choice
-from ._common import prepare_cost
+from ._common import prepare_cost, triton_module
 from .matching import BACKGROUND, IGNORED, Matching
 
 __all__ = ["hungarian", "solve_assignment"]
@@ -55,14 +55,9 @@ def solve_assignment(block: np.ndarray, image: int = 0) -> tuple[np.ndarray, np.
 SOLVERS = ("auto", "scipy", "triton")
 
 
-@functools.cache
-def _triton_kernel():
+def _triton_kernel() -> ModuleType | None:
     """The device solver's module, or None where Triton is not installed."""
-    try:
-        from . import _assignment_kernel
-    except ImportError:
-        return None
-    return _assignment_kernel
+    return triton_module("_assignment_kernel")
 
 
 def gpu_solver_fits(device: torch.device, m: int, n: int) -> bool:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_tensor, compute_dtype, shape_str
-from ._common import broadcast_value, prepare_cost
+from ._common import broadcast_value, prepare_cost, triton_module
 from .matching import BACKGROUND, IGNORED, Matching
 from .modules import BoxCostMatcher
 
@@ -113,11 +113,8 @@ def _fused_block(kernel_t: Tensor) -> ModuleType | None:
         return None
     if torch.cuda.get_device_capability(kernel_t.device) < (7, 0):
         return None
-    try:
-        from . import _sinkhorn_kernel
-    except ImportError:  # no triton
-        return None
-    return _sinkhorn_kernel if _sinkhorn_kernel.supports(kernel_t) else None
+    kernel = triton_module("_sinkhorn_kernel")
+    return kernel if kernel is not None and kernel.supports(kernel_t) else None
 
 
 def _exponent(tau: float | None, reg: float | Tensor) -> float | Tensor:
