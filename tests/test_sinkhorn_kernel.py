@@ -11,10 +11,9 @@ import sys
 import pytest
 import torch
 
-from _sinkhorn_cases import make_problem, quiet, sinkhorn_module, solver_after
+from _device_cases import move
+from _sinkhorn_cases import F64, make_problem, quiet, sinkhorn_module, solver_after
 from _triton import run_interpreted
-
-F64 = torch.float64
 
 
 def test_kernel_under_triton_interpreter():
@@ -45,10 +44,6 @@ def test_cpu_never_imports_triton(monkeypatch):
 
 
 # -- CUDA -----------------------------------------------------------------------------------
-
-
-def _cuda(problem: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.cuda() for k, v in problem.items()}
 
 
 def _dino(seed: int) -> dict[str, torch.Tensor]:
@@ -91,11 +86,11 @@ def test_cuda_fused_equals_cpu_and_torch_path(monkeypatch, make, options, tol):
         return block(*args)
 
     monkeypatch.setattr(_sinkhorn_kernel, "scaling_block", spy)
-    fused = quiet(**_cuda(problem), **options)
+    fused = quiet(**move(problem, "cuda"), **options)
     assert calls, "the fused block did not run"
     cpu = quiet(**problem, **options)
     monkeypatch.setattr(sinkhorn_module, "_FUSED", False)
-    torch_path = quiet(**_cuda(problem), **options)
+    torch_path = quiet(**move(problem, "cuda"), **options)
     tolerances = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
     for want in (cpu, torch_path):
         torch.testing.assert_close(fused.plan.cpu(), want.plan.cpu(), **tolerances)
@@ -109,7 +104,7 @@ def test_cuda_fused_equals_cpu_and_torch_path(monkeypatch, make, options, tol):
 @pytest.mark.cuda
 def test_cuda_fused_block_has_no_host_sync(monkeypatch):
     pytest.importorskip("triton")
-    problem = _cuda(make_problem(6, dtype=torch.float32))
+    problem = move(make_problem(6, dtype=torch.float32), "cuda")
     solver = solver_after(monkeypatch, **problem, tau_pred=1.0, tau_target=0.1, max_iter=3)
     assert solver.fused is not None
     solver.scaling_block(10, True)  # compiled outside the guard
