@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	# Triton only for the tests: its interpreter runs the GPU kernels' logic on the CPU.
 	# Where no wheel exists for the platform, those tests are skipped.
 	-$(PY) -m pip install --quiet "triton==3.6.0"
-	$(PY) -m pip install --quiet -e ".[dev,demo]"
+	$(PY) -m pip install --quiet -e ".[dev,demo,numba]"
 	touch $(STAMP)
 
 setup: $(STAMP)

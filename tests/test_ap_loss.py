@@ -11,7 +11,9 @@ import torch.distributed as dist
 from hypothesis import given
 from hypothesis import strategies as st
 
+from _compiled import CPU_PATHS, use_compiled
 from _distributed import run_distributed
+from detloss.losses import ranking
 from detloss.losses.ranking import (
     ALRPLoss,
     APLoss,
@@ -25,6 +27,13 @@ from detloss.losses.ranking import (
     ap_loss,
     rank_sort_loss,
 )
+
+
+# Every test runs with the compiled CPU loops and with the NumPy path.
+@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+def cpu_path(request):
+    yield from use_compiled(ranking, request.param)
+
 
 # ---------------------------------------------------------------- references
 
@@ -465,6 +474,27 @@ def test_integer_and_bool_inputs():
     bool_loss, _ = run_ap([0.0, -0.5], torch.tensor([True, False]))
     float_loss, _ = run_ap([0.0, -0.5], torch.tensor([1.0, 0.0]))
     assert bool_loss.item() == pytest.approx(0.2) and float_loss.item() == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.bool,
+        torch.uint8,
+        torch.int8,
+        torch.int32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+    ],
+)
+def test_every_label_dtype_gives_the_same_numbers(dtype):
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(200, generator=g)
+    y = torch.randint(0 if dtype in (torch.bool, torch.uint8) else -1, 2, (200,), generator=g)
+    expected = _ap_loss_and_grad(x, y, 1.0)
+    loss, update = _ap_loss_and_grad(x, y.to(dtype), 1.0)
+    assert torch.equal(loss, expected[0]) and torch.equal(update, expected[1])
 
 
 def test_module_matches_function():

@@ -5,7 +5,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _compiled import CPU_PATHS, use_compiled
+from detloss import heatmap as heatmap_module
 from detloss.heatmap import centernet_targets, draw_gaussians, gaussian_kernel, gaussian_radius
+
+
+# Every test runs with the compiled CPU drawing and with the torch path.
+@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+def cpu_path(request):
+    yield from use_compiled(heatmap_module, request.param)
+
 
 # ----------------------------------------------------------------------------------------
 # slow references, written out plainly
@@ -283,6 +292,34 @@ def test_draw_mixed_radii_across_size_classes():
         torch.zeros(50, 60, dtype=torch.float64), torch.stack((xs, ys), 1), torch.tensor(radii)
     )
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_and_torch_drawing_agree(dtype, monkeypatch):
+    """Random objects of every size class, huge and negative radii, centres outside the
+    map (unvalidated) and a map that already holds negative values and NaN: float32 maps
+    are identical; float64 maps within one rounding (the compiled loop takes exp from the
+    C library, torch its own vectorised exp)."""
+    g = torch.Generator().manual_seed(3)
+    n = 300
+    radii = torch.randint(-2, 40, (n,), generator=g)
+    radii[:5] = torch.tensor([0, 70, 200, 2**40, -1])
+    centers = torch.stack(
+        (torch.randint(-20, 90, (n,), generator=g), torch.randint(-20, 70, (n,), generator=g)), 1
+    )
+    labels = torch.randint(0, 3, (n,), generator=g)
+    start = torch.randn(3, 50, 60, generator=g, dtype=dtype)
+    start[0, 10, 10] = math.nan
+    maps = []
+    for compiled in (True, False):
+        monkeypatch.setattr(heatmap_module, "_COMPILED", compiled)
+        maps.append(draw_gaussians(start.clone(), centers, radii, labels, validate=False))
+    compiled, fallback = maps[0].nan_to_num(7.0), maps[1].nan_to_num(7.0)
+    if dtype == torch.float32:
+        assert torch.equal(compiled, fallback)
+    else:
+        torch.testing.assert_close(compiled, fallback, rtol=torch.finfo(dtype).eps, atol=0)
+    assert maps[0][0, 10, 10].isnan()
 
 
 def test_draw_in_place_on_non_contiguous_and_half_maps():

@@ -7,9 +7,11 @@ the output grid is the input divided by ``stride``, so an object whose centre is
 ``(cx, cy)`` lands in cell ``(floor(cx / stride), floor(cy / stride))``.
 
 Every function is vectorised over objects (and over images for :func:`centernet_targets`):
-no Python loop visits an object. The only host synchronisations are the optional value
-checks (``validate=True``) and one small read of the radius histogram that sizes the
-drawing windows.
+no Python loop visits an object. On the CPU, float32 and float64 maps are drawn by a
+compiled loop where Numba is installed (``detloss._heatmap_kernel``), with the same
+numbers. The only host synchronisations are the optional value checks
+(``validate=True``) and one small read of the radius histogram that sizes the drawing
+windows (torch path).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ._checks import check_shape, check_tensor, compute_dtype, output_dtype, shape_str
+from ._optional import optional_module
 from .batching import as_padded
 
 __all__ = [
@@ -275,6 +279,23 @@ def _draw_window(
     flat.scatter_reduce_(0, index.reshape(-1), values.reshape(-1), "amax", include_self=True)
 
 
+#: Whether CPU maps are drawn by ``_heatmap_kernel`` where Numba is installed (tests
+#: switch it off to check the torch path).
+_COMPILED = True
+
+
+def _compiled_kernel(flat: Tensor) -> ModuleType | None:
+    """The compiled drawing loop for a CPU float32 / float64 map outside autograd, or None."""
+    if not _COMPILED or flat.device.type != "cpu" or flat.dtype not in _COMPILED_DTYPES:
+        return None
+    if flat.requires_grad:
+        return None
+    return optional_module("detloss._heatmap_kernel")
+
+
+_COMPILED_DTYPES = (torch.float32, torch.float64)
+
+
 def _scatter_gaussians(
     flat: Tensor,
     plane: Tensor,
@@ -294,6 +315,16 @@ def _scatter_gaussians(
     number of operations.
     """
     if radius.numel() == 0:
+        return
+    kernel = _compiled_kernel(flat)
+    if kernel is not None:
+        kernel.draw_into(
+            flat.numpy(),
+            *(t.numpy() for t in (plane, cx, cy, radius, valid)),
+            height,
+            width,
+            torch.finfo(flat.dtype).eps,
+        )
         return
     valid = valid & (radius >= 0)  # a negative radius draws nothing
     r = torch.where(valid, radius, 0)

@@ -22,6 +22,7 @@ O(P^2).
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .._checks import check_tensor, compute_dtype, output_dtype, shape_str
+from .._optional import optional_module
 from ..distributed import is_distributed
 
 __all__ = [
@@ -130,6 +132,13 @@ def _host_array(x: Tensor) -> np.ndarray | None:
     return None
 
 
+def _label_array(labels: Tensor) -> np.ndarray:
+    """CPU labels as a NumPy array for the compiled loops; half-precision floats (which
+    NumPy or Numba lack) as float32."""
+    array = _host_array(labels)
+    return labels.float().numpy() if array is None or array.dtype == np.float16 else array
+
+
 def _equal(labels: Tensor, value: int) -> Tensor:
     """``labels == value``; on the CPU by NumPy."""
     array = _host_array(labels)
@@ -180,6 +189,16 @@ def _zone_coefficients(
     steps[1].index_add_(0, lo, 0.5 * weight - scaled)
     steps.cumsum_(1)
     return steps[0, :size], steps[1, :size]
+
+
+#: Whether CPU problems use the compiled loops of ``_ranking_kernel`` where Numba is
+#: installed (tests switch it off to check the NumPy path).
+_COMPILED = True
+
+
+def _compiled_kernel() -> ModuleType | None:
+    """The compiled CPU loops over the negatives, or None (Numba missing, or switched off)."""
+    return optional_module(f"{__package__}._ranking_kernel") if _COMPILED else None
 
 
 #: Grid cells per zone boundary when locating negatives among the boundaries (CPU path).
@@ -307,12 +326,16 @@ class _BinnedNegatives:
         # in positive i's linear zone iff lo[i] <= g < hi[i], above it iff hi[i] <= g.
         self.lo = torch.from_numpy(np.searchsorted(bounds, lower, "right"))
         self.hi = torch.from_numpy(np.searchsorted(bounds, upper, "right"))
-        gap = _locate(values, bounds)
-        gap[~neg.numpy()] = self.gaps  # not a negative: a spare gap, dropped
-        counts = np.bincount(gap, minlength=self.gaps + 1)[: self.gaps]
-        sums = np.bincount(gap, weights=values, minlength=self.gaps + 1)[: self.gaps]
-        self.counts = _prefix(torch.from_numpy(counts.astype(np.float64)))
-        self.sums = _prefix(torch.from_numpy(sums))
+        self.kernel = _compiled_kernel()
+        if self.kernel is not None:
+            gap, counts, sums = self.kernel.bin_negatives(values, neg.numpy(), True, bounds)
+        else:
+            gap = _locate(values, bounds)
+            gap[~neg.numpy()] = self.gaps  # not a negative: a spare gap, dropped
+            counts = np.bincount(gap, minlength=self.gaps + 1).astype(np.float64)
+            sums = np.bincount(gap, weights=values, minlength=self.gaps + 1)
+        self.counts = _prefix(torch.from_numpy(counts[: self.gaps]))
+        self.sums = _prefix(torch.from_numpy(sums[: self.gaps]))
         self.gap, self.values = gap, values
 
     def above(self, x: Tensor) -> Tensor:
@@ -323,6 +346,10 @@ class _BinnedNegatives:
         """``sum_i w_i H(y_j - x_i)`` for every negative j, in element order (length
         ``n``, zero elsewhere)."""
         slopes, offsets = _zone_coefficients(weight, x, self.lo, self.hi, self.gaps, self.delta)
+        if self.kernel is not None:
+            out = np.empty(self.n)
+            self.kernel.spread_into(out, self.values, self.gap, slopes.numpy(), offsets.numpy())
+            return torch.from_numpy(out)
         # The spare gap (everything that is not a negative) gets zero coefficients.
         slope = np.append(slopes.numpy(), 0.0).take(self.gap)
         with np.errstate(invalid="ignore", over="ignore"):  # unvalidated inf: as torch
@@ -420,6 +447,10 @@ def _ap_loss_and_grad(
     """
     if x.numel() == 0:
         return x.new_zeros(()), x.new_zeros(0)
+    kernel = _compiled_kernel() if x.device.type == "cpu" and compact is not False else None
+    if kernel is not None:
+        loss, update = kernel.ap_loss(x.numpy(), _label_array(labels), delta)
+        return torch.tensor(loss, dtype=x.dtype), torch.from_numpy(update)
     pos = _equal(labels, 1)
     r = _Ranking(x, pos, _equal(labels, 0), delta, _default_compact(x, compact))
     # Positive i ranks itself 1: H(0) = 1/2 from the sum plus the reference's constant 1/2.

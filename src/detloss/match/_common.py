@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
-from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from .._checks import check_shape, check_tensor, shape_str
 
-__all__ = ["broadcast_value", "kernel_device", "prepare_cost", "triton_module"]
+__all__ = ["broadcast_value", "kernel_device", "prepare_cost"]
 
 
 def broadcast_value(
@@ -83,13 +80,3 @@ def kernel_device(device: torch.device) -> contextlib.AbstractContextManager:
     """Make ``device`` the current CUDA device, where Triton launches its kernels; nothing
     for other devices (Triton's interpreter runs on CPU tensors)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-@functools.cache
-def triton_module(name: str) -> ModuleType | None:
-    """The Triton kernel module ``detloss.match.<name>``, imported on first use, or None
-    where Triton is not installed (PyTorch's CPU wheels have none)."""
-    try:
-        return importlib.import_module(f"{__package__}.{name}")
-    except ImportError:
-        return None

@@ -12,7 +12,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .._checks import check_choice
-from ._common import prepare_cost, triton_module
+from .._optional import optional_module
+from ._common import prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 
 __all__ = ["hungarian", "solve_assignment"]
@@ -57,7 +58,7 @@ SOLVERS = ("auto", "scipy", "triton")
 
 def _triton_kernel() -> ModuleType | None:
     """The device solver's module, or None where Triton is not installed."""
-    return triton_module("_assignment_kernel")
+    return optional_module(f"{__package__}._assignment_kernel")
 
 
 def gpu_solver_fits(device: torch.device, m: int, n: int) -> bool:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_tensor, compute_dtype, shape_str
-from ._common import broadcast_value, prepare_cost, triton_module
+from .._optional import optional_module
+from ._common import broadcast_value, prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 from .modules import BoxCostMatcher
 
@@ -113,7 +114,7 @@ def _fused_block(kernel_t: Tensor) -> ModuleType | None:
         return None
     if torch.cuda.get_device_capability(kernel_t.device) < (7, 0):
         return None
-    kernel = triton_module("_sinkhorn_kernel")
+    kernel = optional_module(f"{__package__}._sinkhorn_kernel")
     return kernel if kernel is not None and kernel.supports(kernel_t) else None
 
 

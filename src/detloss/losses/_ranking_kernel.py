@@ -1,0 +1,266 @@
+"""Compiled CPU loops of the ranking losses (Numba; optional).
+
+The ranking losses place every negative among the 2P sorted zone ends ``x_i +- delta`` of
+the positives (see :class:`detloss.losses.ranking._BinnedNegatives`). In NumPy that is a
+dozen passes over the N negatives; here :func:`bin_negatives` is one loop that locates
+each negative, counts it and adds its score to its gap, and :func:`spread_into` one loop
+that writes the negatives' updates, with the NumPy path's gaps and float64 sums.
+:func:`ap_loss` is all of AP-Loss in one call: at 10^5 elements the dozens of small torch
+operations around those two loops cost more than the loops.
+
+Importing this module imports Numba; :mod:`detloss.losses.ranking` does so on first use
+and falls back to NumPy where Numba is not installed. Compiled code is cached on disk.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["ap_loss", "bin_negatives", "spread_into"]
+
+#: Grid cells per zone end: most negatives find their gap with one table read.
+_CELLS_PER_BOUND = 16
+#: Ranges of at most this many ends are scanned, longer ones bisected.
+_SCAN = 8
+
+_jit = numba.njit(cache=True, nogil=True)
+
+
+@_jit
+def _cell(value: float, start: float, scale: float, cells: int) -> int:
+    """The grid cell of ``value``, in ``[0, cells + 1]``; NaN goes to cell 0 (below)."""
+    position = (value - start) * scale
+    if not position >= 0.0:
+        return 0
+    if position >= cells:
+        return cells + 1
+    return int(position) + 1
+
+
+@_jit
+def _first_above(bounds: np.ndarray, value: float, start: int, stop: int) -> int:
+    """The first index in ``[start, stop)`` whose bound exceeds ``value`` (``stop`` if
+    none), for bounds sorted ascending; a scan when the range is short."""
+    if stop - start <= _SCAN:
+        while start < stop and bounds[start] <= value:
+            start += 1
+        return start
+    while start < stop:
+        middle = (start + stop) >> 1
+        if bounds[middle] <= value:
+            start = middle + 1
+        else:
+            stop = middle
+    return start
+
+
+@_jit
+def bin_negatives(
+    values: np.ndarray, roles: np.ndarray, negative: float, bounds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Place the negatives (``roles[j] == negative``) among the sorted float64
+    ``bounds`` (at least one).
+
+    Returns ``(gap int32[n], counts float64[m + 1], sums float64[m + 1])`` for ``m``
+    bounds: ``gap[j]`` is how many bounds lie at or below ``values[j]`` for a negative
+    (``np.searchsorted(bounds, v, "right")``) and -1 for any other element; ``counts[g]``
+    and ``sums[g]`` are the number and the score sum of the negatives in gap ``g``.
+
+    A uniform grid of cells over ``[bounds[0], bounds[-1]]`` places a value with one table
+    read: the cell is a non-decreasing function of the value, so every bound in an
+    earlier cell lies below it and every bound in a later cell above it. Most cells hold
+    at most one bound, and for those the gap is the bounds below the cell plus one
+    comparison, without a branch; the other cells are searched.
+    """
+    n, m = values.size, bounds.size
+    gap = np.empty(n, np.int32)
+    counts = np.zeros(m + 1)
+    sums = np.zeros(m + 1)
+    start = bounds[0]
+    cells = _CELLS_PER_BOUND * m
+    width = bounds[-1] - start
+    scale = cells / width if width > 0 else 0.0
+    gridded = 0.0 < scale < np.inf
+    in_cell = np.zeros(cells + 2, np.int32)
+    if gridded:
+        for k in range(m):
+            in_cell[_cell(bounds[k], start, scale, cells)] += 1
+    # table[c]: the bounds below cell c, or -1 - that where the cell holds several.
+    table = np.empty(cells + 2, np.int32)
+    below = 0
+    for c in range(cells + 2):
+        table[c] = below if in_cell[c] <= 1 else -1 - below
+        below += in_cell[c]
+    # The first bound at or after each table entry; NaN past the end compares false.
+    first = np.empty(m + 1)
+    first[:m] = bounds
+    first[m] = np.nan
+    for j in range(n):
+        if roles[j] != negative:
+            gap[j] = -1
+            continue
+        value = np.float64(values[j])
+        if not gridded:
+            g = _first_above(bounds, value, 0, m)
+        else:
+            c = _cell(value, start, scale, cells)
+            g = table[c]
+            if g >= 0:
+                g += first[g] <= value
+            else:
+                g = _first_above(bounds, value, -1 - g, -1 - g + in_cell[c])
+        gap[j] = g
+        counts[g] += 1.0
+        sums[g] += value
+    return gap, counts, sums
+
+
+@_jit
+def spread_into(
+    out: np.ndarray, values: np.ndarray, gap: np.ndarray, slope: np.ndarray, offset: np.ndarray
+) -> None:
+    """``out[j] = slope[g] * values[j] + offset[g]`` for the elements of gap ``g >= 0``,
+    0 for the others."""
+    for j in range(values.size):
+        g = gap[j]
+        out[j] = 0.0 if g < 0 else slope[g] * np.float64(values[j]) + offset[g]
+
+
+@_jit
+def _soft_counts(
+    counts: np.ndarray,
+    sums: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    x: np.ndarray,
+    delta: float,
+) -> np.ndarray:
+    """``sum_k H(z_k - x_i)`` for every ``x_i`` from the prefix ``counts`` and ``sums`` of
+    the ``z`` (sorted, or per gap): those in ``[lo_i, hi_i)`` are in the linear zone, those
+    from ``hi_i`` on count 1."""
+    out = np.empty(x.size)
+    total = counts[-1]
+    for i in range(x.size):
+        inside = counts[hi[i]] - counts[lo[i]]
+        linear = (sums[hi[i]] - sums[lo[i]]) - (x[i] - delta) * inside
+        out[i] = (total - counts[hi[i]]) + linear / (2 * delta)
+    return out
+
+
+@_jit
+def _count_at_most(sorted_values: np.ndarray, queries: np.ndarray, strict: bool) -> np.ndarray:
+    """For ascending ``queries``: how many ``sorted_values`` are ``<=`` each (``<`` when
+    ``strict``), i.e. ``np.searchsorted(sorted_values, queries, "left" if strict else
+    "right")``, in one merge-like sweep instead of a bisection per query."""
+    out = np.empty(queries.size, np.int64)
+    k = 0
+    for i in range(queries.size):
+        q = queries[i]
+        if strict:
+            while k < sorted_values.size and sorted_values[k] < q:
+                k += 1
+        else:
+            while k < sorted_values.size and sorted_values[k] <= q:
+                k += 1
+        out[i] = k
+    return out
+
+
+@_jit
+def _merge(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The union of two ascending arrays, ascending."""
+    out = np.empty(first.size + second.size)
+    i = k = 0
+    for j in range(out.size):
+        if k >= second.size or (i < first.size and first[i] <= second[k]):
+            out[j] = first[i]
+            i += 1
+        else:
+            out[j] = second[k]
+            k += 1
+    return out
+
+
+@_jit
+def _prefix(values: np.ndarray) -> np.ndarray:
+    out = np.zeros(values.size + 1)
+    out[1:] = np.cumsum(values)
+    return out
+
+
+@_jit
+def ap_loss(values: np.ndarray, labels: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
+    """AP-Loss and its error-driven update for flat scores (float32 or float64) and
+    labels (1 positive, 0 negative, anything else ignored).
+
+    The steps of :func:`detloss.losses.ranking._ap_loss_and_grad` on the CPU: the
+    positives sorted ascending, their soft counts of positives (prefix sums over them)
+    and of negatives (per gap between zone ends), the interpolated precision as a
+    running maximum, and each positive's weight spread over the negatives in its zone.
+    Returns ``(loss, update)``, the update in ``values``' dtype.
+    """
+    n = values.size
+    update = np.empty_like(values)
+    where = np.empty(n, np.int64)
+    p = 0
+    for j in range(n):
+        if labels[j] == 1:
+            where[p] = j
+            p += 1
+    if p == 0:
+        update[:] = 0
+        return 0.0, update
+    where = where[:p]
+    x = values[where].astype(np.float64)
+    order = np.argsort(x, kind="mergesort")
+    x = x[order]
+    where = where[order]
+
+    # Positive i counts itself H(0) = 1/2, plus the reference's constant 1/2.
+    lo = _count_at_most(x, x - delta, False)
+    hi = _count_at_most(x, x + delta, True)
+    a = _soft_counts(np.arange(p + 1).astype(np.float64), _prefix(x), lo, hi, x, delta) + 0.5
+
+    # A negative at exactly x_i - delta is below the zone (H = 0), one at x_i + delta
+    # above it (H = 1): with each lower end moved up to the next float, "at or above an
+    # end" means the same for both ends.
+    lower = np.nextafter(x - delta, np.inf)
+    upper = x + delta
+    bounds = _merge(lower, upper)
+    lo = _count_at_most(bounds, lower, False)
+    hi = _count_at_most(bounds, upper, False)
+    gap, counts, sums = bin_negatives(values, labels, 0.0, bounds)
+    b = _soft_counts(_prefix(counts), _prefix(sums), lo, hi, x, delta)
+
+    # Ascending scores = descending recall: the running maximum of the precision is the
+    # interpolated precision. Below it, the reference scales the positive's share of its
+    # negatives by (1 - interpolated) / (1 - precision).
+    best = 0.0
+    weight = np.empty(p)
+    shortfall = np.empty(p)
+    for i in range(p):
+        precision = a[i] / (a[i] + b[i])
+        scale = 1.0
+        if precision >= best:
+            best = precision
+        else:
+            scale = (1.0 - best) / (1.0 - precision)
+        weight[i] = scale / ((a[i] + b[i]) * p)
+        shortfall[i] = 1.0 - best
+
+    # sum_i w_i H(y - x_i) is linear in y within a gap: positive i's slope starts at lo_i
+    # and ends at hi_i, where its offset becomes w_i.
+    gaps = bounds.size + 1
+    slope = np.zeros(gaps + 1)
+    offset = np.zeros(gaps + 1)
+    for i in range(p):
+        w, width = weight[i], 2 * delta
+        slope[lo[i]] += w / width
+        slope[hi[i]] -= w / width
+        offset[lo[i]] += 0.5 * w - w * x[i] / width
+        offset[hi[i]] += 0.5 * w + w * x[i] / width
+    spread_into(update, values, gap, np.cumsum(slope), np.cumsum(offset))
+    for i in range(p):
+        update[where[i]] = -shortfall[i] / p
+    return shortfall.sum() / p, update

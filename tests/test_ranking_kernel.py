@@ -1,0 +1,127 @@
+"""The compiled CPU loops of the ranking losses against NumPy's searches and sorts, and the
+fused AP-Loss against the torch path (which the loop references check in test_ap_loss)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detloss._optional import optional_module
+from detloss.losses.ranking import _ap_loss_and_grad
+
+kernel = optional_module("detloss.losses._ranking_kernel")
+pytestmark = pytest.mark.skipif(kernel is None, reason="needs numba")
+
+
+def random_bounds(rng: np.random.Generator, case: int) -> np.ndarray:
+    size = int(rng.integers(1, 300))
+    bounds = rng.normal(size=size)
+    if case % 3 == 0:
+        bounds = np.round(bounds, 1)  # equal ends: cells crowded with ends
+    if case % 5 == 0:
+        bounds[: size // 2] = bounds[0] + rng.uniform(0, 1e-9, size // 2)
+    return np.sort(bounds)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bin_negatives_equals_searchsorted_and_bincount(dtype):
+    """Values on the ends, just below them, beyond both extremes and infinite; ends in
+    crowded cells; integer and bool roles."""
+    rng = np.random.default_rng(0)
+    for case in range(80):
+        bounds = random_bounds(rng, case)
+        values = rng.normal(size=1500) * 1.5
+        values[:50] = rng.choice(bounds, 50)
+        values[50:60] = np.nextafter(rng.choice(bounds, 10), -np.inf)
+        values[60:64] = (np.inf, -np.inf, 1e30, -1e30)
+        values = values.astype(dtype)
+        if case % 2:
+            roles, negative = rng.integers(-1, 2, values.size), 0.0
+            is_negative = roles == 0
+        else:
+            roles, negative = rng.random(values.size) < 0.7, True
+            is_negative = roles
+        gap, counts, sums = kernel.bin_negatives(values, roles, negative, bounds)
+
+        expected = np.searchsorted(bounds, values.astype(np.float64), "right")
+        np.testing.assert_array_equal(gap, np.where(is_negative, expected, -1), str(case))
+        assert gap.dtype == np.int32
+        np.testing.assert_array_equal(
+            counts, np.bincount(expected[is_negative], minlength=bounds.size + 1)
+        )
+        finite = is_negative & np.isfinite(values)
+        expected_sums = np.bincount(
+            expected[finite], values[finite].astype(np.float64), minlength=bounds.size + 1
+        )
+        infinite_gaps = np.unique(expected[is_negative & ~np.isfinite(values)])
+        keep = np.setdiff1d(np.arange(bounds.size + 1), infinite_gaps)
+        np.testing.assert_allclose(sums[keep], expected_sums[keep], rtol=1e-12, atol=1e-9)
+
+
+def test_bin_negatives_without_a_usable_grid():
+    """One end, or ends so close that the grid's scale overflows: plain bisection."""
+    for bounds in (np.array([0.5]), np.array([0.0, 1e-320, 2e-320]), np.array([2.0, 2.0, 2.0])):
+        values = np.array([-1.0, 0.0, 1e-320, 0.5, 2.0, 5.0, np.inf, -np.inf])
+        gap, counts, _ = kernel.bin_negatives(values, np.zeros(values.size), 0.0, bounds)
+        np.testing.assert_array_equal(gap, np.searchsorted(bounds, values, "right"))
+        assert counts.sum() == values.size
+
+
+def test_bin_negatives_puts_nan_below_every_end():
+    gap, counts, _ = kernel.bin_negatives(
+        np.array([np.nan, 1.0]), np.zeros(2), 0.0, np.array([0.0, 2.0])
+    )
+    np.testing.assert_array_equal(gap, [0, 1])
+    np.testing.assert_array_equal(counts, [1, 1, 0])
+
+
+def test_spread_into():
+    values = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    out = np.full(4, 7.0, dtype=np.float32)
+    gap = np.array([0, -1, 2, 1], dtype=np.int32)
+    kernel.spread_into(out, values, gap, np.array([1.0, 10.0, 100.0]), np.array([0.5, 0, -1]))
+    np.testing.assert_array_equal(out, [1.5, 0.0, 299.0, 40.0])
+
+
+def test_count_at_most_and_merge_equal_numpy():
+    rng = np.random.default_rng(1)
+    for case in range(100):
+        values = np.sort(np.round(rng.normal(size=int(rng.integers(0, 60))), case % 3))
+        queries = np.sort(np.round(rng.normal(size=int(rng.integers(0, 60))), case % 2))
+        for strict, side in ((False, "right"), (True, "left")):
+            np.testing.assert_array_equal(
+                kernel._count_at_most(values, queries, strict),
+                np.searchsorted(values, queries, side),
+            )
+        np.testing.assert_array_equal(
+            kernel._merge(values, queries), np.sort(np.concatenate((values, queries)))
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_ap_loss_equals_the_torch_path(dtype):
+    """Random problems with ties, a single positive, no negative, no positive and ignored
+    elements: the same loss and update as the static-shape torch path."""
+    g = torch.Generator().manual_seed(2)
+    for case in range(60):
+        n = int(torch.randint(1, 400, (), generator=g))
+        x = torch.randn(n, generator=g, dtype=torch.float64) * 2
+        if case % 4 == 0:
+            x = x.round()
+        labels = torch.randint(-1, 2, (n,), generator=g)
+        if case % 7 == 0:
+            labels[labels == 1] = 0
+            labels[int(torch.randint(0, n, (), generator=g))] = 1
+        if case % 11 == 0:
+            labels[labels == 0] = -1
+        if case % 13 == 0:
+            labels[labels == 1] = 0
+        x = x.to(dtype)
+        delta = (0.25, 1.0, 3.0)[case % 3]
+        loss, update = kernel.ap_loss(x.numpy(), labels.numpy(), delta)
+        ref_loss, ref_update = _ap_loss_and_grad(x, labels, delta, compact=False)
+        tol = 1e-12 if dtype == torch.float64 else 1e-6
+        assert update.dtype == x.numpy().dtype
+        assert loss == pytest.approx(ref_loss.item(), abs=tol), case
+        np.testing.assert_allclose(update, ref_update.numpy(), rtol=0, atol=tol, err_msg=str(case))
