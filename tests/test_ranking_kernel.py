@@ -1,5 +1,6 @@
-"""The compiled CPU loops of the ranking losses against NumPy's searches and sorts, and the
-fused AP-Loss against the torch path (which the loop references check in test_ap_loss)."""
+"""The compiled CPU loops of the ranking losses against NumPy's searches and sorts, the
+fused AP-Loss against the torch path (which the loop references check in test_ap_loss),
+and the Numba helper."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from detloss._optional import optional_module
-from detloss.losses.ranking import _ap_loss_and_grad
+from detloss.losses.ranking import _RS_EPS, _ap_loss_and_grad, _sorting_terms
 
-kernel = optional_module("detloss.losses._ranking_kernel")
-pytestmark = pytest.mark.skipif(kernel is None, reason="needs numba")
+numba = pytest.importorskip("numba")
+
+from detloss._numba import jit  # noqa: E402  (needs numba)
+from detloss.losses import _ranking_kernel as kernel  # noqa: E402
 
 
 def random_bounds(rng: np.random.Generator, case: int) -> np.ndarray:
@@ -125,3 +127,40 @@ def test_fused_ap_loss_equals_the_torch_path(dtype):
         assert update.dtype == x.numpy().dtype
         assert loss == pytest.approx(ref_loss.item(), abs=tol), case
         np.testing.assert_allclose(update, ref_update.numpy(), rtol=0, atol=tol, err_msg=str(case))
+
+
+def test_jit_compiles_without_a_cache_location():
+    """A function with no source file has nowhere to cache: Numba refuses cache=True at
+    definition time, and the helper compiles it uncached instead."""
+    namespace: dict = {}
+    exec("def add_one(x):\n    return x + 1\n", namespace)
+    with pytest.raises(RuntimeError, match="cannot cache"):
+        numba.njit(cache=True)(namespace["add_one"])
+    assert jit(namespace["add_one"])(41) == 42
+
+
+def test_sorting_terms_equal_the_dense_pairwise_comparison():
+    """Rank & Sort's sorting terms by Fenwick trees against every pair compared: ties in
+    scores and in targets, scores exactly delta apart, one positive, one target."""
+    g = torch.Generator().manual_seed(4)
+    for case in range(80):
+        p = int(torch.randint(1, 120, (), generator=g))
+        x = torch.randn(p, generator=g, dtype=torch.float64)
+        if case % 3 == 0:
+            x = (x * 4).round() / 4  # ties, and pairs exactly delta = 0.25 or 0.5 apart
+        x = x.sort().values
+        t = torch.rand(p, generator=g, dtype=torch.float64).clamp(min=0.05)
+        if case % 4 == 0:
+            t = (t * 4).ceil() / 4  # tied targets
+        if case % 10 == 0:
+            t.fill_(0.7)
+        delta = (0.25, 0.5, 2.0)[case % 3]
+        lo = torch.searchsorted(x, x - delta, right=True)
+        hi = torch.searchsorted(x, x + delta)
+        current = torch.rand(p, generator=g, dtype=torch.float64)
+        got = kernel.sorting_terms(
+            x.numpy(), t.numpy(), lo.numpy(), hi.numpy(), current.numpy(), delta, _RS_EPS
+        )
+        want = _sorting_terms(x, t, current, delta)
+        for name, a, b in zip(("error", "own", "received"), got, want):
+            np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-12, err_msg=f"{case} {name}")

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
+
+from ._numba import jit
 
 __all__ = ["draw_into"]
 
-_jit = numba.njit(cache=True, nogil=True)
 
-
-@_jit
+@jit
 def _kernel(radius: int, rows: int, columns: int, eps: float) -> np.ndarray:
     """``exp(-(dx^2 + dy^2) / (2 sigma^2))`` with ``sigma = (2 r + 1) / 6`` for
     ``|dy| <= rows``, ``|dx| <= columns``, values below ``eps`` set to 0 (float64: the
@@ -33,7 +32,7 @@ def _kernel(radius: int, rows: int, columns: int, eps: float) -> np.ndarray:
     return out
 
 
-@_jit
+@jit
 def draw_into(
     flat: np.ndarray,
     plane: np.ndarray,

@@ -6,7 +6,9 @@ dozen passes over the N negatives; here :func:`bin_negatives` is one loop that l
 each negative, counts it and adds its score to its gap, and :func:`spread_into` one loop
 that writes the negatives' updates, with the NumPy path's gaps and float64 sums.
 :func:`ap_loss` is all of AP-Loss in one call: at 10^5 elements the dozens of small torch
-operations around those two loops cost more than the loops.
+operations around those two loops cost more than the loops. :func:`sorting_terms` is
+Rank & Sort's comparison of the positives by score and target, in O(P log P) instead of
+the torch path's dense O(P^2).
 
 Importing this module imports Numba; :mod:`detloss.losses.ranking` does so on first use
 and falls back to NumPy where Numba is not installed. Compiled code is cached on disk.
@@ -14,20 +16,19 @@ and falls back to NumPy where Numba is not installed. Compiled code is cached on
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-__all__ = ["ap_loss", "bin_negatives", "spread_into"]
+from .._numba import jit
+
+__all__ = ["ap_loss", "bin_negatives", "sorting_terms", "spread_into"]
 
 #: Grid cells per zone end: most negatives find their gap with one table read.
 _CELLS_PER_BOUND = 16
 #: Ranges of at most this many ends are scanned, longer ones bisected.
 _SCAN = 8
 
-_jit = numba.njit(cache=True, nogil=True)
 
-
-@_jit
+@jit
 def _cell(value: float, start: float, scale: float, cells: int) -> int:
     """The grid cell of ``value``, in ``[0, cells + 1]``; NaN goes to cell 0 (below)."""
     position = (value - start) * scale
@@ -38,7 +39,7 @@ def _cell(value: float, start: float, scale: float, cells: int) -> int:
     return int(position) + 1
 
 
-@_jit
+@jit
 def _first_above(bounds: np.ndarray, value: float, start: int, stop: int) -> int:
     """The first index in ``[start, stop)`` whose bound exceeds ``value`` (``stop`` if
     none), for bounds sorted ascending; a scan when the range is short."""
@@ -55,7 +56,7 @@ def _first_above(bounds: np.ndarray, value: float, start: int, stop: int) -> int
     return start
 
 
-@_jit
+@jit
 def bin_negatives(
     values: np.ndarray, roles: np.ndarray, negative: float, bounds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,7 +117,7 @@ def bin_negatives(
     return gap, counts, sums
 
 
-@_jit
+@jit
 def spread_into(
     out: np.ndarray, values: np.ndarray, gap: np.ndarray, slope: np.ndarray, offset: np.ndarray
 ) -> None:
@@ -127,7 +128,7 @@ def spread_into(
         out[j] = 0.0 if g < 0 else slope[g] * np.float64(values[j]) + offset[g]
 
 
-@_jit
+@jit
 def _soft_counts(
     counts: np.ndarray,
     sums: np.ndarray,
@@ -148,7 +149,7 @@ def _soft_counts(
     return out
 
 
-@_jit
+@jit
 def _count_at_most(sorted_values: np.ndarray, queries: np.ndarray, strict: bool) -> np.ndarray:
     """For ascending ``queries``: how many ``sorted_values`` are ``<=`` each (``<`` when
     ``strict``), i.e. ``np.searchsorted(sorted_values, queries, "left" if strict else
@@ -167,7 +168,7 @@ def _count_at_most(sorted_values: np.ndarray, queries: np.ndarray, strict: bool)
     return out
 
 
-@_jit
+@jit
 def _merge(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """The union of two ascending arrays, ascending."""
     out = np.empty(first.size + second.size)
@@ -182,14 +183,14 @@ def _merge(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return out
 
 
-@_jit
+@jit
 def _prefix(values: np.ndarray) -> np.ndarray:
     out = np.zeros(values.size + 1)
     out[1:] = np.cumsum(values)
     return out
 
 
-@_jit
+@jit
 def ap_loss(values: np.ndarray, labels: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
     """AP-Loss and its error-driven update for flat scores (float32 or float64) and
     labels (1 positive, 0 negative, anything else ignored).
@@ -264,3 +265,120 @@ def ap_loss(values: np.ndarray, labels: np.ndarray, delta: float) -> tuple[float
     for i in range(p):
         update[where[i]] = -shortfall[i] / p
     return shortfall.sum() / p, update
+
+
+@jit
+def _tree_add(tree: np.ndarray, position: int, values: np.ndarray) -> None:
+    """Add ``values`` (one per row of ``tree``) at ``position`` of Fenwick trees."""
+    i = position + 1
+    while i < tree.shape[1]:
+        for row in range(tree.shape[0]):
+            tree[row, i] += values[row]
+        i += i & -i
+
+
+@jit
+def _tree_sum(tree: np.ndarray, row: int, stop: int) -> float:
+    """The sum of ``[0, stop)`` of one Fenwick tree."""
+    total = 0.0
+    while stop > 0:
+        total += tree[row, stop]
+        stop -= stop & -stop
+    return total
+
+
+@jit
+def _tree_range(tree: np.ndarray, row: int, start: int, stop: int) -> float:
+    return _tree_sum(tree, row, stop) - _tree_sum(tree, row, start)
+
+
+@jit
+def _equal_runs(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Boundaries of the runs of equal ``values[order]`` (``order`` sorts them):
+    run ``g`` is ``order[starts[g]:starts[g + 1]]``."""
+    starts = [0]
+    for j in range(1, order.size):
+        if values[order[j]] != values[order[j - 1]]:
+            starts.append(j)
+    starts.append(order.size)
+    return np.array(starts)
+
+
+@jit
+def sorting_terms(
+    x: np.ndarray,
+    t: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    current: np.ndarray,
+    delta: float,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rank & Sort's sorting error of every positive and its update, in O(P log P).
+
+    ``x`` are the positives' scores ascending, ``t`` their targets, ``[lo_i, hi_i)`` the
+    positives in i's linear zone (those from ``hi_i`` on count fully) and ``current`` the
+    mean ``1 - t`` above each. For positive i the reference sums ``H(x_k - x_i)`` over the
+    positives with ``t_k >= t_i`` (in order) and over the others (mis-sorted); positive i
+    then hands its error to its mis-sorted positives in proportion to ``H``. Each of
+    those sums is a count or a sum over an index range, restricted to the positives whose
+    target lies on one side of ``t_i``: taking the positives by target and adding each to
+    Fenwick trees over the score order answers them all.
+
+    Returns ``(error, own, received)``: the sorting error, the update a positive keeps
+    (``-error`` when it has mis-sorted positives above ``eps``, else 0), and the update it
+    receives from the positives it is mis-sorted against.
+    """
+    p = x.size
+    width = 2 * delta
+    keep = 1.0 - t
+    all_x, all_keep, all_keep_x = _prefix(x), _prefix(keep), _prefix(keep * x)
+    by_target = np.argsort(t, kind="mergesort")
+    runs = _equal_runs(t, by_target)
+
+    # Mis-sorted sums: the positives with a lower target, added run by run from the
+    # lowest, are in the trees when a run is queried. Fields: count, x, 1 - t, (1 - t) x.
+    below = np.zeros((4, p + 1))
+    error, own, share = np.empty(p), np.empty(p), np.zeros(p)
+    entry = np.empty(4)
+    for g in range(runs.size - 1):
+        for i in by_target[runs[g] : runs[g + 1]]:
+            a, b, base = lo[i], hi[i], x[i] - delta
+            missorted = (
+                _tree_range(below, 0, b, p)
+                + (_tree_range(below, 1, a, b) - base * _tree_range(below, 0, a, b)) / width
+            )
+            missorted_keep = (
+                _tree_range(below, 2, b, p)
+                + (_tree_range(below, 3, a, b) - base * _tree_range(below, 2, a, b)) / width
+            )
+            steps = (p - b) + ((all_x[b] - all_x[a]) - base * (b - a)) / width
+            steps_keep = (all_keep[p] - all_keep[b]) + (
+                (all_keep_x[b] - all_keep_x[a]) - base * (all_keep[b] - all_keep[a])
+            ) / width
+            e = current[i] - (steps_keep - missorted_keep) / (steps - missorted)
+            error[i] = e
+            if missorted > eps:
+                own[i] = -e
+                share[i] = e / missorted
+            else:
+                own[i] = 0.0
+        for k in by_target[runs[g] : runs[g + 1]]:
+            entry[0], entry[1], entry[2], entry[3] = 1.0, x[k], keep[k], keep[k] * x[k]
+            _tree_add(below, k, entry)
+
+    # Received updates: positive k is mis-sorted against the positives i with a higher
+    # target, added run by run from the highest; H(x_k - x_i) is 1 for i < lo_k and
+    # linear for lo_k <= i < hi_k. Fields: share, share * x.
+    above = np.zeros((2, p + 1))
+    received = np.empty(p)
+    entry = np.empty(2)
+    for g in range(runs.size - 2, -1, -1):
+        for k in by_target[runs[g] : runs[g + 1]]:
+            a, b = lo[k], hi[k]
+            zone = (x[k] + delta) * _tree_range(above, 0, a, b) - _tree_range(above, 1, a, b)
+            received[k] = _tree_sum(above, 0, a) + zone / width
+        for i in by_target[runs[g] : runs[g + 1]]:
+            entry[0], entry[1] = share[i], share[i] * x[i]
+            _tree_add(above, i, entry)
+    return error, own, received

@@ -14,9 +14,10 @@ logits, so here all of them come from prefix sums and binary searches, and the n
 updates from the same ranges read the other way round: O((P + N) log(P + N)) time and
 O(P + N) memory for the same numbers as the loops (see ``docs/ap_loss.md``). On the CPU
 the negatives are not even sorted: each is placed in its gap between the positives' zone
-ends through a uniform grid, O(N + P log P). Rank & Sort
-also compares every pair of positives by their targets; that part is a dense, chunked
-O(P^2).
+ends through a uniform grid, O(N + P log P), by compiled loops where Numba is installed
+(``_ranking_kernel``; AP-Loss runs there entirely). Rank & Sort also compares the
+positives by their targets: O(P log P) with Fenwick trees in the compiled path, a dense,
+chunked O(P^2) otherwise.
 """
 
 from __future__ import annotations
@@ -802,6 +803,34 @@ class ALRPLoss(nn.Module):
 # ------------------------------------------------------------------------- Rank & Sort
 
 
+def _sorting_terms(
+    x: Tensor, t: Tensor, current: Tensor, delta: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Rank & Sort's sorting terms (see ``_ranking_kernel.sorting_terms``) by comparing
+    every pair of positives, by score and by target: dense, a block of rows at a time."""
+    p = t.numel()
+    sorting_error = torch.empty_like(t)
+    received = torch.zeros_like(t)
+    own = torch.empty_like(t)
+    block = max(1, (1 << 20) // max(p, 1))
+    for start in range(0, p, block):
+        rows = slice(start, start + block)
+        step = torch.clamp((x - x[rows, None]) / (2 * delta) + 0.5, 0, 1)
+        in_order = t >= t[rows, None]
+        sorted_step = step * in_order
+        target = (sorted_step * (1 - t)).sum(1) / sorted_step.sum(1)
+        error = current[rows] - target
+        missorted = step * ~in_order
+        denom = missorted.sum(1)
+        has = denom > _RS_EPS
+        sorting_error[rows] = error
+        own[rows] = torch.where(has, -error, 0)
+        received += (
+            missorted * (torch.where(has, error, 0) / torch.where(has, denom, 1))[:, None]
+        ).sum(0)
+    return sorting_error, own, received
+
+
 def _rank_sort_loss_and_grads(
     x: Tensor, targets: Tensor, delta: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -836,29 +865,15 @@ def _rank_sort_loss_and_grads(
     )
 
     # Sorting error: among the positives above i, the mean (1 - target) against the
-    # same mean over those that also have a target >= t_i. Pairs of positives compared
-    # both by score and by target: dense, a block of rows at a time.
+    # same mean over those that also have a target >= t_i.
     current = r.positives_above(1 - t) / rank_pos
-    p = t.numel()
-    sorting_error = torch.empty_like(t)
-    received = torch.zeros_like(t)
-    own = torch.empty_like(t)
-    block = max(1, (1 << 20) // max(p, 1))
-    for start in range(0, p, block):
-        rows = slice(start, start + block)
-        step = torch.clamp((r.x - r.x[rows, None]) / (2 * delta) + 0.5, 0, 1)
-        in_order = t >= t[rows, None]
-        sorted_step = step * in_order
-        target = (sorted_step * (1 - t)).sum(1) / sorted_step.sum(1)
-        error = current[rows] - target
-        missorted = step * ~in_order
-        denom = missorted.sum(1)
-        has = denom > _RS_EPS
-        sorting_error[rows] = error
-        own[rows] = torch.where(has, -error, 0)
-        received += (
-            missorted * (torch.where(has, error, 0) / torch.where(has, denom, 1))[:, None]
-        ).sum(0)
+    kernel = _compiled_kernel() if x.device.type == "cpu" else None
+    if kernel is not None:
+        arrays = (r.x, t, r.lo_p, r.hi_p, current)
+        terms = kernel.sorting_terms(*(a.numpy() for a in arrays), delta, _RS_EPS)
+        sorting_error, own, received = (torch.from_numpy(a) for a in terms)
+    else:
+        sorting_error, own, received = _sorting_terms(r.x, t, current, delta)
     sort_update = (own + received) / r.norm
     ranking = ranking_error.sum() / r.norm
     sorting = sorting_error.sum() / r.norm
@@ -916,8 +931,9 @@ def rank_sort_loss(
         (or mis-sorted positive count) is at most 1e-10 keeps its error to itself, as in
         the reference. Without a positive both are 0.
 
-    The positive-positive comparisons are dense (O(P^2) time, O(P) memory per block of
-    rows) and need the positives gathered (one device sync on a GPU). Not distributed.
+    The positive-positive comparisons take O(P log P) on the CPU with Numba (Fenwick
+    trees), else O(P^2) time in blocks of rows with O(P) memory per block, and need the
+    positives gathered (one device sync on a GPU). Not distributed.
     """
     _check_pair(logits, targets, "targets")
     delta = _check_delta(delta)
