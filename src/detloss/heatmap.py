@@ -282,18 +282,15 @@ def _draw_window(
 #: Whether CPU maps are drawn by ``_heatmap_kernel`` where Numba is installed (tests
 #: switch it off to check the torch path).
 _COMPILED = True
+_COMPILED_DTYPES = (torch.float32, torch.float64)
 
 
 def _compiled_kernel(flat: Tensor) -> ModuleType | None:
     """The compiled drawing loop for a CPU float32 / float64 map outside autograd, or None."""
-    if not _COMPILED or flat.device.type != "cpu" or flat.dtype not in _COMPILED_DTYPES:
+    usable = flat.device.type == "cpu" and flat.dtype in _COMPILED_DTYPES
+    if not (_COMPILED and usable) or flat.requires_grad:
         return None
-    if flat.requires_grad:
-        return None
-    return optional_module("detloss._heatmap_kernel")
-
-
-_COMPILED_DTYPES = (torch.float32, torch.float64)
+    return optional_module(f"{__package__}._heatmap_kernel")
 
 
 def _scatter_gaussians(

@@ -198,7 +198,8 @@ _COMPILED = True
 
 
 def _compiled_kernel() -> ModuleType | None:
-    """The compiled CPU loops over the negatives, or None (Numba missing, or switched off)."""
+    """The compiled CPU loops (``_ranking_kernel``), or None: Numba missing, or switched
+    off."""
     return optional_module(f"{__package__}._ranking_kernel") if _COMPILED else None
 
 
