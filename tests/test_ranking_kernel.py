@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from detloss.losses.ranking import _RS_EPS, _ap_loss_and_grad, _sorting_terms
+from detloss.losses.ranking import (
+    _ALRP_EPS,
+    _RS_EPS,
+    _alrp_loss_and_grads,
+    _ap_loss_and_grad,
+    _sorting_terms,
+)
 
 numba = pytest.importorskip("numba")
 
@@ -101,11 +107,10 @@ def test_count_at_most_and_merge_equal_numpy():
         )
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_ap_loss_equals_the_torch_path(dtype):
-    """Random problems with ties, a single positive, no negative, no positive and ignored
-    elements: the same loss and update as the static-shape torch path."""
-    g = torch.Generator().manual_seed(2)
+def ranking_problems(seed: int, dtype: torch.dtype):
+    """60 random problems ``(case, scores, labels, delta)``: ties, a single positive, no
+    negative, no positive and ignored elements."""
+    g = torch.Generator().manual_seed(seed)
     for case in range(60):
         n = int(torch.randint(1, 400, (), generator=g))
         x = torch.randn(n, generator=g, dtype=torch.float64) * 2
@@ -119,14 +124,48 @@ def test_fused_ap_loss_equals_the_torch_path(dtype):
             labels[labels == 0] = -1
         if case % 13 == 0:
             labels[labels == 1] = 0
-        x = x.to(dtype)
-        delta = (0.25, 1.0, 3.0)[case % 3]
+        yield case, x.to(dtype), labels, (0.25, 1.0, 3.0)[case % 3]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_ap_loss_equals_the_torch_path(dtype):
+    """The same loss and update as the static-shape torch path."""
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for case, x, labels, delta in ranking_problems(2, dtype):
         loss, update = kernel.ap_loss(x.numpy(), labels.numpy(), delta)
         ref_loss, ref_update = _ap_loss_and_grad(x, labels, delta, compact=False)
-        tol = 1e-12 if dtype == torch.float64 else 1e-6
         assert update.dtype == x.numpy().dtype
         assert loss == pytest.approx(ref_loss.item(), abs=tol), case
         np.testing.assert_allclose(update, ref_update.numpy(), rtol=0, atol=tol, err_msg=str(case))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_alrp_loss_equals_the_torch_path(dtype):
+    """As for AP-Loss, with localisation losses; tied scores order the positives by
+    element index in both paths."""
+    g = torch.Generator().manual_seed(5)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for case, x, labels, delta in ranking_problems(3, dtype):
+        reg = torch.rand(int((labels == 1).sum()), generator=g, dtype=torch.float64)
+        num_pos, cls, loc, update, grad = kernel.alrp_loss(
+            x.numpy(), labels.numpy(), reg.numpy(), delta, _ALRP_EPS
+        )
+        ref = _alrp_loss_and_grads(x, labels, reg, delta, compact=False)
+        assert num_pos == reg.numel() and update.dtype == x.numpy().dtype
+        assert cls == pytest.approx(ref[0].item(), abs=tol), case
+        assert loc == pytest.approx(ref[1].item(), abs=1e-12), case
+        np.testing.assert_allclose(update, ref[2].numpy(), rtol=0, atol=tol, err_msg=str(case))
+        np.testing.assert_allclose(grad, ref[3].numpy(), rtol=0, atol=1e-12, err_msg=str(case))
+
+
+def test_alrp_with_a_wrong_number_of_losses_takes_the_torch_path():
+    x, labels = torch.tensor([0.5, -0.2, 1.0, 0.1]), torch.tensor([1, 0, 1, 0])
+    assert kernel.alrp_loss(x.numpy(), labels.numpy(), np.zeros(1), 1.0, _ALRP_EPS)[0] == 2
+    short = torch.tensor([0.3])
+    got = _alrp_loss_and_grads(x, labels, short, 1.0)
+    want = _alrp_loss_and_grads(x, labels, short, 1.0, compact=False)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
 
 
 def test_jit_compiles_without_a_cache_location():

@@ -5,8 +5,9 @@ the positives (see :class:`detloss.losses.ranking._BinnedNegatives`). In NumPy t
 dozen passes over the N negatives; here :func:`bin_negatives` is one loop that locates
 each negative, counts it and adds its score to its gap, and :func:`spread_into` one loop
 that writes the negatives' updates, with the NumPy path's gaps and float64 sums.
-:func:`ap_loss` is all of AP-Loss in one call: at 10^5 elements the dozens of small torch
-operations around those two loops cost more than the loops. :func:`sorting_terms` is
+:func:`ap_loss` and :func:`alrp_loss` are all of AP-Loss and aLRP Loss in one call each:
+at 10^5 elements the dozens of small torch operations around those two loops cost more
+than the loops. :func:`sorting_terms` is
 Rank & Sort's comparison of the positives by score and target, in O(P log P) instead of
 the torch path's dense O(P^2).
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from .._numba import jit
 
-__all__ = ["ap_loss", "bin_negatives", "sorting_terms", "spread_into"]
+__all__ = ["alrp_loss", "ap_loss", "bin_negatives", "sorting_terms", "spread_into"]
 
 #: Grid cells per zone end: most negatives find their gap with one table read.
 _CELLS_PER_BOUND = 16
@@ -191,6 +192,71 @@ def _prefix(values: np.ndarray) -> np.ndarray:
 
 
 @jit
+def _positives(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, where)``: the element indices of the positives (``labels == 1``) sorted by
+    score ascending, ties in element order, and for each the rank of that positive among
+    the positives in element order."""
+    where = np.empty(values.size, np.int64)
+    p = 0
+    for j in range(values.size):
+        if labels[j] == 1:
+            where[p] = j
+            p += 1
+    order = np.argsort(values[where[:p]], kind="mergesort")
+    return order, where[:p][order]
+
+
+@jit
+def _rank(
+    values: np.ndarray, labels: np.ndarray, x: np.ndarray, delta: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The zones of the sorted positives ``x``: ``(lo_p, hi_p)``, the positives in each
+    one's linear zone (``[lo_p, hi_p)``, those from ``hi_p`` on above it); ``(lo, hi)``,
+    the same among the gaps between zone ends; each negative's ``gap``; and each
+    positive's soft count of negatives above it."""
+    lo_p = _count_at_most(x, x - delta, False)
+    hi_p = _count_at_most(x, x + delta, True)
+    # A negative at exactly x_i - delta is below the zone (H = 0), one at x_i + delta
+    # above it (H = 1): with each lower end moved up to the next float, "at or above an
+    # end" means the same for both ends.
+    lower = np.nextafter(x - delta, np.inf)
+    upper = x + delta
+    bounds = _merge(lower, upper)
+    lo = _count_at_most(bounds, lower, False)
+    hi = _count_at_most(bounds, upper, False)
+    gap, counts, sums = bin_negatives(values, labels, 0.0, bounds)
+    false_pos = _soft_counts(_prefix(counts), _prefix(sums), lo, hi, x, delta)
+    return lo_p, hi_p, lo, hi, gap, false_pos
+
+
+@jit
+def _spread_weights(
+    update: np.ndarray,
+    values: np.ndarray,
+    gap: np.ndarray,
+    weight: np.ndarray,
+    x: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    delta: float,
+) -> None:
+    """Write ``sum_i w_i H(y_j - x_i)`` for every negative j into ``update`` (0 for the
+    other elements). Within a gap that sum is linear in ``y``: positive i's slope starts
+    at ``lo_i`` and ends at ``hi_i``, where its offset becomes ``w_i``."""
+    gaps = 2 * x.size + 1
+    slope = np.zeros(gaps + 1)
+    offset = np.zeros(gaps + 1)
+    width = 2 * delta
+    for i in range(x.size):
+        w = weight[i]
+        slope[lo[i]] += w / width
+        slope[hi[i]] -= w / width
+        offset[lo[i]] += 0.5 * w - w * x[i] / width
+        offset[hi[i]] += 0.5 * w + w * x[i] / width
+    spread_into(update, values, gap, np.cumsum(slope), np.cumsum(offset))
+
+
+@jit
 def ap_loss(values: np.ndarray, labels: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
     """AP-Loss and its error-driven update for flat scores (float32 or float64) and
     labels (1 positive, 0 negative, anything else ignored).
@@ -201,38 +267,15 @@ def ap_loss(values: np.ndarray, labels: np.ndarray, delta: float) -> tuple[float
     running maximum, and each positive's weight spread over the negatives in its zone.
     Returns ``(loss, update)``, the update in ``values``' dtype.
     """
-    n = values.size
-    update = np.empty_like(values)
-    where = np.empty(n, np.int64)
-    p = 0
-    for j in range(n):
-        if labels[j] == 1:
-            where[p] = j
-            p += 1
+    update = np.zeros_like(values)
+    _, where = _positives(values, labels)
+    p = where.size
     if p == 0:
-        update[:] = 0
         return 0.0, update
-    where = where[:p]
     x = values[where].astype(np.float64)
-    order = np.argsort(x, kind="mergesort")
-    x = x[order]
-    where = where[order]
-
+    lo_p, hi_p, lo, hi, gap, b = _rank(values, labels, x, delta)
     # Positive i counts itself H(0) = 1/2, plus the reference's constant 1/2.
-    lo = _count_at_most(x, x - delta, False)
-    hi = _count_at_most(x, x + delta, True)
-    a = _soft_counts(np.arange(p + 1).astype(np.float64), _prefix(x), lo, hi, x, delta) + 0.5
-
-    # A negative at exactly x_i - delta is below the zone (H = 0), one at x_i + delta
-    # above it (H = 1): with each lower end moved up to the next float, "at or above an
-    # end" means the same for both ends.
-    lower = np.nextafter(x - delta, np.inf)
-    upper = x + delta
-    bounds = _merge(lower, upper)
-    lo = _count_at_most(bounds, lower, False)
-    hi = _count_at_most(bounds, upper, False)
-    gap, counts, sums = bin_negatives(values, labels, 0.0, bounds)
-    b = _soft_counts(_prefix(counts), _prefix(sums), lo, hi, x, delta)
+    a = _soft_counts(np.arange(p + 1).astype(np.float64), _prefix(x), lo_p, hi_p, x, delta) + 0.5
 
     # Ascending scores = descending recall: the running maximum of the precision is the
     # interpolated precision. Below it, the reference scales the positive's share of its
@@ -249,22 +292,64 @@ def ap_loss(values: np.ndarray, labels: np.ndarray, delta: float) -> tuple[float
             scale = (1.0 - best) / (1.0 - precision)
         weight[i] = scale / ((a[i] + b[i]) * p)
         shortfall[i] = 1.0 - best
-
-    # sum_i w_i H(y - x_i) is linear in y within a gap: positive i's slope starts at lo_i
-    # and ends at hi_i, where its offset becomes w_i.
-    gaps = bounds.size + 1
-    slope = np.zeros(gaps + 1)
-    offset = np.zeros(gaps + 1)
-    for i in range(p):
-        w, width = weight[i], 2 * delta
-        slope[lo[i]] += w / width
-        slope[hi[i]] -= w / width
-        offset[lo[i]] += 0.5 * w - w * x[i] / width
-        offset[hi[i]] += 0.5 * w + w * x[i] / width
-    spread_into(update, values, gap, np.cumsum(slope), np.cumsum(offset))
+    _spread_weights(update, values, gap, weight, x, lo, hi, delta)
     for i in range(p):
         update[where[i]] = -shortfall[i] / p
     return shortfall.sum() / p, update
+
+
+@jit
+def alrp_loss(
+    values: np.ndarray, labels: np.ndarray, losses: np.ndarray, delta: float, eps: float
+) -> tuple[int, float, float, np.ndarray, np.ndarray]:
+    """aLRP Loss for flat scores, labels as for :func:`ap_loss`, and ``losses``, the
+    positives' localisation losses in element order (float64).
+
+    The steps of :func:`detloss.losses.ranking._alrp_loss_and_grads`. Returns ``(P,
+    classification, localisation, update, d localisation / d losses)``; when ``losses``
+    does not hold one entry per positive, only ``P`` is meaningful.
+    """
+    update = np.zeros_like(values)
+    slot, where = _positives(values, labels)
+    p = where.size
+    if p == 0 or losses.size != p:
+        return p, 0.0, 0.0, update, np.zeros(losses.size)
+    x = values[where].astype(np.float64)
+    loc = losses[slot]
+    lo_p, hi_p, lo, hi, gap, false_pos = _rank(values, labels, x, delta)
+    # The reference drops i itself from its positive relations and adds 1 instead:
+    # sum_{k != i} H(x_k - x_i) = (sum with H(0) = 1/2) - 1/2, likewise for the losses.
+    rank_pos = _soft_counts(np.arange(p + 1).astype(np.float64), _prefix(x), lo_p, hi_p, x, delta)
+    rank_pos += 0.5
+    loc_above = _soft_counts(_prefix(loc), _prefix(loc * x), lo_p, hi_p, x, delta)
+    rank = rank_pos + false_pos
+    classification = 0.0
+    weight = np.zeros(p)
+    own = np.zeros(p)
+    for i in range(p):
+        classification += 1.0 - rank_pos[i] / rank[i]
+        if false_pos[i] > eps:
+            error = (loc_above[i] - 0.5 * loc[i] + false_pos[i]) / rank[i]
+            weight[i] = error / (false_pos[i] * p)
+            own[i] = -error / p
+    _spread_weights(update, values, gap, weight, x, lo, hi, delta)
+    for i in range(p):
+        update[where[i]] = own[i]
+
+    # Localisation: positives by descending score, each with the summed losses of those
+    # at or above it over its soft rank; its gradient in loss k sums 1 / (rank_r P) over
+    # the positives r at or below k in ascending order.
+    localisation = 0.0
+    above = 0.0
+    for i in range(p - 1, -1, -1):
+        above += loc[i]
+        localisation += above / rank[i]
+    grad = np.empty(p)
+    below = 0.0
+    for k in range(p):
+        below += 1.0 / rank[k]
+        grad[slot[k]] = below / p
+    return p, classification / p, localisation / p, update, grad
 
 
 @jit
