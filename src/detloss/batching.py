@@ -85,9 +85,8 @@ def _pad(values: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tens
     """``[B, max n, ...]``, zero-padded, in ``dtype`` on ``device``: one ``pad_sequence``
     (its copies loop in C++), on the values' own device when they share one, then a
     single transfer."""
-    source = values[0].device
-    if any(v.device != source for v in values):
-        values, source = [v.to(device) for v in values], device
+    if any(v.device != values[0].device for v in values):
+        values = [v.to(device) for v in values]
     padded = pad_sequence([v.to(dtype) for v in values], batch_first=True)
     return padded.to(device)
 

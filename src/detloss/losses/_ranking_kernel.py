@@ -209,13 +209,18 @@ def _positives(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
 @jit
 def _rank(
     values: np.ndarray, labels: np.ndarray, x: np.ndarray, delta: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The zones of the sorted positives ``x``: ``(lo_p, hi_p)``, the positives in each
-    one's linear zone (``[lo_p, hi_p)``, those from ``hi_p`` on above it); ``(lo, hi)``,
-    the same among the gaps between zone ends; each negative's ``gap``; and each
-    positive's soft count of negatives above it."""
+    one's linear zone (``[lo_p, hi_p)``, those from ``hi_p`` on above it); each positive's
+    rank among the positives, ``sum_k H(x_k - x_i) + 1/2`` (itself ``H(0) = 1/2`` plus the
+    references' constant 1/2, so it counts 1); ``(lo, hi)``, the zones among the gaps
+    between zone ends; each negative's ``gap``; and each positive's soft count of
+    negatives above it."""
+    p = x.size
     lo_p = _count_at_most(x, x - delta, False)
     hi_p = _count_at_most(x, x + delta, True)
+    rank_pos = _soft_counts(np.arange(p + 1).astype(np.float64), _prefix(x), lo_p, hi_p, x, delta)
+    rank_pos += 0.5
     # A negative at exactly x_i - delta is below the zone (H = 0), one at x_i + delta
     # above it (H = 1): with each lower end moved up to the next float, "at or above an
     # end" means the same for both ends.
@@ -226,7 +231,7 @@ def _rank(
     hi = _count_at_most(bounds, upper, False)
     gap, counts, sums = bin_negatives(values, labels, 0.0, bounds)
     false_pos = _soft_counts(_prefix(counts), _prefix(sums), lo, hi, x, delta)
-    return lo_p, hi_p, lo, hi, gap, false_pos
+    return lo_p, hi_p, rank_pos, lo, hi, gap, false_pos
 
 
 @jit
@@ -273,9 +278,7 @@ def ap_loss(values: np.ndarray, labels: np.ndarray, delta: float) -> tuple[float
     if p == 0:
         return 0.0, update
     x = values[where].astype(np.float64)
-    lo_p, hi_p, lo, hi, gap, b = _rank(values, labels, x, delta)
-    # Positive i counts itself H(0) = 1/2, plus the reference's constant 1/2.
-    a = _soft_counts(np.arange(p + 1).astype(np.float64), _prefix(x), lo_p, hi_p, x, delta) + 0.5
+    _, _, a, lo, hi, gap, b = _rank(values, labels, x, delta)
 
     # Ascending scores = descending recall: the running maximum of the precision is the
     # interpolated precision. Below it, the reference scales the positive's share of its
@@ -316,11 +319,9 @@ def alrp_loss(
         return p, 0.0, 0.0, update, np.zeros(losses.size)
     x = values[where].astype(np.float64)
     loc = losses[slot]
-    lo_p, hi_p, lo, hi, gap, false_pos = _rank(values, labels, x, delta)
+    lo_p, hi_p, rank_pos, lo, hi, gap, false_pos = _rank(values, labels, x, delta)
     # The reference drops i itself from its positive relations and adds 1 instead:
     # sum_{k != i} H(x_k - x_i) = (sum with H(0) = 1/2) - 1/2, likewise for the losses.
-    rank_pos = _soft_counts(np.arange(p + 1).astype(np.float64), _prefix(x), lo_p, hi_p, x, delta)
-    rank_pos += 0.5
     loc_above = _soft_counts(_prefix(loc), _prefix(loc * x), lo_p, hi_p, x, delta)
     rank = rank_pos + false_pos
     classification = 0.0

@@ -199,10 +199,12 @@ def _zone_coefficients(
 _COMPILED = True
 
 
-def _compiled_kernel() -> ModuleType | None:
-    """The compiled CPU loops (``_ranking_kernel``), or None: Numba missing, or switched
-    off."""
-    return optional_module(f"{__package__}._ranking_kernel") if _COMPILED else None
+def _compiled_kernel(x: Tensor) -> ModuleType | None:
+    """The compiled CPU loops (``_ranking_kernel``) for a problem on ``x``'s device, or
+    None: not the CPU, Numba missing, or switched off."""
+    if not _COMPILED or x.device.type != "cpu":
+        return None
+    return optional_module(f"{__package__}._ranking_kernel")
 
 
 #: Grid cells per zone boundary when locating negatives among the boundaries (CPU path).
@@ -330,7 +332,7 @@ class _BinnedNegatives:
         # in positive i's linear zone iff lo[i] <= g < hi[i], above it iff hi[i] <= g.
         self.lo = torch.from_numpy(np.searchsorted(bounds, lower, "right"))
         self.hi = torch.from_numpy(np.searchsorted(bounds, upper, "right"))
-        self.kernel = _compiled_kernel()
+        self.kernel = _compiled_kernel(x)
         if self.kernel is not None:
             gap, counts, sums = self.kernel.bin_negatives(values, neg.numpy(), True, bounds)
         else:
@@ -451,7 +453,7 @@ def _ap_loss_and_grad(
     """
     if x.numel() == 0:
         return x.new_zeros(()), x.new_zeros(0)
-    kernel = _compiled_kernel() if x.device.type == "cpu" and compact is not False else None
+    kernel = _compiled_kernel(x) if compact is not False else None
     if kernel is not None:
         loss, update = kernel.ap_loss(x.numpy(), _label_array(labels), delta)
         return torch.tensor(loss, dtype=x.dtype), torch.from_numpy(update)
@@ -660,7 +662,7 @@ def _alrp_loss_and_grads(
     """
     if x.numel() == 0:
         return x.new_zeros(()), reg.new_zeros(()), x.new_zeros(0), torch.zeros_like(reg)
-    kernel = _compiled_kernel() if x.device.type == "cpu" and compact is not False else None
+    kernel = _compiled_kernel(x) if compact is not False else None
     if kernel is not None:
         losses = reg.detach().to(torch.float64).numpy()
         num_pos, cls, loc, update, grad = kernel.alrp_loss(
@@ -883,7 +885,7 @@ def _rank_sort_loss_and_grads(
     # Sorting error: among the positives above i, the mean (1 - target) against the
     # same mean over those that also have a target >= t_i.
     current = r.positives_above(1 - t) / rank_pos
-    kernel = _compiled_kernel() if x.device.type == "cpu" else None
+    kernel = _compiled_kernel(x)
     if kernel is not None:
         arrays = (r.x, t, r.lo_p, r.hi_p, current)
         terms = kernel.sorting_terms(*(a.numpy() for a in arrays), delta, _RS_EPS)
