@@ -328,7 +328,7 @@ def test_coco_image_errors(tmp_path):
         ds[0]
     (tmp_path / "a.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(
-        AnnotationError, match=r"a\.png: unreadable image \(image id 1 of .*c\.json\)"
+        AnnotationError, match=r"a\.png: unreadable image \(image id 1 \('a\.png'\) of .*c\.json\)"
     ):
         CocoDetection(tmp_path, ann, check_images=True)
 

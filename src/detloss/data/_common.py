@@ -1,66 +1,356 @@
-"""Image loading and error reporting shared by the readers."""
+"""File access and error reporting shared by every reader.
+
+The guarantees (documented in docs/data.md):
+
+* an image name from an annotation file is a relative path that stays inside the image
+  folder, also after symlinks are resolved;
+* only regular files are opened, without blocking (a FIFO or a device is an error);
+* an image larger than a pixel budget is refused from its header, before decoding;
+* every malformed annotation file is one :class:`AnnotationError` naming the file and,
+  where known, the record.
+"""
 
 from __future__ import annotations
 
+import os
+import posixpath
+import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["AnnotationError", "image_size", "load_image", "read_json", "warn_dropped"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "AnnotationError",
+    "check_image_name",
+    "image_size",
+    "load_image",
+    "open_regular_file",
+    "read_json",
+    "read_text",
+    "unique_rows",
+    "warn_dropped",
+]
+
+#: Default pixel budget of one image: 8192 x 8192 = 64 megapixels (768 MiB as float32 RGB).
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+#: EXIF orientations that swap width and height.
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
 
 
 class AnnotationError(ValueError):
     """A malformed annotation file or record; the message names the file and the record."""
 
 
+# ----------------------------------------------------------------------------- text files
+
+
+def _check_regular(path: Path, what: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise AnnotationError(f"{path}: {what} cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise AnnotationError(f"{path}: {what} is not a regular file")
+
+
+def read_text(path: Path, what: str = "annotation file") -> str:
+    """The UTF-8 text of a regular file; a FIFO, a folder or bad bytes is an error."""
+    path = Path(path)
+    _check_regular(path, what)
+    with open_regular_file(path, what=what) as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"{path}: not UTF-8 text ({err})") from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _BadConstant(Exception):
+    pass
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key, [k for k, _ in pairs][:5])
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> object:
+    raise _BadConstant(name)
+
+
 def read_json(path: Path) -> object:
+    """Parse a JSON file strictly: every failure is one :class:`AnnotationError` naming it.
+
+    Rejected besides syntax errors: a key repeated in one object, the non-standard
+    constants ``NaN`` / ``Infinity``, nesting deeper than Python's recursion limit and
+    integers longer than Python's digit limit.
+    """
     import json
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: annotation file not found")
+    path = Path(path)
+    text = read_text(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return json.loads(
+            text,
+            object_pairs_hook=_pairs_without_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except _DuplicateKey as err:
+        key, keys = err.args
+        raise AnnotationError(
+            f"{path}: not valid JSON: key {key!r} appears twice in one object "
+            f"(the object's keys start with {keys})"
+        ) from None
+    except _BadConstant as err:
+        raise AnnotationError(
+            f"{path}: not valid JSON: non-standard constant {err.args[0]} "
+            "(expected finite numbers)"
+        ) from None
+    except RecursionError:
+        raise AnnotationError(
+            f"{path}: not valid JSON: nested deeper than the parser's limit"
+        ) from None
+    except ValueError as err:  # JSONDecodeError, and the integer digit limit
         raise AnnotationError(f"{path}: not valid JSON ({err})") from None
 
 
-def load_image(path: Path, where: str) -> Tensor:
-    """An RGB image as ``float32[3, H, W]`` in [0, 1]; ``where`` names the record in errors."""
+# ----------------------------------------------------------------------------- image paths
+
+
+def check_image_name(name: object, where: str) -> str:
+    """The normalised relative POSIX path of an image name read from an annotation.
+
+    Raises:
+        AnnotationError: ``name`` is not a non-empty string, is absolute (``/x``,
+            ``C:\\x``, ``\\\\server``), or leaves its folder through ``..``.
+    """
+    if not isinstance(name, str) or not name:
+        raise AnnotationError(f"{where}: expected a non-empty image path, got {name!r}")
+    if "\x00" in name:
+        raise AnnotationError(f"{where}: image path {name!r} contains a NUL character")
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or (len(posix) > 1 and posix[1] == ":"):
+        raise AnnotationError(
+            f"{where}: image path {name!r} is absolute; expected a path relative to the "
+            "image folder"
+        )
+    norm = posixpath.normpath(posix)
+    if norm == ".." or norm.startswith("../") or norm == ".":
+        raise AnnotationError(
+            f"{where}: image path {name!r} leaves the image folder; expected a path inside it"
+        )
+    return norm
+
+
+def open_regular_file(
+    path: Path, root: Path | None = None, where: str = "", what: str = "image"
+) -> BinaryIO:
+    """Open ``path`` for reading, refusing what is not a regular file without blocking.
+
+    With ``root``, the path after resolving symlinks must lie inside ``root`` (resolved
+    too). The file is opened non-blocking and checked with ``fstat`` on the opened
+    descriptor, so a FIFO is refused at once and a file swapped after a check cannot be
+    read instead.
+    """
+    path = Path(path)
+    suffix = f" ({where})" if where else ""
+    real = os.path.realpath(path)
+    if root is not None:
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real_root, real]) != real_root:
+            raise AnnotationError(
+                f"{path}: resolves to {real}, outside the image folder {real_root}{suffix}"
+            )
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        from PIL import Image, UnidentifiedImageError
+        fd = os.open(real, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: {what} not found{suffix}") from None
+    except OSError as err:
+        raise AnnotationError(f"{path}: {what} cannot be opened{suffix}: {err.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else (
+                "a device or socket"
+            )
+            raise AnnotationError(f"{path}: {what} is {kind}, not a regular file{suffix}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def _pil():
+    try:
+        from PIL import Image
     except ImportError as err:  # pragma: no cover - pillow is a demo dependency
         raise ImportError(
             "detloss.data needs Pillow to read images: pip install 'detloss[demo]'"
         ) from err
+    return Image
+
+
+def _exif_orientation(img) -> int:
     try:
-        with Image.open(path) as img:
-            pixels = np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image not found ({where})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise AnnotationError(f"{path}: unreadable image ({where}): {err}") from None
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255.0)
+        value = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block: the stored frame, as viewers do
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def image_size(path: Path, where: str) -> tuple[int, int]:
-    """``(height, width)`` from the image header only."""
-    from PIL import Image, UnidentifiedImageError
+class _OpenImage:
+    """``with _OpenImage(...) as img``: a header-checked, lazily decoded Pillow image."""
 
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image not found ({where})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise AnnotationError(f"{path}: unreadable image ({where}): {err}") from None
+    def __init__(self, path: Path, root: Path | None, where: str, max_pixels: int | None):
+        self.path, self.root, self.where, self.max_pixels = Path(path), root, where, max_pixels
+
+    def __enter__(self):
+        Image = _pil()
+        from PIL import UnidentifiedImageError
+
+        self.file = open_regular_file(self.path, self.root, self.where)
+        try:
+            self.img = Image.open(self.file)
+        except Image.DecompressionBombError as err:
+            self.file.close()
+            raise AnnotationError(
+                f"{self.path}: image too large ({self.where}): {err}; Pillow refuses "
+                "it before decoding (raise PIL.Image.MAX_IMAGE_PIXELS to allow it)"
+            ) from None
+        except UnidentifiedImageError:
+            self.file.close()
+            raise AnnotationError(
+                f"{self.path}: unreadable image ({self.where}): not an image format Pillow reads"
+            ) from None
+        except (OSError, ValueError, SyntaxError) as err:
+            self.file.close()
+            raise AnnotationError(f"{self.path}: unreadable image ({self.where}): {err}") from None
+        w, h = self.img.size
+        if self.max_pixels is not None and w * h > self.max_pixels:
+            self.__exit__()
+            raise AnnotationError(
+                f"{self.path}: image of width {w} and height {h} ({w * h:,} pixels) is above "
+                f"the pixel budget max_pixels={self.max_pixels:,} ({self.where}); pass a "
+                "larger max_pixels to read it"
+            )
+        return self.img
+
+    def __exit__(self, *exc: object) -> None:
+        self.img.close()
+        self.file.close()
+
+
+def image_size(
+    path: Path,
+    where: str,
+    *,
+    root: Path | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    exif: bool = False,
+) -> tuple[int, int]:
+    """``(height, width)`` from the image header only (after the EXIF rotation if ``exif``)."""
+    with _OpenImage(path, root, where, max_pixels) as img:
+        w, h = img.size
+        if exif and _exif_orientation(img) in _TRANSPOSING_ORIENTATIONS:
+            w, h = h, w
     return h, w
 
 
-def warn_dropped(path: Path, counts: dict[str, int]) -> None:
+def exif_orientation(path: Path, where: str, *, root: Path | None = None) -> int:
+    """The EXIF orientation tag of an image (1 when absent), read from the header."""
+    with _OpenImage(path, root, where, None) as img:
+        return _exif_orientation(img)
+
+
+def _to_float_rgb(img) -> np.ndarray:
+    """``float32[H, W, 3]`` in [0, 1] from any Pillow mode, keeping 16-bit precision."""
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit grayscale (PNG, TIFF); Pillow gives some 16-bit PNGs as 32-bit "I".
+        gray = np.asarray(img).astype(np.float32) / 65535.0
+        gray = np.clip(gray, 0.0, 1.0)
+    elif mode == "F":
+        gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    else:
+        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def load_image(
+    path: Path,
+    where: str,
+    *,
+    root: Path | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    exif: bool = False,
+) -> Tensor:
+    """An RGB image as ``float32[3, H, W]`` in [0, 1]; ``where`` names the record in errors.
+
+    Args:
+        path: the image file.
+        where: the record that names it, for error messages.
+        root: when given, the resolved file must lie inside this folder.
+        max_pixels: refuse images with more pixels than this (checked from the header,
+            before decoding); ``None``: no budget beyond Pillow's own limit.
+        exif: rotate and flip by the EXIF orientation tag (the frame photo viewers show);
+            ``False``: the stored pixels, as COCO tools and MATLAB read them.
+
+    8-bit images are divided by 255, 16-bit grayscale by 65535; grayscale and palette
+    images are repeated to three channels.
+    """
+    from PIL import Image, ImageOps
+
+    with _OpenImage(path, root, where, max_pixels) as img:
+        try:
+            if exif:
+                img = ImageOps.exif_transpose(img)
+            pixels = _to_float_rgb(img)
+        except Image.DecompressionBombError as err:
+            raise AnnotationError(f"{path}: image too large ({where}): {err}") from None
+        except (OSError, ValueError, SyntaxError) as err:
+            raise AnnotationError(f"{path}: unreadable image ({where}): {err}") from None
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+# ----------------------------------------------------------------------------- counting
+
+
+def unique_rows(rows: list[tuple]) -> list[int]:
+    """Indices of the first occurrence of every distinct row, in order."""
+    seen: set[tuple] = set()
+    keep: list[int] = []
+    for k, row in enumerate(rows):
+        if row not in seen:
+            seen.add(row)
+            keep.append(k)
+    return keep
+
+
+def warn_dropped(path: Path | str, counts: dict[str, int], stacklevel: int = 3) -> None:
     """One warning listing how many records were dropped and why."""
     parts = [f"{n} {why}" for why, n in counts.items() if n]
     if parts:
-        warnings.warn(f"{path}: dropped " + ", ".join(parts), UserWarning, stacklevel=3)
+        warnings.warn(f"{path}: dropped " + ", ".join(parts), UserWarning, stacklevel=stacklevel)

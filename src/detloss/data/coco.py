@@ -23,23 +23,31 @@ Rules:
 * Crowd regions (``iscrowd: 1``) and boxes of zero width or height are dropped, and one
   warning reports how many.
 * An image without annotations is kept, with empty targets.
+* ``file_name`` is a relative path inside the image directory; two records naming the
+  same file are an error; an annotation repeated exactly is dropped with a counted warning.
+* Boxes, ``width`` and ``height`` are in the stored pixel frame (EXIF orientation is not
+  applied), as in pycocotools and the COCO tools.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from ._common import AnnotationError, image_size, load_image, read_json, warn_dropped
+from ._common import (
+    DEFAULT_MAX_PIXELS,
+    AnnotationError,
+    check_image_name,
+    read_json,
+    warn_dropped,
+)
+from .base import AnnotatedImages, Transform
 
 __all__ = ["CocoDetection", "load_coco_annotations"]
-
-Transform = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
 
 
 def _is_int(v: object) -> bool:
@@ -60,9 +68,12 @@ def _require(record: object, keys: tuple[str, ...], path: Path, where: str) -> d
 
 
 def load_coco_annotations(
-    path: str | Path, tolerance: float = 1.0
+    path: str | Path, tolerance: float = 1.0, *, keep_duplicates: bool = False
 ) -> tuple[list[dict], dict[int, dict[str, Tensor]], list[int], list[str]]:
     """Parse and check a COCO file.
+
+    An annotation repeated exactly (same image, category and ``bbox``) is dropped, or kept
+    with ``keep_duplicates``; one warning counts the repeats either way.
 
     Returns:
         ``(images, targets, category_ids, category_names)``: the image records in file
@@ -102,10 +113,7 @@ def load_coco_annotations(
         where = f"images[{k}] (id {img['id']!r})"
         if not _is_int(img["id"]) or img["id"] in by_id:
             raise AnnotationError(f"{path}: {where}: expected a unique integer 'id'")
-        if not isinstance(img["file_name"], str) or not img["file_name"]:
-            raise AnnotationError(
-                f"{path}: {where}: expected a non-empty 'file_name', got {img['file_name']!r}"
-            )
+        img["file_name"] = check_image_name(img["file_name"], f"{path}: {where}: 'file_name'")
         for key in ("width", "height"):
             if not _is_int(img[key]) or img[key] <= 0:
                 raise AnnotationError(
@@ -114,6 +122,8 @@ def load_coco_annotations(
         images.append(img)
         by_id[img["id"]] = img
 
+    seen: dict[int, set[tuple]] = {i: set() for i in by_id}
+    repeated = 0
     boxes: dict[int, list[list[float]]] = {i: [] for i in by_id}
     labels: dict[int, list[int]] = {i: [] for i in by_id}
     dropped = {"crowd regions (iscrowd=1)": 0, "boxes of zero width or height": 0}
@@ -152,6 +162,12 @@ def load_coco_annotations(
                 f"{path}: {where}: 'bbox' {bbox!r} lies outside image {img['id']} "
                 f"({img['file_name']!r}, width {width}, height {height})"
             )
+        key = (ann["category_id"], x, y, w, h, bool(ann.get("iscrowd", 0)))
+        if key in seen[img["id"]]:
+            repeated += 1
+            if not keep_duplicates:
+                continue
+        seen[img["id"]].add(key)
         if ann.get("iscrowd", 0):
             dropped["crowd regions (iscrowd=1)"] += 1
             continue
@@ -162,6 +178,14 @@ def load_coco_annotations(
             continue
         boxes[img["id"]].append([x0, y0, x1, y1])
         labels[img["id"]].append(label_of[ann["category_id"]])
+    if keep_duplicates and repeated:
+        warnings.warn(
+            f"{path}: {repeated} repeated annotations (same image, category and bbox) kept",
+            UserWarning,
+            stacklevel=2,
+        )
+    else:
+        dropped["repeated annotations (same image, category and bbox)"] = repeated
     warn_dropped(path, dropped)
     targets = {
         i: {
@@ -173,21 +197,27 @@ def load_coco_annotations(
     return images, targets, cat_ids, [names[c] for c in cat_ids]
 
 
-class CocoDetection(Dataset):
+class CocoDetection(AnnotatedImages):
     """Images with COCO box annotations, as ``(image, target)`` pairs.
 
     Args:
-        image_dir: directory the ``file_name`` entries are relative to.
+        image_dir: directory the ``file_name`` entries are relative to; every image must
+            lie inside it.
         annotation_file: a COCO instances JSON file.
         transform: optional ``(image, target) -> (image, target)`` applied after loading.
         tolerance: how far (pixels) a box may reach outside its image before it is an
             error; boxes within it are clipped.
         check_images: read every image header at construction, so a missing or
             unreadable image, or one whose size differs from its record, fails now.
+        max_pixels: pixel budget of one image, checked from its header before decoding.
+        exif: apply EXIF orientation tags (default ``False``: COCO's boxes, ``width`` and
+            ``height`` are in the stored pixel frame, as pycocotools reads them).
+        keep_duplicates: keep exactly repeated annotations (default: drop the repeats).
 
     Items: ``image`` is ``float32[3, H, W]`` in [0, 1] (RGB); ``target`` is
     ``{"boxes": float32[n, 4] (xyxy, pixels), "labels": int64[n]}``. ``image_ids[i]`` is
-    the COCO id of item ``i``; ``categories`` the names in label order.
+    the COCO id of item ``i``; ``categories`` the names in label order. Two image records
+    naming the same file are an error.
     """
 
     def __init__(
@@ -198,46 +228,31 @@ class CocoDetection(Dataset):
         *,
         tolerance: float = 1.0,
         check_images: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        exif: bool = False,
+        keep_duplicates: bool = False,
     ) -> None:
-        self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
-        if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"{self.image_dir}: image directory not found")
-        images, self.targets, self.category_ids, self.categories = load_coco_annotations(
-            self.annotation_file, tolerance
+        if not Path(image_dir).is_dir():
+            raise FileNotFoundError(f"{image_dir}: image directory not found")
+        images, self.targets, self.category_ids, categories = load_coco_annotations(
+            self.annotation_file, tolerance, keep_duplicates=keep_duplicates
         )
         self.images = images
         self.image_ids = [img["id"] for img in images]
-        self.transform = transform
+        super().__init__(
+            image_dir,
+            [img["file_name"] for img in images],
+            [self.targets[i] for i in self.image_ids],
+            kind="boxes",
+            categories=categories,
+            source=self.annotation_file,
+            wheres=[f"image id {img['id']} ({img['file_name']!r})" for img in images],
+            sizes=[(img["height"], img["width"]) for img in images],
+            transform=transform,
+            max_pixels=max_pixels,
+            exif=exif,
+            format="coco",
+        )
         if check_images:
-            for img in images:
-                self._check_size(
-                    img, image_size(self.image_dir / img["file_name"], self._where(img))
-                )
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.categories)
-
-    def _where(self, img: dict) -> str:
-        return f"image id {img['id']} of {self.annotation_file}"
-
-    def _check_size(self, img: dict, hw: tuple[int, int]) -> None:
-        if hw != (img["height"], img["width"]):
-            raise AnnotationError(
-                f"{self.annotation_file}: image id {img['id']} ({img['file_name']!r}): "
-                f"record says width {img['width']} and height {img['height']}, "
-                f"the file has width {hw[1]} and height {hw[0]}"
-            )
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        img = self.images[index]
-        image = load_image(self.image_dir / img["file_name"], self._where(img))
-        self._check_size(img, (image.shape[1], image.shape[2]))
-        target = {k: v.clone() for k, v in self.targets[img["id"]].items()}
-        if self.transform is not None:
-            image, target = self.transform(image, target)
-        return image, target
+            self.check_images()

@@ -9,27 +9,27 @@ its points ``[x, y]`` in pixels::
     }
 
 Coordinates are continuous: the image spans ``[0, W] x [0, H]`` and the centre of the
-top-left pixel is ``(0.5, 0.5)``. A point must lie inside that closed rectangle. An image
-listed with ``[]`` has no objects (a normal training image). Images present in the
-directory but absent from the file are ignored; images in the file but not on disk fail
-when read.
+top-left pixel is ``(0.5, 0.5)``, in the stored pixel frame (EXIF orientation tags are
+not applied). A point must lie inside that closed rectangle. An image listed with ``[]``
+has no objects (a normal training image). Images present in the directory but absent from
+the file are ignored; images in the file but not on disk fail when read. Image names are
+relative paths that stay inside the image directory; a key repeated in the file is an
+error.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from ._common import AnnotationError, image_size, load_image, read_json
+from ._common import DEFAULT_MAX_PIXELS, AnnotationError, read_json, unique_rows
+from .base import AnnotatedImages, Transform, points_target
 
 __all__ = ["PointDataset", "load_point_annotations"]
-
-Transform = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
 
 
 def _number(v: object) -> bool:
@@ -73,16 +73,22 @@ def load_point_annotations(path: str | Path) -> dict[str, Tensor]:
     return out
 
 
-class PointDataset(Dataset):
+class PointDataset(AnnotatedImages):
     """Images with point annotations, as ``(image, target)`` pairs.
 
     Args:
-        image_dir: directory the annotation's image names are relative to.
+        image_dir: directory the annotation's image names are relative to; every image
+            must lie inside it.
         annotation_file: the JSON file described in this module.
         transform: optional ``(image, target) -> (image, target)`` applied after loading.
         check_images: read every image header at construction, so a missing or
             unreadable image or a point outside its image fails now rather than during
             training (one header read per image).
+        max_pixels: pixel budget of one image, checked from its header before decoding.
+        exif: apply EXIF orientation tags (default ``False``: points are in the stored
+            pixel frame, see docs/data.md).
+        keep_duplicates: keep a point repeated at the same coordinates of one image
+            (default: drop the repeats); either way one warning counts them.
 
     Items: ``image`` is ``float32[3, H, W]`` in [0, 1] (RGB); ``target`` is
     ``{"points": float32[n, 2], "labels": int64[n] (zeros)}`` (every value has one row
@@ -101,45 +107,45 @@ class PointDataset(Dataset):
         transform: Transform | None = None,
         *,
         check_images: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        exif: bool = False,
+        keep_duplicates: bool = False,
     ) -> None:
-        self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
-        if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"{self.image_dir}: image directory not found")
-        self.annotations = load_point_annotations(self.annotation_file)
-        self.names = list(self.annotations)
-        self.transform = transform
-        if check_images:
-            for name in self.names:
-                self._check_inside(name, image_size(self.image_dir / name, self._where(name)))
-
-    def _where(self, name: str) -> str:
-        return f"image {name!r} of {self.annotation_file}"
-
-    def _check_inside(self, name: str, hw: tuple[int, int]) -> None:
-        h, w = hw
-        pts = self.annotations[name]
-        outside = (pts[:, 0] > w) | (pts[:, 1] > h)
-        if bool(outside.any()):
-            k = int(outside.nonzero()[0, 0])
-            raise AnnotationError(
-                f"{self.annotation_file}: image {name!r}, point {k}: outside the image, "
-                f"got {pts[k].tolist()} for an image of width {w} and height {h}"
+        if not Path(image_dir).is_dir():
+            raise FileNotFoundError(f"{image_dir}: image directory not found")
+        raw = load_point_annotations(self.annotation_file)
+        repeated = 0
+        for name, pts in raw.items():
+            keep = unique_rows([tuple(p) for p in pts.tolist()])
+            if len(keep) < len(pts):
+                repeated += len(pts) - len(keep)
+                if not keep_duplicates:
+                    raw[name] = pts[keep]
+        if repeated:
+            how = "kept" if keep_duplicates else "dropped"
+            warnings.warn(
+                f"{self.annotation_file}: {repeated} repeated points (same image, same "
+                f"coordinates) {how}",
+                UserWarning,
+                stacklevel=2,
             )
-
-    def __len__(self) -> int:
-        return len(self.names)
+        self.annotations = raw
+        super().__init__(
+            image_dir,
+            list(raw),
+            [points_target(p) for p in raw.values()],
+            kind="points",
+            categories=["point"],
+            source=self.annotation_file,
+            transform=transform,
+            max_pixels=max_pixels,
+            exif=exif,
+            format="points-json",
+        )
+        if check_images:
+            self.check_images()
 
     def counts(self) -> Tensor:
         """``int64[len(self)]``: the number of points of every image."""
-        return torch.tensor([len(self.annotations[n]) for n in self.names], dtype=torch.int64)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        name = self.names[index]
-        image = load_image(self.image_dir / name, self._where(name))
-        self._check_inside(name, (image.shape[1], image.shape[2]))
-        pts = self.annotations[name].clone()
-        target = {"points": pts, "labels": torch.zeros(len(pts), dtype=torch.int64)}
-        if self.transform is not None:
-            image, target = self.transform(image, target)
-        return image, target
+        return self.num_annotations()
