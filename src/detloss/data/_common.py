@@ -350,7 +350,12 @@ def unique_rows(rows: list[tuple]) -> list[int]:
 
 
 def warn_dropped(path: Path | str, counts: dict[str, int], stacklevel: int = 3) -> None:
-    """One warning listing how many records were dropped and why."""
-    parts = [f"{n} {why}" for why, n in counts.items() if n]
+    """One warning listing how many records were dropped and why; a reason ending in
+    ``" (kept)"`` is listed as kept instead."""
+    dropped = [f"{n} {why}" for why, n in counts.items() if n and not why.endswith(" (kept)")]
+    kept = [f"{n} {why[:-7]}" for why, n in counts.items() if n and why.endswith(" (kept)")]
+    parts = (["dropped " + ", ".join(dropped)] if dropped else []) + (
+        ["kept " + ", ".join(kept)] if kept else []
+    )
     if parts:
-        warnings.warn(f"{path}: dropped " + ", ".join(parts), UserWarning, stacklevel=stacklevel)
+        warnings.warn(f"{path}: " + "; ".join(parts), UserWarning, stacklevel=stacklevel)

@@ -1,0 +1,235 @@
+"""Reader of Pascal VOC XML box annotations, as the VOC devkit lays them out::
+
+    root/Annotations/<id>.xml
+    root/JPEGImages/<id>.jpg
+    root/ImageSets/Main/<split>.txt      (one id per line: train, val, trainval, test)
+
+Each ``<object>`` has a ``<name>``, an optional ``<difficult>`` flag and a ``<bndbox>`` of
+``xmin ymin xmax ymax`` in VOC's 1-based, inclusive pixel indices: a box from pixel 1 to
+pixel ``W`` covers the whole image. detloss's continuous frame has the image at
+``[0, W]``, so the box read is ``[xmin - 1, ymin - 1, xmax, ymax]`` (the convention of
+Detectron2's VOC reader).
+
+Rules:
+
+* ``difficult`` objects are kept, flagged in the target's ``"ignore": bool[n]`` (VOC's
+  evaluation neither rewards nor penalises them).
+* Class labels: ``classes`` if given, else the names in ``root/classes.txt`` or
+  ``root/labels.txt``, else VOC's 20 classes in their usual (alphabetical) order when every
+  name in ``Annotations/`` is one of them, else all those names sorted -- the same labels
+  whatever the split (every XML file is read once to decide).
+* XML with a ``DOCTYPE`` or an entity declaration is refused before parsing (this blocks
+  entity-expansion attacks, as defusedxml does).
+* The image file is ``JPEGImages/<id>.jpg``, or the ``<filename>`` of the XML when that
+  file does not exist; ``<size>`` is checked against the file when it is read. Images are
+  read in their stored pixel frame (no EXIF rotation).
+* A box more than ``tolerance`` pixels outside its image, or with ``xmax < xmin - 1``, is
+  an error naming the file and object; boxes within it are clipped, boxes of zero size are
+  dropped and exactly repeated objects are dropped, with one warning counting them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from xml.etree import ElementTree
+
+from ._common import (
+    DEFAULT_MAX_PIXELS,
+    AnnotationError,
+    check_image_name,
+    open_regular_file,
+    warn_dropped,
+)
+from .base import AnnotatedImages, Transform, boxes_target
+from .crowd import natural_key
+
+__all__ = ["VOC_CLASSES", "parse_voc_xml", "read_voc", "voc_class_names"]
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+
+_UNSAFE_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_MAX_XML_BYTES = 16 * 1024 * 1024
+
+
+def _text(node: ElementTree.Element, tag: str) -> str | None:
+    child = node.find(tag)
+    return child.text.strip() if child is not None and child.text is not None else None
+
+
+def _number(node: ElementTree.Element, tag: str, path: Path, where: str) -> float:
+    text = _text(node, tag)
+    try:
+        value = float(text) if text is not None else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise AnnotationError(f"{path}: {where}: expected a number in <{tag}>, got {text!r}")
+    return value
+
+
+def parse_voc_xml(path: str | Path) -> dict:
+    """One VOC annotation file -> ``{"filename", "width", "height", "objects": [{"name",
+    "difficult", "box": [xmin, ymin, xmax, ymax] as written}]}``; every failure is an
+    :class:`AnnotationError` naming the file and, where known, the object."""
+    path = Path(path)
+    with open_regular_file(path, what="annotation file") as f:
+        raw = f.read(_MAX_XML_BYTES + 1)
+    if len(raw) > _MAX_XML_BYTES:
+        raise AnnotationError(f"{path}: larger than {_MAX_XML_BYTES} bytes, not a VOC annotation")
+    if _UNSAFE_XML.search(raw):
+        raise AnnotationError(
+            f"{path}: XML with a DOCTYPE or an entity declaration is refused (VOC files "
+            "have neither)"
+        )
+    try:
+        root = ElementTree.fromstring(raw)
+    except ElementTree.ParseError as err:
+        raise AnnotationError(f"{path}: not valid XML ({err})") from None
+    if root.tag != "annotation":
+        raise AnnotationError(f"{path}: expected an <annotation> root element, got <{root.tag}>")
+    size = root.find("size")
+    width = height = 0
+    if size is not None:
+        width = int(_number(size, "width", path, "<size>"))
+        height = int(_number(size, "height", path, "<size>"))
+    objects = []
+    for k, obj in enumerate(root.findall("object")):
+        name = _text(obj, "name")
+        where = f"object {k}" + (f" ({name!r})" if name else "")
+        if not name:
+            raise AnnotationError(f"{path}: {where}: expected a non-empty <name>")
+        difficult = _text(obj, "difficult")
+        if difficult not in (None, "", "0", "1"):
+            raise AnnotationError(f"{path}: {where}: expected <difficult> 0 or 1, got {difficult!r}")
+        bndbox = obj.find("bndbox")
+        if bndbox is None:
+            raise AnnotationError(f"{path}: {where}: missing <bndbox>")
+        box = [_number(bndbox, t, path, where) for t in ("xmin", "ymin", "xmax", "ymax")]
+        objects.append({"name": name, "difficult": difficult == "1", "box": box})
+    return {
+        "filename": _text(root, "filename"),
+        "width": width,
+        "height": height,
+        "objects": objects,
+    }
+
+
+def _read_ids(listing: Path) -> list[str]:
+    from ._common import read_text
+
+    ids = []
+    for n, line in enumerate(read_text(listing).splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        ident = fields[0]
+        if "/" in ident or "\\" in ident or ident in (".", ".."):
+            raise AnnotationError(f"{listing}: line {n}: expected an image id, got {ident!r}")
+        ids.append(ident)
+    return ids
+
+
+def voc_class_names(root: str | Path) -> list[str]:
+    """The class names of a VOC folder in label order: ``classes.txt`` / ``labels.txt``,
+    else VOC's 20 classes when every name in ``Annotations/`` is one of them, else all those
+    names sorted. Decided from the whole folder, so every split has the same labels."""
+    from ._common import read_text
+
+    root = Path(root)
+    for name in ("classes.txt", "labels.txt"):
+        if (root / name).is_file():
+            return [ln.strip() for ln in read_text(root / name).splitlines() if ln.strip()]
+    names: set[str] = set()
+    for xml in sorted((root / "Annotations").glob("*.xml"), key=natural_key):
+        names.update(obj["name"] for obj in parse_voc_xml(xml)["objects"])
+    if names <= set(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return sorted(names)
+
+
+def read_voc(
+    root: str | Path,
+    split: str = "train",
+    *,
+    classes: Sequence[str] | None = None,
+    tolerance: float = 1.0,
+    keep_duplicates: bool = False,
+    transform: Transform | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> AnnotatedImages:
+    """The ``split`` (``ImageSets/Main/<split>.txt``) of a VOC folder as
+    :class:`~detloss.data.base.AnnotatedImages` of boxes with an ``"ignore"`` flag per box
+    (see the module for the conventions)."""
+    root = Path(root)
+    listing = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing}: split {split!r} not found for voc")
+    ids = _read_ids(listing)
+    parsed = [parse_voc_xml(root / "Annotations" / f"{i}.xml") for i in ids]
+    names = list(classes) if classes is not None else voc_class_names(root)
+    label_of = {n: k for k, n in enumerate(names)}
+    image_dir = root / "JPEGImages"
+    counts = {"boxes of zero width or height": 0, "repeated objects": 0}
+    files, targets, sizes, wheres = [], [], [], []
+    for ident, ann in zip(ids, parsed):
+        xml = root / "Annotations" / f"{ident}.xml"
+        file = f"{ident}.jpg"
+        if not (image_dir / file).exists() and ann["filename"]:
+            file = check_image_name(ann["filename"], f"{xml}: <filename>")
+        w, h = ann["width"], ann["height"]
+        boxes, labels, ignore, seen = [], [], [], set()
+        for k, obj in enumerate(ann["objects"]):
+            where = f"{xml}: object {k} ({obj['name']!r})"
+            if obj["name"] not in label_of:
+                raise AnnotationError(f"{where}: class not in the class list {names}")
+            xmin, ymin, xmax, ymax = obj["box"]
+            x0, y0, x1, y1 = xmin - 1.0, ymin - 1.0, xmax, ymax
+            if x1 < x0 or y1 < y0:
+                raise AnnotationError(f"{where}: <bndbox> has xmax < xmin - 1 or ymax < ymin - 1, got {obj['box']}")
+            if w > 0 and h > 0:
+                if x0 < -tolerance or y0 < -tolerance or x1 > w + tolerance or y1 > h + tolerance:
+                    raise AnnotationError(
+                        f"{where}: <bndbox> {obj['box']} lies outside the image (width {w}, "
+                        f"height {h})"
+                    )
+                x0, x1 = min(max(x0, 0.0), w), min(max(x1, 0.0), w)
+                y0, y1 = min(max(y0, 0.0), h), min(max(y1, 0.0), h)
+            key = (obj["name"], obj["difficult"], x0, y0, x1, y1)
+            if key in seen:
+                counts["repeated objects"] += 1
+                if not keep_duplicates:
+                    continue
+            seen.add(key)
+            if x1 <= x0 or y1 <= y0:
+                counts["boxes of zero width or height"] += 1
+                continue
+            boxes.append([x0, y0, x1, y1])
+            labels.append(label_of[obj["name"]])
+            ignore.append(obj["difficult"])
+        files.append(file)
+        targets.append(boxes_target(boxes, labels, ignore))
+        sizes.append((h, w) if w > 0 and h > 0 else None)
+        wheres.append(f"image {ident!r} ({xml.name})")
+    if keep_duplicates:
+        counts["repeated objects (kept)"] = counts.pop("repeated objects")
+    warn_dropped(listing, counts)
+    return AnnotatedImages(
+        image_dir,
+        files,
+        targets,
+        kind="boxes",
+        categories=names,
+        source=root / "Annotations",
+        wheres=wheres,
+        sizes=sizes,
+        transform=transform,
+        max_pixels=max_pixels,
+        format="voc",
+    )
