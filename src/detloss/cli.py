@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "bench", help="run the benchmarks (options: detloss bench --help)", add_help=False
     )
+    from .data.commands import add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 
@@ -189,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "data":
+        from .data.commands import run_data
+
+        return run_data(args)
     return 1  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -23,6 +23,8 @@ Rules:
 * Crowd regions (``iscrowd: 1``) and boxes of zero width or height are dropped, and one
   warning reports how many.
 * An image without annotations is kept, with empty targets.
+* The optional ``ignore`` flag (0 or 1, as mmdetection reads it) of an annotation is kept
+  in the target's ``"ignore": bool[n]`` when any annotation of the file has it.
 * ``file_name`` is a relative path inside the image directory; two records naming the
   same file are an error; an annotation repeated exactly is dropped with a counted warning.
 * Boxes, ``width`` and ``height`` are in the stored pixel frame (EXIF orientation is not
@@ -35,7 +37,6 @@ import math
 import warnings
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from ._common import (
@@ -45,7 +46,7 @@ from ._common import (
     read_json,
     warn_dropped,
 )
-from .base import AnnotatedImages, Transform
+from .base import AnnotatedImages, Transform, boxes_target
 
 __all__ = ["CocoDetection", "load_coco_annotations"]
 
@@ -122,6 +123,8 @@ def load_coco_annotations(
         images.append(img)
         by_id[img["id"]] = img
 
+    has_ignore = any(isinstance(a, dict) and "ignore" in a for a in top["annotations"])
+    ignores: dict[int, list[bool]] = {i: [] for i in by_id}
     seen: dict[int, set[tuple]] = {i: set() for i in by_id}
     repeated = 0
     boxes: dict[int, list[list[float]]] = {i: [] for i in by_id}
@@ -162,7 +165,10 @@ def load_coco_annotations(
                 f"{path}: {where}: 'bbox' {bbox!r} lies outside image {img['id']} "
                 f"({img['file_name']!r}, width {width}, height {height})"
             )
-        key = (ann["category_id"], x, y, w, h, bool(ann.get("iscrowd", 0)))
+        ignore = ann.get("ignore", 0)
+        if ignore not in (0, 1) or isinstance(ignore, float):
+            raise AnnotationError(f"{path}: {where}: expected 'ignore' 0 or 1, got {ignore!r}")
+        key = (ann["category_id"], x, y, w, h, bool(ann.get("iscrowd", 0)), bool(ignore))
         if key in seen[img["id"]]:
             repeated += 1
             if not keep_duplicates:
@@ -178,6 +184,7 @@ def load_coco_annotations(
             continue
         boxes[img["id"]].append([x0, y0, x1, y1])
         labels[img["id"]].append(label_of[ann["category_id"]])
+        ignores[img["id"]].append(bool(ignore))
     if keep_duplicates and repeated:
         warnings.warn(
             f"{path}: {repeated} repeated annotations (same image, category and bbox) kept",
@@ -188,11 +195,7 @@ def load_coco_annotations(
         dropped["repeated annotations (same image, category and bbox)"] = repeated
     warn_dropped(path, dropped)
     targets = {
-        i: {
-            "boxes": torch.tensor(boxes[i], dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels[i], dtype=torch.int64),
-        }
-        for i in by_id
+        i: boxes_target(boxes[i], labels[i], ignores[i] if has_ignore else None) for i in by_id
     }
     return images, targets, cat_ids, [names[c] for c in cat_ids]
 

@@ -20,8 +20,8 @@ Rules:
   whatever the split (every XML file is read once to decide).
 * XML with a ``DOCTYPE`` or an entity declaration is refused before parsing (this blocks
   entity-expansion attacks, as defusedxml does).
-* The image file is ``JPEGImages/<id>.jpg``, or the ``<filename>`` of the XML when that
-  file does not exist; ``<size>`` is checked against the file when it is read. Images are
+* The image file is ``JPEGImages/<id>.jpg``, or the ``<filename>`` of the XML when only
+  that one exists; ``<size>`` is checked against the file when it is read. Images are
   read in their stored pixel frame (no EXIF rotation).
 * A box more than ``tolerance`` pixels outside its image, or with ``xmax < xmin - 1``, is
   an error naming the file and object; boxes within it are clipped, boxes of zero size are
@@ -182,7 +182,8 @@ def read_voc(
         xml = root / "Annotations" / f"{ident}.xml"
         file = f"{ident}.jpg"
         if not (image_dir / file).exists() and ann["filename"]:
-            file = check_image_name(ann["filename"], f"{xml}: <filename>")
+            named = check_image_name(ann["filename"], f"{xml}: <filename>")
+            file = named if (image_dir / named).exists() else file
         w, h = ann["width"], ann["height"]
         boxes, labels, ignore, seen = [], [], [], set()
         for k, obj in enumerate(ann["objects"]):
