@@ -44,7 +44,10 @@ def crowd(tmp_path) -> Path:
 @pytest.fixture
 def voc(tmp_path) -> Path:
     root = tmp_path / "VOC2012"
-    text(root / "Annotations/a.xml", voc_xml([("dog", 0, (1, 1, 30, 20)), ("cat", 1, (5, 6, 10, 12))]))
+    text(
+        root / "Annotations/a.xml",
+        voc_xml([("dog", 0, (1, 1, 30, 20)), ("cat", 1, (5, 6, 10, 12))]),
+    )
     text(root / "Annotations/b.xml", voc_xml([]))
     image(root / "JPEGImages/a.jpg")
     image(root / "JPEGImages/b.jpg")
@@ -60,12 +63,17 @@ def test_points_round_trip(crowd, tmp_path):
     back.categories = source.categories
     _same_items(source, back)
     for name in source.names:
-        assert (crowd / "train_data/images" / name).read_bytes() == (tmp_path / "out/train/images" / name).read_bytes()
+        assert (crowd / "train_data/images" / name).read_bytes() == (
+            tmp_path / "out/train/images" / name
+        ).read_bytes()
     # float32 values survive JSON exactly, including ones with long decimal expansions
     test = open_split(crowd, "test")
     back = PointDataset(tmp_path / "t/images", write_points_json(test, tmp_path / "t"))
     assert torch.equal(back[0][1]["points"], test[0][1]["points"])
-    with pytest.raises(ValueError, match=r"coco holds boxes; the shanghaitech dataset has points \(convert it to points-json\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"coco holds boxes; the shanghaitech dataset has points \(convert it to points-json\)",
+    ):
         write_coco(source, tmp_path / "bad")
 
 
@@ -111,18 +119,42 @@ def test_cli_check(crowd, tmp_path, capsys):
     # a split that does not open is a problem of that split: exit status 1
     (crowd / "train_data/images/IMG_2.jpg").unlink()
     (crowd / "train_data/images/IMG_2.png").write_bytes(b"")
-    assert main(["data", "check", "--data", str(crowd), "--out", str(out), "--split", "test", "--split", "train"]) == 1
+    assert (
+        main(
+            [
+                "data",
+                "check",
+                "--data",
+                str(crowd),
+                "--out",
+                str(out),
+                "--split",
+                "test",
+                "--split",
+                "train",
+            ]
+        )
+        == 1
+    )
     printed = capsys.readouterr().out
     assert "[test] 0 problems" in printed and "[train] 1 problems" in printed
-    assert "IMG_2.png: unreadable image (image 'IMG_2.png'): not an image format Pillow reads" in printed
+    assert (
+        "IMG_2.png: unreadable image (image 'IMG_2.png' of " in printed
+        and "not an image format Pillow reads" in printed
+    )
     assert main(["data", "check", "--data", str(tmp_path / "nowhere")]) == 2
     assert "error: " in capsys.readouterr().out
 
 
 def test_cli_check_lists_problems(voc, tmp_path, capsys):
     (voc / "JPEGImages/b.jpg").unlink()
-    text(voc / "Annotations/a.xml", voc_xml([("dog", 0, (1, 1, 30, 20)), ("dog", 0, (1, 1, 30, 20))]))
-    assert main(["data", "check", "--data", str(voc), "--format", "voc", "--out", str(tmp_path / "c")]) == 1
+    text(
+        voc / "Annotations/a.xml", voc_xml([("dog", 0, (1, 1, 30, 20)), ("dog", 0, (1, 1, 30, 20))])
+    )
+    assert (
+        main(["data", "check", "--data", str(voc), "--format", "voc", "--out", str(tmp_path / "c")])
+        == 1
+    )
     printed = capsys.readouterr().out
     assert "format voc\n" in printed
     assert "[train] 2 problems" in printed
@@ -134,21 +166,52 @@ def test_cli_check_notes_exif_not_applied(tmp_path, capsys):
     image(tmp_path / "d/train/images/r.jpg", exif_orientation=8)
     text(tmp_path / "d/train/points.json", '{"r.jpg": [[1, 1]]}')
     assert main(["data", "check", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "c")]) == 0
-    assert "[train] note: 1 images carry an EXIF rotation that is not applied" in capsys.readouterr().out
+    assert (
+        "[train] note: 1 images carry an EXIF rotation that is not applied"
+        in capsys.readouterr().out
+    )
 
 
 def test_cli_convert_then_train_layout(crowd, voc, tmp_path, capsys):
     out = tmp_path / "converted"
-    assert main(["data", "convert", "--data", str(crowd), "--to", "points-json", "--out", str(out)]) == 0
+    assert (
+        main(["data", "convert", "--data", str(crowd), "--to", "points-json", "--out", str(out)])
+        == 0
+    )
     assert "[train] 3 images, 3 points ->" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["test", "train"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _same_items_points = open_split(out, "train")
     assert _same_items_points.format == "points-json"
-    assert torch.equal(_same_items_points[2][1]["points"], open_split(crowd, "train")[2][1]["points"])
-    assert main(["data", "convert", "--data", str(voc), "--to", "coco", "--out", str(tmp_path / "v"), "--no-images"]) == 0
+    assert torch.equal(
+        _same_items_points[2][1]["points"], open_split(crowd, "train")[2][1]["points"]
+    )
+    assert (
+        main(
+            [
+                "data",
+                "convert",
+                "--data",
+                str(voc),
+                "--to",
+                "coco",
+                "--out",
+                str(tmp_path / "v"),
+                "--no-images",
+            ]
+        )
+        == 0
+    )
     assert not (tmp_path / "v/train/images").exists()
-    assert json.loads((tmp_path / "v/train/instances.json").read_text())["categories"][11] == {"id": 12, "name": "dog"}
-    assert main(["data", "convert", "--data", str(crowd), "--to", "coco", "--out", str(tmp_path / "x")]) == 2
+    assert json.loads((tmp_path / "v/train/instances.json").read_text())["categories"][11] == {
+        "id": 12,
+        "name": "dog",
+    }
+    assert (
+        main(
+            ["data", "convert", "--data", str(crowd), "--to", "coco", "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
     assert "error: coco holds boxes; the shanghaitech dataset has points" in capsys.readouterr().out

@@ -91,7 +91,10 @@ def test_shanghaitech_one_based_shift(shanghaitech):
 
 
 def test_shanghaitech_outside_points_clipped_or_dropped(shanghaitech):
-    sht_mat(shanghaitech / "train_data/ground-truth/GT_IMG_2.mat", [[31.0, 5.0], [45.0, 5.0], [3, 3], [3, 3]])
+    sht_mat(
+        shanghaitech / "train_data/ground-truth/GT_IMG_2.mat",
+        [[31.0, 5.0], [45.0, 5.0], [3, 3], [3, 3]],
+    )
     with pytest.warns(
         UserWarning,
         match=r"train_data: dropped 1 points outside their image, 1 repeated points",
@@ -106,10 +109,16 @@ def test_shanghaitech_malformed(shanghaitech):
     with pytest.raises(AnnotationError, match=r"GT_IMG_2\.mat: not a MATLAB file scipy reads"):
         open_split(shanghaitech, "train")
     savemat(bad, {"other": np.zeros(2)})
-    with pytest.raises(AnnotationError, match=r"GT_IMG_2\.mat: expected image_info\[0, 0\]\[0, 0\]\[0\] holding an N x 2"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"GT_IMG_2\.mat: expected image_info\[0, 0\]\[0, 0\]\[0\] holding an N x 2",
+    ):
         open_split(shanghaitech, "train")
     sht_mat(bad, [[1.0, np.nan]])
-    with pytest.raises(AnnotationError, match=r"GT_IMG_2\.mat: image_info\[0, 0\]\[0, 0\]\[0\], point 0: not finite"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"GT_IMG_2\.mat: image_info\[0, 0\]\[0, 0\]\[0\], point 0: not finite",
+    ):
         open_split(shanghaitech, "train")
     with pytest.raises(FileNotFoundError, match=r"split 'val' not found for shanghaitech"):
         open_split(shanghaitech, "val")
@@ -130,7 +139,10 @@ def test_ucf_qnrf(tmp_path):
     ds = open_split(root, "train")
     assert points_of(ds, 0) == [[0.5, 1.5], [10.0, 2.5]] and points_of(ds, 1) == []
     savemat(root / "Train/img_0002_ann.mat", {"annPoints": np.zeros((2, 3))})
-    with pytest.raises(AnnotationError, match=r"img_0002_ann\.mat: 'annPoints': expected an N x 2 array of \(x, y\), got shape \[2, 3\]"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"img_0002_ann\.mat: 'annPoints': expected an N x 2 array of \(x, y\), got shape \[2, 3\]",
+    ):
         open_split(root, "train")
     (root / "Train/img_0002_ann.mat").unlink()
     with pytest.raises(FileNotFoundError, match=r"img_0002_ann\.mat: annotation file not found"):
@@ -152,7 +164,10 @@ def test_jhu_crowd(tmp_path):
     ds = open_split(root, "train")
     assert points_of(ds, 0) == [[10.0, 5.0], [12.5, 7.0]] and points_of(ds, 1) == []
     text(root / "train/gt/0002.txt", "1 2 3\n")
-    with pytest.raises(AnnotationError, match=r"gt/0002\.txt: line 1: expected 6 numbers 'x y w h o b', got '1 2 3'"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"gt/0002\.txt: line 1: expected 6 numbers 'x y w h o b', got '1 2 3'",
+    ):
         open_split(root, "train")
 
 
@@ -163,7 +178,10 @@ def test_nwpu_crowd(tmp_path):
     root = tmp_path / "NWPU-Crowd"
     for ident, pts in (("0001", [[3.5, 4.5], [20, 10]]), ("0002", []), ("0003", [[1, 1]])):
         image(root / "images" / f"{ident}.jpg")
-        text(root / "jsons" / f"{ident}.json", json.dumps({"img_id": f"{ident}.jpg", "human_num": len(pts), "points": pts}))
+        text(
+            root / "jsons" / f"{ident}.json",
+            json.dumps({"img_id": f"{ident}.jpg", "human_num": len(pts), "points": pts}),
+        )
     text(root / "train.txt", "0001 1 1\n0002 0 1\n")
     text(root / "val.txt", "0003 2 1\n")
     assert detect_format(root) == "nwpu-crowd" and available_splits(root) == ["train", "val"]
@@ -171,13 +189,20 @@ def test_nwpu_crowd(tmp_path):
     assert ds.names == ["0001.jpg", "0002.jpg"]
     assert points_of(ds, 0) == [[3.5, 4.5], [20.0, 10.0]] and points_of(ds, 1) == []
     text(root / "jsons/0002.json", '{"points": [[1]]}')
-    with pytest.raises(AnnotationError, match=r"0002\.json: 'points', point 0: expected \[x, y\] numbers, got \[1\]"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"0002\.json: 'points', point 0: expected \[x, y\] numbers, got \[1\]",
+    ):
         open_split(root, "train")
     text(root / "jsons/0002.json", '{"points": [], "points": []}')
-    with pytest.raises(AnnotationError, match=r"0002\.json: not valid JSON: key 'points' appears twice"):
+    with pytest.raises(
+        AnnotationError, match=r"0002\.json: not valid JSON: key 'points' appears twice"
+    ):
         open_split(root, "train")
     text(root / "train.txt", "../x 1 1\n")
-    with pytest.raises(AnnotationError, match=r"train\.txt: line 1: expected an image id, got '\.\./x'"):
+    with pytest.raises(
+        AnnotationError, match=r"train\.txt: line 1: expected an image id, got '\.\./x'"
+    ):
         open_split(root, "train")
 
 
@@ -201,7 +226,9 @@ def test_simple_yaml(tmp_path):
     text(tmp_path / "data.yaml", "names:\n  - cat\n  - dog\n")
     assert yolo_class_names(tmp_path) == ["cat", "dog"]
     text(tmp_path / "data.yaml", "names: {0: cat, 2: dog}\n")
-    with pytest.raises(AnnotationError, match=r"data\.yaml: 'names': expected the indices 0\.\.1, got \[0, 2\]"):
+    with pytest.raises(
+        AnnotationError, match=r"data\.yaml: 'names': expected the indices 0\.\.1, got \[0, 2\]"
+    ):
         yolo_class_names(tmp_path)
     text(tmp_path / "data.yaml", "names:\n  - cat\n  0: dog\n")
     with pytest.raises(AnnotationError, match=r"data\.yaml: line 3: a mapping item inside a list"):
@@ -214,7 +241,10 @@ def test_simple_yaml(tmp_path):
 @pytest.fixture
 def yolo(tmp_path) -> Path:
     root = tmp_path / "coco8"
-    text(root / "data.yaml", "path: .\ntrain: images/train\nval: images/val\nnames:\n  0: cat\n  1: dog\n")
+    text(
+        root / "data.yaml",
+        "path: .\ntrain: images/train\nval: images/val\nnames:\n  0: cat\n  1: dog\n",
+    )
     image(root / "images/train/a.jpg")
     text(root / "labels/train/a.txt", "0 0.5 0.5 0.2 0.4\n1 0.1 0.1 0.3 0.1 0.3 0.2 0.1 0.2\n")
     image(root / "images/train/b.jpg")  # no label file: a background image
@@ -230,16 +260,23 @@ def test_yolo_boxes(yolo):
     ds = open_split(yolo, "train")
     assert ds.categories == ["cat", "dog"] and ds.names == ["a.jpg", "b.jpg", "c.png"]
     _, t = ds[0]
-    torch.testing.assert_close(t["boxes"], torch.tensor([[12.0, 6.0, 18.0, 14.0], [3.0, 2.0, 9.0, 4.0]]))
+    torch.testing.assert_close(
+        t["boxes"], torch.tensor([[12.0, 6.0, 18.0, 14.0], [3.0, 2.0, 9.0, 4.0]])
+    )
     assert t["labels"].tolist() == [0, 1]
     assert ds[1][1]["boxes"].shape == (0, 4) and ds[2][1]["labels"].shape == (0,)
-    torch.testing.assert_close(open_split(yolo, "val")[0][1]["boxes"], torch.tensor([[0.0, 0.0, 30.0, 20.0]]))
+    torch.testing.assert_close(
+        open_split(yolo, "val")[0][1]["boxes"], torch.tensor([[0.0, 0.0, 30.0, 20.0]])
+    )
 
 
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("2 0.5 0.5 0.1 0.1", r"a\.txt: line 1: class '2' is not an index in 0\.\.1 \(2 class names\)"),
+        (
+            "2 0.5 0.5 0.1 0.1",
+            r"a\.txt: line 1: class '2' is not an index in 0\.\.1 \(2 class names\)",
+        ),
         ("0 1.5 0.5 0.1 0.1", r"a\.txt: line 1: coordinates outside \[0, 1\]"),
         ("0 0.5 0.5", r"a\.txt: line 1: expected 'class cx cy w h' \(5 values\)"),
         ("0 0.5 x 0.1 0.1", r"a\.txt: line 1: expected numbers 'class cx cy w h'"),
@@ -254,7 +291,9 @@ def test_yolo_malformed_lines(yolo, line, message):
 
 def test_yolo_roboflow_layout_and_exif(tmp_path):
     root = tmp_path / "export"
-    text(root / "data.yaml", "train: ../train/images\nval: ../valid/images\nnc: 1\nnames: ['box']\n")
+    text(
+        root / "data.yaml", "train: ../train/images\nval: ../valid/images\nnc: 1\nnames: ['box']\n"
+    )
     # stored 20 x 30, viewed (EXIF orientation 6) as 30 x 20: YOLO labels use the viewed frame
     image(root / "train/images/r.jpg", exif_orientation=6)
     text(root / "train/labels/r.txt", "0 0.5 0.5 1 1\n0 0.5 0.5 1 1\n")
@@ -266,7 +305,9 @@ def test_yolo_roboflow_layout_and_exif(tmp_path):
     assert img.shape == (3, 30, 20) and t["boxes"].tolist() == [[0.0, 0.0, 20.0, 30.0]]
     with warnings.catch_warnings(record=True):
         stored = open_split(root, "train", exif=False)
-    assert stored[0][0].shape == (3, 20, 30) and stored[0][1]["boxes"].tolist() == [[0.0, 0.0, 30.0, 20.0]]
+    assert stored[0][0].shape == (3, 20, 30) and stored[0][1]["boxes"].tolist() == [
+        [0.0, 0.0, 30.0, 20.0]
+    ]
     (root / "data.yaml").unlink()
     with pytest.raises(FileNotFoundError, match=r"no class names for the YOLO layout"):
         open_split(root, "train", "yolo")
@@ -277,7 +318,9 @@ def test_yolo_roboflow_layout_and_exif(tmp_path):
 # ----------------------------------------------------------------------------- VOC
 
 
-def voc_xml(objects: list[tuple[str, int, tuple[int, int, int, int]]], w: int = W, h: int = H) -> str:
+def voc_xml(
+    objects: list[tuple[str, int, tuple[int, int, int, int]]], w: int = W, h: int = H
+) -> str:
     body = "".join(
         f"<object><name>{n}</name><pose>Left</pose><truncated>0</truncated><difficult>{d}</difficult>"
         f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
@@ -292,7 +335,10 @@ def voc_xml(objects: list[tuple[str, int, tuple[int, int, int, int]]], w: int = 
 @pytest.fixture
 def voc(tmp_path) -> Path:
     root = tmp_path / "VOC2007"
-    text(root / "Annotations/000001.xml", voc_xml([("dog", 0, (1, 1, 30, 20)), ("cat", 1, (5, 6, 10, 12))]))
+    text(
+        root / "Annotations/000001.xml",
+        voc_xml([("dog", 0, (1, 1, 30, 20)), ("cat", 1, (5, 6, 10, 12))]),
+    )
     text(root / "Annotations/000002.xml", voc_xml([]))
     text(root / "Annotations/000003.xml", voc_xml([("person", 0, (2, 2, 4, 4))]))
     for ident in ("000001", "000002", "000003"):
@@ -338,7 +384,10 @@ def test_voc_custom_classes_same_labels_in_every_split(voc):
             voc_xml([("dog", 0, (1, 1, 30, 20))]).replace("<xmax>30", "<xmax>abc"),
             r"000002\.xml: object 0 \('dog'\): expected a number in <xmax>, got 'abc'",
         ),
-        (voc_xml([("dog", 0, (1, 1, 40, 20))]), r"000002\.xml: object 0 \('dog'\): <bndbox> \[1\.0, 1\.0, 40\.0, 20\.0\] lies outside"),
+        (
+            voc_xml([("dog", 0, (1, 1, 40, 20))]),
+            r"000002\.xml: object 0 \('dog'\): <bndbox> \[1\.0, 1\.0, 40\.0, 20\.0\] lies outside",
+        ),
         (voc_xml([("dog", 2, (1, 1, 3, 3))]), r"expected <difficult> 0 or 1, got '2'"),
     ],
 )
@@ -350,7 +399,11 @@ def test_voc_malformed(voc, content, message):
 
 def test_voc_parse_keeps_values_as_written(voc):
     parsed = parse_voc_xml(voc / "Annotations/000001.xml")
-    assert parsed["width"] == W and parsed["objects"][1] == {"name": "cat", "difficult": True, "box": [5.0, 6.0, 10.0, 12.0]}
+    assert parsed["width"] == W and parsed["objects"][1] == {
+        "name": "cat",
+        "difficult": True,
+        "box": [5.0, 6.0, 10.0, 12.0],
+    }
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -362,12 +415,19 @@ def test_detect_format_ours_and_unknown(tmp_path):
     assert detect_format(tmp_path / "p") == "points-json"
     assert open_split(tmp_path / "p", "train").format == "points-json"
     image(tmp_path / "c/val/images/a.png")
-    text(tmp_path / "c/val/instances.json", json.dumps({"images": [], "annotations": [], "categories": []}))
+    text(
+        tmp_path / "c/val/instances.json",
+        json.dumps({"images": [], "annotations": [], "categories": []}),
+    )
     assert detect_format(tmp_path / "c") == "coco" and available_splits(tmp_path / "c") == ["val"]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match=r"empty: no known data layout \(looked for: <split>/points\.json"):
+    with pytest.raises(
+        ValueError, match=r"empty: no known data layout \(looked for: <split>/points\.json"
+    ):
         detect_format(tmp_path / "empty")
-    with pytest.raises(ValueError, match=r"format: expected one of \[.*'voc', 'yolo'\], got 'kitti'"):
+    with pytest.raises(
+        ValueError, match=r"format: expected one of \[.*'voc', 'yolo'\], got 'kitti'"
+    ):
         open_split(tmp_path / "p", "train", "kitti")
 
 
@@ -383,5 +443,33 @@ def test_split_dataset_is_deterministic_and_complete():
     assert len(split_dataset([1, 2], 0.01)[1]) == 1
     with pytest.raises(ValueError, match=r"fraction: expected a number in \(0, 1\), got 1"):
         split_dataset(data, 1)
-    with pytest.raises(ValueError, match=r"dataset: expected at least 2 items to carve a split, got 1"):
+    with pytest.raises(
+        ValueError, match=r"dataset: expected at least 2 items to carve a split, got 1"
+    ):
         split_dataset([0], 0.5)
+
+
+def test_open_train_val(shanghaitech):
+    from detloss.data import format_kind, open_train_val
+    from detloss.data.collate import RandomHorizontalFlip
+
+    for k in (3, 4, 5):
+        image(shanghaitech / "train_data/images" / f"IMG_{k}.jpg")
+        sht_mat(shanghaitech / "train_data/ground-truth" / f"GT_IMG_{k}.mat", [[k, k]])
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"this folder has the splits \['train', 'test'\]: pass a validation fraction",
+    ):
+        open_train_val(shanghaitech)
+    flip = RandomHorizontalFlip(p=1.0)
+    train, val, base = open_train_val(shanghaitech, val_fraction=0.4, seed=1, train_transform=flip)
+    assert base.format == "shanghaitech" and format_kind(base.format) == "points"
+    assert len(train) == 3 and len(val) == 2
+    assert sorted(train.indices + val.indices) == list(range(5))
+    for j, i in enumerate(val.indices):  # the validation part is not flipped
+        assert val[j][1]["points"].tolist() == points_of(open_split(shanghaitech, "train"), i)
+    i = train.indices[0]
+    expected = [[W - x, y] for x, y in points_of(open_split(shanghaitech, "train"), i)]
+    assert train[0][1]["points"].tolist() == expected
+    t, v, _ = open_train_val(shanghaitech, train_split="train", val_split="test")
+    assert len(t) == 5 and len(v) == 1

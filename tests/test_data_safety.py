@@ -51,7 +51,9 @@ def _png_header_only(path: Path, w: int, h: int) -> Path:
     attempt to decode it fails, so an error about its size proves it was not decoded."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
     data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
@@ -82,7 +84,9 @@ def test_point_names_must_stay_inside(tmp_path, name, message):
 @pytest.mark.parametrize("name", ["../outside/x.png", "/tmp/x.png", "a/../../x.png"])
 def test_coco_names_must_stay_inside(tmp_path, name):
     ann = _json(tmp_path / "c.json", _coco([name]))
-    with pytest.raises(AnnotationError, match=r"c\.json: images\[0\] \(id 1\): 'file_name'.*image path"):
+    with pytest.raises(
+        AnnotationError, match=r"c\.json: images\[0\] \(id 1\): 'file_name'.*image path"
+    ):
         CocoDetection(tmp_path, ann)
 
 
@@ -160,7 +164,9 @@ def test_pixel_budget_checked_from_the_header(tmp_path):
     with pytest.raises(AnnotationError, match=r"big\.png: unreadable image"):
         load_image(big, "test", max_pixels=10**8)
     small = _png(tmp_path / "small.png", 20, 30)
-    with pytest.raises(AnnotationError, match=r"600 pixels\) is above the pixel budget max_pixels=599"):
+    with pytest.raises(
+        AnnotationError, match=r"600 pixels\) is above the pixel budget max_pixels=599"
+    ):
         load_image(small, "test", max_pixels=599)
     assert load_image(small, "test", max_pixels=600).shape == (3, 20, 30)
     with pytest.raises(ValueError, match=r"max_pixels: expected a positive int or None, got 0"):
@@ -170,7 +176,9 @@ def test_pixel_budget_checked_from_the_header(tmp_path):
 def test_decompression_bomb_is_wrapped(tmp_path):
     _png_header_only(tmp_path / "bomb.png", 20000, 20000)
     ds = PointDataset(tmp_path, _json(tmp_path / "p.json", {"bomb.png": []}), max_pixels=None)
-    with pytest.raises(AnnotationError, match=r"bomb\.png: image too large \(image 'bomb\.png' .*Pillow refuses"):
+    with pytest.raises(
+        AnnotationError, match=r"bomb\.png: image too large \(image 'bomb\.png' .*Pillow refuses"
+    ):
         ds[0]
 
 
@@ -180,15 +188,30 @@ def test_decompression_bomb_is_wrapped(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("[" * 100_000 + "]" * 100_000, r"p\.json: not valid JSON: nested deeper than the parser's limit"),
-        ('{"a.png": [[' + "7" * 5000 + ", 2]]}", r"p\.json: not valid JSON \(Exceeds the limit .* digits"),
-        ('{"a.png": [], "a.png": [[1, 2]]}', r"p\.json: not valid JSON: key 'a\.png' appears twice in one object"),
+        (
+            "[" * 100_000 + "]" * 100_000,
+            r"p\.json: not valid JSON: nested deeper than the parser's limit",
+        ),
+        (
+            '{"a.png": [[' + "7" * 5000 + ", 2]]}",
+            r"p\.json: not valid JSON \(Exceeds the limit .* digits",
+        ),
+        (
+            '{"a.png": [], "a.png": [[1, 2]]}',
+            r"p\.json: not valid JSON: key 'a\.png' appears twice in one object",
+        ),
         ('{"a.png": [[NaN, 2]]}', r"p\.json: not valid JSON: non-standard constant NaN"),
         ('{"a.png": [[Infinity, 2]]}', r"p\.json: not valid JSON: non-standard constant Infinity"),
         ('{"a.png": [[1, 2]]', r"p\.json: not valid JSON \(Expecting"),
         (b'{"\xff.png": []}', r"p\.json: not UTF-8 text"),
-        ({"a.png": {"x": 1}}, r"p\.json: image 'a\.png': expected a list of \[x, y\] points, got dict"),
-        ({"a.png": [[True, 2]]}, r"p\.json: image 'a\.png', point 0: expected \[x, y\] with finite numbers"),
+        (
+            {"a.png": {"x": 1}},
+            r"p\.json: image 'a\.png': expected a list of \[x, y\] points, got dict",
+        ),
+        (
+            {"a.png": [[True, 2]]},
+            r"p\.json: image 'a\.png', point 0: expected \[x, y\] with finite numbers",
+        ),
     ],
 )
 def test_every_json_failure_is_one_error(tmp_path, content, message):
@@ -203,8 +226,12 @@ def test_every_json_failure_is_one_error(tmp_path, content, message):
 
 
 def test_coco_duplicate_key_and_wrong_types(tmp_path):
-    path = _json(tmp_path / "c.json", '{"images": [], "images": [], "annotations": [], "categories": []}')
-    with pytest.raises(AnnotationError, match=r"c\.json: not valid JSON: key 'images' appears twice"):
+    path = _json(
+        tmp_path / "c.json", '{"images": [], "images": [], "annotations": [], "categories": []}'
+    )
+    with pytest.raises(
+        AnnotationError, match=r"c\.json: not valid JSON: key 'images' appears twice"
+    ):
         CocoDetection(tmp_path, path)
     _json(path, _coco(["a.png"], [{"id": 3, "image_id": 1, "category_id": 1, "bbox": "1 2 3 4"}]))
     with pytest.raises(AnnotationError, match=r"annotations\[0\] \(id 3\): expected 'bbox'"):
@@ -226,7 +253,10 @@ def test_same_image_twice_is_an_error(tmp_path):
         r"\('a\.png'\) \('a\.png'\); expected each image once",
     ):
         CocoDetection(tmp_path, _json(tmp_path / "c.json", _coco(["a.png", "./a.png"])))
-    with pytest.raises(AnnotationError, match=r"image 'sub/\.\./a\.png' names the same image file as image 'a\.png'"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"image 'sub/\.\./a\.png' names the same image file as image 'a\.png'",
+    ):
         PointDataset(tmp_path, _json(tmp_path / "p.json", {"a.png": [], "sub/../a.png": []}))
 
 
@@ -235,14 +265,19 @@ def test_repeated_annotations_are_counted(tmp_path):
     box = {"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4]}
     anns = [dict(box, id=1), dict(box, id=2), dict(box, id=3, bbox=[1, 2, 3, 5]), dict(box, id=4)]
     path = _json(tmp_path / "c.json", _coco(["a.png"], anns))
-    with pytest.warns(UserWarning, match=r"c\.json: dropped 2 repeated annotations \(same image, category and bbox\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"c\.json: dropped 2 repeated annotations \(same image, category and bbox\)",
+    ):
         ds = CocoDetection(tmp_path, path)
     assert ds[0][1]["boxes"].tolist() == [[1, 2, 4, 6], [1, 2, 4, 7]]
     with pytest.warns(UserWarning, match=r"c\.json: 2 repeated annotations .* kept"):
         kept = CocoDetection(tmp_path, path, keep_duplicates=True)
     assert len(kept[0][1]["boxes"]) == 4
     pts = _json(tmp_path / "p.json", {"a.png": [[1, 2], [3, 4], [1, 2]]})
-    with pytest.warns(UserWarning, match=r"p\.json: 1 repeated points \(same image, same coordinates\) dropped"):
+    with pytest.warns(
+        UserWarning, match=r"p\.json: 1 repeated points \(same image, same coordinates\) dropped"
+    ):
         ds = PointDataset(tmp_path, pts)
     assert ds[0][1]["points"].tolist() == [[1, 2], [3, 4]]
     assert ds.counts().tolist() == [2]
@@ -288,7 +323,10 @@ def test_exif_orientation_frame(tmp_path):
     assert float(image[0, :10, :10].mean()) > 0.9 and float(image[0, :10, 10:].mean()) < 0.1
     assert target["points"].tolist() == [[25.0, 5.0]]
     rotated = PointDataset(tmp_path, ann, exif=True)
-    with pytest.raises(AnnotationError, match=r"point 0: outside the image, got \[25\.0, 5\.0\] for an image of width 20 and height 30"):
+    with pytest.raises(
+        AnnotationError,
+        match=r"point 0: outside the image, got \[25\.0, 5\.0\] for an image of width 20 and height 30",
+    ):
         rotated[0]
     upright = load_image(tmp_path / "r.jpg", "test", exif=True)
     assert upright.shape == (3, 30, 20)

@@ -7,7 +7,15 @@ from .base import AnnotatedImages
 from .coco import CocoDetection, load_coco_annotations
 from .collate import RandomHorizontalFlip, collate_detection, pad_images
 from .crowd import read_jhu_crowd, read_nwpu_crowd, read_shanghaitech, read_ucf_qnrf
-from .formats import FORMATS, available_splits, detect_format, open_split, split_dataset
+from .formats import (
+    FORMATS,
+    available_splits,
+    detect_format,
+    format_kind,
+    open_split,
+    open_train_val,
+    split_dataset,
+)
 from .points import PointDataset, load_point_annotations
 from .synthetic import SHAPE_CLASSES, CrowdSpec, ShapeSpec, make_crowds, make_shapes
 from .voc import read_voc
@@ -27,11 +35,13 @@ __all__ = [
     "available_splits",
     "collate_detection",
     "detect_format",
+    "format_kind",
     "load_coco_annotations",
     "load_point_annotations",
     "make_crowds",
     "make_shapes",
     "open_split",
+    "open_train_val",
     "pad_images",
     "read_jhu_crowd",
     "read_nwpu_crowd",

@@ -120,8 +120,7 @@ def read_json(path: Path) -> object:
         ) from None
     except _BadConstant as err:
         raise AnnotationError(
-            f"{path}: not valid JSON: non-standard constant {err.args[0]} "
-            "(expected finite numbers)"
+            f"{path}: not valid JSON: non-standard constant {err.args[0]} (expected finite numbers)"
         ) from None
     except RecursionError:
         raise AnnotationError(
@@ -188,8 +187,12 @@ def open_regular_file(
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else (
-                "a device or socket"
+            kind = (
+                "a FIFO"
+                if stat.S_ISFIFO(mode)
+                else "a folder"
+                if stat.S_ISDIR(mode)
+                else ("a device or socket")
             )
             raise AnnotationError(f"{path}: {what} is {kind}, not a regular file{suffix}")
         if hasattr(os, "set_blocking"):

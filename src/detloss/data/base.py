@@ -72,8 +72,12 @@ class AnnotatedImages(Dataset):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if len(targets) != len(names):
-            raise ValueError(f"targets: expected {len(names)} entries (one per name), got {len(targets)}")
-        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+            raise ValueError(
+                f"targets: expected {len(names)} entries (one per name), got {len(targets)}"
+            )
+        if max_pixels is not None and (
+            isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
+        ):
             raise ValueError(f"max_pixels: expected a positive int or None, got {max_pixels!r}")
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():

@@ -44,12 +44,21 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     check.add_argument("--data", required=True, help="the data folder")
     check.add_argument("--format", choices=formats, default=None, help="default: detected")
-    check.add_argument("--split", action="append", default=None, help="only this split (repeatable)")
-    check.add_argument("--out", default=None, help="folder for the pictures and check.json "
-                       "(default: runs/data-check)")
+    check.add_argument(
+        "--split", action="append", default=None, help="only this split (repeatable)"
+    )
+    check.add_argument(
+        "--out",
+        default=None,
+        help="folder for the pictures and check.json (default: runs/data-check)",
+    )
     check.add_argument("--samples", type=int, default=8, help="images drawn per split (default 8)")
-    check.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                       help="pixel budget of one image (default %(default)s)")
+    check.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="pixel budget of one image (default %(default)s)",
+    )
 
     convert = sub.add_parser(
         "convert",
@@ -61,7 +70,9 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     convert.add_argument("--format", choices=formats, default=None, help="default: detected")
     convert.add_argument("--to", required=True, choices=CONVERT_TARGETS)
     convert.add_argument("--out", required=True, help="output folder")
-    convert.add_argument("--split", action="append", default=None, help="only this split (repeatable)")
+    convert.add_argument(
+        "--split", action="append", default=None, help="only this split (repeatable)"
+    )
     convert.add_argument("--no-images", action="store_true", help="write the annotations only")
     convert.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     return data
@@ -217,11 +228,19 @@ def draw_samples(ds: AnnotatedImages, path: str | Path, samples: int = 8, tile: 
         draw = ImageDraw.Draw(pil)
         if "points" in target:
             for x, y in (target["points"] * scale).tolist():
-                draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=(255, 0, 0), outline=(255, 255, 255))
+                draw.ellipse(
+                    [x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=(255, 0, 0), outline=(255, 255, 255)
+                )
         else:
             ignore = target.get("ignore")
-            for k, (box, label) in enumerate(zip((target["boxes"] * scale).tolist(), target["labels"].tolist())):
-                colour = (128, 128, 128) if ignore is not None and bool(ignore[k]) else _PALETTE[label % len(_PALETTE)]
+            for k, (box, label) in enumerate(
+                zip((target["boxes"] * scale).tolist(), target["labels"].tolist())
+            ):
+                colour = (
+                    (128, 128, 128)
+                    if ignore is not None and bool(ignore[k])
+                    else _PALETTE[label % len(_PALETTE)]
+                )
                 draw.rectangle(box, outline=colour, width=2)
                 draw.text((box[0] + 2, box[1] + 1), ds.categories[label], fill=colour)
         draw.text((3, 3), f"{ds.names[i]} ({len(target['labels'])})", fill=(255, 255, 0))
@@ -258,5 +277,7 @@ def convert_data(
     for split in splits:
         ds = open_split(root, split, format, max_pixels=max_pixels)
         written = write_split(ds, Path(out) / split, to, copy_images)
-        print_fn(f"[{split}] {len(ds)} images, {int(ds.num_annotations().sum())} {ds.kind} -> {written}")
+        print_fn(
+            f"[{split}] {len(ds)} images, {int(ds.num_annotations().sum())} {ds.kind} -> {written}"
+        )
     return 0

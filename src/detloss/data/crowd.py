@@ -123,7 +123,8 @@ def _build(
     targets = []
     sizes = []
     for path, pts in zip(images, points):
-        h, w = image_size(path, f"image {path.name!r}", root=image_dir, max_pixels=max_pixels)
+        where = f"image {path.name!r} of {source}"
+        h, w = image_size(path, where, root=image_dir, max_pixels=max_pixels)
         kept, outside = fit_points(pts, h, w, tolerance)
         counts["points outside their image"] += outside
         keep = unique_rows([tuple(p) for p in kept])
@@ -217,7 +218,12 @@ def _mat_reader(
 
 read_shanghaitech = _mat_reader(
     "shanghaitech",
-    {"train": "train_data", "test": "test_data", "train_data": "train_data", "test_data": "test_data"},
+    {
+        "train": "train_data",
+        "test": "test_data",
+        "train_data": "train_data",
+        "test_data": "test_data",
+    },
     lambda split_dir: split_dir / "images",
     lambda split_dir, img: split_dir / "ground-truth" / f"GT_{img.stem}.mat",
     lambda data, ann: data["image_info"][0, 0][0, 0][0],
@@ -257,7 +263,9 @@ def read_jhu_crowd(
     per line as ``x y w h o b`` (only ``x y`` are used; the six values are checked). An
     empty ``gt`` file is an image without heads; a missing one is an error."""
     _check_tolerance(tolerance)
-    split_dir = _split_dir(Path(root), split, {"train": "train", "val": "val", "test": "test"}, "jhu-crowd")
+    split_dir = _split_dir(
+        Path(root), split, {"train": "train", "val": "val", "test": "test"}, "jhu-crowd"
+    )
     image_dir = split_dir / "images"
     images = list_images(image_dir)
     points = []
@@ -323,10 +331,14 @@ def read_nwpu_crowd(
             raise AnnotationError(f"{ann}: expected an object with 'points': [[x, y], ...]")
         raw = data["points"]
         if not isinstance(raw, list):
-            raise AnnotationError(f"{ann}: 'points': expected a list of [x, y], got {type(raw).__name__}")
+            raise AnnotationError(
+                f"{ann}: 'points': expected a list of [x, y], got {type(raw).__name__}"
+            )
         for k, p in enumerate(raw):
             if not (isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p)):
-                raise AnnotationError(f"{ann}: 'points', point {k}: expected [x, y] numbers, got {p!r}")
+                raise AnnotationError(
+                    f"{ann}: 'points', point {k}: expected [x, y] numbers, got {p!r}"
+                )
         pts = _finite_pairs(raw, ann, "'points'")
         images.append(image_dir / f"{ident}.jpg")
         points.append(pts)

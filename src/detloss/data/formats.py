@@ -39,6 +39,7 @@ __all__ = [
     "detect_format",
     "format_kind",
     "open_split",
+    "open_train_val",
     "split_dataset",
 ]
 
@@ -93,7 +94,9 @@ def detect_format(root: str | Path) -> str:
         raise FileNotFoundError(f"{root}: data folder not found")
     if any((root / d / "ground-truth").is_dir() for d in ("train_data", "test_data")):
         return "shanghaitech"
-    if any(next((root / d).glob("*_ann.mat"), None) for d in ("Train", "Test") if (root / d).is_dir()):
+    if any(
+        next((root / d).glob("*_ann.mat"), None) for d in ("Train", "Test") if (root / d).is_dir()
+    ):
         return "ucf-qnrf"
     if (root / "jsons").is_dir() and (root / "images").is_dir():
         return "nwpu-crowd"
@@ -101,8 +104,10 @@ def detect_format(root: str | Path) -> str:
         return "voc"
     if any((d / "gt").is_dir() and (d / "images").is_dir() for d in _subdirs(root)):
         return "jhu-crowd"
-    if find_yolo_config(root) is not None or (root / "labels").is_dir() or any(
-        (d / "labels").is_dir() and (d / "images").is_dir() for d in _subdirs(root)
+    if (
+        find_yolo_config(root) is not None
+        or (root / "labels").is_dir()
+        or any((d / "labels").is_dir() and (d / "images").is_dir() for d in _subdirs(root))
     ):
         return "yolo"
     for d in _subdirs(root):
@@ -196,3 +201,47 @@ def split_dataset(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Sub
     val = sorted(order[:n_val].tolist())
     train = sorted(order[n_val:].tolist())
     return Subset(dataset, train), Subset(dataset, val)
+
+
+def open_train_val(
+    root: str | Path,
+    format: str | None = None,
+    *,
+    train_split: str = "train",
+    val_split: str = "val",
+    val_fraction: float | None = None,
+    seed: int = 0,
+    train_transform: Transform | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    **options: object,
+) -> tuple[Dataset, Dataset, AnnotatedImages]:
+    """The training and validation sets of a folder -> ``(train, val, base)``.
+
+    With ``val_fraction``, the validation set is carved from ``train_split`` by
+    :func:`split_dataset` (the split is opened twice, so ``train_transform`` -- random
+    flips -- reaches the training part only); otherwise it is ``val_split``. ``base`` is
+    the opened training split: its ``format``, ``kind``, ``categories`` and
+    ``num_classes`` describe both parts.
+
+    Raises:
+        FileNotFoundError: ``val_split`` does not exist and no ``val_fraction`` was given
+            (the message suggests one).
+    """
+    root = Path(root)
+    format = _check_format(format) if format is not None else detect_format(root)
+    base = open_split(
+        root, train_split, format, transform=train_transform, max_pixels=max_pixels, **options
+    )
+    if val_fraction is None:
+        try:
+            val = open_split(root, val_split, format, max_pixels=max_pixels, **options)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"{err}; this folder has the splits {available_splits(root, format)}: pass a "
+                "validation fraction (--val-fraction) to carve one from the training split"
+            ) from None
+        return base, val, base
+    plain = open_split(root, train_split, format, max_pixels=max_pixels, **options)
+    train_part, _ = split_dataset(base, val_fraction, seed)
+    _, val_part = split_dataset(plain, val_fraction, seed)
+    return train_part, val_part, base

@@ -107,7 +107,9 @@ def parse_voc_xml(path: str | Path) -> dict:
             raise AnnotationError(f"{path}: {where}: expected a non-empty <name>")
         difficult = _text(obj, "difficult")
         if difficult not in (None, "", "0", "1"):
-            raise AnnotationError(f"{path}: {where}: expected <difficult> 0 or 1, got {difficult!r}")
+            raise AnnotationError(
+                f"{path}: {where}: expected <difficult> 0 or 1, got {difficult!r}"
+            )
         bndbox = obj.find("bndbox")
         if bndbox is None:
             raise AnnotationError(f"{path}: {where}: missing <bndbox>")
@@ -193,7 +195,9 @@ def read_voc(
             xmin, ymin, xmax, ymax = obj["box"]
             x0, y0, x1, y1 = xmin - 1.0, ymin - 1.0, xmax, ymax
             if x1 < x0 or y1 < y0:
-                raise AnnotationError(f"{where}: <bndbox> has xmax < xmin - 1 or ymax < ymin - 1, got {obj['box']}")
+                raise AnnotationError(
+                    f"{where}: <bndbox> has xmax < xmin - 1 or ymax < ymin - 1, got {obj['box']}"
+                )
             if w > 0 and h > 0:
                 if x0 < -tolerance or y0 < -tolerance or x1 > w + tolerance or y1 > h + tolerance:
                     raise AnnotationError(

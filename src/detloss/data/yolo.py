@@ -250,7 +250,9 @@ def _parse_line(line: str, label_file: Path, n: int, num_classes: int, tolerance
     try:
         values = [float(v) for v in fields]
     except ValueError:
-        raise AnnotationError(f"{where}: expected numbers 'class cx cy w h', got {line.strip()!r}") from None
+        raise AnnotationError(
+            f"{where}: expected numbers 'class cx cy w h', got {line.strip()!r}"
+        ) from None
     if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
         raise AnnotationError(
             f"{where}: expected 'class cx cy w h' (5 values) or a polygon 'class x1 y1 x2 y2 "
@@ -305,7 +307,9 @@ def read_yolo(
     for img in images:
         rel = img.relative_to(image_dir)
         label_file = label_dir / rel.with_suffix(".txt")
-        h, w = image_size(img, f"image {rel.as_posix()!r}", root=image_dir, max_pixels=max_pixels, exif=exif)
+        h, w = image_size(
+            img, f"image {rel.as_posix()!r}", root=image_dir, max_pixels=max_pixels, exif=exif
+        )
         boxes, labels, seen = [], [], set()
         if label_file.exists():
             for n, line in enumerate(read_text(label_file).splitlines(), start=1):
