@@ -289,7 +289,8 @@ def exif_orientation(path: Path, where: str, *, root: Path | None = None) -> int
 
 
 def _to_float_rgb(img) -> np.ndarray:
-    """``float32[H, W, 3]`` in [0, 1] from any Pillow mode, keeping 16-bit precision."""
+    """``uint8[H, W, 3]`` (8-bit modes) or ``float32[H, W, 3]`` in [0, 1] (16-bit and float
+    modes, keeping their precision) from any Pillow mode."""
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
         # 16-bit grayscale (PNG, TIFF); Pillow gives some 16-bit PNGs as 32-bit "I".
@@ -298,7 +299,7 @@ def _to_float_rgb(img) -> np.ndarray:
     elif mode == "F":
         gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
     else:
-        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        return np.array(img.convert("RGB"))  # writable uint8, scaled once in torch
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
@@ -335,7 +336,8 @@ def load_image(
             raise AnnotationError(f"{path}: image too large ({where}): {err}") from None
         except (OSError, ValueError, SyntaxError) as err:
             raise AnnotationError(f"{path}: unreadable image ({where}): {err}") from None
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image
 
 
 # ----------------------------------------------------------------------------- counting

@@ -118,13 +118,14 @@ def _build(
     keep_duplicates: bool,
     transform: Transform | None,
     max_pixels: int | None,
+    exif: bool = False,
 ) -> AnnotatedImages:
     counts = {"points outside their image": 0, "repeated points": 0}
     targets = []
     sizes = []
     for path, pts in zip(images, points):
         where = f"image {path.name!r} of {source}"
-        h, w = image_size(path, where, root=image_dir, max_pixels=max_pixels)
+        h, w = image_size(path, where, root=image_dir, max_pixels=max_pixels, exif=exif)
         kept, outside = fit_points(pts, h, w, tolerance)
         counts["points outside their image"] += outside
         keep = unique_rows([tuple(p) for p in kept])
@@ -146,6 +147,7 @@ def _build(
         sizes=sizes,
         transform=transform,
         max_pixels=max_pixels,
+        exif=exif,
         format=format,
     )
 
@@ -183,6 +185,7 @@ def _mat_reader(
         keep_duplicates: bool = False,
         transform: Transform | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        exif: bool = False,
     ) -> AnnotatedImages:
         _check_tolerance(tolerance)
         split_dir = _split_dir(Path(root), split, split_names, format)
@@ -211,6 +214,7 @@ def _mat_reader(
             keep_duplicates=keep_duplicates,
             transform=transform,
             max_pixels=max_pixels,
+            exif=exif,
         )
 
     return read
@@ -258,6 +262,7 @@ def read_jhu_crowd(
     keep_duplicates: bool = False,
     transform: Transform | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    exif: bool = False,
 ) -> AnnotatedImages:
     """JHU-Crowd++: ``root/<split>/images/k.jpg`` with ``root/<split>/gt/k.txt``, one head
     per line as ``x y w h o b`` (only ``x y`` are used; the six values are checked). An
@@ -296,6 +301,7 @@ def read_jhu_crowd(
         keep_duplicates=keep_duplicates,
         transform=transform,
         max_pixels=max_pixels,
+        exif=exif,
     )
 
 
@@ -307,6 +313,7 @@ def read_nwpu_crowd(
     keep_duplicates: bool = False,
     transform: Transform | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    exif: bool = False,
 ) -> AnnotatedImages:
     """NWPU-Crowd: the ids of ``root/<split>.txt`` (first field of each line), each with
     ``root/images/<id>.jpg`` and ``root/jsons/<id>.json`` holding ``"points": [[x, y], ...]``.
@@ -352,4 +359,5 @@ def read_nwpu_crowd(
         keep_duplicates=keep_duplicates,
         transform=transform,
         max_pixels=max_pixels,
+        exif=exif,
     )

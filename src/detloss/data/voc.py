@@ -165,6 +165,7 @@ def read_voc(
     keep_duplicates: bool = False,
     transform: Transform | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    exif: bool = False,
 ) -> AnnotatedImages:
     """The ``split`` (``ImageSets/Main/<split>.txt``) of a VOC folder as
     :class:`~detloss.data.base.AnnotatedImages` of boxes with an ``"ignore"`` flag per box
@@ -236,5 +237,6 @@ def read_voc(
         sizes=sizes,
         transform=transform,
         max_pixels=max_pixels,
+        exif=exif,
         format="voc",
     )
