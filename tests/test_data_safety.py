@@ -236,6 +236,15 @@ def test_coco_duplicate_key_and_wrong_types(tmp_path):
     _json(path, _coco(["a.png"], [{"id": 3, "image_id": 1, "category_id": 1, "bbox": "1 2 3 4"}]))
     with pytest.raises(AnnotationError, match=r"annotations\[0\] \(id 3\): expected 'bbox'"):
         CocoDetection(tmp_path, path)
+    ann = {"id": 3, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "iscrowd": "0"}
+    _json(path, _coco(["a.png"], [ann]))
+    with pytest.raises(
+        AnnotationError, match=r"annotations\[0\] \(id 3\): expected 'iscrowd' 0 or 1, got '0'"
+    ):
+        CocoDetection(tmp_path, path)
+    _json(path, _coco(["a.png"], [dict(ann, iscrowd=0, ignore=2)]))
+    with pytest.raises(AnnotationError, match=r"expected 'ignore' 0 or 1, got 2"):
+        CocoDetection(tmp_path, path)
 
 
 def test_read_json_accepts_plain_files(tmp_path):

@@ -187,13 +187,11 @@ def open_regular_file(
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = (
-                "a FIFO"
-                if stat.S_ISFIFO(mode)
-                else "a folder"
-                if stat.S_ISDIR(mode)
-                else ("a device or socket")
-            )
+            kind = "a device or socket"
+            if stat.S_ISFIFO(mode):
+                kind = "a FIFO"
+            elif stat.S_ISDIR(mode):
+                kind = "a folder"
             raise AnnotationError(f"{path}: {what} is {kind}, not a regular file{suffix}")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)

@@ -165,9 +165,12 @@ def load_coco_annotations(
                 f"{path}: {where}: 'bbox' {bbox!r} lies outside image {img['id']} "
                 f"({img['file_name']!r}, width {width}, height {height})"
             )
+        for flag in ("iscrowd", "ignore"):
+            if ann.get(flag, 0) not in (0, 1) or isinstance(ann.get(flag, 0), float):
+                raise AnnotationError(
+                    f"{path}: {where}: expected '{flag}' 0 or 1, got {ann[flag]!r}"
+                )
         ignore = ann.get("ignore", 0)
-        if ignore not in (0, 1) or isinstance(ignore, float):
-            raise AnnotationError(f"{path}: {where}: expected 'ignore' 0 or 1, got {ignore!r}")
         key = (ann["category_id"], x, y, w, h, bool(ann.get("iscrowd", 0)), bool(ignore))
         if key in seen[img["id"]]:
             repeated += 1
