@@ -397,6 +397,17 @@ def test_voc_malformed(voc, content, message):
         open_split(voc, "train")
 
 
+def test_voc_bad_listing(voc):
+    text(voc / "ImageSets/Main/train.txt", "000001\n../../etc/x\n")
+    with pytest.raises(
+        AnnotationError, match=r"train\.txt: line 2: expected an image id, got '\.\./\.\./etc/x'"
+    ):
+        open_split(voc, "train")
+    with pytest.raises(FileNotFoundError, match=r"000009\.xml: annotation file not found"):
+        text(voc / "ImageSets/Main/train.txt", "000009\n")
+        open_split(voc, "train")
+
+
 def test_voc_parse_keeps_values_as_written(voc):
     parsed = parse_voc_xml(voc / "Annotations/000001.xml")
     assert parsed["width"] == W and parsed["objects"][1] == {
