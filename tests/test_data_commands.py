@@ -215,3 +215,31 @@ def test_cli_convert_then_train_layout(crowd, voc, tmp_path, capsys):
         == 2
     )
     assert "error: coco holds boxes; the shanghaitech dataset has points" in capsys.readouterr().out
+
+
+def test_random_boxes_and_points_round_trip_bit_for_bit(tmp_path):
+    rng = np.random.default_rng(7)
+    root = tmp_path / "y"
+    text(root / "classes.txt", "a\nb\nc\n")
+    lines = []
+    for _ in range(200):
+        cx, cy = rng.uniform(0.05, 0.95, 2)
+        w, h = rng.uniform(0.001, 0.1, 2)
+        lines.append(f"{rng.integers(3)} {float(cx)!r} {float(cy)!r} {float(w)!r} {float(h)!r}")
+    image(root / "images/train/a.png", 37, 53)
+    text(root / "labels/train/a.txt", "\n".join(lines) + "\n")
+    boxes = open_split(root, "train")
+    back = CocoDetection(tmp_path / "coco/images", write_coco(boxes, tmp_path / "coco"))
+    assert (
+        torch.equal(back[0][1]["boxes"], boxes[0][1]["boxes"]) and len(back[0][1]["boxes"]) == 200
+    )
+    assert torch.equal(back[0][1]["labels"], boxes[0][1]["labels"])
+
+    pts = (rng.random((300, 2)) * [52, 36] + 1).tolist()
+    image(tmp_path / "sht/train_data/images/IMG_1.jpg", 37, 53)
+    sht_mat(tmp_path / "sht/train_data/ground-truth/GT_IMG_1.mat", pts)
+    points = open_split(tmp_path / "sht", "train")
+    expected = torch.tensor(pts, dtype=torch.float64).sub(0.5).float()
+    assert torch.equal(points[0][1]["points"], expected)
+    back = PointDataset(tmp_path / "pj/images", write_points_json(points, tmp_path / "pj"))
+    assert torch.equal(back[0][1]["points"], expected)
