@@ -37,6 +37,7 @@ import pickle
 import random
 import re
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -624,54 +625,92 @@ class _Run:
 
 
 class _PeerWatch:
-    """Where every rank is (epoch and step), kept in the process group's key-value store,
-    so that the rank whose collective times out can name the rank that stopped answering.
-    One small store write per step; nothing when training on one process."""
+    """Tells which rank stopped answering when a collective times out.
+
+    Under DDP a daemon thread of every rank writes a heartbeat (a counter and the rank's
+    epoch and step) to the process group's key-value store twice a second. A stopped or
+    dead process stops beating; a rank blocked in a collective keeps beating (the wait
+    releases the GIL). The rank that sees the timeout reads the beats twice, a moment
+    apart, and names the ranks whose beat did not move. The training loop only updates
+    two integers: no store traffic, no synchronisation per step.
+    """
+
+    interval = 0.5
 
     def __init__(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
+        self.epoch, self.step = 0, -1
         self.store = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         if world > 1:
             try:
                 self.store = dist.distributed_c10d._get_default_store()
-            except Exception:  # a private helper; without it ranks go unnamed
+            except Exception:  # a private helper; without it the ranks go unnamed
                 self.store = None
 
     def mark(self, epoch: int, step: int) -> None:
-        if self.store is not None:
-            self.store.set(f"detloss/at/{self.rank}", f"{epoch} {step}")
+        self.epoch, self.step = epoch, step
+
+    def start(self) -> None:
+        if self.store is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._beat, name="detloss-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        count = 0
+        while not self._stop.is_set():
+            count += 1
+            try:
+                self.store.set(  # type: ignore[union-attr]
+                    f"detloss/beat/{self.rank}", f"{count} {self.epoch} {self.step}"
+                )
+            except Exception:  # the store's host (rank 0) is gone: nothing left to tell
+                return
+            self._stop.wait(self.interval)
+
+    def _read(self) -> dict[int, tuple[int, int, int]]:
+        beats: dict[int, tuple[int, int, int]] = {}
+        for r in range(self.world):
+            key = f"detloss/beat/{r}"
+            if self.store.check([key]):  # type: ignore[union-attr]
+                count, epoch, step = self.store.get(key).decode().split()  # type: ignore[union-attr]
+                beats[r] = (int(count), int(epoch), int(step))
+        return beats
 
     def describe(self, timeout: float) -> str:
-        """One line: which ranks are behind this one (the stalled ones, most likely)."""
+        """One line naming the ranks that stopped answering, where it can tell."""
         prefix = (
             f"rank {self.rank}: no answer from another rank within the "
             f"{timeout:g} s process-group timeout (--dist-timeout)"
         )
         if self.store is None:
             return f"{prefix}; a rank stalled or died"
-        positions: dict[int, tuple[int, int]] = {}
         try:
             self.store.set_timeout(datetime.timedelta(seconds=min(timeout, 5.0)))
-            for r in range(self.world):
-                key = f"detloss/at/{r}"
-                if self.store.check([key]):
-                    epoch, step = self.store.get(key).decode().split()
-                    positions[r] = (int(epoch), int(step))
-        except Exception:  # rank 0 hosts the store: no answer names it
+            before = self._read()
+            time.sleep(3 * self.interval)
+            after = self._read()
+        except Exception:  # rank 0 hosts the store: no answer from it names it
             if self.rank != 0:
                 return f"{prefix}; rank 0 stalled or died (its key-value store does not answer)"
             return f"{prefix}; a rank stalled or died"
-        mine = positions.get(self.rank, (-1, -1))
-        behind = sorted(r for r, at in positions.items() if at < mine)
-        missing = sorted(set(range(self.world)) - set(positions))
-        suspects = behind + missing
-        if not suspects:
+        silent = [
+            r
+            for r in range(self.world)
+            if r != self.rank and (r not in after or before.get(r) == after.get(r))
+        ]
+        if not silent:
             return f"{prefix}; a rank stalled or died"
         where = ", ".join(
-            f"rank {r} (last seen at epoch {positions[r][0] + 1} step {positions[r][1] + 1})"
-            if r in positions
-            else f"rank {r} (never started a step)"
-            for r in suspects
+            f"rank {r} (last seen at epoch {after[r][1] + 1} step {after[r][2] + 1})"
+            if r in after
+            else f"rank {r} (never seen)"
+            for r in silent
         )
         return f"{prefix}; stalled or died: {where}"
 
@@ -1171,6 +1210,7 @@ def train(
                 f"[{cfg.task}] the run in {run.out} has finished its {cfg.epochs} epochs; "
                 "nothing to do (pass a larger --epochs to extend it)"
             )
+    run.watch.start()
     try:
         for epoch in range(run.start_epoch, cfg.epochs):
             metrics = _run_epoch(run, epoch, metrics, log)
@@ -1178,6 +1218,8 @@ def train(
         if run.world > 1 and not isinstance(exc, PeerTimeoutError) and _is_peer_failure(exc):
             raise PeerTimeoutError(run.watch.describe(cfg.dist_timeout)) from exc
         raise
+    finally:
+        run.watch.stop()
 
     ran = run.start_epoch < cfg.epochs
     if run.is_main and ran:
