@@ -914,6 +914,9 @@ def _state(run: _Run, epoch: int, rng: list[dict[str, object]]) -> dict[str, obj
     }
 
 
+_RESUME_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "history", "rng")
+
+
 def _resume_candidates(run: _Run) -> tuple[Path, list[Path]] | None:
     """The checkpoint asked for, then the others of its folder, newest first."""
     asked = run.cfg.resume
@@ -945,10 +948,18 @@ def _restore(run: _Run, log: Callable[[str], None]) -> bool:
     path = primary
     for path in [primary, *fallbacks]:
         try:
-            ckpt = read_checkpoint(path)
-            break
+            candidate = read_checkpoint(path)
         except (CheckpointError, FileNotFoundError) as exc:
             problems.append(str(exc))
+            continue
+        missing = sorted(set(_RESUME_KEYS) - set(candidate))
+        if missing:
+            problems.append(
+                f"checkpoint {str(path)!r} cannot be resumed (no {', '.join(missing)})"
+            )
+            continue
+        ckpt = candidate
+        break
     if ckpt is None:
         raise CheckpointError("resume: no intact checkpoint (" + "; ".join(problems) + ")")
     if problems and run.is_main:
@@ -1054,9 +1065,9 @@ def _nonfinite_message(
     where = f"at epoch {epoch + 1}, step {step + 1} of {len(run.train_loader)}"
     if not bool(torch.isfinite(loss)):
         bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
-        what = f"non-finite loss ({float(loss)}" + (f"; terms {', '.join(bad)})" if bad else ")")
+        what = f"non-finite loss ({float(loss.detach())}" + (f"; terms {', '.join(bad)})" if bad else ")")
     elif norm is not None and not bool(torch.isfinite(norm)):
-        what = f"non-finite gradient (norm {float(norm)})"
+        what = f"non-finite gradient (norm {float(norm.detach())})"
     else:
         what = "non-finite loss or gradient on another rank"
     kept = f"; {run.out / 'last.pt'} holds epoch {epoch}" if epoch > 0 else ""
@@ -1195,7 +1206,17 @@ def train(
     :class:`NonFiniteLossError` when a step is not finite (unless ``skip_nonfinite``) and
     :class:`PeerTimeoutError` when another rank stops answering under DDP.
     """
-    run = _prepare(cfg)
+    try:
+        run = _prepare(cfg)
+    except RuntimeError as exc:
+        # Setting up DDP (the rendezvous, the first broadcast) can time out too.
+        if dist.is_available() and dist.is_initialized() and _is_peer_failure(exc):
+            raise PeerTimeoutError(
+                f"rank {dist.get_rank()}: no answer from another rank within the "
+                f"{cfg.dist_timeout:g} s process-group timeout (--dist-timeout) while "
+                "setting up; a rank stalled or died"
+            ) from exc
+        raise
     if run.is_main:
         log(f"[{cfg.task}] {_dataset_sizes(run)}")
     if cfg.resume:
