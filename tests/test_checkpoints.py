@@ -266,6 +266,10 @@ def test_a_new_run_never_replaces_another_runs_best(finished, data, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--overwrite" in err
     assert (out / "best.pt").read_bytes() == best
+    # Resuming another folder's checkpoint into it is a new run there too.
+    with pytest.raises(FileExistsError, match="not empty"):
+        train(_cfg(data, out, epochs=3, resume=str(finished / "last.pt")), log=_quiet)
+    assert (out / "best.pt").read_bytes() == best
     # --overwrite replaces the run: a 1-epoch run's files.
     (out / "notes.txt").write_text("mine")
     train(_cfg(data, out, epochs=1, overwrite=True), log=_quiet)

@@ -726,8 +726,13 @@ def _is_peer_failure(exc: BaseException) -> bool:
 
 
 def _check_out_folder(cfg: TrainConfig, out: Path, rank: int) -> None:
-    """A new run never replaces another run's files unless asked to."""
-    if cfg.resume is not None or not out.exists():
+    """A new run never replaces another run's files unless asked to. Resuming a
+    checkpoint of another folder into ``out`` counts as a new run there."""
+    if not out.exists():
+        return
+    if cfg.resume == "auto":
+        return
+    if cfg.resume is not None and Path(cfg.resume).resolve().parent == out.resolve():
         return
     if not out.is_dir():
         raise NotADirectoryError(f"out: {str(out)!r} is a file, not a folder")
