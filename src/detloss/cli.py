@@ -22,11 +22,20 @@ __all__ = ["build_parser", "main"]
 TASKS = ("points", "boxes")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default; required options have none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with defaults in every help line and one-line usage errors."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> NoReturn:
@@ -92,7 +101,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random generator")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (None: torch's default)"
+        "--threads", type=int, default=None, help="torch CPU threads (None leaves torch's)"
     )
     p.add_argument(
         "--resume",
