@@ -270,6 +270,10 @@ def test_a_new_run_never_replaces_another_runs_best(finished, data, tmp_path, ca
     with pytest.raises(FileExistsError, match="not empty"):
         train(_cfg(data, out, epochs=3, resume=str(finished / "last.pt")), log=_quiet)
     assert (out / "best.pt").read_bytes() == best
+    # A mistyped --data with --overwrite fails before anything is removed.
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        train(_cfg(tmp_path / "nowhere", out, overwrite=True), log=_quiet)
+    assert (out / "best.pt").read_bytes() == best
     # --overwrite replaces the run: a 1-epoch run's files.
     (out / "notes.txt").write_text("mine")
     train(_cfg(data, out, epochs=1, overwrite=True), log=_quiet)

@@ -725,29 +725,28 @@ def _is_peer_failure(exc: BaseException) -> bool:
     )
 
 
-def _check_out_folder(cfg: TrainConfig, out: Path, rank: int) -> None:
-    """A new run never replaces another run's files unless asked to. Resuming a
-    checkpoint of another folder into ``out`` counts as a new run there."""
+def _check_out_folder(cfg: TrainConfig, out: Path) -> bool:
+    """A new run never replaces another run's files unless asked to: True when the
+    previous run's files are to be removed (``overwrite``). Resuming a checkpoint of
+    another folder into ``out`` counts as a new run there."""
     if not out.exists():
-        return
+        return False
     if cfg.resume == "auto":
-        return
+        return False
     if cfg.resume is not None and Path(cfg.resume).resolve().parent == out.resolve():
-        return
+        return False
     if not out.is_dir():
         raise NotADirectoryError(f"out: {str(out)!r} is a file, not a folder")
     entries = sorted(p.name for p in out.iterdir())
     if not entries:
-        return
+        return False
     if not cfg.overwrite:
         shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
         raise FileExistsError(
             f"out: {str(out)!r} is not empty ({shown}); continue that run with --resume, "
             "replace it with --overwrite, or choose another --out"
         )
-    if rank == 0:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+    return True
 
 
 def _prepare(cfg: TrainConfig) -> _Run:
@@ -756,12 +755,16 @@ def _prepare(cfg: TrainConfig) -> _Run:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + rank)
     out = Path(cfg.out)
-    _check_out_folder(cfg, out, rank)
+    replace = _check_out_folder(cfg, out)
     train_ds = load_dataset(
         cfg.task, cfg.data, cfg.train_split, flip=cfg.flip, limit=cfg.max_train_images
     )
     val_ds = load_dataset(cfg.task, cfg.data, cfg.val_split, limit=cfg.max_val_images)
     if rank == 0:
+        # Only once the data has loaded: a mistyped --data keeps the previous run.
+        if replace:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         # Temporary files of a write that was killed half-way.
         for stale in out.glob(".*.pt.*.tmp"):
