@@ -767,7 +767,7 @@ def _prepare(cfg: TrainConfig) -> _Run:
                 (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         # Temporary files of a write that was killed half-way.
-        for stale in out.glob(".*.pt.*.tmp"):
+        for stale in [*out.glob(".*.pt.*.tmp"), *out.glob(".*.json.*.tmp")]:
             stale.unlink(missing_ok=True)
     num_classes = getattr(_base(train_ds), "num_classes", 1)
     task = build_task(cfg, num_classes)
@@ -1067,6 +1067,13 @@ def _json_safe(value: object) -> object:
     return value
 
 
+def _write_json(path: Path, value: object) -> None:
+    """Atomically, as the checkpoints: a temporary file renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_json_safe(value), indent=1))
+    os.replace(tmp, path)
+
+
 def _nonfinite_message(
     run: _Run, epoch: int, step: int, loss: Tensor, terms: Mapping[str, Tensor], norm: Tensor | None
 ) -> str:
@@ -1252,8 +1259,8 @@ def train(
 
     ran = run.start_epoch < cfg.epochs
     if run.is_main and ran:
-        (run.out / "history.json").write_text(json.dumps(_json_safe(run.history), indent=1))
-        (run.out / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=1))
+        _write_json(run.out / "history.json", run.history)
+        _write_json(run.out / "metrics.json", metrics)
     if run.is_main and run.skipped_steps:
         log(f"[{cfg.task}] skipped {run.skipped_steps} non-finite step(s) (--skip-nonfinite)")
     if run.is_main and run.best:
