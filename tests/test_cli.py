@@ -87,6 +87,7 @@ def test_quick_demo_then_eval(tmp_path, capsys):
     assert main(["demo", "--quick", "--no-progress", "--data", str(data), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "point F1 @ 4 px" in printed and "box AP50 (COCO)" in printed
+    assert "not meant to meet the goals" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("point_f1@4px", "count_mae", "count_rmse", "mean_count", "box_ap50", "box_ap"):
         assert isinstance(metrics[key], float)
@@ -135,3 +136,198 @@ def test_train_command(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[boxes] epoch 1/1" in printed
     assert (tmp_path / "o" / "last.pt").is_file()
+
+
+# ----------------------------------------------------------------------------- one line
+
+
+def _subparsers(parser, prefix=""):
+    """Every (sub)command's parser by its full name, nested ones (``data check``) included."""
+    import argparse
+
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if name != "bench":
+                    found[prefix + name] = sub
+                    found.update(_subparsers(sub, prefix + name + " "))
+    return found
+
+
+def test_every_option_has_help_showing_its_default():
+    import argparse
+
+    for name, sub in _subparsers(build_parser()).items():
+        assert issubclass(sub.formatter_class, argparse.ArgumentDefaultsHelpFormatter), name
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+        text = " ".join(sub.format_help().split())
+        optional = [a for a in sub._actions if a.option_strings and not a.required]
+        assert text.count("(default: ") >= len(optional) - 1, name  # -1: --help
+    train_help = " ".join(_subparsers(build_parser())["train"].format_help().split())
+    assert "(default: 20)" in train_help and "(default: 600.0)" in train_help
+    assert "what to train (default" not in train_help  # required: no default to show
+
+
+def test_train_option_defaults_are_the_config_defaults():
+    from dataclasses import fields
+
+    from detloss.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "--task", "points", "--data", "d"])
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for name, value in vars(args).items():
+        if name in defaults and name not in ("task", "data"):
+            assert value == defaults[name], name
+    for flag, field in (("no_amp", "amp"), ("no_flip", "flip"), ("no_progress", "progress")):
+        assert getattr(args, flag) is not defaults[field]
+
+
+def _one_line_error(capsys, argv, *needles):
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith(f"detloss {argv[0]}: error: ")
+    for needle in needles:
+        assert needle in captured.err, (needle, captured.err)
+    return captured.err
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--task", "masks", "--data", "x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'masks'" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--checkpoint", "c.pt", "--data", "d", "--batch-size", "many"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "invalid int value: 'many'" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_sets(tmp_path_factory):
+    from detloss.data.synthetic import CrowdSpec, ShapeSpec, make_crowds, make_shapes
+
+    root = tmp_path_factory.mktemp("cli_sets")
+    crowd = CrowdSpec(image_size=32, count_range=(2, 6), min_distance=4.0)
+    shape = ShapeSpec(image_size=32, size_range=(8.0, 14.0), count_range=(1, 2))
+    for split, n, seed in (("train", 4, 0), ("val", 2, 1), ("test", 2, 2)):
+        make_crowds(root / "crowds" / split, n, crowd, seed=seed)
+        make_shapes(root / "shapes" / split, n, shape, seed=seed)
+    (root / "empty" / "train" / "images").mkdir(parents=True)
+    (root / "empty" / "train" / "points.json").write_text("{}")
+    return root
+
+
+def test_user_errors_are_one_line_with_status_2(tiny_sets, tmp_path, capsys):
+    train = ["train", "--task", "points", "--epochs", "1", "--threads", "1"]
+    _one_line_error(
+        capsys, [*train, "--data", str(tmp_path / "nowhere")], "no such folder", "nowhere"
+    )
+    _one_line_error(
+        capsys,
+        [*train, "--data", str(tiny_sets / "empty"), "--out", str(tmp_path / "o")],
+        "the 'train' split is empty",
+        "points.json",
+    )
+    _one_line_error(
+        capsys,
+        ["train", "--task", "boxes", "--data", str(tiny_sets / "crowds")],
+        "instances.json",
+        "other task",
+    )
+    _one_line_error(
+        capsys, ["eval", "--checkpoint", str(tmp_path / "none.pt"), "--data", "."], "none.pt"
+    )
+    # A checkpoint of the other task.
+    assert main([*train, "--data", str(tiny_sets / "crowds"), "--out", str(tmp_path / "p"),
+                 "--batch-size", "2"]) == 0  # fmt: skip
+    capsys.readouterr()
+    _one_line_error(
+        capsys,
+        ["eval", "--checkpoint", str(tmp_path / "p" / "best.pt"), "--data",
+         str(tiny_sets / "shapes")],
+        "is a points model",
+        "instances.json",
+    )
+    _one_line_error(
+        capsys,
+        ["train", "--task", "boxes", "--data", str(tiny_sets / "shapes"), "--out",
+         str(tmp_path / "p"), "--resume", "--epochs", "1"],
+        "is a points model, not a boxes one",
+    )
+    # --debug: the traceback instead.
+    with pytest.raises(FileNotFoundError):
+        main([*train, "--data", str(tmp_path / "nowhere"), "--debug"])
+
+
+def test_non_zero_ranks_print_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "--task", "points", "--data", str(tmp_path / "nowhere")]) == 2
+    with pytest.raises(SystemExit):
+        main(["train", "--task", "masks", "--data", "x"])
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_train_speaks_a_banner_a_line_per_epoch_and_the_best(tiny_sets, tmp_path, capsys):
+    # Progress bars are on by default but stderr is not a terminal here: lines instead.
+    out = tmp_path / "run"
+    argv = ["train", "--task", "points", "--data", str(tiny_sets / "crowds"), "--out", str(out),
+            "--epochs", "2", "--batch-size", "2", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.splitlines()
+    assert lines[0] == (
+        f"[points] train 4 images, val 2 images, 1 class, device cpu, out {out}"
+    )
+    assert lines[1].startswith("[points] epoch 1/2  loss ")
+    assert lines[2].startswith("[points] epoch 2/2  loss ")
+    # No proposal clears p > 0.5 this early: precision is undefined, not 1.
+    assert "point_precision@4px n/a" in lines[1]
+    assert lines[3].startswith(f"[points] best: {out / 'best.pt'} (epoch ")
+    assert "point_f1@4px" in lines[3]
+    printed = json.loads("\n".join(lines[4:]))
+    assert printed["point_precision@4px"] is None
+    # --resume --epochs 3 extends the finished run.
+    assert main([*argv[:-4], "--epochs", "3", "--batch-size", "2", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "resumed from" in captured.out and "[points] epoch 3/3" in captured.out
+    assert "epoch 1/3" not in captured.out
+
+
+def test_point_precision_without_predictions_is_nan():
+    import math
+
+    import torch
+
+    from detloss.train import PointTask, TrainConfig, _fmt
+
+    task = PointTask(TrainConfig(task="points"))
+    metrics = task.metrics(
+        [{"points": torch.zeros(0, 2)}], [{"points": torch.tensor([[1.0, 2.0]])}]
+    )
+    assert math.isnan(metrics["point_precision@4px"]) and metrics["point_recall@4px"] == 0.0
+    assert _fmt(metrics["point_precision@4px"]) == "n/a"
+
+
+def test_demo_reruns_into_its_folder(tmp_path, capsys):
+    from detloss.data.synthetic import CrowdSpec, ShapeSpec
+    from detloss.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(
+        crowd_spec=CrowdSpec(image_size=32, count_range=(2, 6), min_distance=4.0),
+        shape_spec=ShapeSpec(image_size=32, size_range=(8.0, 14.0), count_range=(1, 2)),
+        crowd_images=(4, 2, 2), shape_images=(4, 2, 2), point_epochs=1, box_epochs=1,
+        point_batch=2, box_batch=2,
+    )  # fmt: skip
+    for _ in range(2):
+        run_demo(tmp_path / "d", tmp_path / "o", settings=settings, progress=False, plots=False)
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["goals"]
+    capsys.readouterr()

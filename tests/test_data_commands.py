@@ -143,7 +143,7 @@ def test_cli_check(crowd, tmp_path, capsys):
         and "not an image format Pillow reads" in printed
     )
     assert main(["data", "check", "--data", str(tmp_path / "nowhere")]) == 2
-    assert "error: " in capsys.readouterr().out
+    assert "detloss data: error: " in capsys.readouterr().err
 
 
 def test_cli_check_lists_problems(voc, tmp_path, capsys):
@@ -214,7 +214,10 @@ def test_cli_convert_then_train_layout(crowd, voc, tmp_path, capsys):
         )
         == 2
     )
-    assert "error: coco holds boxes; the shanghaitech dataset has points" in capsys.readouterr().out
+    assert (
+        "detloss data: error: coco holds boxes; the shanghaitech dataset has points"
+        in capsys.readouterr().err
+    )
 
 
 def test_random_boxes_and_points_round_trip_bit_for_bit(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from detloss.data.synthetic import CrowdSpec, ShapeSpec, make_crowds, make_shapes
-from detloss.train import TrainConfig, load_checkpoint, train
+from detloss.train import CheckpointError, TrainConfig, load_checkpoint, read_checkpoint, train
 
 CROWDS = CrowdSpec(image_size=64, count_range=(10, 40), min_distance=6.0)
 SHAPES = ShapeSpec(image_size=64, size_range=(14.0, 26.0), count_range=(1, 3))
@@ -87,17 +87,18 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path):
 
     with pytest.raises(Stop):
         train(replace(cfg, out=str(tmp_path / "b")), log=stop_at_epoch_2)
-    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["epoch"] == 1
+    assert read_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 1
     resumed = train(replace(cfg, out=str(tmp_path / "b"), resume="auto"), log=_quiet)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     for (k, a), b in zip(
         straight["model"].state_dict().items(), resumed["model"].state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, msg=k)
-    with pytest.raises(
-        ValueError, match=r"resume: the checkpoint .* was made for 3 epochs, got epochs=4"
-    ):
-        train(replace(cfg, out=str(tmp_path / "b"), resume="auto", epochs=4), log=_quiet)
+    # A finished run resumed with more epochs is extended; with fewer it is an error.
+    with pytest.raises(CheckpointError, match=r"has trained 3 epochs already, more than epochs=2"):
+        train(replace(cfg, out=str(tmp_path / "b"), resume="auto", epochs=2), log=_quiet)
+    extended = train(replace(cfg, out=str(tmp_path / "b"), resume="auto", epochs=4), log=_quiet)
+    assert [h["epoch"] for h in extended["history"]] == [1, 2, 3, 4]
 
 
 def test_config_errors(tmp_path):
@@ -130,7 +131,7 @@ def test_ddp_on_two_cpu_processes(data, tmp_path):
     # statistics are per rank on the CPU: rank 0's are broadcast at each forward.)
     for k, v in states[0].items():
         torch.testing.assert_close(states[1][k], v, msg=k)
-    ckpt = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ckpt["epoch"] == 1 and "val" in ckpt["history"][0]
 
 

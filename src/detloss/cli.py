@@ -12,67 +12,149 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from typing import NoReturn
 
 __all__ = ["build_parser", "main"]
 
+TASKS = ("points", "boxes")
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default; required options have none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with defaults in every help line and one-line usage errors."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> NoReturn:
+        if _rank() == 0:
+            print(
+                f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)",
+                file=sys.stderr,
+            )
+        sys.exit(2)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 speaks."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _add_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error"
+    )
+
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
-
-    d = {f.name: f.default for f in fields(TrainConfig)}
-    p.add_argument("--task", choices=("points", "boxes"), required=True)
+    # The defaults are TrainConfig's, written here so that --help needs no torch import
+    # (a test checks that the two agree).
+    p.add_argument("--task", choices=TASKS, required=True, help="what to train")
     p.add_argument(
         "--data",
         required=True,
         help="folder with <split>/images/ and <split>/points.json (points) or "
         "<split>/instances.json (COCO boxes)",
     )
-    p.add_argument("--out", default=d["out"], help="checkpoints and logs (default: %(default)s)")
-    p.add_argument("--train-split", default=d["train_split"])
-    p.add_argument("--val-split", default=d["val_split"])
-    p.add_argument("--epochs", type=int, default=d["epochs"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--lr", type=float, default=d["lr"], help="one-cycle peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"])
-    p.add_argument("--model", choices=("tiny", "full"), default=d["model"])
+    p.add_argument(
+        "--out",
+        default="runs/train",
+        help="checkpoints and logs; must be empty unless --resume or --overwrite",
+    )
+    p.add_argument("--train-split", default="train", help="training split folder")
+    p.add_argument("--val-split", default="val", help="validation split folder")
+    p.add_argument("--epochs", type=int, default=20, help="epochs (with --resume: extends)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per step and process")
+    p.add_argument("--lr", type=float, default=2e-3, help="one-cycle peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    p.add_argument(
+        "--model", choices=("tiny", "full"), default="tiny", help="model width"
+    )
     p.add_argument(
         "--backbone-weights",
+        default=None,
         help="local VGG16-BN weights file for the full P2PNet (never downloaded)",
     )
     p.add_argument(
         "--freeze-epochs",
         type=int,
-        default=d["freeze_epochs"],
+        default=0,
         help="two-stage fine-tuning: epochs with the backbone frozen (points)",
     )
-    p.add_argument("--device", default=d["device"], help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--workers", type=int, default=d["workers"], help="DataLoader workers")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random generator")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (None leaves torch's)"
+    )
     p.add_argument(
         "--resume",
         nargs="?",
         const="auto",
         default=None,
-        help="resume from a checkpoint (no value: OUT/last.pt)",
+        help="continue a run from a checkpoint (no value: OUT/last.pt); an unreadable one "
+        "falls back to the newest intact checkpoint beside it, with a warning",
     )
-    p.add_argument("--max-train-images", type=int, default=None)
-    p.add_argument("--max-val-images", type=int, default=None)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a non-empty --out, replacing its last.pt, best.pt, "
+        "history.json and metrics.json",
+    )
+    p.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="skip steps whose loss or gradient is not finite (counted) instead of stopping",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a DDP collective waits for the other ranks before the job ends "
+        "(rank 0's evaluation must fit in it)",
+    )
+    p.add_argument(
+        "--max-train-images", type=int, default=None, help="use only the first N train images"
+    )
+    p.add_argument(
+        "--max-val-images", type=int, default=None, help="use only the first N val images"
+    )
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--head", choices=("sigmoid", "softmax"), default=d["head"])
-    p.add_argument("--loc-weight", type=float, default=d["loc_weight"])
-    p.add_argument("--neg-weight", type=float, default=d["neg_weight"])
-    p.add_argument("--tau", type=float, default=d["tau"])
-    p.add_argument("--point-threshold", type=float, default=d["point_threshold"])
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (also off when stderr is not a terminal)",
+    )
+    p.add_argument(
+        "--head", choices=("sigmoid", "softmax"), default="sigmoid", help="P2PNet head"
+    )
+    p.add_argument("--loc-weight", type=float, default=0.05, help="PointLoss localisation weight")
+    p.add_argument("--neg-weight", type=float, default=0.5, help="PointLoss background weight")
+    p.add_argument("--tau", type=float, default=0.2, help="PointLoss matching distance weight")
+    p.add_argument(
+        "--point-threshold", type=float, default=4.0, help="distance (px) of the point F1"
+    )
+    _add_debug(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="detloss",
         description="Training objectives for object and point detectors.",
     )
@@ -83,14 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic data, train P2PNet and CenterNet, evaluate, write runs/demo/",
         description="Generate the synthetic sets (if missing), train the tiny P2PNet with "
         "PointLoss and the tiny CenterNet with CenterNetLoss on the CPU, evaluate on "
-        "held-out images and write metrics.json and pictures.",
+        "held-out images and write metrics.json and pictures. A rerun replaces the "
+        "previous results in --out.",
     )
-    demo.add_argument("--data", default="data/demo", help="data folder (default: %(default)s)")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    demo.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    demo.add_argument("--data", default="data/demo", help="data folder")
+    demo.add_argument("--out", default="runs/demo", help="output folder (replaced)")
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="toy sizes: a smoke run of the pipeline, not meant to meet the goals",
+    )
+    demo.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.add_argument("--no-plots", action="store_true", help="skip the pictures")
+    _add_debug(demo)
 
     train = sub.add_parser(
         "train",
@@ -100,12 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_options(train)
 
-    ev = sub.add_parser("eval", help="evaluate a checkpoint on a split")
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on a split",
+        description="Print the metrics of a checkpoint on a split as JSON.",
+    )
     ev.add_argument("--checkpoint", required=True, help="a last.pt / best.pt from train")
     ev.add_argument("--data", required=True, help="data folder (as for train)")
-    ev.add_argument("--split", default="test", help="split folder (default: %(default)s)")
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--split", default="test", help="split folder")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    ev.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    _add_debug(ev)
 
     sub.add_parser(
         "bench", help="run the benchmarks (options: detloss bench --help)", add_help=False
@@ -117,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .train import TrainConfig, _json_safe, train
 
     cfg = TrainConfig(
         task=args.task,
@@ -138,6 +231,9 @@ def _train(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
         resume=args.resume,
+        overwrite=args.overwrite,
+        skip_nonfinite=args.skip_nonfinite,
+        dist_timeout=args.dist_timeout,
         max_train_images=args.max_train_images,
         max_val_images=args.max_val_images,
         flip=not args.no_flip,
@@ -149,23 +245,65 @@ def _train(args: argparse.Namespace) -> int:
         point_threshold=args.point_threshold,
     )
     result = train(cfg)
-    print(json.dumps(result["metrics"], indent=1))
+    if _rank() == 0:
+        print(json.dumps(_json_safe(result["metrics"]), indent=1))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
     from torch.utils.data import DataLoader
 
     from .data.collate import collate_detection
-    from .train import evaluate, load_checkpoint, load_dataset
+    from .train import ANNOTATION_FILES, _json_safe, evaluate, load_checkpoint, load_dataset
 
     model, task, _ = load_checkpoint(args.checkpoint, args.device)
+    split = Path(args.data) / args.split
+    if not (split / ANNOTATION_FILES[task.name]).is_file():
+        for other, name in ANNOTATION_FILES.items():
+            if other != task.name and (split / name).is_file():
+                raise ValueError(
+                    f"checkpoint {args.checkpoint!r} is a {task.name} model, but {split} holds "
+                    f"{name}: data of the {other} task"
+                )
     ds = load_dataset(task.name, args.data, args.split)
     loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_detection)
     metrics = evaluate(model, task, loader, torch.device(args.device))
-    print(json.dumps(metrics, indent=1))
+    print(json.dumps(_json_safe(metrics), indent=1))
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(
+        args.data,
+        args.out,
+        quick=args.quick,
+        threads=args.threads,
+        progress=not args.no_progress,
+        plots=not args.no_plots,
+    )
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .data.commands import run_data
+
+    return run_data(args)
+
+
+def _user_error_status(exc: BaseException) -> int | None:
+    """The exit status of an error to report in one line; None for a bug (traceback)."""
+    from .train import NonFiniteLossError, PeerTimeoutError
+
+    if isinstance(exc, PeerTimeoutError):
+        return 1
+    if isinstance(exc, ValueError | OSError | NonFiniteLossError):
+        return 2
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,27 +314,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(bench_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        from .demo import run_demo
-
-        run_demo(
-            args.data,
-            args.out,
-            quick=args.quick,
-            threads=args.threads,
-            progress=not args.no_progress,
-            plots=not args.no_plots,
-        )
-        return 0
-    if args.command == "train":
-        return _train(args)
-    if args.command == "eval":
-        return _eval(args)
-    if args.command == "data":
-        from .data.commands import run_data
-
-        return run_data(args)
-    return 1  # pragma: no cover - argparse rejects unknown commands
+    commands = {"demo": _demo, "train": _train, "eval": _eval, "data": _data}
+    try:
+        return commands[args.command](args)
+    except Exception as exc:
+        status = _user_error_status(exc)
+        if status is None or getattr(args, "debug", False):
+            raise
+        # Every rank fails alike on a user error: rank 0 says it once. A timeout is
+        # reported by whichever rank saw it.
+        if _rank() == 0 or status == 1:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            print(f"detloss {args.command}: error: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data.collate import collate_detection
 from .data.synthetic import SHAPE_CLASSES, CrowdSpec, ShapeSpec, make_crowds, make_shapes
-from .train import TrainConfig, load_dataset, predict, train
+from .train import TrainConfig, _fmt, _json_safe, load_dataset, predict, train
 
 __all__ = ["GOALS", "DemoSettings", "run_demo"]
 
@@ -119,8 +119,16 @@ def run_demo(
     _generate(shapes, "shapes", settings.shape_spec, settings.shape_images, settings.seed, workers)
     t_data = time.perf_counter() - t0
 
+    if quick:
+        print("[demo] --quick: toy sizes that check the pipeline; they are not meant to meet the goals")
+    # The demo owns its output folder: a rerun replaces the previous results.
     base = TrainConfig(
-        seed=settings.seed, threads=threads, progress=progress, val_split="val", device="cpu"
+        seed=settings.seed,
+        threads=threads,
+        progress=progress,
+        val_split="val",
+        device="cpu",
+        overwrite=True,
     )
     t0 = time.perf_counter()
     points_run = train(
@@ -187,7 +195,7 @@ def run_demo(
     for key, op, goal in GOALS:
         goals[key] = {"goal": f"{op} {goal:g}", "met": _check(metrics[key], op, goal)}
     (out_dir / "metrics.json").write_text(
-        json.dumps({**metrics, "goals": goals}, indent=1, default=_json_default)
+        json.dumps(_json_safe({**metrics, "goals": goals}), indent=1, default=_json_default)
     )
     _print_table(metrics, goals, out_dir)
     return metrics
@@ -220,7 +228,9 @@ def _print_table(metrics: dict[str, float], goals: dict[str, dict], out_dir: Pat
         status = ""
         if key in goals:
             status = "met" if goals[key]["met"] else "MISSED"
-        print(f"{label:<28}{metrics[key]:>10.4f}  {goal:<8} {status}")
+        value = metrics[key]
+        shown = f"{value:.4f}" if value == value else _fmt(value)  # NaN: "n/a"
+        print(f"{label:<28}{shown:>10}  {goal:<8} {status}")
     print("-" * 56)
     print(
         f"time: data {metrics['seconds_data']:.0f} s, points {metrics['seconds_train_points']:.0f} s, "

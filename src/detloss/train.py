@@ -18,18 +18,28 @@ Data layout under ``data``: one folder per split, ``<split>/images/`` plus
 The loop: AdamW with a one-cycle learning rate per step, a tqdm bar showing the loss
 terms, learning rate and images per second, evaluation after every epoch, ``last.pt``
 and ``best.pt`` checkpoints (everything needed to resume: model, optimiser, scheduler,
-AMP scaler, RNG states, history), automatic mixed precision on CUDA, and DDP when
-launched by ``torchrun`` (``WORLD_SIZE > 1``: gloo on CPU, nccl on CUDA, a
+AMP scaler, every rank's RNG states, history), automatic mixed precision on CUDA, and DDP
+when launched by ``torchrun`` (``WORLD_SIZE > 1``: gloo on CPU, nccl on CUDA, a
 ``DistributedSampler`` per rank; rank 0 evaluates and writes).
+
+Checkpoints are written atomically (a temporary file in the same folder, flushed to disk,
+then renamed) and read with ``torch.load(weights_only=True)``: they hold only tensors and
+plain containers, so a received file cannot run code when it is loaded.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import pickle
 import random
+import re
+import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -49,6 +59,9 @@ from .models.p2pnet import P2PNet, TwoStageFinetune
 
 __all__ = [
     "BoxTask",
+    "CheckpointError",
+    "NonFiniteLossError",
+    "PeerTimeoutError",
     "PointTask",
     "TrainConfig",
     "build_task",
@@ -56,11 +69,34 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "predict",
+    "read_checkpoint",
+    "save_checkpoint",
     "train",
 ]
 
 TASKS = ("points", "boxes")
 ANNOTATION_FILES = {"points": "points.json", "boxes": "instances.json"}
+#: The files a run writes into its output folder (``--overwrite`` removes these only).
+RUN_FILES = ("last.pt", "best.pt", "history.json", "metrics.json")
+#: Seconds a collective may wait for the other ranks before the job ends (``--dist-timeout``).
+DEFAULT_DIST_TIMEOUT = 600.0
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: truncated or corrupt, refused by the safe loader
+    (it holds objects other than tensors and plain containers), not a detloss training
+    checkpoint, or made for another task. The message is one line naming the file."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step produced a non-finite loss or gradient; raised before the optimiser
+    applies it, so no saved checkpoint holds a non-finite weight."""
+
+
+class PeerTimeoutError(RuntimeError):
+    """Under DDP, a collective operation waited longer than ``dist_timeout`` for another
+    rank (stopped, hung or dead). The message names the rank(s) that stopped answering
+    where it can tell."""
 
 
 @dataclass
@@ -84,7 +120,18 @@ class TrainConfig:
         seed: seeds Python, numpy and torch (rank-offset under DDP) and the loader.
         workers: DataLoader worker processes.
         threads: ``torch.set_num_threads`` (None leaves torch's default).
-        resume: checkpoint to resume from (``"auto"``: ``out/last.pt`` if it exists).
+        resume: checkpoint to resume from (``"auto"``: ``out/last.pt`` if it exists). An
+            unreadable checkpoint is skipped with a warning for the newest intact one in
+            its folder (``last.pt``, ``best.pt``). A finished run resumed with a larger
+            ``epochs`` is extended.
+        overwrite: allow a new run (``resume`` None) into an ``out`` folder that is not
+            empty; the previous run's files (:data:`RUN_FILES`) are removed first. Without
+            it such a run is refused, so a good ``best.pt`` is never replaced by a worse
+            one from another run.
+        skip_nonfinite: skip a step whose loss or gradient is not finite (counted and
+            reported) instead of stopping with :class:`NonFiniteLossError`.
+        dist_timeout: seconds a collective waits for the other ranks under DDP before the
+            job ends with :class:`PeerTimeoutError` (rank 0's evaluation must fit in it).
         max_train_images, max_val_images: use only the first images of a split.
         flip: random horizontal flips during training.
         progress: show the tqdm bar.
@@ -122,6 +169,9 @@ class TrainConfig:
     workers: int = 0
     threads: int | None = None
     resume: str | None = None
+    overwrite: bool = False
+    skip_nonfinite: bool = False
+    dist_timeout: float = DEFAULT_DIST_TIMEOUT
     max_train_images: int | None = None
     max_val_images: int | None = None
     flip: bool = True
@@ -150,6 +200,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, object]) -> TrainConfig:
@@ -218,9 +270,12 @@ class PointTask:
         )
         cm = count_metrics([len(p["points"]) for p in preds], [len(t["points"]) for t in targets])
         t = f"{self.cfg.point_threshold:g}px"
+        # Precision without a single prediction is 0 / 0: reported as NaN (shown "n/a",
+        # written null) rather than the perfect 1 that would flatter an empty model.
+        no_predictions = pm["tp"] + pm["fp"] == 0
         return {
             self.f1_key: pm["f1"],
-            f"point_precision@{t}": pm["precision"],
+            f"point_precision@{t}": float("nan") if no_predictions else pm["precision"],
             f"point_recall@{t}": pm["recall"],
             "count_mae": cm["mae"],
             "count_rmse": cm["rmse"],
@@ -312,12 +367,24 @@ def load_dataset(
     """The dataset of ``data/split`` for ``task`` (first ``limit`` images if given)."""
     root = Path(data) / split
     ann = root / ANNOTATION_FILES[task]
+    if not Path(data).is_dir():
+        raise FileNotFoundError(f"data: no such folder {str(data)!r}")
+    if not ann.is_file():
+        other = next((f for t, f in ANNOTATION_FILES.items() if t != task), "")
+        hint = (
+            f" (it holds {other}: the data of the other task)" if (root / other).is_file() else ""
+        )
+        raise FileNotFoundError(
+            f"the {split!r} split of the {task} task needs {ann}, which does not exist{hint}"
+        )
     transform = RandomHorizontalFlip() if flip else None
     ds: Dataset
     if task == "points":
         ds = PointDataset(root / "images", ann, transform)
     else:
         ds = CocoDetection(root / "images", ann, transform)
+    if len(ds) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"the {split!r} split is empty: {ann} lists no images")
     if limit is not None and limit < len(ds):  # type: ignore[arg-type]
         ds = Subset(ds, range(limit))
     return ds
@@ -337,15 +404,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
+def _setup_distributed(
+    device: str, timeout: float = DEFAULT_DIST_TIMEOUT
+) -> tuple[int, int, torch.device]:
     """``(rank, world size, device)``: an existing process group is used as it is;
     otherwise one is initialised from torchrun's environment when ``WORLD_SIZE > 1``
-    (nccl for CUDA, gloo for the CPU)."""
+    (nccl for CUDA, gloo for the CPU) with ``timeout`` seconds for every collective."""
     dev = torch.device(device)
     if not (dist.is_available() and dist.is_initialized()):
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return 0, 1, dev
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if dev.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=timeout),
+        )
     if dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
@@ -393,24 +465,106 @@ def evaluate(
     return task.metrics(preds, targets)
 
 
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def save_checkpoint(state: Mapping[str, object], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same folder, which is flushed to disk and
+    then renamed over ``path``: a crash at any moment leaves either the previous file or
+    the new one, never a truncated mixture.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    # The rename itself is durable only once the folder's entry is on disk.
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - folders cannot be opened on some systems
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The contents of a :func:`train` checkpoint, read safely.
+
+    ``torch.load(weights_only=True)``: only tensors and plain containers are accepted, so
+    loading a received file runs no code. Raises :class:`FileNotFoundError` for a missing
+    file and :class:`CheckpointError` (one line naming the file) for a truncated,
+    corrupt or refused one, or one that is not a detloss training checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
+    try:
+        with warnings.catch_warnings():
+            # The safe unpickler warns about the protocol of foreign pickles before
+            # refusing them: the refusal below says it in one line.
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if text.startswith("Weights only load failed"):
+            found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported [\w ]+", text)
+            detail = ""
+            if found is not None:
+                detail = f" (it asks for {found.group(1)})" if found.lastindex else f" ({found[0]})"
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} refused: it holds objects other than tensors "
+                f"and plain containers{detail}; detloss reads only checkpoints written by "
+                "its trainer"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt ({_one_line(str(exc))[:200]})"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
+        reason = _one_line(str(exc).split(". ")[0]) or type(exc).__name__
+        if isinstance(exc, EOFError):
+            reason = "the file is empty or cut short"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupt ({reason[:200]})"
+        ) from None
+    if not isinstance(ckpt, dict) or not {"model", "config", "model_kwargs"} <= set(ckpt):
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a detloss training checkpoint")
+    return ckpt
+
+
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, Task, dict]:
     """Rebuild the model and task of a :func:`train` checkpoint -> ``(model, task, ckpt)``.
 
-    Checkpoints are pickles (they hold optimiser and random-number states): load only
-    files you trust.
+    The file is read with :func:`read_checkpoint` (``weights_only=True``: no code runs
+    while loading); errors are :class:`FileNotFoundError` or :class:`CheckpointError`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no such file {str(path)!r}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"checkpoint: {str(path)!r} is not a detloss training checkpoint")
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    task = build_task(cfg, ckpt.get("num_classes", 1))
-    model = task.build_model(ckpt["model_kwargs"])
-    model.load_state_dict(ckpt["model"])
+    ckpt = read_checkpoint(path)
+    try:
+        cfg = TrainConfig.from_dict(ckpt["config"])
+        task = build_task(cfg, ckpt.get("num_classes", 1))
+        model = task.build_model(ckpt["model_kwargs"])
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit its model ({_one_line(str(exc))[:200]})"
+        ) from None
     return model.to(device).eval(), task, ckpt
 
 
@@ -458,28 +612,163 @@ class _Run:
     world: int
     out: Path
     amp: bool
+    watch: _PeerWatch
     start_epoch: int = 0
     history: list[dict[str, object]] = field(default_factory=list)
     best: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = 0
+    skipped_steps: int = 0
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
+class _PeerWatch:
+    """Tells which rank stopped answering when a collective times out.
+
+    Under DDP a daemon thread of every rank writes a heartbeat (a counter and the rank's
+    epoch and step) to the process group's key-value store twice a second. A stopped or
+    dead process stops beating; a rank blocked in a collective keeps beating (the wait
+    releases the GIL). The rank that sees the timeout reads the beats twice, a moment
+    apart, and names the ranks whose beat did not move. The training loop only updates
+    two integers: no store traffic, no synchronisation per step.
+    """
+
+    interval = 0.5
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        self.epoch, self.step = 0, -1
+        self.store = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if world > 1:
+            try:
+                self.store = dist.distributed_c10d._get_default_store()
+            except Exception:  # a private helper; without it the ranks go unnamed
+                self.store = None
+
+    def mark(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
+
+    def start(self) -> None:
+        if self.store is None or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._beat, name="detloss-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        count = 0
+        while not self._stop.is_set():
+            count += 1
+            try:
+                self.store.set(  # type: ignore[union-attr]
+                    f"detloss/beat/{self.rank}", f"{count} {self.epoch} {self.step}"
+                )
+            except Exception:  # the store's host (rank 0) is gone: nothing left to tell
+                return
+            self._stop.wait(self.interval)
+
+    def _read(self) -> dict[int, tuple[int, int, int]]:
+        beats: dict[int, tuple[int, int, int]] = {}
+        for r in range(self.world):
+            key = f"detloss/beat/{r}"
+            if self.store.check([key]):  # type: ignore[union-attr]
+                count, epoch, step = self.store.get(key).decode().split()  # type: ignore[union-attr]
+                beats[r] = (int(count), int(epoch), int(step))
+        return beats
+
+    def describe(self, timeout: float) -> str:
+        """One line naming the ranks that stopped answering, where it can tell."""
+        prefix = (
+            f"rank {self.rank}: no answer from another rank within the "
+            f"{timeout:g} s process-group timeout (--dist-timeout)"
+        )
+        if self.store is None:
+            return f"{prefix}; a rank stalled or died"
+        try:
+            self.store.set_timeout(datetime.timedelta(seconds=min(timeout, 5.0)))
+            before = self._read()
+            time.sleep(3 * self.interval)
+            after = self._read()
+        except Exception:  # rank 0 hosts the store: no answer from it names it
+            if self.rank != 0:
+                return f"{prefix}; rank 0 stalled or died (its key-value store does not answer)"
+            return f"{prefix}; a rank stalled or died"
+        silent = [
+            r
+            for r in range(self.world)
+            if r != self.rank and (r not in after or before.get(r) == after.get(r))
+        ]
+        if not silent:
+            return f"{prefix}; a rank stalled or died"
+        where = ", ".join(
+            f"rank {r} (last seen at epoch {after[r][1] + 1} step {after[r][2] + 1})"
+            if r in after
+            else f"rank {r} (never seen)"
+            for r in silent
+        )
+        return f"{prefix}; stalled or died: {where}"
+
+
+def _is_peer_failure(exc: BaseException) -> bool:
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc).lower()
+    return any(
+        word in text
+        for word in ("timed out", "timeout", "connection reset", "connection closed", "pair closure")
+    )
+
+
+def _check_out_folder(cfg: TrainConfig, out: Path) -> bool:
+    """A new run never replaces another run's files unless asked to: True when the
+    previous run's files are to be removed (``overwrite``). Resuming a checkpoint of
+    another folder into ``out`` counts as a new run there."""
+    if not out.exists():
+        return False
+    if cfg.resume == "auto":
+        return False
+    if cfg.resume is not None and Path(cfg.resume).resolve().parent == out.resolve():
+        return False
+    if not out.is_dir():
+        raise NotADirectoryError(f"out: {str(out)!r} is a file, not a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return False
+    if not cfg.overwrite:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise FileExistsError(
+            f"out: {str(out)!r} is not empty ({shown}); continue that run with --resume, "
+            "replace it with --overwrite, or choose another --out"
+        )
+    return True
+
+
 def _prepare(cfg: TrainConfig) -> _Run:
-    rank, world, device = _setup_distributed(cfg.device)
+    rank, world, device = _setup_distributed(cfg.device, cfg.dist_timeout)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed + rank)
     out = Path(cfg.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-
+    replace = _check_out_folder(cfg, out)
     train_ds = load_dataset(
         cfg.task, cfg.data, cfg.train_split, flip=cfg.flip, limit=cfg.max_train_images
     )
     val_ds = load_dataset(cfg.task, cfg.data, cfg.val_split, limit=cfg.max_val_images)
+    if rank == 0:
+        # Only once the data has loaded: a mistyped --data keeps the previous run.
+        if replace:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        # Temporary files of a write that was killed half-way.
+        for stale in [*out.glob(".*.pt.*.tmp"), *out.glob(".*.json.*.tmp")]:
+            stale.unlink(missing_ok=True)
     num_classes = getattr(_base(train_ds), "num_classes", 1)
     task = build_task(cfg, num_classes)
     model_kwargs = task.model_kwargs()
@@ -553,10 +842,64 @@ def _prepare(cfg: TrainConfig) -> _Run:
         world=world,
         out=out,
         amp=amp,
+        watch=_PeerWatch(rank, world),
     )
 
 
-def _state(run: _Run, epoch: int) -> dict[str, object]:
+# ----------------------------------------------------------------------------- state
+
+
+def _rng_state(run: _Run) -> dict[str, object]:
+    """This rank's random states, as tensors and plain values (``weights_only`` loads)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 - see seed_everything
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, object] = {
+        "torch": torch.get_rng_state(),
+        "loader": run.generator.get_state(),
+        "numpy": {
+            "name": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {"version": int(version), "internal": list(internal), "gauss": gauss_next},
+    }
+    if run.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(run.device)
+    return state
+
+
+def _set_rng_state(run: _Run, state: Mapping[str, object]) -> None:
+    torch.set_rng_state(state["torch"])  # type: ignore[arg-type]
+    run.generator.set_state(state["loader"])  # type: ignore[arg-type]
+    npy = state["numpy"]
+    np.random.set_state(  # noqa: NPY002 - see seed_everything
+        (
+            npy["name"],  # type: ignore[index]
+            npy["keys"].numpy().astype(np.uint32),  # type: ignore[index]
+            npy["pos"],  # type: ignore[index]
+            npy["has_gauss"],  # type: ignore[index]
+            npy["gauss"],  # type: ignore[index]
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))  # type: ignore[index]
+    if run.device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], run.device)  # type: ignore[arg-type]
+
+
+def _gather_rng(run: _Run) -> list[dict[str, object]] | None:
+    """Every rank's random states on rank 0 (a list indexed by rank); None elsewhere."""
+    mine = _rng_state(run)
+    if run.world == 1:
+        return [mine]
+    gathered: list[object] | None = [None] * run.world if run.is_main else None
+    dist.gather_object(mine, gathered, dst=0)
+    return gathered  # type: ignore[return-value]
+
+
+def _state(run: _Run, epoch: int, rng: list[dict[str, object]]) -> dict[str, object]:
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(run.cfg).items()}
     return {
         "model": run.model.state_dict(),
@@ -568,42 +911,185 @@ def _state(run: _Run, epoch: int) -> dict[str, object]:
         "scaler": run.scaler.state_dict(),
         "finetune": run.finetune.state_dict() if run.finetune is not None else None,
         "epoch": epoch,
+        "steps_per_epoch": len(run.train_loader),
         "history": run.history,
         "best": run.best,
+        "best_epoch": run.best_epoch,
+        "skipped_steps": run.skipped_steps,
         "config": cfg,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "loader": run.generator.get_state(),
-            "numpy": np.random.get_state(),  # noqa: NPY002 - see seed_everything
-            "python": random.getstate(),
-        },
+        "world_size": run.world,
+        "rng": rng,
     }
 
 
-def _restore(run: _Run, path: str, log: Callable[[str], None]) -> None:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    made_for = int(ckpt["config"]["epochs"])
-    if made_for != run.cfg.epochs:
-        # The learning-rate schedule spans the whole run, so it cannot be stretched.
-        raise ValueError(
-            f"resume: the checkpoint {path} was made for {made_for} epochs, "
-            f"got epochs={run.cfg.epochs}; resume with the same number of epochs"
+_RESUME_KEYS = ("epoch", "optimizer", "scheduler", "scaler", "history", "rng")
+
+
+def _resume_candidates(run: _Run) -> tuple[Path, list[Path]] | None:
+    """The checkpoint asked for, then the others of its folder, newest first."""
+    asked = run.cfg.resume
+    if asked == "auto":
+        primary = run.out / "last.pt"
+        if not any((run.out / name).is_file() for name in ("last.pt", "best.pt")):
+            return None
+    else:
+        primary = Path(str(asked))
+        if not primary.is_file():
+            raise FileNotFoundError(f"resume: no such checkpoint {str(primary)!r}")
+    others = {primary.parent / "last.pt", primary.parent / "best.pt"} - {primary}
+    fallbacks = sorted(
+        (p for p in others if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True
+    )
+    return primary, fallbacks
+
+
+def _restore(run: _Run, log: Callable[[str], None]) -> bool:
+    """Load the resume checkpoint into ``run``; False when there is nothing to resume."""
+    found = _resume_candidates(run)
+    if found is None:
+        if run.is_main:
+            log(f"[{run.cfg.task}] no checkpoint in {run.out}: starting a new run")
+        return False
+    primary, fallbacks = found
+    problems: list[str] = []
+    ckpt: dict | None = None
+    path = primary
+    for path in [primary, *fallbacks]:
+        try:
+            candidate = read_checkpoint(path)
+        except (CheckpointError, FileNotFoundError) as exc:
+            problems.append(str(exc))
+            continue
+        missing = sorted(set(_RESUME_KEYS) - set(candidate))
+        if missing:
+            problems.append(
+                f"checkpoint {str(path)!r} cannot be resumed (no {', '.join(missing)})"
+            )
+            continue
+        ckpt = candidate
+        break
+    if ckpt is None:
+        raise CheckpointError("resume: no intact checkpoint (" + "; ".join(problems) + ")")
+    if problems and run.is_main:
+        print(
+            f"warning: resume: {'; '.join(problems)}; using {path} (epoch {ckpt.get('epoch')}) "
+            "instead",
+            file=sys.stderr,
         )
-    run.model.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
+
+    made = ckpt["config"]
+    if made.get("task") != run.cfg.task:
+        raise CheckpointError(
+            f"resume: checkpoint {str(path)!r} is a {made.get('task')} model, "
+            f"not a {run.cfg.task} one"
+        )
+    if int(ckpt.get("num_classes", 1)) != run.num_classes:
+        raise CheckpointError(
+            f"resume: checkpoint {str(path)!r} has {ckpt.get('num_classes')} classes, "
+            f"the data has {run.num_classes}"
+        )
+    done = int(ckpt["epoch"])
+    if done > run.cfg.epochs:
+        raise CheckpointError(
+            f"resume: checkpoint {str(path)!r} has trained {done} epochs already, "
+            f"more than epochs={run.cfg.epochs}"
+        )
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"resume: checkpoint {str(path)!r} does not fit this model "
+            f"({_one_line(str(exc))[:200]})"
+        ) from None
+    made_for = int(made["epochs"])
+    if made_for == run.cfg.epochs:
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+    else:
+        # Extending (or shortening an unfinished run): the one-cycle schedule spans the
+        # whole run, so it is recomputed for the new length and continues from the steps
+        # already taken.
+        steps_done = done * len(run.train_loader)
+        run.scheduler.last_epoch = steps_done - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run.scheduler.step()
+        if run.is_main:
+            log(
+                f"[{run.cfg.task}] run of {made_for} epochs continued to {run.cfg.epochs}: "
+                "the learning-rate schedule is recomputed for the new length"
+            )
     run.scaler.load_state_dict(ckpt["scaler"])
     if run.finetune is not None and ckpt.get("finetune"):
         run.finetune.load_state_dict(ckpt["finetune"])
-    run.start_epoch = int(ckpt["epoch"])
+    run.start_epoch = done
     run.history = list(ckpt["history"])
     run.best = dict(ckpt.get("best", {}))
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    run.generator.set_state(ckpt["rng"]["loader"])
-    np.random.set_state(ckpt["rng"]["numpy"])  # noqa: NPY002 - see seed_everything
-    random.setstate(ckpt["rng"]["python"])
+    run.best_epoch = int(ckpt.get("best_epoch", 0))
+    run.skipped_steps = int(ckpt.get("skipped_steps", 0))
+    states = ckpt["rng"]
+    if isinstance(states, Mapping):  # one state for all ranks (older checkpoints)
+        states = [states]
+    if len(states) == run.world:
+        _set_rng_state(run, states[run.rank])
+    else:
+        # Another number of processes: the data shards differ anyway, exactness is lost.
+        seed_everything(run.cfg.seed + run.rank + 1000 * done)
+        if run.is_main:
+            print(
+                f"warning: resume: {path} was written by {len(states)} process(es), this run "
+                f"has {run.world}: the random states are re-seeded, so the result will "
+                "differ from an uninterrupted run",
+                file=sys.stderr,
+            )
     if run.is_main:
-        log(f"resumed from {path} at epoch {run.start_epoch}")
+        log(f"[{run.cfg.task}] resumed from {path} at epoch {done}")
+    return True
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _json_safe(value: object) -> object:
+    """Non-finite floats as null (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, value: object) -> None:
+    """Atomically, as the checkpoints: a temporary file renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(_json_safe(value), indent=1))
+    os.replace(tmp, path)
+
+
+def _nonfinite_message(
+    run: _Run, epoch: int, step: int, loss: Tensor, terms: Mapping[str, Tensor], norm: Tensor | None
+) -> str:
+    where = f"at epoch {epoch + 1}, step {step + 1} of {len(run.train_loader)}"
+    if not bool(torch.isfinite(loss)):
+        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
+        what = f"non-finite loss ({float(loss.detach())}" + (f"; terms {', '.join(bad)})" if bad else ")")
+    elif norm is not None and not bool(torch.isfinite(norm)):
+        what = f"non-finite gradient (norm {float(norm.detach())})"
+    else:
+        what = "non-finite loss or gradient on another rank"
+    kept = f"; {run.out / 'last.pt'} holds epoch {epoch}" if epoch > 0 else ""
+    return (
+        f"{what} {where}: training stopped before the step was applied{kept} "
+        "(--skip-nonfinite skips such steps instead)"
+    )
 
 
 def _train_epoch(run: _Run, epoch: int) -> dict[str, object]:
@@ -614,13 +1100,15 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, object]:
         run.finetune.step(epoch)
     if run.sampler is not None:
         run.sampler.set_epoch(epoch)
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a demo dependency
-        tqdm = None
+    tqdm = None
+    if cfg.progress and run.is_main and sys.stderr.isatty():
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm is a demo dependency
+            tqdm = None
     steps = len(run.train_loader)
     bar = None
-    if tqdm is not None and cfg.progress and run.is_main:
+    if tqdm is not None:
         bar = tqdm(
             total=steps,
             desc=f"{cfg.task} {epoch + 1}/{cfg.epochs}",
@@ -629,9 +1117,11 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, object]:
         )
     meter = _Meter()
     step_losses: list[Tensor] = []
+    skipped = 0
     seen = 0
     t0 = time.perf_counter()
     for step, (images, targets) in enumerate(run.train_loader):
+        run.watch.mark(epoch, step)
         images, targets = _to_device(images, targets, run.device)
         with torch.autocast(run.device.type, enabled=run.amp):
             outputs = run.wrapped(images)
@@ -640,9 +1130,34 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, object]:
         loss, terms = run.task.loss(outputs, targets)
         optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
+        norm = None
         if cfg.grad_clip > 0:
             run.scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+            norm = nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        # One host synchronisation per step, in the trainer (never inside the losses):
+        # a non-finite step must not reach the weights. Under AMP an overflowing gradient
+        # is the scaler's business (it skips the step itself), so only the loss counts.
+        bad = ~torch.isfinite(loss.detach())
+        if norm is not None and not run.amp:
+            bad = bad | ~torch.isfinite(norm)
+        if run.world > 1:
+            # Every rank takes the same decision, or the next collective would hang.
+            flag = bad.to(torch.int32).reshape(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            bad = flag[0].bool()
+        if bool(bad):
+            if not cfg.skip_nonfinite:
+                raise NonFiniteLossError(_nonfinite_message(run, epoch, step, loss, terms, norm))
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            if run.scaler.is_enabled() and cfg.grad_clip > 0:
+                run.scaler.update()  # closes the unscale_ of this step
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                run.scheduler.step()  # a skipped step still uses its place in the schedule
+            if bar is not None:
+                bar.update(1)
+            continue
         run.scaler.step(optimizer)
         run.scaler.update()
         run.scheduler.step()
@@ -660,7 +1175,8 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, object]:
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t0
-    return {
+    run.skipped_steps += skipped
+    record: dict[str, object] = {
         "epoch": epoch + 1,
         "train": meter.means(),
         "step_loss": [float(v) for v in step_losses],
@@ -668,6 +1184,20 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, object]:
         "images_per_s": seen / max(elapsed, 1e-9),
         "seconds": elapsed,
     }
+    if skipped:
+        record["skipped_steps"] = skipped
+    return record
+
+
+def _dataset_sizes(run: _Run) -> str:
+    n_train = len(run.train_loader.dataset)  # type: ignore[arg-type]
+    n_val = len(run.val_loader.dataset)  # type: ignore[arg-type]
+    classes = f"{run.num_classes} class" + ("es" if run.num_classes != 1 else "")
+    procs = f" x {run.world} processes" if run.world > 1 else ""
+    return (
+        f"{run.cfg.train_split} {n_train} images, {run.cfg.val_split} {n_val} images, "
+        f"{classes}, device {run.device}{procs}, out {run.out}"
+    )
 
 
 def train(
@@ -679,50 +1209,65 @@ def train(
 
     Returns ``{"metrics": last evaluation, "best": best evaluation, "history": per-epoch
     records, "checkpoint": path of last.pt, "model": the trained model, "task": the
-    task object (loss, decoding, metrics)}``.
+    task object (loss, decoding, metrics), "skipped_steps": non-finite steps skipped}``.
 
     Writes to ``cfg.out`` (rank 0 only): ``last.pt`` every epoch, ``best.pt`` at the best
     main metric (point F1 / box AP50), ``history.json`` and ``metrics.json``. ``log``
-    receives one line per evaluated epoch.
+    receives a start line, one line per epoch and an end line naming ``best.pt`` (rank 0
+    only).
+
+    Raises :class:`FileExistsError` for a new run into a folder that is not empty (see
+    ``resume`` / ``overwrite``), :class:`CheckpointError` for an unusable checkpoint,
+    :class:`NonFiniteLossError` when a step is not finite (unless ``skip_nonfinite``) and
+    :class:`PeerTimeoutError` when another rank stops answering under DDP.
     """
-    run = _prepare(cfg)
-    resume = cfg.resume
-    if resume == "auto":
-        resume = str(run.out / "last.pt") if (run.out / "last.pt").is_file() else None
-    if resume:
-        _restore(run, resume, log)
-
-    metrics: dict[str, float] = {}
-    main_key = run.task.main_metric
-    for epoch in range(run.start_epoch, cfg.epochs):
-        record = _train_epoch(run, epoch)
-        is_best = False
-        last = epoch + 1 == cfg.epochs
-        if run.is_main and ((epoch + 1) % cfg.eval_every == 0 or last):
-            metrics = evaluate(run.model, run.task, run.val_loader, run.device, run.amp)
-            record["val"] = metrics
-            score = metrics.get(main_key, float("nan"))
-            if not run.best or (math.isfinite(score) and score > run.best.get(main_key, -1.0)):
-                run.best = dict(metrics)
-                is_best = True
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            train_loss = record["train"]["loss"]  # type: ignore[index]
-            log(
-                f"[{cfg.task}] epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4g}  "
-                f"{record['images_per_s']:.1f} img/s  |  {shown}"
-            )
-        run.history.append(record)
-        if run.is_main:
-            state = _state(run, epoch + 1)
-            torch.save(state, run.out / "last.pt")
-            if is_best:
-                torch.save(state, run.out / "best.pt")
-        if run.world > 1:
-            dist.barrier()
-
+    try:
+        run = _prepare(cfg)
+    except RuntimeError as exc:
+        # Setting up DDP (the rendezvous, the first broadcast) can time out too.
+        if dist.is_available() and dist.is_initialized() and _is_peer_failure(exc):
+            raise PeerTimeoutError(
+                f"rank {dist.get_rank()}: no answer from another rank within the "
+                f"{cfg.dist_timeout:g} s process-group timeout (--dist-timeout) while "
+                "setting up; a rank stalled or died"
+            ) from exc
+        raise
     if run.is_main:
-        (run.out / "history.json").write_text(json.dumps(run.history, indent=1))
-        (run.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        log(f"[{cfg.task}] {_dataset_sizes(run)}")
+    if cfg.resume:
+        _restore(run, log)
+
+    main_key = run.task.main_metric
+    evaluated = [rec for rec in run.history if "val" in rec]
+    metrics: dict[str, float] = dict(evaluated[-1]["val"]) if evaluated else {}  # type: ignore[arg-type]
+    if run.start_epoch >= cfg.epochs:
+        if run.is_main:
+            log(
+                f"[{cfg.task}] the run in {run.out} has finished its {cfg.epochs} epochs; "
+                "nothing to do (pass a larger --epochs to extend it)"
+            )
+    run.watch.start()
+    try:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            metrics = _run_epoch(run, epoch, metrics, log)
+    except RuntimeError as exc:
+        if run.world > 1 and not isinstance(exc, PeerTimeoutError) and _is_peer_failure(exc):
+            raise PeerTimeoutError(run.watch.describe(cfg.dist_timeout)) from exc
+        raise
+    finally:
+        run.watch.stop()
+
+    ran = run.start_epoch < cfg.epochs
+    if run.is_main and ran:
+        _write_json(run.out / "history.json", run.history)
+        _write_json(run.out / "metrics.json", metrics)
+    if run.is_main and run.skipped_steps:
+        log(f"[{cfg.task}] skipped {run.skipped_steps} non-finite step(s) (--skip-nonfinite)")
+    if run.is_main and run.best:
+        log(
+            f"[{cfg.task}] best: {run.out / 'best.pt'} (epoch {run.best_epoch}, "
+            f"{main_key} {_fmt(run.best.get(main_key, float('nan')))})"
+        )
     return {
         "metrics": metrics,
         "best": run.best,
@@ -730,4 +1275,44 @@ def train(
         "checkpoint": str(run.out / "last.pt"),
         "model": run.model,
         "task": run.task,
+        "skipped_steps": run.skipped_steps,
     }
+
+
+def _run_epoch(
+    run: _Run, epoch: int, metrics: dict[str, float], log: Callable[[str], None]
+) -> dict[str, float]:
+    """Train one epoch, evaluate (rank 0) when due, save the checkpoints."""
+    cfg = run.cfg
+    main_key = run.task.main_metric
+    record = _train_epoch(run, epoch)
+    is_best = False
+    last = epoch + 1 == cfg.epochs
+    shown = ""
+    if run.is_main and ((epoch + 1) % cfg.eval_every == 0 or last):
+        metrics = evaluate(run.model, run.task, run.val_loader, run.device, run.amp)
+        record["val"] = metrics
+        score = metrics.get(main_key, float("nan"))
+        if not run.best or (math.isfinite(score) and score > run.best.get(main_key, -1.0)):
+            run.best = dict(metrics)
+            run.best_epoch = epoch + 1
+            is_best = True
+        shown = "  |  " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
+    if run.is_main:
+        train_loss = record["train"].get("loss", float("nan"))  # type: ignore[attr-defined]
+        skipped = f"  {record['skipped_steps']} skipped" if "skipped_steps" in record else ""
+        log(
+            f"[{cfg.task}] epoch {epoch + 1}/{cfg.epochs}  loss {_fmt(train_loss)}  "
+            f"{record['images_per_s']:.1f} img/s{skipped}{shown}"
+        )
+    run.history.append(record)
+    # Every rank's random states, taken where an uninterrupted run would continue.
+    rng = _gather_rng(run)
+    if run.is_main:
+        state = _state(run, epoch + 1, rng)  # type: ignore[arg-type]
+        save_checkpoint(state, run.out / "last.pt")
+        if is_best:
+            save_checkpoint(state, run.out / "best.pt")
+    if run.world > 1:
+        dist.barrier()
+    return metrics

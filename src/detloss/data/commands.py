@@ -33,7 +33,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         help="check a data folder or convert it (detloss data check|convert --help)",
         description="Check a data folder in any supported format, or convert it.",
     )
-    sub = data.add_subparsers(dest="data_command", required=True)
+    sub = data.add_subparsers(dest="data_command", required=True, help="what to do")
     formats = sorted(FORMATS)
 
     check = sub.add_parser(
@@ -43,21 +43,21 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "write check_<split>.png with a few annotated images.",
     )
     check.add_argument("--data", required=True, help="the data folder")
-    check.add_argument("--format", choices=formats, default=None, help="default: detected")
+    check.add_argument("--format", choices=formats, default=None, help="the folder's format (None: detected from its layout)")
     check.add_argument(
         "--split", action="append", default=None, help="only this split (repeatable)"
     )
     check.add_argument(
         "--out",
         default=None,
-        help="folder for the pictures and check.json (default: runs/data-check)",
+        help="folder for the pictures and check.json (None: runs/data-check)",
     )
-    check.add_argument("--samples", type=int, default=8, help="images drawn per split (default 8)")
+    check.add_argument("--samples", type=int, default=8, help="images drawn per split")
     check.add_argument(
         "--max-pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
-        help="pixel budget of one image (default %(default)s)",
+        help="pixel budget of one image",
     )
 
     convert = sub.add_parser(
@@ -67,41 +67,48 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "OUT/<split>/images + points.json (--to points-json) or instances.json (--to coco).",
     )
     convert.add_argument("--data", required=True, help="the data folder")
-    convert.add_argument("--format", choices=formats, default=None, help="default: detected")
-    convert.add_argument("--to", required=True, choices=CONVERT_TARGETS)
+    convert.add_argument("--format", choices=formats, default=None, help="the folder's format (None: detected from its layout)")
+    convert.add_argument(
+        "--to", required=True, choices=CONVERT_TARGETS, help="the output format"
+    )
     convert.add_argument("--out", required=True, help="output folder")
     convert.add_argument(
         "--split", action="append", default=None, help="only this split (repeatable)"
     )
     convert.add_argument("--no-images", action="store_true", help="write the annotations only")
-    convert.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    convert.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="pixel budget of one image",
+    )
+    for command in (check, convert):
+        command.add_argument(
+            "--debug", action="store_true", help="show the full traceback of an error"
+        )
     return data
 
 
 def run_data(args: argparse.Namespace) -> int:
     """The handler of ``detloss data ...``: the exit status."""
-    try:
-        if args.data_command == "check":
-            return check_data(
-                args.data,
-                args.format,
-                splits=args.split,
-                out=args.out or "runs/data-check",
-                samples=args.samples,
-                max_pixels=args.max_pixels,
-            )
-        return convert_data(
+    if args.data_command == "check":
+        return check_data(
             args.data,
-            args.to,
-            args.out,
             args.format,
             splits=args.split,
-            copy_images=not args.no_images,
+            out=args.out or "runs/data-check",
+            samples=args.samples,
             max_pixels=args.max_pixels,
         )
-    except (AnnotationError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}")
-        return 2
+    return convert_data(
+        args.data,
+        args.to,
+        args.out,
+        args.format,
+        splits=args.split,
+        copy_images=not args.no_images,
+        max_pixels=args.max_pixels,
+    )
 
 
 def _open(root: Path, split: str, format: str, max_pixels: int | None):
