@@ -6,7 +6,7 @@ Messages follow one pattern: the argument, what was expected, what was received.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from numbers import Real
 
 import torch
@@ -14,12 +14,15 @@ from torch import Tensor
 
 __all__ = [
     "check_choice",
+    "check_finite",
     "check_nonnegative",
     "check_reduction",
     "check_shape",
     "check_tensor",
     "compute_dtype",
+    "named_entries",
     "shape_str",
+    "should_validate",
 ]
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -89,6 +92,72 @@ def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
 def check_reduction(reduction: object) -> str:
     check_choice(reduction, "reduction", REDUCTIONS)
     return reduction  # type: ignore[return-value]
+
+
+def should_validate(validate: bool | None, like: object) -> bool:
+    """``validate`` resolved: None (the default of every ``validate=`` argument that accepts
+    it) means True on the CPU, where a value scan costs no device synchronisation, and
+    False on other devices."""
+    if validate is None:
+        device = getattr(like, "device", None)
+        return device is None or device.type == "cpu"
+    return bool(validate)
+
+
+def check_finite(
+    *named: tuple[str, object] | tuple[str, object, Tensor | None], allow_posinf: bool = False
+) -> None:
+    """Raise ValueError naming the first argument that holds NaN, +inf or -inf (``+inf``
+    passes with ``allow_posinf``: a cost's forbidden pair).
+
+    Each item is ``(name, tensor)`` or ``(name, tensor, mask)``: ``name`` is the argument
+    as the caller passed it (``"pred_logits"``, ``"targets['boxes']"``); ``mask``, a bool
+    tensor over the leading dimensions of ``tensor``, limits the check to the real entries
+    (padding may hold anything). Integer and bool tensors are finite by construction;
+    values that are not tensors, or None, are skipped (their own checks name them).
+
+    All tensors are scanned with one host synchronisation; call it only when validating
+    (see :func:`should_validate`). The message gives the first bad value and its index.
+    """
+    items = [
+        (item[0], item[1], item[2] if len(item) > 2 else None)
+        for item in named
+        if isinstance(item[1], Tensor) and (item[1].is_floating_point() or item[1].is_complex())
+    ]
+    if not items:
+        return
+    flags = [_masked_finite(x, mask, allow_posinf).all() for _, x, mask in items]
+    device = flags[0].device
+    if bool(torch.stack([f.to(device) for f in flags]).all()):
+        return
+    for (name, x, mask), ok in zip(items, flags, strict=True):
+        if bool(ok):
+            continue
+        index = [int(i) for i in (~_masked_finite(x, mask, allow_posinf)).nonzero()[0].tolist()]
+        value = x[tuple(index)].item()
+        where = f" at index {index}" if x.ndim else ""
+        expected = "finite values or +inf" if allow_posinf else "finite values"
+        raise ValueError(f"{name}: expected {expected}, got {value}{where}")
+
+
+def named_entries(mapping: object, keys: Sequence[str], name: str) -> list[tuple[str, object]]:
+    """``(f"{name}[{key!r}]", value)`` for each of ``keys`` that ``mapping`` holds: the
+    dict entries to pass to :func:`check_finite`, named as the caller wrote them."""
+    if not isinstance(mapping, Mapping):
+        return []
+    return [(f"{name}[{key!r}]", mapping[key]) for key in keys if key in mapping]
+
+
+def _masked_finite(x: Tensor, mask: Tensor | None, allow_posinf: bool = False) -> Tensor:
+    """``isfinite(x)`` (``+inf`` too with ``allow_posinf``) with the entries outside
+    ``mask`` (over the leading dimensions) counted finite."""
+    ok = torch.isfinite(x)
+    if allow_posinf:
+        ok = ok | (x == torch.inf)
+    if mask is None:
+        return ok
+    mask = mask.to(device=x.device, dtype=torch.bool)
+    return ok | ~mask.reshape(*mask.shape, *([1] * (x.ndim - mask.ndim)))
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:

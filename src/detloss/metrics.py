@@ -270,7 +270,11 @@ def _points(x: object, name: str) -> np.ndarray:
     if isinstance(x, Mapping):
         x = _get(x, "points", name)
         name = f"{name}['points']"
-    return _np(x, name, (2,))  # type: ignore[arg-type]
+    points = _np(x, name, (2,))  # type: ignore[arg-type]
+    if not np.isfinite(points).all():
+        bad = points[~np.isfinite(points)][0]
+        raise ValueError(f"{name}: expected finite coordinates, got {bad}")
+    return points
 
 
 def match_points_within(
