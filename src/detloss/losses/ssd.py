@@ -489,8 +489,7 @@ def multibox_loss(
     padded = box_targets(targets, batch, loc.device)
     gt_boxes, labels, mask = padded["boxes"], padded["labels"], padded["mask"]
     if should_validate(validate, loc):
-        named = (("loc", loc), ("conf", conf), ("priors", priors))
-        check_finite(*named, ("targets['boxes']", gt_boxes, mask))
+        check_finite(("loc", loc), ("conf", conf), ("priors", priors))
     if validate is None:
         validate = loc.device.type == "cpu"
     if validate:
