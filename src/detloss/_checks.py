@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from numbers import Real
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,6 +22,7 @@ __all__ = [
     "check_tensor",
     "compute_dtype",
     "named_entries",
+    "named_list_entries",
     "shape_str",
     "should_validate",
 ]
@@ -114,15 +116,19 @@ def check_finite(
     as the caller passed it (``"pred_logits"``, ``"targets['boxes']"``); ``mask``, a bool
     tensor over the leading dimensions of ``tensor``, limits the check to the real entries
     (padding may hold anything). Integer and bool tensors are finite by construction;
-    values that are not tensors, or None, are skipped (their own checks name them).
+    floating NumPy arrays are checked like tensors; other values, or None, are skipped
+    (their own checks name them).
 
     All tensors are scanned with one host synchronisation; call it only when validating
     (see :func:`should_validate`). The message gives the first bad value and its index.
     """
     items = [
-        (item[0], item[1], item[2] if len(item) > 2 else None)
-        for item in named
-        if isinstance(item[1], Tensor) and (item[1].is_floating_point() or item[1].is_complex())
+        (item[0], _as_tensor(item[1]), item[2] if len(item) > 2 else None) for item in named
+    ]
+    items = [
+        (name, x, mask)
+        for name, x, mask in items
+        if isinstance(x, Tensor) and (x.is_floating_point() or x.is_complex())
     ]
     if not items:
         return
@@ -138,6 +144,22 @@ def check_finite(
         where = f" at index {index}" if x.ndim else ""
         expected = "finite values or +inf" if allow_posinf else "finite values"
         raise ValueError(f"{name}: expected {expected}, got {value}{where}")
+
+
+def _as_tensor(x: object) -> object:
+    if isinstance(x, np.ndarray) and x.dtype.kind in "fc":
+        return torch.from_numpy(x)
+    return x
+
+
+def named_list_entries(
+    items: object, keys: Sequence[str], name: str
+) -> list[tuple[str, object]]:
+    """:func:`named_entries` of each dict in a list (``name[i]['key']``), e.g. per-image
+    predictions; anything that is not a list of dicts gives nothing."""
+    if not isinstance(items, Sequence) or isinstance(items, str):
+        return []
+    return [e for i, item in enumerate(items) for e in named_entries(item, keys, f"{name}[{i}]")]
 
 
 def named_entries(mapping: object, keys: Sequence[str], name: str) -> list[tuple[str, object]]:

@@ -146,6 +146,10 @@ M = detloss.match
 
 # Matchers whose '+inf' cost marks a forbidden pair: a documented, finite result.
 _FORBIDDEN_PAIR = {("cost", "+inf"): FINITE}
+# centernet_loss reads the dense target maps only: the sparse keys it does not read.
+_UNREAD_SPARSE = {
+    (key, bad): FINITE for key in ("size_target", "offset_target") for bad in BAD_VALUES
+}
 
 TABLE: dict[str, Case] = {
     # losses: functions
@@ -187,6 +191,7 @@ TABLE: dict[str, Case] = {
     "centernet_loss": Case(
         L.centernet_loss,
         lambda: {"predictions": _centernet_predictions(), "targets": _centernet_targets()},
+        overrides=_UNREAD_SPARSE,
     ),
     "ap_loss": Case(L.ap_loss, lambda: {"logits": _ranking_logits(), "labels": _ranking_labels()}),
     "alrp_loss": Case(
@@ -219,6 +224,7 @@ TABLE: dict[str, Case] = {
     "CenterNetLoss": Case(
         lambda **kw: L.CenterNetLoss()(**kw),
         lambda: {"predictions": _centernet_predictions(), "targets": _centernet_targets()},
+        overrides=_UNREAD_SPARSE,
     ),
     "APLoss": Case(
         lambda **kw: L.APLoss()(**kw),
@@ -245,12 +251,14 @@ TABLE: dict[str, Case] = {
     "closest_target": Case(
         M.closest_target,
         lambda: {"cost": _cost(), "background_cost": torch.tensor(0.6)},
-        overrides=_FORBIDDEN_PAIR,
+        # +inf background: never the background.
+        overrides=_FORBIDDEN_PAIR | {("background_cost", "+inf"): FINITE},
     ),
     "closest_prediction": Case(
         M.closest_prediction,
         lambda: {"cost": _cost(), "threshold": torch.tensor(0.6)},
-        overrides=_FORBIDDEN_PAIR,
+        # +inf threshold: every target takes its cheapest prediction.
+        overrides=_FORBIDDEN_PAIR | {("threshold", "+inf"): FINITE},
     ),
     "softmin": Case(M.softmin, lambda: {"cost": _cost()}, overrides=_FORBIDDEN_PAIR),
     "combine": Case(
@@ -305,6 +313,8 @@ TABLE: dict[str, Case] = {
     "MaxIoUMatcher": Case(
         lambda **kw: M.MaxIoUMatcher(0.5, 0.4)(**kw),
         lambda: {"outputs": _det_outputs(), "targets": _det_targets()},
+        # It matches boxes by IoU; the logits are not read.
+        overrides={("pred_logits", bad): FINITE for bad in BAD_VALUES},
     ),
     # targets, decoding, metrics
     "centernet_targets": Case(
@@ -584,6 +594,10 @@ def _outcome(name: str, path: tuple[object, ...], label: str, bad: str) -> str |
         return None
     if not all(bool(torch.isfinite(t).all()) for t in floats):
         return "silent non-finite result"
+    if policy == REJECT:
+        # Finite numbers computed from a NaN (a NaN score ranked first, a clamped
+        # probability) are silently wrong all the same.
+        return "accepted: a finite result from a non-finite input"
     parts = [t.float().sum() for t in floats if t.requires_grad]
     if parts:
         torch.stack(parts).sum().backward()

@@ -96,7 +96,8 @@ def ssd_detect(
     chosen &= scores > conf_threshold
     image, label, prior = chosen.nonzero(as_tuple=True)
     values = scores[image, label, prior]
-    kept = batched_nms(boxes[image, prior], values, image * classes + label, nms_threshold)
+    groups = image * classes + label
+    kept = batched_nms(boxes[image, prior], values, groups, nms_threshold, validate=False)
     # ``kept`` is by decreasing score; a stable sort by image keeps that order per image.
     image_of, order = torch.sort(image[kept], stable=True)
     kept = kept[order]
