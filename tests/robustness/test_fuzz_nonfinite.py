@@ -1,15 +1,18 @@
 """NaN, +inf and -inf in every tensor argument of every public loss, matcher, decoder,
-target builder and metric (the names of ``detloss.__all__``, ``detloss.losses.__all__``
-and ``detloss.match.__all__`` that take tensors).
+target builder, cost term and metric (the names of ``detloss.__all__`` and of the
+``__all__`` of ``detloss.losses``, ``detloss.match``, ``detloss.costs`` and
+``detloss.postprocess`` that take tensors).
 
 The rule (docs/index.md, "Non-finite inputs"): with validation on (the default on the
 CPU), a non-finite value where only finite ones make sense is a ``ValueError`` that names
 the argument the caller passed (``pred_logits``, ``boxes``, ...), says that finite values
 were expected and what was received; where a non-finite value has a documented meaning
 (``+inf`` cost = forbidden pair) the result is finite, and so are its gradients.
-Element-wise geometry (box and point conversions, IoUs, distances, encodings) does not
-scan: like any torch operation a non-finite coordinate gives non-finite values in exactly
-the entries computed from it, never elsewhere.
+Element-wise geometry (box and point conversions, IoUs, distances, encodings, cost
+terms) does not scan: like any torch operation a non-finite coordinate gives non-finite
+values in the entries computed from it, never in every entry. A validated name must
+raise: a finite result computed from a NaN (a NaN score ranked first) is as silent as a
+NaN.
 
 A public name that takes tensors and has no entry in :data:`TABLE` fails the test, so new
 API is covered from its first commit.
@@ -26,8 +29,10 @@ import pytest
 import torch
 
 import detloss
+import detloss.costs
 import detloss.losses
 import detloss.match
+import detloss.postprocess
 from detloss.anchors import ssd_priors
 from detloss.heatmap import centernet_targets
 from detloss.match.matching import Matching
@@ -143,6 +148,14 @@ def _pair(n: int = 3) -> dict[str, torch.Tensor]:
 
 L = detloss.losses
 M = detloss.match
+C = detloss.costs
+
+
+def _target_boxes() -> torch.Tensor:
+    return torch.stack([_boxes(2, 0.02), _boxes(2, 0.1)])
+
+
+_TARGET_LABELS = torch.tensor([[0, 1], [1, 0]])
 
 # Matchers whose '+inf' cost marks a forbidden pair: a documented, finite result.
 _FORBIDDEN_PAIR = {("cost", "+inf"): FINITE}
@@ -441,6 +454,54 @@ TABLE: dict[str, Case] = {
         lambda: {"boxes": _boxes(3), "priors": _boxes(3, 0.1)},
         ELEMENTWISE,
     ),
+    # cost terms: one entry per (prediction, target), built like the geometry; the matchers
+    # check the predictions and targets they build a cost from
+    "class_cost": Case(
+        lambda logits: C.class_cost(logits, _TARGET_LABELS),
+        lambda: {"logits": _det_outputs()["pred_logits"]},
+        ELEMENTWISE,
+    ),
+    "box_l1_cost": Case(
+        C.box_l1_cost,
+        lambda: {"pred_boxes": _det_outputs()["pred_boxes"], "target_boxes": _target_boxes()},
+        ELEMENTWISE,
+    ),
+    "giou_cost": Case(
+        C.giou_cost,
+        lambda: {"pred_boxes": _det_outputs()["pred_boxes"], "target_boxes": _target_boxes()},
+        ELEMENTWISE,
+    ),
+    "point_distance_cost": Case(
+        C.point_distance_cost,
+        lambda: {
+            "pred_points": _points_kwargs()["pred_points"],
+            "target_points": torch.rand(2, 2, 2),
+        },
+        ELEMENTWISE,
+    ),
+    "p2p_cost": Case(
+        C.p2p_cost,
+        lambda: {
+            "pred_points": _points_kwargs()["pred_points"],
+            "pred_logits": _points_kwargs()["pred_logits"],
+            "target_points": torch.rand(2, 2, 2),
+        },
+        ELEMENTWISE,
+    ),
+    "detection_cost": Case(
+        lambda pred_logits, pred_boxes, target_boxes: C.detection_cost(
+            pred_logits, pred_boxes, _TARGET_LABELS, target_boxes
+        ),
+        lambda: {**_det_outputs(), "target_boxes": _target_boxes()},
+        ELEMENTWISE,
+    ),
+    "weighted_cost": Case(
+        lambda class_term, box_term: C.weighted_cost(
+            {"class": (1.0, class_term), "box": (5.0, box_term)}
+        ),
+        lambda: {"class_term": torch.rand(2, 3, 2), "box_term": torch.rand(2, 3, 2)},
+        ELEMENTWISE,
+    ),
     # padding moves values, it does not compute with them
     "pad_targets": Case(
         detloss.pad_targets, lambda: {"targets": [torch.rand(2, 2), torch.rand(1, 2)]}, ELEMENTWISE
@@ -455,6 +516,7 @@ TABLE: dict[str, Case] = {
 # Public names that take no tensor.
 NO_TENSORS = {
     "BACKGROUND",
+    "CLASS_COSTS",
     "IGNORED",
     "SinkhornConvergenceWarning",
     "__version__",
@@ -466,7 +528,7 @@ NO_TENSORS = {
 
 def _public_names() -> list[str]:
     names = set()
-    for module in (detloss, detloss.losses, detloss.match):
+    for module in (detloss, detloss.losses, detloss.match, detloss.costs, detloss.postprocess):
         for name in module.__all__:
             if not inspect.ismodule(getattr(module, name)):
                 names.add(name)
@@ -624,3 +686,15 @@ def test_nonfinite_inputs(name):
         if n == name and (problem := _outcome(n, path, label, bad)) is not None
     ]
     assert not failures, f"{name}:\n" + "\n".join(failures)
+
+
+@pytest.mark.parametrize("key", ["pred_logits", "pred_boxes"])
+def test_unscanned_matcher_still_names_the_input(key):
+    """Without the scan on the way in (``validate=False``, the default off the CPU), the
+    Hungarian solver still rejects the NaN cost, and the error is traced back to the input
+    that caused it (a scan on the error path only)."""
+    outputs = _det_outputs()
+    outputs[key][1, 2, 0] = math.nan
+    expected = rf"outputs\['{key}'\]: expected finite values, got nan at index \[1, 2, 0\]"
+    with pytest.raises(ValueError, match=expected):
+        M.HungarianMatcher(validate=False)(outputs, _det_targets())

@@ -84,7 +84,8 @@ class BoxCostMatcher(nn.Module):
         validate: scan the real predictions and target boxes for NaN and inf before
             building the cost (a ValueError naming ``pred_logits``, ``pred_boxes`` or the
             target ``boxes``; one host synchronisation). None (default) scans on the CPU
-            only; elsewhere the solver's own check of the cost still rejects NaN.
+            only; elsewhere the solver's own check of the cost still rejects NaN, and the
+            inputs are then scanned to name the one to blame.
     """
 
     def __init__(
@@ -156,7 +157,16 @@ class BoxCostMatcher(nn.Module):
         self, outputs: Mapping[str, Tensor], targets: Targets, anchors: Tensor | None = None
     ) -> Matching:
         cost, target_mask = self.cost(outputs, targets)
-        return self.solve(cost, target_mask, outputs.get("pred_mask"))
+        try:
+            return self.solve(cost, target_mask, outputs.get("pred_mask"))
+        except ValueError:
+            if not should_validate(self.validate, cost):
+                # The inputs were not scanned (no sync on the way in): on the way out of an
+                # invalid cost, name the input it came from where one is to blame.
+                logits, boxes = _outputs(outputs)
+                padded = box_targets(targets, logits.shape[0], logits.device)
+                _check_finite_inputs(outputs, logits, boxes, padded)
+            raise
 
     def extra_repr(self) -> str:
         return (
