@@ -33,6 +33,7 @@ import detloss.costs
 import detloss.losses
 import detloss.match
 import detloss.postprocess
+from detloss._checks import check_finite, should_validate
 from detloss.anchors import ssd_priors
 from detloss.heatmap import centernet_targets
 from detloss.match.matching import Matching
@@ -698,3 +699,37 @@ def test_unscanned_matcher_still_names_the_input(key):
     expected = rf"outputs\['{key}'\]: expected finite values, got nan at index \[1, 2, 0\]"
     with pytest.raises(ValueError, match=expected):
         M.HungarianMatcher(validate=False)(outputs, _det_targets())
+
+
+def test_check_finite_masks_padding_and_names_the_first_bad_entry():
+    x = torch.zeros(2, 3, 4)
+    x[1, 2] = math.nan  # a padding slot
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    check_finite(("boxes", x, mask))  # padding may hold anything
+    x[0, 1, 3] = -math.inf
+    with pytest.raises(
+        ValueError, match=r"^boxes: expected finite values, got -inf at index \[0, 1, 3\]$"
+    ):
+        check_finite(("logits", torch.ones(3)), ("boxes", x, mask))
+    cost = torch.tensor([[0.5, math.inf]])
+    check_finite(("cost", cost), allow_posinf=True)  # a forbidden pair
+    with pytest.raises(ValueError, match=r"^cost: expected finite values or \+inf, got nan"):
+        check_finite(("cost", cost * math.nan), allow_posinf=True)
+    # Integers are finite; values that are not tensors are left to their own checks.
+    check_finite(("labels", torch.tensor([1, 2])), ("targets", [math.nan]), ("offset", None))
+
+
+def test_validate_none_scans_on_the_cpu_only():
+    assert should_validate(None, torch.zeros(1))
+    assert not should_validate(None, torch.zeros(1, device="meta"))
+    assert should_validate(True, torch.zeros(1, device="meta"))
+    assert not should_validate(False, torch.zeros(1))
+    # Off the CPU the default does not scan, so a NaN is not looked for (no sync) ...
+    loss = L.sigmoid_focal_loss(
+        torch.full((2,), math.nan, device="meta"), torch.zeros(2, device="meta")
+    )
+    assert loss.device.type == "meta"
+    # ... and validate=False skips the scan on the CPU too.
+    assert torch.isnan(
+        L.smooth_l1_loss(torch.tensor([math.nan]), torch.zeros(1), validate=False)
+    ).all()
