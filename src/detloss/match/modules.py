@@ -253,4 +253,5 @@ class MaxIoUMatcher(nn.Module):
             self.allow_low_quality,
             target_mask=padded["mask"],
             pred_mask=outputs.get("pred_mask"),
+            validate=False,  # finite boxes (scanned above when validating) give finite IoUs
         )
