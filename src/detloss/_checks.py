@@ -132,12 +132,15 @@ def check_finite(
     ]
     if not items:
         return
-    flags = [_masked_finite(x, mask, allow_posinf).all() for _, x, mask in items]
-    device = flags[0].device
-    if bool(torch.stack([f.to(device) for f in flags]).all()):
+    # A sum is finite when every entry is, and it is one fast reduction (torch.isfinite
+    # takes several passes on the CPU); a sum that overflows, or an allowed +inf, falls
+    # through to the exact test below, which only a rejected input pays for otherwise.
+    sums = [_real_entries(x, mask).sum(dtype=_sum_dtype(x)) for _, x, mask in items]
+    device = sums[0].device
+    if bool(torch.stack([t.to(device) for t in sums]).isfinite().all()):
         return
-    for (name, x, mask), ok in zip(items, flags, strict=True):
-        if bool(ok):
+    for name, x, mask in items:
+        if bool(_masked_finite(x, mask, allow_posinf).all()):
             continue
         index = [int(i) for i in (~_masked_finite(x, mask, allow_posinf)).nonzero()[0].tolist()]
         value = x[tuple(index)].item()
@@ -170,16 +173,30 @@ def named_entries(mapping: object, keys: Sequence[str], name: str) -> list[tuple
     return [(f"{name}[{key!r}]", mapping[key]) for key in keys if key in mapping]
 
 
+def _real_entries(x: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return x
+    return x.masked_fill(~_leading(mask, x), 0)
+
+
+def _sum_dtype(x: Tensor) -> torch.dtype | None:
+    """Half precision sums in float32 (fewer overflows to fall back on); others as they are."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _leading(mask: Tensor, x: Tensor) -> Tensor:
+    """``mask`` over the leading dimensions of ``x``, shaped to broadcast against it."""
+    mask = mask.to(device=x.device, dtype=torch.bool)
+    return mask.reshape(*mask.shape, *([1] * (x.ndim - mask.ndim)))
+
+
 def _masked_finite(x: Tensor, mask: Tensor | None, allow_posinf: bool = False) -> Tensor:
     """``isfinite(x)`` (``+inf`` too with ``allow_posinf``) with the entries outside
     ``mask`` (over the leading dimensions) counted finite."""
     ok = torch.isfinite(x)
     if allow_posinf:
         ok = ok | (x == torch.inf)
-    if mask is None:
-        return ok
-    mask = mask.to(device=x.device, dtype=torch.bool)
-    return ok | ~mask.reshape(*mask.shape, *([1] * (x.ndim - mask.ndim)))
+    return ok if mask is None else ok | ~_leading(mask, x)
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
