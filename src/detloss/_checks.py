@@ -6,20 +6,25 @@ Messages follow one pattern: the argument, what was expected, what was received.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from numbers import Real
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "check_choice",
+    "check_finite",
     "check_nonnegative",
     "check_reduction",
     "check_shape",
     "check_tensor",
     "compute_dtype",
+    "named_entries",
+    "named_list_entries",
     "shape_str",
+    "should_validate",
 ]
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -89,6 +94,109 @@ def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
 def check_reduction(reduction: object) -> str:
     check_choice(reduction, "reduction", REDUCTIONS)
     return reduction  # type: ignore[return-value]
+
+
+def should_validate(validate: bool | None, like: object) -> bool:
+    """``validate`` resolved: None (the default of every ``validate=`` argument that accepts
+    it) means True on the CPU, where a value scan costs no device synchronisation, and
+    False on other devices."""
+    if validate is None:
+        device = getattr(like, "device", None)
+        return device is None or device.type == "cpu"
+    return bool(validate)
+
+
+def check_finite(
+    *named: tuple[str, object] | tuple[str, object, Tensor | None], allow_posinf: bool = False
+) -> None:
+    """Raise ValueError naming the first argument that holds NaN, +inf or -inf (``+inf``
+    passes with ``allow_posinf``: a cost's forbidden pair).
+
+    Each item is ``(name, tensor)`` or ``(name, tensor, mask)``: ``name`` is the argument
+    as the caller passed it (``"pred_logits"``, ``"targets['boxes']"``); ``mask``, a bool
+    tensor over the leading dimensions of ``tensor``, limits the check to the real entries
+    (padding may hold anything). Integer and bool tensors are finite by construction;
+    floating NumPy arrays are checked like tensors; other values, or None, are skipped
+    (their own checks name them).
+
+    All tensors are scanned with one host synchronisation; call it only when validating
+    (see :func:`should_validate`). The message gives the first bad value and its index.
+    """
+    items = [
+        (item[0], _as_tensor(item[1]), item[2] if len(item) > 2 else None) for item in named
+    ]
+    items = [
+        (name, x, mask)
+        for name, x, mask in items
+        if isinstance(x, Tensor) and (x.is_floating_point() or x.is_complex())
+    ]
+    if not items:
+        return
+    # A sum is finite when every entry is, and it is one fast reduction (torch.isfinite
+    # takes several passes on the CPU); a sum that overflows, or an allowed +inf, falls
+    # through to the exact test below, which only a rejected input pays for otherwise.
+    sums = [_real_entries(x, mask).sum(dtype=_sum_dtype(x)) for _, x, mask in items]
+    device = sums[0].device
+    if bool(torch.stack([t.to(device) for t in sums]).isfinite().all()):
+        return
+    for name, x, mask in items:
+        if bool(_masked_finite(x, mask, allow_posinf).all()):
+            continue
+        index = [int(i) for i in (~_masked_finite(x, mask, allow_posinf)).nonzero()[0].tolist()]
+        value = x[tuple(index)].item()
+        where = f" at index {index}" if x.ndim else ""
+        expected = "finite values or +inf" if allow_posinf else "finite values"
+        raise ValueError(f"{name}: expected {expected}, got {value}{where}")
+
+
+def _as_tensor(x: object) -> object:
+    if isinstance(x, np.ndarray) and x.dtype.kind in "fc":
+        return torch.from_numpy(x)
+    return x
+
+
+def named_list_entries(
+    items: object, keys: Sequence[str], name: str
+) -> list[tuple[str, object]]:
+    """:func:`named_entries` of each dict in a list (``name[i]['key']``), e.g. per-image
+    predictions; anything that is not a list of dicts gives nothing."""
+    if not isinstance(items, Sequence) or isinstance(items, str):
+        return []
+    return [e for i, item in enumerate(items) for e in named_entries(item, keys, f"{name}[{i}]")]
+
+
+def named_entries(mapping: object, keys: Sequence[str], name: str) -> list[tuple[str, object]]:
+    """``(f"{name}[{key!r}]", value)`` for each of ``keys`` that ``mapping`` holds: the
+    dict entries to pass to :func:`check_finite`, named as the caller wrote them."""
+    if not isinstance(mapping, Mapping):
+        return []
+    return [(f"{name}[{key!r}]", mapping[key]) for key in keys if key in mapping]
+
+
+def _real_entries(x: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return x
+    return x.masked_fill(~_leading(mask, x), 0)
+
+
+def _sum_dtype(x: Tensor) -> torch.dtype | None:
+    """Half precision sums in float32 (fewer overflows to fall back on); others as they are."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else None
+
+
+def _leading(mask: Tensor, x: Tensor) -> Tensor:
+    """``mask`` over the leading dimensions of ``x``, shaped to broadcast against it."""
+    mask = mask.to(device=x.device, dtype=torch.bool)
+    return mask.reshape(*mask.shape, *([1] * (x.ndim - mask.ndim)))
+
+
+def _masked_finite(x: Tensor, mask: Tensor | None, allow_posinf: bool = False) -> Tensor:
+    """``isfinite(x)`` (``+inf`` too with ``allow_posinf``) with the entries outside
+    ``mask`` (over the leading dimensions) counted finite."""
+    ok = torch.isfinite(x)
+    if allow_posinf:
+        ok = ok | (x == torch.inf)
+    return ok if mask is None else ok | ~_leading(mask, x)
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:

@@ -22,6 +22,8 @@ from scipy.sparse.csgraph import maximum_bipartite_matching
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from ._checks import check_finite, named_list_entries
+
 __all__ = [
     "COCO_IOU_THRESHOLDS",
     "coco_box_ap",
@@ -157,7 +159,10 @@ def coco_box_ap(
         ``{"ap": AP@[.5:.95], "ap50", "ap75", "per_class": {label: AP@[.5:.95]}}`` as
         floats; ``ap50`` / ``ap75`` are present when 0.5 / 0.75 are among the thresholds.
         With no ground truth at all every value is NaN (undefined; COCO prints -1).
+
+    NaN or inf in a box or score is a ValueError naming it.
     """
+    check_finite(*_named_boxes(predictions, targets))
     if max_detections < 1:
         raise ValueError(f"max_detections must be >= 1, got {max_detections}")
     thresholds = np.asarray(iou_thresholds, dtype=np.float64)
@@ -225,8 +230,9 @@ def voc_box_ap(
     continuous coordinates (no "+1" pixel convention).
 
     Returns ``{"ap": mean over classes with ground truth, "per_class": {label: AP}}``;
-    NaN when there is no ground truth.
+    NaN when there is no ground truth. NaN or inf in a box or score is a ValueError.
     """
+    check_finite(*_named_boxes(predictions, targets))
     if not 0 < iou_threshold <= 1:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
     preds, gts = _box_lists(predictions, targets)
@@ -266,11 +272,21 @@ def voc_box_ap(
     return {"ap": ap, "per_class": per_class}
 
 
+def _named_boxes(predictions: object, targets: object) -> list[tuple[str, object]]:
+    """The boxes and scores of per-image dicts, named for :func:`check_finite`."""
+    named = named_list_entries(predictions, ("boxes", "scores"), "predictions")
+    return named + named_list_entries(targets, ("boxes",), "targets")
+
+
 def _points(x: object, name: str) -> np.ndarray:
     if isinstance(x, Mapping):
         x = _get(x, "points", name)
         name = f"{name}['points']"
-    return _np(x, name, (2,))  # type: ignore[arg-type]
+    points = _np(x, name, (2,))  # type: ignore[arg-type]
+    if not np.isfinite(points).all():
+        bad = points[~np.isfinite(points)][0]
+        raise ValueError(f"{name}: expected finite coordinates, got {bad}")
+    return points
 
 
 def match_points_within(
@@ -347,6 +363,7 @@ def count_metrics(
     ``mean_count`` is 0). Counts may also be lists of point sets, counted by length."""
     p = _counts(pred_counts, "pred_counts")
     t = _counts(true_counts, "true_counts")
+    check_finite(("pred_counts", p), ("true_counts", t))
     if len(p) != len(t):
         raise ValueError(
             f"pred_counts: expected {len(t)} counts (one per image, as true_counts), got {len(p)}"

@@ -303,8 +303,9 @@ def test_multibox_loss(data, b, c, dtype, threshold, min_negatives, padded):
 @settings(max_examples=20)
 @given(data=st.data(), where=st.sampled_from(["loc", "conf", "targets"]))
 def test_multibox_loss_nonfinite_inputs(data, where):
-    """Target boxes are validated on the CPU (ValueError naming them); predictions are not
-    scanned (no host sync on a GPU): a NaN there may reach the loss, nothing else."""
+    """Validated (the default on the CPU), NaN / inf in ``loc``, ``conf`` or a real target
+    box is a ValueError naming it; with ``validate=False`` (no host sync, the default on a
+    GPU) a NaN prediction may reach the loss, and nothing else happens."""
     p = PRIORS.shape[0]
     loc = data.draw(values((2, p, 4), dtype=torch.float32))
     conf = data.draw(values((2, p, 3), dtype=torch.float32))
@@ -320,11 +321,14 @@ def test_multibox_loss_nonfinite_inputs(data, where):
         conf[0, index, 0] = bad
     else:
         targets[1]["boxes"][0, 3] = bad
-    out = check_contract(lambda: multibox_loss(loc, conf, PRIORS, targets), False)
-    if where == "targets":
-        assert out is None  # rejected: "targets['boxes']: expected finite coordinates"
-    else:
-        assert out is not None
+    err = rejection(lambda: multibox_loss(loc, conf, PRIORS, targets))
+    name = {"loc": "loc", "conf": "conf", "targets": "targets['boxes']"}[where]
+    assert isinstance(err, ValueError) and name in str(err) and "finite" in str(err), err
+    if where != "targets":
+        unscanned = check_contract(
+            lambda: multibox_loss(loc, conf, PRIORS, targets, validate=False), False
+        )
+        assert unscanned is not None
 
 
 # --------------------------------------------------------------------------------------
@@ -424,9 +428,10 @@ def test_centernet_targets_and_loss(data, b, c, hw, dtype, validate):
     assert torch.equal(module, out[0])
 
 
-def test_centernet_loss_nonfinite_predictions_propagate():
-    """centernet_loss does not scan its inputs (no host sync): a NaN prediction gives a NaN
-    loss, the documented behaviour of an unvalidated loss."""
+def test_centernet_loss_nonfinite_predictions():
+    """Validated (the default on the CPU), a NaN prediction is a ValueError naming it;
+    ``validate=False`` (no host sync, the default on a GPU) lets it reach the loss: the
+    documented behaviour of an unvalidated loss."""
     targets = centernet_targets(
         [{"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]]), "labels": torch.tensor([0])}],
         num_classes=1,
@@ -435,7 +440,10 @@ def test_centernet_loss_nonfinite_predictions_propagate():
     predictions = {"heatmap": torch.zeros(1, 1, 4, 4), "size": torch.zeros(1, 2, 4, 4)}
     predictions["offset"] = torch.zeros(1, 2, 4, 4)
     predictions["heatmap"][0, 0, 3, 3] = math.nan
-    assert torch.isnan(centernet_loss(predictions, targets))
+    err = rejection(lambda: centernet_loss(predictions, targets))
+    assert isinstance(err, ValueError)
+    assert str(err) == "predictions['heatmap']: expected finite values, got nan at index [0, 0, 3, 3]"
+    assert torch.isnan(centernet_loss(predictions, targets, validate=False))
 
 
 # --------------------------------------------------------------------------------------

@@ -18,7 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_reduction, check_shape, check_tensor, output_dtype, shape_str
+from .._checks import (
+    check_finite,
+    check_reduction,
+    check_shape,
+    check_tensor,
+    output_dtype,
+    shape_str,
+    should_validate,
+)
 from ..distributed import normalizer as global_normalizer
 from ._reduction import reduce_loss
 
@@ -96,6 +104,8 @@ def gaussian_focal_loss(
     reduction: str = "sum",
     normalizer: Tensor | float | None = None,
     eps: float = PROB_EPS,
+    *,
+    validate: bool | None = None,
 ) -> Tensor:
     """Gaussian focal loss on probabilities (CenterNet's ``_neg_loss``).
 
@@ -111,9 +121,13 @@ def gaussian_focal_loss(
         eps: ``pred`` is clamped to ``[eps, 1 - eps]`` (CenterNet's 1e-4), which keeps the
             logs finite but also zeroes the gradient of predictions outside that range;
             train from logits with :func:`gaussian_focal_loss_with_logits` instead.
+        validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
+            one host synchronisation); None (default) scans on the CPU only.
 
     Float16/bfloat16 inputs are computed in float32 and returned in their dtype.
     """
+    if should_validate(validate, pred):
+        check_finite(("pred", pred), ("target", target))
     _check_pair(pred, target, "pred")
     check_reduction(reduction)
     _check_exponents(alpha, gamma)
@@ -137,6 +151,8 @@ def gaussian_focal_loss_with_logits(
     gamma: float = 4.0,
     reduction: str = "sum",
     normalizer: Tensor | float | None = None,
+    *,
+    validate: bool | None = None,
 ) -> Tensor:
     """Gaussian focal loss on logits, ``p = sigmoid(logits)``, without clamping.
 
@@ -147,6 +163,8 @@ def gaussian_focal_loss_with_logits(
 
     Args: as :func:`gaussian_focal_loss`, with ``logits`` of any shape instead of ``pred``.
     """
+    if should_validate(validate, logits):
+        check_finite(("logits", logits), ("target", target))
     _check_pair(logits, target, "logits")
     check_reduction(reduction)
     _check_exponents(alpha, gamma)
@@ -166,22 +184,40 @@ class GaussianFocalLoss(nn.Module):
         reduction: str = "sum",
         logits: bool = True,
         eps: float = PROB_EPS,
+        *,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         check_reduction(reduction)
         _check_exponents(alpha, gamma)
         self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
         self.logits, self.eps = logits, eps
+        self.validate = validate
 
     def forward(
         self, input: Tensor, target: Tensor, normalizer: Tensor | float | None = None
     ) -> Tensor:
+        if should_validate(self.validate, input):
+            check_finite(("input", input), ("target", target))
         if self.logits:
             return gaussian_focal_loss_with_logits(
-                input, target, self.alpha, self.gamma, self.reduction, normalizer
+                input,
+                target,
+                self.alpha,
+                self.gamma,
+                self.reduction,
+                normalizer,
+                validate=False,
             )
         return gaussian_focal_loss(
-            input, target, self.alpha, self.gamma, self.reduction, normalizer, self.eps
+            input,
+            target,
+            self.alpha,
+            self.gamma,
+            self.reduction,
+            normalizer,
+            self.eps,
+            validate=False,
         )
 
     def extra_repr(self) -> str:
@@ -212,6 +248,7 @@ def centernet_loss(
     gamma: float = 4.0,
     distributed: bool = True,
     return_terms: bool = False,
+    validate: bool | None = None,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """The CenterNet objective: heatmap focal loss + L1 on size and offset at object cells.
 
@@ -238,6 +275,8 @@ def centernet_loss(
         alpha, gamma: gaussian focal exponents.
         distributed: normalise by the global object count under ``torch.distributed``.
         return_terms: also return ``{"heatmap", "size", "offset"}`` (unweighted terms).
+        validate: scan predictions and targets for NaN and inf first (a ValueError naming
+            the entry; one host synchronisation); None (default) scans on the CPU only.
 
     Returns:
         The weighted total as a scalar, in the heatmap's dtype; with ``return_terms`` a
@@ -246,6 +285,12 @@ def centernet_loss(
     _check_exponents(alpha, gamma)
     heat, size, offset = _get(predictions, _PRED_KEYS, "predictions")
     t_heat, t_size, t_offset, weight = _get(targets, _TARGET_KEYS, "targets")
+    if should_validate(validate, heat):
+        named_targets = zip(_TARGET_KEYS, (t_heat, t_size, t_offset, weight))
+        check_finite(
+            *((f"predictions[{k!r}]", v) for k, v in zip(_PRED_KEYS, (heat, size, offset))),
+            *((f"targets[{k!r}]", v) for k, v in named_targets),
+        )
     check_shape(heat, "predictions['heatmap']", ndim=4, expected="[B, C, H, W]")
     batch, _, height, width = heat.shape
     reg_shape = (batch, 2, height, width)
@@ -298,9 +343,11 @@ class CenterNetLoss(nn.Module):
         *,
         alpha: float = 2.0,
         gamma: float = 4.0,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         _check_exponents(alpha, gamma)
+        self.validate = validate
         self.heatmap_weight = heatmap_weight
         self.size_weight = size_weight
         self.offset_weight = offset_weight
@@ -323,6 +370,7 @@ class CenterNetLoss(nn.Module):
             gamma=self.gamma,
             distributed=self.distributed,
             return_terms=return_terms,
+            validate=self.validate,
         )
 
     def extra_repr(self) -> str:

@@ -24,7 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_reduction, check_shape, compute_dtype, shape_str
+from .._checks import (
+    check_choice,
+    check_finite,
+    check_reduction,
+    check_shape,
+    compute_dtype,
+    named_entries,
+    shape_str,
+    should_validate,
+)
 from ..boxes import BOX_FORMATS, box_convert
 from ..distributed import normalizer, world_size
 from ..match.matching import BACKGROUND, Matching
@@ -279,7 +288,7 @@ def _logit_index(class_index: Tensor, num_classes: int, background: str) -> Tens
 
 def _sigmoid_elementwise(x: Tensor, target: Tensor, opts: _Options) -> Tensor:
     if opts.cls_loss == "focal":
-        return sigmoid_focal_loss(x, target, opts.focal_alpha, opts.focal_gamma)
+        return sigmoid_focal_loss(x, target, opts.focal_alpha, opts.focal_gamma, validate=False)
     return F.binary_cross_entropy_with_logits(x, target, reduction="none")
 
 
@@ -347,7 +356,7 @@ def _loc_values(name: str, pred: Tensor, target: Tensor, opts: _Options) -> Tens
             return (pred - target).abs().sum(-1)
         pred, target = torch.broadcast_tensors(pred, target)
         return F.smooth_l1_loss(pred, target, reduction="none", beta=opts.smooth_l1_beta).sum(-1)
-    return _IOU_LOSSES[name](pred, target, "none", opts.box_format)
+    return _IOU_LOSSES[name](pred, target, "none", opts.box_format, validate=False)
 
 
 def _mine(values: Tensor, bg_mass: Tensor, budget: Tensor) -> Tensor:
@@ -590,7 +599,8 @@ def detection_loss(
             not read.
         return_terms: also return ``{name: weighted term}`` (``"cls"``, each loc name),
             whose sum is the total.
-        validate: check label ranges and the plan's entries (one device synchronisation);
+        validate: check label ranges, the plan's entries and that the predictions and
+            the real target boxes hold no NaN or inf (one device synchronisation each);
             None checks on the CPU only.
 
     Returns:
@@ -626,6 +636,16 @@ def detection_loss(
     )
     logits, _ = _read_outputs(outputs, "outputs")
     padded = _padded_targets(targets, logits.shape[0], logits.device)
+    if should_validate(validate, logits):
+        keys = ("pred_logits", "pred_boxes")
+        layers = [(outputs, "outputs")]
+        if aux_matchings is not None:
+            aux = _aux_outputs(outputs)
+            layers += [(a, f"outputs['aux_outputs'][{i}]") for i, a in enumerate(aux)]
+        check_finite(
+            *(e for layer, name in layers for e in named_entries(layer, keys, name)),
+            ("targets['boxes']", padded["boxes"], padded["mask"]),
+        )
     terms = _layer_terms(outputs, padded, matching, class_weights, opts, validate, "outputs", "")
     if aux_matchings is not None:
         aux = _aux_outputs(outputs)

@@ -6,7 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_reduction, check_tensor, compute_dtype, output_dtype, shape_str
+from .._checks import (
+    check_finite,
+    check_reduction,
+    check_tensor,
+    compute_dtype,
+    output_dtype,
+    shape_str,
+    should_validate,
+)
 from ._reduction import reduce_loss
 
 __all__ = ["SigmoidFocalLoss", "sigmoid_focal_loss"]
@@ -18,6 +26,8 @@ def sigmoid_focal_loss(
     alpha: float | None = 0.25,
     gamma: float = 2.0,
     reduction: str = "none",
+    *,
+    validate: bool | None = None,
 ) -> Tensor:
     """Focal loss on logits, element-wise: ``alpha_t (1 - p_t)^gamma BCE(inputs, targets)``.
 
@@ -30,10 +40,14 @@ def sigmoid_focal_loss(
             ``(1 - p_t)^gamma`` at ``p_t = 1``; the base is clamped to the smallest normal
             float there, so saturated logits give zero, not NaN, gradients.
         reduction: ``"none"`` (default, as torchvision), ``"mean"`` or ``"sum"``.
+        validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
+            one host synchronisation); None (default) scans on the CPU only.
 
     Values equal torchvision's ``sigmoid_focal_loss``. Half-precision and integer inputs
     are computed in float32 and returned in their floating dtype (float32 for integers).
     """
+    if should_validate(validate, inputs):
+        check_finite(("inputs", inputs), ("targets", targets))
     check_tensor(inputs, "inputs")
     check_tensor(targets, "targets")
     check_reduction(reduction)
@@ -62,10 +76,20 @@ def sigmoid_focal_loss(
 class SigmoidFocalLoss(nn.Module):
     """Module form of :func:`sigmoid_focal_loss` (default reduction ``"mean"``)."""
 
-    def __init__(self, alpha: float | None = 0.25, gamma: float = 2.0, reduction: str = "mean"):
+    def __init__(
+        self,
+        alpha: float | None = 0.25,
+        gamma: float = 2.0,
+        reduction: str = "mean",
+        *,
+        validate: bool | None = None,
+    ):
         super().__init__()
         check_reduction(reduction)
         self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
+        self.validate = validate
 
     def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        return sigmoid_focal_loss(inputs, targets, self.alpha, self.gamma, self.reduction)
+        return sigmoid_focal_loss(
+            inputs, targets, self.alpha, self.gamma, self.reduction, validate=self.validate
+        )

@@ -12,7 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_nonnegative, compute_dtype, output_dtype, shape_str
+from .._checks import (
+    check_choice,
+    check_finite,
+    check_nonnegative,
+    compute_dtype,
+    output_dtype,
+    shape_str,
+    should_validate,
+)
 from ..distributed import normalizer
 from ..match.matching import Matching
 from ..match.points import (
@@ -66,6 +74,7 @@ def point_loss(
     distributed: bool = True,
     matching: Matching | None = None,
     return_terms: bool = False,
+    validate: bool | None = None,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """The P2PNet loss ``cls + loc_weight * loc`` on the exact point matching.
 
@@ -89,6 +98,10 @@ def point_loss(
             of matching here.
         return_terms: also return ``{"cls": ..., "loc": ...}``, the unweighted terms
             (``total = cls + loc_weight * loc``).
+        validate: scan predictions and the real target points for NaN and inf first (a
+            ValueError naming the argument; one host synchronisation); None (default)
+            scans on the CPU only. Without a ``matching``, the matcher rejects non-finite
+            inputs in any case (it solves on the host).
 
     ``head="sigmoid"`` (default). Per image ``b`` with ``M`` proposals and ``K_b`` matched
     pairs ``(j, i)``::
@@ -125,6 +138,12 @@ def point_loss(
     b, m = pred_points.shape[:2]
     device = pred_points.device
     target_xy, target_mask = point_targets(targets, None, b, device)
+    if should_validate(validate, pred_points):
+        check_finite(
+            ("pred_points", pred_points),
+            ("pred_logits", pred_logits),
+            ("targets", target_xy, target_mask),
+        )
     n = target_xy.shape[1]
     if matching is None:
         matching = match_points(
@@ -189,6 +208,7 @@ class PointLoss(nn.Module):
         loc_weight: weight of the localisation term (P2PNet: 2e-4).
         head: ``"sigmoid"`` or ``"softmax"``.
         distributed: normalise cross-image counts over ranks.
+        validate: as for :func:`point_loss`.
     """
 
     def __init__(
@@ -198,9 +218,12 @@ class PointLoss(nn.Module):
         loc_weight: float = 2e-4,
         head: str = "sigmoid",
         distributed: bool = True,
+        *,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         check_choice(head, "head", HEADS)
+        self.validate = validate
         self.tau = check_tau(tau)
         self.neg_weight = check_nonnegative(neg_weight, "neg_weight")
         self.loc_weight = check_nonnegative(loc_weight, "loc_weight")
@@ -245,6 +268,7 @@ class PointLoss(nn.Module):
             distributed=self.distributed,
             matching=matching,
             return_terms=return_terms,
+            validate=self.validate,
         )
 
     def extra_repr(self) -> str:

@@ -6,14 +6,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_reduction, check_tensor, output_dtype, shape_str
+from .._checks import (
+    check_finite,
+    check_reduction,
+    check_tensor,
+    output_dtype,
+    shape_str,
+    should_validate,
+)
 from ._reduction import reduce_loss
 
 __all__ = ["smooth_l1_loss"]
 
 
 def smooth_l1_loss(
-    input: Tensor, target: Tensor, beta: float = 1.0, reduction: str = "none"
+    input: Tensor,
+    target: Tensor,
+    beta: float = 1.0,
+    reduction: str = "none",
+    *,
+    validate: bool | None = None,
 ) -> Tensor:
     """Smooth-L1 (Huber divided by ``beta``), element-wise on broadcastable tensors.
 
@@ -26,9 +38,13 @@ def smooth_l1_loss(
         input, target: broadcastable tensors.
         beta: the switch point, ``>= 0``.
         reduction: ``"none"`` (default, like the other primitives), ``"mean"`` or ``"sum"``.
+        validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
+            one host synchronisation); None (default) scans on the CPU only.
 
     Half-precision inputs are computed in float32 and returned in their dtype.
     """
+    if should_validate(validate, input):
+        check_finite(("input", input), ("target", target))
     check_tensor(input, "input")
     check_tensor(target, "target")
     check_reduction(reduction)

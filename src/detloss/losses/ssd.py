@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_shape, compute_dtype, output_dtype, shape_str
+from .._checks import (
+    check_finite,
+    check_shape,
+    compute_dtype,
+    output_dtype,
+    shape_str,
+    should_validate,
+)
 from ..anchors import _check_ssd_inputs, _check_variances, encode_boxes
 from ..boxes import box_convert
 from ..distributed import normalizer
@@ -317,7 +324,7 @@ def _dense_terms(
             target_class = torch.zeros_like(index)
         target_class = target_class.masked_fill(~positive, 0)
         loc_target = encode_boxes(matched, priors, variances)
-    per_prior = smooth_l1_loss(loc.to(dtype), loc_target, beta=1.0).sum(dim=-1)
+    per_prior = smooth_l1_loss(loc.to(dtype), loc_target, beta=1.0, validate=False).sum(dim=-1)
     loc_sum = torch.where(positive, per_prior, 0.0).sum()
     log_prob = conf.to(dtype).log_softmax(dim=-1)
     ce = -log_prob.gather(-1, target_class[..., None]).squeeze(-1)
@@ -402,7 +409,7 @@ def _sparse_terms(
     # index_put that advanced indexing differentiates to.
     num_priors = loc.shape[1]
     loc_rows = loc.reshape(-1, 4).index_select(0, image * num_priors + prior)
-    loc_sum = smooth_l1_loss(loc_rows.to(dtype), loc_target, beta=1.0).sum()
+    loc_sum = smooth_l1_loss(loc_rows.to(dtype), loc_target, beta=1.0, validate=False).sum()
     conf_rows = conf.reshape(-1, conf.shape[-1]).index_select(
         0, chosen_image * num_priors + chosen_prior
     )
@@ -466,8 +473,9 @@ def multibox_loss(
         min_negatives: negatives mined per image at least (0 = SSD).
         distributed: normalise by the global positive count (see
             :func:`detloss.distributed.normalizer`).
-        validate: check label range and box finiteness (one host synchronisation).
-            None (default) validates when the inputs are on the CPU.
+        validate: check the label range and that ``loc``, ``conf``, ``priors`` and the real
+            target boxes hold no NaN or inf (one host synchronisation). None (default)
+            validates when the inputs are on the CPU.
         return_terms: also return ``{"loc": L_loc / N, "conf": L_conf / N}`` (unweighted).
 
     Returns:
@@ -480,6 +488,8 @@ def multibox_loss(
     batch, _, num_classes = conf.shape
     padded = box_targets(targets, batch, loc.device)
     gt_boxes, labels, mask = padded["boxes"], padded["labels"], padded["mask"]
+    if should_validate(validate, loc):
+        check_finite(("loc", loc), ("conf", conf), ("priors", priors))
     if validate is None:
         validate = loc.device.type == "cpu"
     if validate:

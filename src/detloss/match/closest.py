@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_finite, should_validate
 from ._common import broadcast_value, prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 
@@ -17,6 +18,8 @@ def closest_target(
     background_cost: float | Tensor,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
+    *,
+    validate: bool | None = None,
 ) -> Matching:
     """Match each prediction to its cheapest real target, or to the background when the
     background is not more expensive.
@@ -27,6 +30,9 @@ def closest_target(
             tensor broadcastable to ``[B, M]``. A prediction is matched when its cheapest
             target costs strictly less (ties go to the background).
         target_mask, pred_mask: real entries; padded predictions are ignored (``-2``).
+        validate: check that the real entries of ``cost`` and ``background_cost`` are
+            finite or ``+inf`` (NaN or ``-inf`` is a ValueError; one host
+            synchronisation); None (default) checks on the CPU only.
 
     Several predictions may share a target. The returned matching carries its 0/1 plan.
     """
@@ -37,6 +43,10 @@ def closest_target(
     bg = broadcast_value(
         background_cost, (b, m), cost.dtype, cost.device, "background_cost", "[B, M]"
     )
+    if should_validate(validate, cost):
+        pairs = pred_mask[:, :, None] & target_mask[:, None, :]
+        named = (("cost", cost, pairs), ("background_cost", bg, pred_mask))
+        check_finite(*named, allow_posinf=True)
     if n == 0:
         p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=cost.device)
     else:
@@ -53,6 +63,8 @@ def closest_prediction(
     threshold: float | Tensor,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
+    *,
+    validate: bool | None = None,
 ) -> Matching:
     """Match each real target to its cheapest prediction when that cost is below
     ``threshold``; every other prediction is background.
@@ -62,6 +74,8 @@ def closest_prediction(
         threshold: a target is matched only if its cheapest prediction costs strictly less;
             a float or a tensor broadcastable to ``[B, N]``.
         target_mask, pred_mask: real entries; padded predictions are ignored (``-2``).
+        validate: as for :func:`closest_target`, with ``threshold`` for the background
+            cost.
 
     The plan holds every target's choice, so a prediction chosen by several targets has
     several ones in its row; ``pred_to_target`` keeps the cheapest of them (ties: lower
@@ -75,6 +89,10 @@ def closest_prediction(
     p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=cost.device)
     if m > 0 and n > 0:
         thr = broadcast_value(threshold, (b, n), cost.dtype, cost.device, "threshold", "[B, N]")
+        if should_validate(validate, cost):
+            pairs = pred_mask[:, :, None] & target_mask[:, None, :]
+            named = (("cost", cost, pairs), ("threshold", thr, target_mask))
+            check_finite(*named, allow_posinf=True)
         masked = cost.masked_fill(~pred_mask[:, :, None], torch.inf)
         best_cost, best_pred = masked.min(dim=1)  # [B, N]
         chosen = target_mask & (best_cost < thr)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_shape, shape_str
+from .._checks import check_choice, check_finite, check_shape, shape_str, should_validate
 from ..batching import as_padded
 from ..boxes import BOX_FORMATS, box_iou
 from ..costs import BACKGROUNDS, CLASS_COSTS, detection_cost
@@ -43,6 +43,25 @@ def _outputs(outputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
     return logits, boxes
 
 
+def _check_finite_inputs(
+    outputs: Mapping[str, Tensor],
+    logits: Tensor | None,
+    boxes: Tensor,
+    padded: dict[str, Tensor],
+    boxes_name: str = "outputs['pred_boxes']",
+) -> None:
+    """NaN / inf in the real predictions (``pred_mask``) or real target boxes: a ValueError
+    naming them, raised before a cost would hide where the value came from."""
+    pred_mask = outputs.get("pred_mask")
+    if not (isinstance(pred_mask, Tensor) and pred_mask.shape == boxes.shape[:2]):
+        pred_mask = None  # the solver checks a malformed mask
+    check_finite(
+        ("outputs['pred_logits']", logits, pred_mask),
+        (boxes_name, boxes, pred_mask),
+        ("targets['boxes']", padded["boxes"], padded["mask"]),
+    )
+
+
 def box_targets(targets: Targets, batch_size: int, device: torch.device) -> dict[str, Tensor]:
     """Padded ``boxes [B, N, 4]``, ``labels [B, N]`` and ``mask [B, N]`` from any target form."""
     padded = as_padded(targets, ("boxes", "labels"), batch_size=batch_size, device=device)
@@ -62,6 +81,11 @@ class BoxCostMatcher(nn.Module):
         l1_format: format in which the L1 cost compares boxes (default ``box_format``).
         class_cost: ``"softmax"``, ``"sigmoid"`` or ``"focal"`` (see :func:`class_cost`).
         background: position of a softmax head's background logit.
+        validate: scan the real predictions and target boxes for NaN and inf before
+            building the cost (a ValueError naming ``pred_logits``, ``pred_boxes`` or the
+            target ``boxes``; one host synchronisation). None (default) scans on the CPU
+            only; elsewhere the solver's own check of the cost still rejects NaN, and the
+            inputs are then scanned to name the one to blame.
     """
 
     def __init__(
@@ -76,9 +100,11 @@ class BoxCostMatcher(nn.Module):
         background: str = "last",
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         check_choice(box_format, "box_format", BOX_FORMATS)
+        self.validate = validate
         if l1_format is not None:
             check_choice(l1_format, "l1_format", BOX_FORMATS)
         check_choice(class_cost, "class_cost", CLASS_COSTS)
@@ -104,6 +130,8 @@ class BoxCostMatcher(nn.Module):
         """The ``[B, M, N]`` cost and the ``[B, N]`` target mask."""
         logits, boxes = _outputs(outputs)
         padded = box_targets(targets, logits.shape[0], logits.device)
+        if should_validate(self.validate, logits):
+            _check_finite_inputs(outputs, logits, boxes, padded)
         cost = detection_cost(
             logits.detach(),
             boxes.detach(),
@@ -129,7 +157,16 @@ class BoxCostMatcher(nn.Module):
         self, outputs: Mapping[str, Tensor], targets: Targets, anchors: Tensor | None = None
     ) -> Matching:
         cost, target_mask = self.cost(outputs, targets)
-        return self.solve(cost, target_mask, outputs.get("pred_mask"))
+        try:
+            return self.solve(cost, target_mask, outputs.get("pred_mask"))
+        except ValueError:
+            if not should_validate(self.validate, cost):
+                # The inputs were not scanned (no sync on the way in): on the way out of an
+                # invalid cost, name the input it came from where one is to blame.
+                logits, boxes = _outputs(outputs)
+                padded = box_targets(targets, logits.shape[0], logits.device)
+                _check_finite_inputs(outputs, logits, boxes, padded)
+            raise
 
     def extra_repr(self) -> str:
         return (
@@ -177,9 +214,12 @@ class MaxIoUMatcher(nn.Module):
         force_best: bool = True,
         allow_low_quality: bool = False,
         box_format: str = "xyxy",
+        *,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         check_choice(box_format, "box_format", BOX_FORMATS)
+        self.validate = validate
         self.pos_threshold = pos_threshold
         self.neg_threshold = neg_threshold
         self.force_best = force_best
@@ -200,6 +240,10 @@ class MaxIoUMatcher(nn.Module):
                     f"got shape {shape_str(anchors.shape)}"
                 )
             boxes = anchors.expand(boxes.shape[0], -1, -1) if anchors.ndim == 2 else anchors
+        if should_validate(self.validate, boxes):
+            # Only the boxes enter the IoU; the logits are not read.
+            name = "outputs['pred_boxes']" if anchors is None else "anchors"
+            _check_finite_inputs(outputs, None, boxes, padded, name)
         iou = box_iou(boxes.detach(), padded["boxes"], box_format=self.box_format)
         return max_iou(
             iou,
@@ -209,4 +253,5 @@ class MaxIoUMatcher(nn.Module):
             self.allow_low_quality,
             target_mask=padded["mask"],
             pred_mask=outputs.get("pred_mask"),
+            validate=False,  # finite boxes (scanned above when validating) give finite IoUs
         )

@@ -9,7 +9,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_tensor, compute_dtype, shape_str
+from .._checks import (
+    check_choice,
+    check_finite,
+    check_tensor,
+    compute_dtype,
+    shape_str,
+    should_validate,
+)
 from ._common import prepare_cost
 from .matching import Matching
 from .sinkhorn import background_column, plan_to_assignment
@@ -26,6 +33,8 @@ def softmin(
     background_cost: float | Tensor = 1.0,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
+    *,
+    validate: bool | None = None,
 ) -> Matching:
     """Soft matching by a softmax of ``-cost / reg`` along one side of the cost.
 
@@ -46,6 +55,9 @@ def softmin(
         target_mask: ``bool[B, N]``, real targets (any pattern); padded ones get no mass.
         pred_mask: ``bool[B, M]``, real predictions; padded ones get no mass and come back
             ignored (``-2``).
+        validate: check that the real entries of ``cost`` and ``background_cost`` are
+            finite or ``+inf`` (a pair that gets no mass); NaN or ``-inf`` is a ValueError
+            (one host synchronisation). None (default) checks on the CPU only.
 
     Returns:
         A :class:`Matching` with ``plan [B, M, N + 1]`` (last column = background, in the
@@ -62,6 +74,10 @@ def softmin(
     dtype = compute_dtype(cost)
     out_dtype = cost.dtype if cost.is_floating_point() else torch.float32
     background = background_column(background_cost, b, m, dtype, cost.device)
+    if should_validate(validate, cost):
+        pairs = pred_mask[:, :, None] & target_mask[:, None, :]
+        named = (("cost", cost, pairs), ("background_cost", background, pred_mask))
+        check_finite(*named, allow_posinf=True)
 
     with torch.no_grad():
         logits = torch.cat([cost.to(dtype), background.unsqueeze(2)], dim=2) / -reg
@@ -106,6 +122,11 @@ def combine(
     for i, item in enumerate(matchings):
         if not isinstance(item, Matching):
             raise TypeError(f"matchings[{i}] must be a Matching, got {type(item).__name__}")
+    # No device synchronisation to spare here otherwise: a plan is checked on the CPU only.
+    check_finite(
+        *((f"matchings[{i}].plan", item.plan) for i, item in enumerate(matchings)
+          if item.plan is not None and should_validate(None, item.plan))
+    )
     first = matchings[0]
     for i, item in enumerate(matchings[1:], start=1):
         if (

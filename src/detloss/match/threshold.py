@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_finite, should_validate
 from ._common import prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 
@@ -85,6 +86,8 @@ def max_iou(
     allow_low_quality: bool = False,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
+    *,
+    validate: bool | None = None,
 ) -> Matching:
     """Match each prediction (anchor, prior) to its highest-IoU target by thresholds.
 
@@ -102,6 +105,8 @@ def max_iou(
             best target.
         target_mask, pred_mask: ``bool[B, N]`` / ``bool[B, M]`` real entries. Padded
             predictions are ignored (``-2``).
+        validate: a NaN or inf IoU between a real prediction and a real target is a
+            ValueError (one host synchronisation); None (default) checks on the CPU only.
 
     Returns:
         A :class:`Matching` (several predictions may share a target).
@@ -115,6 +120,8 @@ def max_iou(
         )
     all_preds = pred_mask is None
     iou, target_mask, pred_mask, _ = prepare_cost(iou, target_mask, pred_mask, name="iou")
+    if should_validate(validate, iou):
+        check_finite(("iou", iou, pred_mask[:, :, None] & target_mask[:, None, :]))
     if not iou.is_floating_point():
         iou = iou.float()
     b, m, n = iou.shape

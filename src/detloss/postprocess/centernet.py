@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_shape, compute_dtype, output_dtype, shape_str
+from .._checks import (
+    check_finite,
+    check_shape,
+    compute_dtype,
+    output_dtype,
+    shape_str,
+    should_validate,
+)
 
 __all__ = ["centernet_decode"]
 
@@ -33,6 +40,7 @@ def centernet_decode(
     *,
     logits: bool = True,
     kernel: int = 3,
+    validate: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Decode CenterNet head outputs into the top ``k`` detections of each image.
 
@@ -45,6 +53,8 @@ def centernet_decode(
         stride: input pixels per output cell.
         logits: whether ``heatmap`` holds logits.
         kernel: odd window of the max-pool peak test (CenterNet: 3).
+        validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
+            one host synchronisation); None (default) scans on the CPU only.
 
     Returns:
         ``boxes [B, k', 4]`` (xyxy, input pixels), ``scores [B, k']`` sorted in decreasing
@@ -53,6 +63,8 @@ def centernet_decode(
         so filter by score. Boxes and scores come back in the floating input dtype
         (float16/bfloat16 are computed in float32).
     """
+    if should_validate(validate, heatmap):
+        check_finite(("heatmap", heatmap), ("size", size), ("offset", offset))
     check_shape(heatmap, "heatmap", ndim=4, expected="[B, C, H, W]")
     batch, classes, height, width = heatmap.shape
     reg_shape = (batch, 2, height, width)

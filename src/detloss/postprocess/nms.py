@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_shape, check_tensor, shape_str
+from .._checks import check_finite, check_shape, check_tensor, shape_str, should_validate
 
 __all__ = ["batched_nms", "nms"]
 
@@ -123,7 +123,14 @@ def _check_inputs(boxes: Tensor, scores: Tensor) -> None:
 
 
 @torch.no_grad()
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor,
+    iou_threshold: float,
+    *,
+    validate: bool | None = None,
+) -> Tensor:
     """Class-aware NMS: boxes suppress only boxes with the same ``idxs`` value.
 
     Args:
@@ -132,6 +139,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         idxs: ``int[N]`` group (class, or image * classes + class) of each box.
         iou_threshold: a box is dropped when its IoU with a kept, higher-ranked box of
             its group is ``> iou_threshold``.
+        validate: NaN or inf in ``boxes`` or ``scores`` is a ValueError naming them (one
+            host synchronisation); None (default) checks on the CPU only.
 
     Returns:
         ``int64[K]`` indices of the kept boxes, by decreasing score (equal scores in
@@ -142,6 +151,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     same, without the precision lost by large coordinate offsets.
     """
     _check_inputs(boxes, scores)
+    if should_validate(validate, boxes):  # a NaN score would rank first, silently
+        check_finite(("boxes", boxes), ("scores", scores))
     check_tensor(idxs, "idxs")
     if idxs.shape != scores.shape:
         raise ValueError(
@@ -173,7 +184,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     return by_score[kept[by_score]]
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+def nms(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, *, validate: bool | None = None
+) -> Tensor:
     """Greedy NMS over all boxes; ``int64[K]`` kept indices by decreasing score.
 
     Args:
@@ -181,11 +194,15 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         scores: ``Tensor[N]``, not NaN.
         iou_threshold: a box is dropped when its IoU with a kept, higher-scoring box is
             ``> iou_threshold``.
+        validate: as for :func:`batched_nms`.
     """
     _check_inputs(boxes, scores)
+    if should_validate(validate, boxes):  # a NaN score would rank first, silently
+        check_finite(("boxes", boxes), ("scores", scores))
     return batched_nms(
         boxes,
         scores,
         torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device),
         iou_threshold,
+        validate=False,
     )

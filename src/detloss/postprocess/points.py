@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_shape, shape_str
+from .._checks import check_finite, check_shape, shape_str, should_validate
 
 __all__ = ["decode_points", "point_scores"]
 
@@ -27,7 +27,7 @@ def point_scores(logits: Tensor) -> Tensor:
 
 @torch.no_grad()
 def decode_points(
-    points: Tensor, logits: Tensor, threshold: float = 0.5
+    points: Tensor, logits: Tensor, threshold: float = 0.5, *, validate: bool | None = None
 ) -> list[dict[str, Tensor]]:
     """Keep the proposals whose person probability is strictly greater than ``threshold``.
 
@@ -40,12 +40,16 @@ def decode_points(
         logits: ``Tensor[B, M]`` (sigmoid head) or ``Tensor[B, M, 2]`` (softmax head,
             index 1 = person).
         threshold: probability threshold in [0, 1).
+        validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
+            one host synchronisation); None (default) scans on the CPU only.
 
     Returns:
         One dict per image: ``{"points": [n_i, 2], "scores": [n_i]}``, in proposal order,
         on the inputs' device (``points`` keeps its dtype, ``scores`` is float32 or
         float64).
     """
+    if should_validate(validate, points):
+        check_finite(("points", points), ("logits", logits))
     check_shape(points, "points", ndim=3, last=2, expected="[B, M, 2]")
     scores = point_scores(logits)
     if tuple(scores.shape) != tuple(points.shape[:2]):

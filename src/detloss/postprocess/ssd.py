@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .._checks import check_finite, should_validate
 from ..anchors import _check_ssd_inputs, _check_variances, decode_boxes
 from .nms import batched_nms
 
@@ -30,6 +31,7 @@ def ssd_detect(
     variances: Sequence[float] = (0.1, 0.2),
     *,
     candidates_per_class: int | None = None,
+    validate: bool | None = None,
 ) -> list[dict[str, Tensor]]:
     """Detections of an SSD head, one dict per image.
 
@@ -51,6 +53,9 @@ def ssd_detect(
         candidates_per_class: most candidates per class and image entering NMS; defaults
             to ``top_k`` (the original SSD keeps 200 per class before NMS). Equal scores
             are taken in prior order.
+        validate: scan ``loc``, ``conf`` and ``priors`` for NaN and inf first (a
+            ValueError naming the argument; one host synchronisation); None (default)
+            scans on the CPU only.
 
     Returns:
         ``B`` dicts with ``"boxes"`` (``[K, 4]`` normalised ``xyxy``, not clipped to the
@@ -58,6 +63,8 @@ def ssd_detect(
         ``0..C-2``, the target convention: label ``l`` is logit ``l + 1``). Computed
         without gradients, in float32 for half inputs.
     """
+    if should_validate(validate, loc):
+        check_finite(("loc", loc), ("conf", conf), ("priors", priors))
     _check_ssd_inputs(loc, conf, priors)
     batch, num_priors = loc.shape[:2]
     if (
@@ -89,7 +96,8 @@ def ssd_detect(
     chosen &= scores > conf_threshold
     image, label, prior = chosen.nonzero(as_tuple=True)
     values = scores[image, label, prior]
-    kept = batched_nms(boxes[image, prior], values, image * classes + label, nms_threshold)
+    groups = image * classes + label
+    kept = batched_nms(boxes[image, prior], values, groups, nms_threshold, validate=False)
     # ``kept`` is by decreasing score; a stable sort by image keeps that order per image.
     image_of, order = torch.sort(image[kept], stable=True)
     kept = kept[order]
