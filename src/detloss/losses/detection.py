@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_reduction, check_shape, compute_dtype, shape_str
+from .._checks import (
+    check_box_values,
+    check_choice,
+    check_reduction,
+    check_shape,
+    compute_dtype,
+    shape_str,
+)
 from ..boxes import BOX_FORMATS, box_convert
 from ..distributed import normalizer, world_size
 from ..match.matching import BACKGROUND, Matching
@@ -462,8 +469,13 @@ def _soft_sums(
     return _Sums(cls, cls_norm, loc, pos_plan.sum((1, 2)))
 
 
-def _validate(padded: dict[str, Tensor], matching: Matching, num_classes: int) -> None:
+def _validate(
+    padded: dict[str, Tensor], matching: Matching, num_classes: int, box_format: str
+) -> None:
     labels, mask = padded["labels"], padded["mask"]
+    # Inverted boxes are data the losses take (finite values); a warning says they are
+    # probably boxes of another format.
+    check_box_values(padded["boxes"], "targets['boxes']", box_format, mask, inverted="warn")
     bad = mask & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
         raise ValueError(
@@ -492,7 +504,7 @@ def _layer_terms(
     if validate is None:
         validate = logits.device.type == "cpu"
     if validate:
-        _validate(padded, matching, num_classes)
+        _validate(padded, matching, num_classes, opts.box_format)
     dtype = compute_dtype(logits, pred_boxes)
     x = logits.to(dtype)
     weights = _class_weight_vector(class_weights, num_classes, x, validate)
@@ -606,7 +618,9 @@ def detection_loss(
             not read.
         return_terms: also return ``{name: weighted term}`` (``"cls"``, each loc name),
             whose sum is the total.
-        validate: check label ranges and the plan's entries (one device synchronisation);
+        validate: check label ranges and the plan's entries, and warn once about
+            inverted target boxes (``x2 < x1`` in ``xyxy``, negative sizes otherwise:
+            boxes of another format?); one device synchronisation;
             None checks on the CPU only.
 
     Returns:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._checks import shape_str
+from .._checks import check_box_values, shape_str
 from ..distributed import is_distributed
 from ..match.matching import BACKGROUND, Matching
 from .detection import _padded_targets, _read_outputs, detection_loss
@@ -85,6 +85,9 @@ class SetCriterion(nn.Module):
             sigmoid focal loss (alpha, gamma 2) summed over queries and classes and divided
             by ``num_boxes``.
         distributed: sum ``num_boxes`` over ranks when a process group is initialised.
+        validate: check the targets (labels in range; boxes normalised ``cxcywh`` with
+            coordinates <= 1 and sizes >= 0, which catches pixel or ``xyxy`` boxes); one
+            device synchronisation; None checks on the CPU only.
 
     ``forward(outputs, targets)`` returns, as DETR: ``loss_ce`` (softmax cross-entropy
     weighted by ``eos_coef`` on "no object", divided by the weight sum), ``loss_bbox`` (L1
@@ -109,6 +112,7 @@ class SetCriterion(nn.Module):
         *,
         focal_alpha: float | None = None,
         distributed: bool = True,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -147,6 +151,7 @@ class SetCriterion(nn.Module):
         self.losses = list(losses)
         self.focal_alpha = focal_alpha
         self.distributed = distributed
+        self.validate = validate
 
     def _match(
         self,
@@ -198,6 +203,7 @@ class SetCriterion(nn.Module):
                 distributed=False,
                 focal_alpha=self.focal_alpha,
                 return_terms=True,
+                validate=self.validate,
             )
             positive = matching.pred_to_target >= 0
             if want_labels:
@@ -254,6 +260,11 @@ class SetCriterion(nn.Module):
                 f"{type(targets).__name__}"
             )
         padded = _padded_targets(targets, logits.shape[0], logits.device)
+        validate = logits.device.type == "cpu" if self.validate is None else self.validate
+        if validate:
+            check_box_values(
+                padded["boxes"], "targets['boxes']", "cxcywh", padded["mask"], normalized=True
+            )
         num_boxes = _num_boxes(padded["mask"], self.distributed).to(logits.device)
         matching = self._match(main, targets, padded, "outputs")
         losses = self._layer(main, padded, matching, num_boxes, "", True, "outputs")
