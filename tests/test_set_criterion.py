@@ -264,7 +264,7 @@ def test_detection_loss_targets_normaliser_divides_by_target_boxes():
         outputs, targets, return_terms=True
     )
     assert float(by_targets["l1"].detach()) == pytest.approx(float(matched["l1"].detach()) * 5 / 10, rel=1e-12)
-    assert float(by_targets["cls"]) == pytest.approx(float(matched["cls"]), rel=1e-12)
+    assert float(by_targets["cls"].detach()) == pytest.approx(float(matched["cls"].detach()), rel=1e-12)
     reference = ref_criterion(outputs, targets, num_classes=3)
     assert float(by_targets["l1"]) == pytest.approx(reference["loss_bbox"], rel=1e-9)
     with pytest.raises(ValueError, match="loc_normalizer"):
