@@ -212,7 +212,7 @@ class SetCriterion(nn.Module):
                 else:
                     # torch's weighted cross-entropy: divided by the summed class weights.
                     matched = positive.sum().to(terms["cls"].dtype)
-                    unmatched = (matching.pred_to_target == BACKGROUND).sum()
+                    unmatched = (matching.pred_to_target == BACKGROUND).sum().to(matched.dtype)
                     loss_ce = terms["cls"].sum() / (matched + self.eos_coef * unmatched)
                 out["loss_ce"] = loss_ce
                 if log:
@@ -232,10 +232,10 @@ class SetCriterion(nn.Module):
         if labels.shape[1] == 0:  # no target in the batch: keep the gather valid
             labels = labels.new_zeros((labels.shape[0], 1))
         target_labels = labels.gather(1, matching.pred_to_target.clamp(min=0))
-        correct = ((logits.argmax(-1) == target_labels) & positive).sum()
-        total = positive.sum()
-        accuracy = 100.0 * correct / total.clamp(min=1)
-        return torch.where(total > 0, 100.0 - accuracy, 100.0).to(logits.dtype)
+        correct = ((logits.argmax(-1) == target_labels) & positive).sum().to(logits.dtype)
+        total = positive.sum().to(logits.dtype)
+        accuracy = correct * (100.0 / total.clamp(min=1))  # DETR: correct * (100 / total)
+        return torch.where(total > 0, 100.0 - accuracy, 100.0)
 
     @torch.no_grad()
     def _cardinality_error(self, logits: Tensor, mask: Tensor) -> Tensor:
