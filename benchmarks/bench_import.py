@@ -94,7 +94,9 @@ def _overhead_note(
     )
 
 
-def run(repeats: int = 5, quick: bool = False) -> list[dict]:
+def run(repeats: int = 5, quick: bool = False, device: str = "cpu") -> list[dict]:
+    if device != "cpu":  # start-up cost does not depend on the device
+        return [{"name": "import cost", "note": "host only: see the CPU section"}]
     repeats = min(repeats, 3) if quick else repeats
     rows = []
     for threads in (2,) if quick else (1, 2):
