@@ -58,7 +58,15 @@ def test_optional_dependencies_load_on_first_use():
     assert optional_module("detloss.no_such_module") is None
 
 
-HEAVY_MODULES = ("scipy", "numba", "torch._dynamo", "detloss.models", "detloss.data", "PIL")
+HEAVY_MODULES = (
+    "scipy",
+    "numba",
+    "torch._dynamo",
+    "detloss.models",
+    "detloss.data",
+    "PIL",
+    "matplotlib",
+)
 
 
 def _loaded_after(code: str) -> list[str]:
