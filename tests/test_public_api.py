@@ -56,3 +56,71 @@ def test_optional_dependencies_load_on_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert optional_module("detloss.no_such_module") is None
+
+
+HEAVY_MODULES = (
+    "scipy",
+    "numba",
+    "torch._dynamo",
+    "detloss.models",
+    "detloss.data",
+    "PIL",
+    "matplotlib",
+)
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The heavy modules present in ``sys.modules`` after ``code`` runs in a fresh
+    interpreter."""
+    probe = (
+        "import sys\n"
+        f"{code}\n"
+        f"heavy = {HEAVY_MODULES!r}\n"
+        "print(sorted(h for h in heavy if any(m == h or m.startswith(h + '.') "
+        "for m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_detloss_loads_no_heavy_module():
+    """scipy, Numba, torch._dynamo, the models and the data readers load on first use:
+    ``import detloss`` (and ``detloss --help``) cost about what ``import torch`` costs."""
+    assert _loaded_after("import detloss, detloss.losses, detloss.match") == []
+    help_code = (
+        "import contextlib, io\nfrom detloss.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])"
+    )
+    # ``--help`` describes ``train``'s options, whose defaults live with the trainer
+    # (which imports the models and the data readers), but never scipy, Numba or Dynamo.
+    assert not {"scipy", "numba", "torch._dynamo"} & set(_loaded_after(help_code))
+
+
+def test_lazy_subpackages_load_on_attribute_access():
+    code = "import detloss\nmodels = detloss.models\ndata = detloss.data\nprint(models.CenterNet)"
+    assert {"detloss.models", "detloss.data"} <= set(_loaded_after(code))
+    assert "models" in dir(detloss) and "data" in dir(detloss)
+    assert detloss.models.CenterNet.__name__ == "CenterNet"
+    try:
+        detloss.no_such_name  # noqa: B018
+    except AttributeError as err:
+        assert "no_such_name" in str(err)
+    else:
+        raise AssertionError("detloss.no_such_name did not raise AttributeError")
+
+
+def test_host_step_without_dynamo_is_the_plain_function_and_is_disabled_once_it_loads():
+    code = (
+        "import sys, torch\n"
+        "from detloss.match import hungarian\n"
+        "m = hungarian(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))\n"
+        "assert m.pred_to_target.tolist() == [[1, 0]]\n"
+        "assert 'torch._dynamo' not in sys.modules\n"
+        "step = lambda c: hungarian(c).pred_to_target + 0\n"
+        "compiled = torch.compile(step, backend='eager')\n"
+        "assert compiled(torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])).tolist() == [[1, 0]]\n"
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"

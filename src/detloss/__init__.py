@@ -6,9 +6,17 @@ and metrics (:mod:`detloss.metrics`) for DETR-, SSD-, CenterNet- and P2PNet-styl
 detectors. The most used names are re-exported here; :mod:`detloss.models` holds small
 reference detectors, and :mod:`detloss.data` (needs Pillow, the ``demo`` extra) the
 synthetic data generator and the COCO / point-annotation readers.
+
+``import detloss`` costs little more than ``import torch``: the models, the data readers,
+scipy, Numba and ``torch._dynamo`` are imported on first use.
 """
 
-from . import costs, losses, match, metrics, models, postprocess
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from . import costs, losses, match, metrics, postprocess
 from .anchors import BoxCoder, decode_boxes, encode_boxes, ssd_priors
 from .batching import pad_targets, unpad_targets
 from .boxes import (
@@ -32,6 +40,7 @@ from .losses import (
     MultiBoxLoss,
     PointLoss,
     RankSortLoss,
+    SetCriterion,
     SigmoidFocalLoss,
     alrp_loss,
     ap_loss,
@@ -66,6 +75,10 @@ from .postprocess import batched_nms, centernet_decode, decode_points, nms, ssd_
 
 __version__ = "0.1.0"
 
+# Subpackages imported when first used as ``detloss.NAME`` (PEP 562): building the models'
+# modules and the data readers is not needed to compute a loss.
+_LAZY_SUBMODULES = ("data", "models")
+
 __all__ = [
     "ALRPLoss",
     "APLoss",
@@ -78,6 +91,7 @@ __all__ = [
     "MultiBoxLoss",
     "PointLoss",
     "RankSortLoss",
+    "SetCriterion",
     "SigmoidFocalLoss",
     "SinkhornMatcher",
     "__version__",
@@ -138,3 +152,15 @@ __all__ = [
     "unpad_targets",
     "voc_box_ap",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY_SUBMODULES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_LAZY_SUBMODULES))

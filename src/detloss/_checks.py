@@ -6,6 +6,7 @@ Messages follow one pattern: the argument, what was expected, what was received.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from numbers import Real
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_box_values",
     "check_choice",
     "check_finite",
     "check_nonnegative",
@@ -197,6 +199,77 @@ def _masked_finite(x: Tensor, mask: Tensor | None, allow_posinf: bool = False) -
     if allow_posinf:
         ok = ok | (x == torch.inf)
     return ok if mask is None else ok | ~_leading(mask, x)
+#: How far past 1 a normalised coordinate may go (rounding, boxes touching the border)
+#: before it reads as a pixel coordinate.
+NORMALIZED_SLACK = 0.01
+
+
+# The box-order problems already reported by a warning: each is shown once per process.
+_WARNED: set[str] = set()
+
+
+def check_box_values(
+    boxes: Tensor,
+    name: str,
+    box_format: str = "xyxy",
+    mask: Tensor | None = None,
+    normalized: bool = False,
+    inverted: str = "raise",
+) -> None:
+    """Catch unit and format mistakes in target boxes ``[..., 4]`` (the real ones where
+    ``mask`` says so): inverted ``xyxy`` boxes (``x2 < x1`` or ``y2 < y1``: often
+    ``cxcywh`` / ``xywh`` boxes read as ``xyxy``), negative widths or heights in ``xywh``
+    / ``cxcywh``, and, with ``normalized``, coordinates above 1 (pixel boxes given where
+    normalised ones are expected). Degenerate boxes (zero width or height) pass.
+
+    ``inverted="warn"`` reports inverted boxes by a ``UserWarning`` shown once per process
+    (for losses that accept them as data) instead of a ``ValueError``; pixel coordinates
+    always raise. It reads values, so it synchronises with the device: call it on validate
+    paths only.
+    """
+    if mask is not None:
+        index = mask.nonzero()
+        real = boxes[mask]
+    else:
+        real = boxes.reshape(-1, 4)
+        index = None
+    if real.numel() == 0:
+        return
+
+    def where(bad: Tensor) -> str:
+        first = int(bad.nonzero()[0, 0])
+        at = f"box {first}" if index is None else "box " + str(index[first].tolist())
+        values = [round(float(v), 4) for v in real[first].tolist()]
+        return f"{int(bad.sum())} box(es), e.g. {at} = {values}"
+
+    if box_format == "xyxy":
+        bad = (real[:, 2] < real[:, 0]) | (real[:, 3] < real[:, 1])
+        message = (
+            f"{name}: expected xyxy boxes with x1 <= x2 and y1 <= y2 (box_format='xyxy'), "
+            "got x2 < x1 or y2 < y1 in {}; if they are cxcywh or xywh boxes, pass that "
+            "box_format"
+        )
+    else:
+        bad = (real[:, 2] < 0) | (real[:, 3] < 0)
+        message = (
+            f"{name}: expected widths and heights >= 0 (box_format={box_format!r}), got a "
+            "negative one in {}; if they are xyxy boxes, pass box_format='xyxy'"
+        )
+    if bool(bad.any()):
+        text = message.format(where(bad))
+        if inverted == "raise":
+            raise ValueError(text)
+        key = f"{name} {box_format}"
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn(text + " (shown once)", UserWarning, stacklevel=4)
+    if normalized:
+        bad = (real > 1 + NORMALIZED_SLACK).any(-1)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name}: expected coordinates normalised to [0, 1] (divided by the image "
+                f"width and height), got values above 1 in {where(bad)}: pixel boxes?"
+            )
 
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:

@@ -1,12 +1,20 @@
-"""Modules that need an optional dependency, imported on first use."""
+"""Modules that need an optional dependency, imported on first use, and the lazy form of
+``torch.compiler.disable`` (whose import of ``torch._dynamo`` takes about a second)."""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import sys
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any, TypeVar
 
-__all__ = ["optional_module"]
+import torch
+
+__all__ = ["host_step", "optional_module"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @functools.cache
@@ -18,3 +26,27 @@ def optional_module(name: str) -> ModuleType | None:
         return importlib.import_module(name)
     except ImportError:
         return None
+
+
+def host_step(function: F) -> F:
+    """``function`` kept out of ``torch.compile`` graphs: a host step (scipy, a loop on
+    the CPU) that tracing would only split the caller's graph around.
+
+    ``torch.compiler.disable`` imports ``torch._dynamo`` when it is applied, which would
+    cost every ``import detloss`` about a second. Nothing can be compiled before
+    ``torch._dynamo`` is loaded, so until then the function is called as it is; once it
+    is loaded, the first call wraps the function with ``torch.compiler.disable`` (where
+    Dynamo traces that first call, it breaks the graph there, then skips the function).
+    """
+    disabled: Callable[..., Any] | None = None
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal disabled
+        if "torch._dynamo" not in sys.modules:
+            return function(*args, **kwargs)
+        if disabled is None:
+            disabled = torch.compiler.disable(function)
+        return disabled(*args, **kwargs)
+
+    return call  # type: ignore[return-value]

@@ -17,9 +17,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import maximum_bipartite_matching
-from scipy.spatial import cKDTree
 from torch import Tensor
 
 from ._checks import check_finite, named_list_entries
@@ -306,6 +303,10 @@ def match_points_within(
     t = _points(target, "target")
     if len(p) == 0 or len(t) == 0:
         return 0
+    from scipy.sparse import csr_matrix  # on first use: scipy loads slowly
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+    from scipy.spatial import cKDTree
+
     pairs = cKDTree(p).query_ball_tree(cKDTree(t), r=threshold)
     rows = np.repeat(np.arange(len(p)), [len(c) for c in pairs])
     cols = np.fromiter((j for c in pairs for j in c), dtype=np.int64, count=len(rows))

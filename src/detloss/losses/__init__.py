@@ -9,6 +9,7 @@ from .centernet import (
 )
 from .classification import negative_prob
 from .detection import DetectionLoss, detection_loss
+from .detr import SetCriterion
 from .focal import SigmoidFocalLoss, sigmoid_focal_loss
 from .iou import ciou_loss, diou_loss, giou_loss, iou_loss
 from .points import PointLoss, point_loss
@@ -25,6 +26,7 @@ __all__ = [
     "MultiBoxLoss",
     "PointLoss",
     "RankSortLoss",
+    "SetCriterion",
     "SigmoidFocalLoss",
     "alrp_loss",
     "ap_loss",

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import (
+    check_box_values,
     check_choice,
     check_finite,
     check_reduction,
@@ -56,6 +57,9 @@ LOC_LOSSES = ("l1", "smooth_l1", "iou", "giou", "diou", "ciou")
 #: ``loc_losses`` when None is given: DETR's weights.
 DEFAULT_LOC_LOSSES: Mapping[str, float] = MappingProxyType({"l1": 5.0, "giou": 2.0})
 BACKGROUNDS = ("last", "first", "none")
+#: What ``reduction="mean"`` divides the localisation sums by: the matched predictions
+#: (plan mass on real targets), or the real target boxes (DETR's ``num_boxes``).
+LOC_NORMALIZERS = ("matched", "targets")
 
 ClassLoss = str | Callable[[Tensor, Tensor], Tensor]
 
@@ -80,6 +84,7 @@ class _Options:
     focal_alpha: float | None
     focal_gamma: float
     smooth_l1_beta: float
+    loc_normalizer: str = "matched"
 
 
 def _check_weight(value: object, name: str) -> float:
@@ -104,6 +109,7 @@ def _options(
     focal_alpha: float | None,
     focal_gamma: float,
     smooth_l1_beta: float,
+    loc_normalizer: str = "matched",
 ) -> _Options:
     """Validate the settings shared by :func:`detection_loss` and :class:`DetectionLoss`."""
     check_choice(background, "background", BACKGROUNDS)
@@ -148,6 +154,7 @@ def _options(
         raise ValueError(f"focal_alpha must be in [0, 1] or None, got {focal_alpha}")
     focal_gamma = _check_weight(focal_gamma, "focal_gamma")
     smooth_l1_beta = _check_weight(smooth_l1_beta, "smooth_l1_beta")
+    check_choice(loc_normalizer, "loc_normalizer", LOC_NORMALIZERS)
     return _Options(
         cls_loss=cls_loss,
         loc_losses=checked,
@@ -162,6 +169,7 @@ def _options(
         focal_alpha=focal_alpha,
         focal_gamma=focal_gamma,
         smooth_l1_beta=smooth_l1_beta,
+        loc_normalizer=loc_normalizer,
     )
 
 
@@ -464,8 +472,13 @@ def _soft_sums(
     return _Sums(cls, cls_norm, loc, pos_plan.sum((1, 2)))
 
 
-def _validate(padded: dict[str, Tensor], matching: Matching, num_classes: int) -> None:
+def _validate(
+    padded: dict[str, Tensor], matching: Matching, num_classes: int, box_format: str
+) -> None:
     labels, mask = padded["labels"], padded["mask"]
+    # Inverted boxes are data the losses take (finite values); a warning says they are
+    # probably boxes of another format.
+    check_box_values(padded["boxes"], "targets['boxes']", box_format, mask, inverted="warn")
     bad = mask & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
         raise ValueError(
@@ -494,7 +507,7 @@ def _layer_terms(
     if validate is None:
         validate = logits.device.type == "cpu"
     if validate:
-        _validate(padded, matching, num_classes)
+        _validate(padded, matching, num_classes, opts.box_format)
     dtype = compute_dtype(logits, pred_boxes)
     x = logits.to(dtype)
     weights = _class_weight_vector(class_weights, num_classes, x, validate)
@@ -513,8 +526,13 @@ def _layer_terms(
     cls, loc = sums.cls.sum(), {k: v.sum() for k, v in sums.loc.items()}
     if opts.reduction == "mean":
         # One all-reduce for both counts; the clamps follow the normalisation rules.
+        loc_count = (
+            sums.matched.sum()
+            if opts.loc_normalizer == "matched"
+            else padded["mask"].sum().to(sums.matched.dtype)
+        )
         norms = normalizer(
-            torch.stack((sums.cls_norm.sum(), sums.matched.sum())), opts.distributed, minimum=0.0
+            torch.stack((sums.cls_norm.sum(), loc_count)), opts.distributed, minimum=0.0
         ).to(dtype)
         counts_only_positives = opts.background == "none" or opts.hard_negative_ratio is not None
         # norms are global counts / W: clamping them at minimum / W clamps the global
@@ -548,6 +566,7 @@ def detection_loss(
     focal_alpha: float | None = 0.25,
     focal_gamma: float = 2.0,
     smooth_l1_beta: float = 1.0,
+    loc_normalizer: str = "matched",
     aux_matchings: Sequence[Matching] | None = None,
     return_terms: bool = False,
     validate: bool | None = None,
@@ -594,13 +613,18 @@ def detection_loss(
         cls_weight: weight of the classification term.
         focal_alpha, focal_gamma: the focal loss's alpha (None: no weighting) and gamma.
         smooth_l1_beta: the Smooth-L1 transition point (0 gives L1).
+        loc_normalizer: with ``reduction="mean"``, divide the localisation sums by the
+            ``"matched"`` predictions (default) or by the real ``"targets"`` boxes (DETR's
+            ``num_boxes``; the two differ when an image has more objects than queries).
         aux_matchings: matchings of ``outputs["aux_outputs"]``, one per layer; their terms
             are added with the suffix ``_aux{i}``. Without them the auxiliary outputs are
             not read.
         return_terms: also return ``{name: weighted term}`` (``"cls"``, each loc name),
             whose sum is the total.
         validate: check label ranges, the plan's entries and that the predictions and
-            the real target boxes hold no NaN or inf (one device synchronisation each);
+            the real target boxes hold no NaN or inf, and warn once about inverted target
+            boxes (``x2 < x1`` in ``xyxy``, negative sizes otherwise: boxes of another
+            format?); one device synchronisation each;
             None checks on the CPU only.
 
     Returns:
@@ -615,7 +639,8 @@ def detection_loss(
         ignored ones nothing. With ``background="none"`` or hard negative mining only the
         matched predictions count, and the divisor is clamped at 1. Each localisation sum
         is divided by the number of matched predictions (plan mass on real targets),
-        clamped at 1. ``"sum"`` divides by nothing.
+        clamped at 1 (``loc_normalizer="targets"``: by the number of real target boxes,
+        clamped at 1). ``"sum"`` divides by nothing.
 
     Anchors only serve the matcher: ``pred_boxes`` are absolute boxes, not offsets.
     """
@@ -633,6 +658,7 @@ def detection_loss(
         focal_alpha,
         focal_gamma,
         smooth_l1_beta,
+        loc_normalizer,
     )
     logits, _ = _read_outputs(outputs, "outputs")
     padded = _padded_targets(targets, logits.shape[0], logits.device)
@@ -672,6 +698,21 @@ def detection_loss(
     return (total, terms) if return_terms else total
 
 
+def _matcher_box_format(matcher: object, box_format: str | None) -> str:
+    """The loss's box format: ``box_format``, else the matcher's, else ``"xyxy"``."""
+    matcher_format = getattr(matcher, "box_format", None)
+    if box_format is None:
+        return matcher_format if isinstance(matcher_format, str) else "xyxy"
+    check_choice(box_format, "box_format", BOX_FORMATS)
+    if isinstance(matcher_format, str) and matcher_format != box_format:
+        raise ValueError(
+            f"box_format: the loss reads boxes as {box_format!r} but its matcher "
+            f"({type(matcher).__name__}) reads them as {matcher_format!r}; give both the "
+            "same box_format, or leave the loss's unset to inherit the matcher's"
+        )
+    return box_format
+
+
 def _aux_outputs(outputs: Mapping[str, object]) -> list[Mapping[str, Tensor]]:
     aux = outputs.get("aux_outputs")
     if aux is None:
@@ -692,6 +733,10 @@ class DetectionLoss(nn.Module):
         The other arguments are those of :func:`detection_loss`; ``loc_losses=None``
         means ``{"l1": 5.0, "giou": 2.0}``.
 
+    ``box_format`` defaults to the matcher's own ``box_format`` (``"xyxy"`` for a matcher
+    without one); one that disagrees with the matcher's is a ``ValueError``, since both
+    read the same target boxes.
+
     Called as ``loss(outputs, targets, anchors=None, return_terms=False)``. Each entry of
     ``outputs["aux_outputs"]`` is matched again and its terms added under ``{name}_aux{i}``.
     ``anchors`` (``[M, 4]`` or ``[B, M, 4]``) are passed to the matcher only.
@@ -707,7 +752,7 @@ class DetectionLoss(nn.Module):
         class_weights: Tensor | Sequence[float] | None = None,
         hard_negative_ratio: float | None = None,
         reduction: str = "mean",
-        box_format: str = "xyxy",
+        box_format: str | None = None,
         l1_format: str | None = None,
         distributed: bool = True,
         *,
@@ -715,11 +760,13 @@ class DetectionLoss(nn.Module):
         focal_alpha: float | None = 0.25,
         focal_gamma: float = 2.0,
         smooth_l1_beta: float = 1.0,
+        loc_normalizer: str = "matched",
         validate: bool | None = None,
     ) -> None:
         super().__init__()
         if not callable(matcher):
             raise TypeError(f"matcher must be callable, got {type(matcher).__name__}")
+        box_format = _matcher_box_format(matcher, box_format)
         opts = _options(
             cls_loss,
             loc_losses,
@@ -734,6 +781,7 @@ class DetectionLoss(nn.Module):
             focal_alpha,
             focal_gamma,
             smooth_l1_beta,
+            loc_normalizer,
         )
         self.matcher = matcher
         self.cls_loss = cls_loss
@@ -749,6 +797,7 @@ class DetectionLoss(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = opts.focal_gamma
         self.smooth_l1_beta = opts.smooth_l1_beta
+        self.loc_normalizer = loc_normalizer
         self.validate = validate
         weights = None
         if class_weights is not None:
@@ -807,6 +856,7 @@ class DetectionLoss(nn.Module):
             focal_alpha=self.focal_alpha,
             focal_gamma=self.focal_gamma,
             smooth_l1_beta=self.smooth_l1_beta,
+            loc_normalizer=self.loc_normalizer,
             aux_matchings=aux_matchings,
             return_terms=return_terms,
             validate=self.validate,

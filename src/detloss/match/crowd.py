@@ -20,20 +20,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Integral
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import csr_array
-from scipy.sparse.csgraph import (
-    connected_components,
-    maximum_bipartite_matching,
-    min_weight_full_bipartite_matching,
-)
-from scipy.spatial import cKDTree
 from torch import Tensor
 
 from .._checks import check_nonnegative, check_shape, shape_str
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
+
+# scipy is imported inside the functions that call it: ``import detloss`` stays light.
 
 __all__ = [
     "DENSE_BELOW",
@@ -160,6 +158,8 @@ class _Problem:
     @property
     def tree(self) -> cKDTree:
         if self._tree is None:
+            from scipy.spatial import cKDTree
+
             # Sliding-midpoint splits build faster and query as fast on these point sets.
             self._tree = cKDTree(self.cols, balanced_tree=False)
         return self._tree
@@ -298,6 +298,9 @@ def _sparse_matching(
     spends time proportional to rows x columns of its input, so components are solved in
     batches of about ``_BATCH_ROWS`` rows rather than all at once.
     """
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import connected_components
+
     used, local = np.unique(c, return_inverse=True)
     n_nodes = n_rows + used.size
     graph = csr_array((np.ones(r.size), (r, n_rows + local)), shape=(n_nodes, n_nodes))
@@ -328,6 +331,9 @@ def _solve_block(
     n_rows: int, n_cols: int, r: np.ndarray, c: np.ndarray, w: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
     """One batch of :func:`_sparse_matching`: ``(row_ind, col_ind)`` or the short rows."""
+    from scipy.sparse import csr_array
+    from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
+
     # Every row is matched exactly once, so a constant shift changes every feasible total
     # by the same amount; it keeps the weights nonzero, as the sparse solver requires.
     shifted = w - w.min() + 1.0
@@ -430,6 +436,8 @@ def _violations(
 
 
 def _dense_mate(problem: _Problem) -> np.ndarray:
+    from scipy.optimize import linear_sum_assignment
+
     _, cols = linear_sum_assignment(problem.dense())
     return cols.astype(np.int64)
 
@@ -704,6 +712,8 @@ def certify_assignment(
             reason = "dual values with no negative reduced cost over all pairs"
             return verdict(True, reason, problem.n_rows * problem.tol, duals, rounds)
         keys = np.union1d(keys, bad_r * n_cols + bad_c)
+    from scipy.optimize import linear_sum_assignment
+
     dense = problem.dense()
     _, best = linear_sum_assignment(dense)
     optimum = float(dense[rows, best].sum())

@@ -8,11 +8,10 @@ from types import ModuleType
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .._checks import check_choice
-from .._optional import optional_module
+from .._optional import host_step, optional_module
 from ._common import prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 
@@ -43,6 +42,8 @@ def solve_assignment(block: np.ndarray, image: int = 0) -> tuple[np.ndarray, np.
             raise ValueError(
                 f"cost: image {image} contains -inf; costs must be finite or +inf (forbidden)"
             )
+    from scipy.optimize import linear_sum_assignment  # on first use: scipy loads slowly
+
     try:
         return linear_sum_assignment(block)
     except ValueError as err:
@@ -86,7 +87,7 @@ def _use_device_solver(cost: Tensor, solver: str) -> bool:
     return fits
 
 
-@torch.compiler.disable  # a host step: tracing it only splits the caller's graph
+@host_step
 def hungarian(
     cost: Tensor,
     target_mask: Tensor | None = None,

@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from .._checks import check_nonnegative, check_shape, check_tensor, compute_dtype, shape_str
+from .._optional import host_step
 from ..batching import as_padded
 from .crowd import DENSE_BELOW, crowd_assignment
 from .hungarian import _thread_pool, gpu_solver_fits, solve_on_gpu
@@ -121,6 +121,8 @@ def _assign_dense(
     orientation scipy solves fastest (fewer rows than columns, so no transposed copy) and
     finished in place.
     """
+    from scipy.optimize import linear_sum_assignment  # on first use: scipy loads slowly
+
     if target_xy.shape[0] <= pred_xy.shape[0]:
         cost = torch.cdist(target_xy, pred_xy, compute_mode="donot_use_mm_for_euclid_dist")
         cost.mul_(tau).sub_(prob[None, :])
@@ -171,7 +173,7 @@ def _match_on_gpu(
     return pred_to_target
 
 
-@torch.compiler.disable  # a host step: tracing it only splits the caller's graph
+@host_step
 @torch.no_grad()
 def match_points(
     pred_points: Tensor,

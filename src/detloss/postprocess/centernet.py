@@ -47,7 +47,8 @@ def centernet_decode(
     Args:
         heatmap: ``Tensor[B, C, H, W]``: logits when ``logits=True`` (default; scores are
             their sigmoid), otherwise probabilities used as they are.
-        size: ``Tensor[B, 2, H, W]`` box ``(w, h)`` in output cells.
+        size: ``Tensor[B, 2, H, W]`` box ``(w, h)`` in output cells; negative sizes
+            count as 0, so a box is never inverted.
         offset: ``Tensor[B, 2, H, W]`` sub-cell centre offset ``(dx, dy)``, or None for none.
         k: detections per image (> 0); at most ``C * H * W`` are returned.
         stride: input pixels per output cell.
@@ -117,7 +118,9 @@ def centernet_decode(
     ys = (cell // width).to(dtype)
     xs = (cell % width).to(dtype)
     pick = cell[:, None, :].expand(batch, 2, top)
-    wh = size.to(dtype).reshape(batch, 2, hw).gather(2, pick)
+    # A size head can predict negative sizes (nothing bounds a regression); clamped at 0 a
+    # box is degenerate (a point) rather than inverted (x2 < x1).
+    wh = size.to(dtype).reshape(batch, 2, hw).gather(2, pick).clamp(min=0)
     if offset is not None:
         off = offset.to(dtype).reshape(batch, 2, hw).gather(2, pick)
         xs = xs + off[:, 0]
