@@ -233,6 +233,14 @@ TABLE: dict[str, Case] = {
         lambda **kw: L.DetectionLoss(M.HungarianMatcher())(**kw),
         lambda: {"outputs": _det_outputs(), "targets": _det_targets()},
     ),
+    "SetCriterion": Case(
+        lambda **kw: sum(
+            L.SetCriterion(
+                2, M.HungarianMatcher(box_format="cxcywh"), {"loss_ce": 1.0}
+            )(**kw).values()
+        ),
+        lambda: {"outputs": _det_outputs(), "targets": _det_targets()},
+    ),
     "MultiBoxLoss": Case(lambda **kw: L.MultiBoxLoss(3)(**kw), _ssd_kwargs),
     "PointLoss": Case(lambda **kw: L.PointLoss()(**kw), _points_kwargs),
     "CenterNetLoss": Case(
