@@ -4,11 +4,13 @@ column, batched over images and stable down to tiny regularisations.
 For each image (``m`` real predictions, ``n`` real targets) the plan ``P [m, n + 1]`` (last
 column: the background) minimises
 
-    <P, C> + reg * KL(P | a b^T) + tau_pred * KL(P 1 | a) + tau_target * KL(P^T 1 | b)
+    <P, C> + reg * sum_ij P_ij (log P_ij - 1) + tau_pred * KL(P 1 | a) + tau_target * KL(P^T 1 | b)
 
-with ``a_i = 1/m``, ``b_j = 1/m`` and the background's ``b = (m - n)/m``. A ``tau`` of None
-is a hard marginal; both None is balanced OT. ``docs/sinkhorn.md`` has the maths, the
-limits and the differences from uotod.
+with ``a_i = 1/m``, ``b_j = 1/m`` and the background's ``b = (m - n)/m``: the entropic
+regularisation, as uotod and POT's ``reg_type="entropy"`` (not ``reg * KL(P | a b^T)``,
+POT's default ``"kl"``, which has the same solution only for balanced OT). A ``tau`` of
+None is a hard marginal; both None is balanced OT. ``docs/sinkhorn.md`` has the maths,
+the limits and the differences from uotod.
 """
 
 from __future__ import annotations
@@ -90,16 +92,34 @@ def background_column(
     return broadcast_value(value, (b, m), dtype, device, "background_cost", "[B, M]")
 
 
+#: Whether a CPU plan's row argmax runs as the compiled loop of ``_row_argmax_kernel``
+#: where Numba is installed (same results as ``torch.argmax``; tests switch it off).
+_COMPILED_ARGMAX = True
+
+
 def plan_to_assignment(plan: Tensor, row_valid: Tensor) -> Tensor:
-    """``pred_to_target`` of a ``[B, M, N + 1]`` plan: each row's argmax, the last column
-    read as background (``-1``), rows outside ``row_valid`` ignored (``-2``)."""
+    """``pred_to_target`` of a ``[B, M, N + 1]`` plan: each row's argmax (the first of tied
+    maxima), the last column read as background (``-1``), rows outside ``row_valid``
+    ignored (``-2``)."""
     n = plan.shape[2] - 1
     if plan.shape[1] == 0:
         column = torch.zeros(plan.shape[:2], dtype=torch.int64, device=plan.device)
+    elif (kernel := _argmax_kernel(plan)) is not None:
+        column = torch.empty(plan.shape[:2], dtype=torch.int64)
+        values = plan.detach().contiguous().view(-1, n + 1)
+        kernel.row_argmax(values.numpy(), column.view(-1).numpy())
     else:
         column = plan.argmax(dim=2)
     p2t = torch.where(column == n, BACKGROUND, column)
     return p2t.masked_fill(~row_valid, IGNORED)
+
+
+def _argmax_kernel(plan: Tensor) -> ModuleType | None:
+    """The compiled row argmax where it applies to ``plan``, else None (``torch.argmax``)."""
+    usable = plan.device.type == "cpu" and plan.dtype in (torch.float32, torch.float64)
+    if not (_COMPILED_ARGMAX and usable and plan.numel()):
+        return None
+    return optional_module(f"{__package__}._row_argmax_kernel")
 
 
 # -- the solver ---------------------------------------------------------------------------------
