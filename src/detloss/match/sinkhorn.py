@@ -181,11 +181,12 @@ def _pairs_t(row_valid: Tensor, col_valid: Tensor) -> Tensor:
 
 
 class _Solver:
-    """Sinkhorn on one batch, everything stored transposed: ``[B, N + 1, M]``, targets by
-    predictions. The sums over the M predictions (the target update, the logsumexp of the
-    log-domain target update) then run along contiguous memory; as dot products they are
-    also an order of magnitude more accurate in float32 than the column sums of a
-    ``[B, M, N + 1]`` product (about 3e-7 against 4e-6 relative at M = 8732).
+    """Sinkhorn on one batch, everything indexed targets by predictions: ``[B, N + 1, M]``.
+    On CUDA that is also the memory layout (the fused block streams rows of predictions);
+    on the CPU the tensors are transposes of ``[B, M, N + 1]`` ones (:func:`_new_t`), so
+    the cost and the plan keep the caller's layout. The sums over the M predictions are
+    then column sums, about 4e-6 relative in float32 at M = 8732 (dot products along
+    contiguous memory: 3e-7), well inside the iterations' own error.
 
     Potentials ``f [B, M]``, ``g [B, N + 1]`` are in units of ``reg``: the plan is
     ``exp(S + f + g)`` with ``S = -C / reg``. Invalid entries have ``S = -inf`` and a zero
@@ -402,8 +403,8 @@ class _Solver:
     def _sums(self, u: Tensor) -> Tensor:
         """``kernel u [B, N + 1]``: each target's sum over the predictions."""
         if self.use_bmm:
-            # u^T kernel^T: one dot product per target along contiguous memory, where
-            # bmm(kernel, u) takes a path about ten times slower on the CPU.
+            # u^T kernel^T (on the CPU kernel^T is the contiguous [B, M, N + 1] tensor):
+            # bmm(kernel, u) takes a path about ten times slower there.
             return torch.bmm(u.unsqueeze(1), self.kernel_t.transpose(1, 2)).squeeze(1)
         return (self.kernel_t * u.unsqueeze(1)).sum(2)
 
@@ -581,8 +582,7 @@ def _cold_kernel(
         raise ValueError(_BAD_COST)
     if flags[1]:
         return None
-    # x = g_k - C / reg, written in the solver's layout [B, N + 1, M]. One pass reads the
-    # cost across its rows; the others run along contiguous memory.
+    # x = g_k - C / reg in the solver's layout (on the CPU the cost's own: a plain copy).
     x_t = _new_t(c, b, m, n)
     x_t[:, :n].copy_(c.transpose(1, 2))
     x_t[:, n].copy_(background)
