@@ -13,18 +13,35 @@ agree; each plan's distance to the converged (float64) plan is reported as well.
 are drawn on the host and moved to the device, where both sides run; on a GPU a DINO-size
 problem (B = 16, 900 queries, 100 targets, uniform costs) is timed as well.
 
-Run: ``python benchmarks/bench_sinkhorn.py [--quick] [--repeats R] [--device cuda]``.
+A second section compares balanced ``sinkhorn`` with the solvers a user would call from
+POT (0.9.7) on a DINO-size batch (B = 16, M = 900 queries, N = 100 targets, uniform
+costs, background 1, uotod's default reg), from 5 to 200 iterations: ``ot.sinkhorn`` per
+image on NumPy float64 and on torch float32, ``ot.bregman.sinkhorn_log`` per image on
+torch (up to 50 iterations; it is several times slower), and ``ot.batch.solve_batch``
+(method ``"sinkhorn"``) on the whole torch float32 batch. Each is given the cost with its
+background column already built and normalised, and the masses (work detloss does inside
+its call); the fastest at each iteration count is the baseline. POT's k iterations are 2k
+half-steps, detloss's 2k + 1 (a final target update, so the target marginals are exact):
+the same plan as POT's k iterations plus one target update, asserted to
+``rtol = 1e-3, atol = 2e-5`` (float32 against float64); each plan's distance to the
+converged plan is in the note. NumPy's OpenBLAS keeps its own thread count.
+
+Run: ``python benchmarks/bench_sinkhorn.py [--quick] [--repeats R] [--device cuda]
+[--threads T]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
+import warnings
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from _timing import device_sync, print_rows, time_calls
+from _timing import device_sync, print_rows, time_calls, time_pair
 from detloss.anchors import ssd_priors
 from detloss.boxes import box_convert, box_iou
 from detloss.match.sinkhorn import sinkhorn
@@ -138,7 +155,156 @@ def _case(
     return rows
 
 
-def run(repeats: int = 5, quick: bool = False, device: str = "cpu") -> list[dict]:
+# -- peers: POT ----------------------------------------------------------------------------
+
+PEER_ITERS = (5, 10, 20, 50, 200)
+
+
+def _peer_problem(batch: int, m: int, n: int, seed: int = 1) -> dict:
+    """A balanced DINO-size problem as POT takes it: the normalised cost with the
+    background column ``[B, M, N + 1]`` and the masses, on torch (float32) and NumPy."""
+    gen = torch.Generator().manual_seed(seed)
+    cost = torch.rand(batch, m, n, generator=gen)
+    full = torch.cat([cost, torch.ones(batch, m, 1)], dim=2)
+    full = full / full.amax(dim=(1, 2), keepdim=True)
+    a = torch.full((batch, m), 1.0 / m)
+    b = torch.full((batch, n + 1), 1.0 / m)
+    b[:, n] = (m - n) / m
+    return {
+        "cost": cost,
+        "full": full,
+        "a": a,
+        "b": b,
+        "full64": full.double().numpy(),
+        "a64": a.double().numpy(),
+        "b64": b.double().numpy(),
+        "reg": 0.12 / (math.log(2 * m) + 1),  # uotod's default, also ours
+    }
+
+
+def _pot_solvers(problem: dict, iters: int) -> dict:
+    """POT's balanced solvers, each returning the plans scaled by M (``[B, M, N + 1]``)."""
+    import ot
+    from ot.batch import solve_batch
+
+    full, a, b, reg = problem["full"], problem["a"], problem["b"], problem["reg"]
+    full64, a64, b64 = problem["full64"], problem["a64"], problem["b64"]
+    m = full.shape[1]
+
+    def numpy_scaling():
+        return np.stack(
+            [ot.sinkhorn(a64[i], b64[i], full64[i], reg, numItermax=iters, stopThr=0) for i in
+             range(len(full64))]
+        ) * m  # fmt: skip
+
+    def torch_scaling():
+        return torch.stack(
+            [ot.sinkhorn(a[i], b[i], full[i], reg, numItermax=iters, stopThr=0) for i in
+             range(len(full))]
+        ) * m  # fmt: skip
+
+    def torch_log():
+        return torch.stack(
+            [ot.bregman.sinkhorn_log(a[i], b[i], full[i], reg, numItermax=iters, stopThr=0)
+             for i in range(len(full))]
+        ) * m  # fmt: skip
+
+    def torch_batch():
+        return solve_batch(full, reg, a, b, max_iter=iters, tol=0, method="sinkhorn").plan * m
+
+    solvers = {
+        "ot.sinkhorn numpy f64 per image": numpy_scaling,
+        "ot.sinkhorn torch f32 per image": torch_scaling,
+        "ot.batch.solve_batch torch f32": torch_batch,
+    }
+    if iters <= 50:
+        solvers["ot.bregman.sinkhorn_log torch f32 per image"] = torch_log
+    return solvers
+
+
+def _pot_plus_target_update(problem: dict, iters: int) -> Tensor:
+    """POT's NumPy ``ot.sinkhorn`` after ``iters`` iterations, then one target update:
+    the half-step sequence of detloss's ``iters`` iterations, in float64."""
+    import ot
+
+    full64, a64, b64, reg = problem["full64"], problem["a64"], problem["b64"], problem["reg"]
+    plans = []
+    for i in range(len(full64)):
+        _, log = ot.sinkhorn(
+            a64[i], b64[i], full64[i], reg, numItermax=iters, stopThr=0, log=True
+        )
+        kernel = np.exp(-full64[i] / reg)
+        u = log["u"]
+        v = b64[i] / (kernel.T @ u)
+        plans.append(u[:, None] * kernel * v[None, :])
+    return torch.from_numpy(np.stack(plans)) * full64.shape[1]
+
+
+def _peer_ours(problem: dict, iters: int) -> Tensor:
+    return sinkhorn(problem["cost"], max_iter=iters, tol=0).plan
+
+
+def _as_tensor(plan) -> Tensor:
+    return torch.as_tensor(plan).double()
+
+
+def _peer_rows(repeats: int, quick: bool) -> list[dict]:
+    batch = 4 if quick else 16
+    problem = _peer_problem(batch, 900, 100)
+    iters_list = (5, 50) if quick else PEER_ITERS
+    converged = sinkhorn(problem["cost"].double(), max_iter=5000, tol=1e-10).plan
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # POT warns that it did not converge: by design
+        for iters in iters_list:
+            ours_plan = _peer_ours(problem, iters)
+            reference = _pot_plus_target_update(problem, iters)
+            torch.testing.assert_close(ours_plan.double(), reference, rtol=1e-3, atol=2e-5)
+            # The fastest POT solver at this iteration count.
+            solvers = _pot_solvers(problem, iters)
+            medians = {
+                name: statistics.median(time_calls(fn, 2 if quick else 3))
+                for name, fn in solvers.items()
+            }
+            best = min(medians, key=medians.get)
+            pot_plan = _as_tensor(solvers[best]())
+            base_s, ours_s = time_pair(
+                solvers[best], lambda iters=iters: _peer_ours(problem, iters), repeats
+            )
+            others = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in medians.items())
+            rows.append(
+                {
+                    "name": f"sinkhorn vs POT, {iters} iterations",
+                    "baseline_s": base_s,
+                    "ours_s": ours_s,
+                    "note": (
+                        f"B={batch} M=900 N=100, {torch.get_num_threads()} torch threads; "
+                        f"baseline = {best}; POT medians: {others}; distance to the "
+                        f"converged plan: POT {_distance(pot_plan, converged)}, "
+                        f"ours {_distance(ours_plan, converged)}"
+                    ),
+                }
+            )
+    return rows
+
+
+def run(
+    repeats: int = 5,
+    quick: bool = False,
+    device: str = "cpu",
+    threads: int | None = None,
+    peers: bool = True,
+) -> list[dict]:
+    """Time both implementations; returns rows for a suite runner. ``threads`` sets
+    ``torch.set_num_threads`` for the run (restored afterwards); ``peers`` adds the POT
+    section (CPU only)."""
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run(repeats, quick, device, peers=peers)
+        finally:
+            torch.set_num_threads(before)
     dev = torch.device(device)
     priors = ssd_priors()
     batch = 2 if quick else 16
@@ -157,6 +323,8 @@ def run(repeats: int = 5, quick: bool = False, device: str = "cpu") -> list[dict
         rows += _case(
             f"unbalanced sinkhorn B={batch} M=900 N=100", dino_cost, 70, repeats, (False, True)
         )
+    elif peers:
+        rows += _peer_rows(repeats, quick)
     return rows
 
 
@@ -165,7 +333,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="B = 2 instead of 16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="e.g. cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}")
     rows = run(args.repeats, quick=args.quick, device=args.device)
     print_rows(rows)

@@ -142,12 +142,51 @@ def test_focal_integer_inputs():
     assert torch.allclose(got, torch.tensor([0.0433217, 1.2375586]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (None, 1.5), (0.3, 0.5)])
+@pytest.mark.parametrize(
+    "alpha, gamma", [(0.25, 2.0), (None, 1.5), (0.3, 0.5), (0.25, 1.0), (0.4, 3.0)]
+)
 def test_focal_gradcheck(alpha, gamma):
+    # gamma >= 1 runs the hand-written backward, gamma < 1 autograd through the clamp.
     gen = torch.Generator().manual_seed(3)
     x = (2 * torch.randn(12, generator=gen, dtype=torch.float64)).requires_grad_()
     t = torch.rand(12, generator=gen, dtype=torch.float64)
+    t[:4] = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda v: sigmoid_focal_loss(v, t, alpha, gamma, "sum"), (x,))
+
+
+def torchvision_focal(inputs, targets, alpha=0.25, gamma=2.0):
+    """torchvision.ops.sigmoid_focal_loss (reduction "none"), transcribed."""
+    p = torch.sigmoid(inputs)
+    ce_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        inputs, targets, reduction="none"
+    )
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        loss = alpha_t * loss
+    return loss
+
+
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (-1.0, 1.0), (0.5, 2.5), (0.1, 0.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_focal_equals_torchvision_bit_for_bit_with_its_gradient(monkeypatch, alpha, gamma, dtype):
+    import detloss.losses.focal as focal
+
+    gen = torch.Generator().manual_seed(4)
+    x = (4 * torch.randn(6, 50, generator=gen, dtype=dtype)).requires_grad_()
+    t = torch.rand(6, 50, generator=gen, dtype=dtype)
+    t[:3] = (t[:3] > 0.8).to(dtype)  # binary rows and soft rows
+    want = torchvision_focal(x, t, alpha, gamma)
+    (grad_want,) = torch.autograd.grad(want.sum(), x)
+    ours_alpha = None if alpha < 0 else alpha
+    for fused in (True, False):
+        monkeypatch.setattr(focal, "_FUSED", fused)
+        got = sigmoid_focal_loss(x, t, ours_alpha, gamma)
+        assert torch.equal(got, want)
+        (grad,) = torch.autograd.grad(got.sum(), x)
+        rtol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(grad, grad_want, rtol=rtol, atol=rtol * 1e-2)
 
 
 def test_focal_module_equals_function():

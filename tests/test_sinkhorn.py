@@ -1,3 +1,4 @@
+import importlib
 import itertools
 import math
 import warnings
@@ -13,6 +14,7 @@ from detloss.match.sinkhorn import (
     SinkhornConvergenceWarning,
     SinkhornMatcher,
     _Solver,
+    plan_to_assignment,
     sinkhorn,
 )
 
@@ -630,3 +632,26 @@ def test_matcher_module_validates_at_construction():
         SinkhornMatcher(background_cost=math.inf)
     with pytest.raises(ValueError, match=r"cost_bbox must be >= 0"):
         SinkhornMatcher(cost_bbox=-1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plan_to_assignment_compiled_equals_torch_argmax(monkeypatch, dtype):
+    # Ties (the first wins), NaN (the first NaN wins, as torch.argmax), a non-contiguous
+    # plan, a single column.
+    pytest.importorskip("numba")
+    module = importlib.import_module("detloss.match.sinkhorn")  # the package exports the function
+
+    gen = torch.Generator().manual_seed(5)
+    plan = torch.randint(0, 3, (3, 40, 7), generator=gen).to(dtype)
+    plan[0, 0] = 0.0
+    plan[1, 1, 3] = torch.nan
+    plan[1, 2, 0] = torch.nan
+    plan[1, 3, [2, 5]] = torch.nan
+    row_valid = torch.rand(3, 40, generator=gen) < 0.8
+    cases = [plan, plan.transpose(0, 1).contiguous().transpose(0, 1), plan[..., :1]]
+    for case in cases:
+        monkeypatch.setattr(module, "_COMPILED_ARGMAX", False)
+        want = plan_to_assignment(case, row_valid)
+        monkeypatch.setattr(module, "_COMPILED_ARGMAX", True)
+        assert module._argmax_kernel(case) is not None
+        assert torch.equal(plan_to_assignment(case, row_valid), want)

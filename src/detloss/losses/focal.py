@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .._checks import (
     check_finite,
@@ -43,8 +44,11 @@ def sigmoid_focal_loss(
         validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
             one host synchronisation); None (default) scans on the CPU only.
 
-    Values equal torchvision's ``sigmoid_focal_loss``. Half-precision and integer inputs
-    are computed in float32 and returned in their floating dtype (float32 for integers).
+    Values equal torchvision's ``sigmoid_focal_loss`` to the bit (the same operations).
+    For ``gamma >= 1`` the gradient in ``inputs`` is written out rather than replayed
+    by autograd (fewer passes; not differentiable twice). Half-precision and integer
+    inputs are computed in float32 and returned in their floating dtype (float32 for
+    integers).
     """
     if should_validate(validate, inputs):
         check_finite(("inputs", inputs), ("targets", targets))
@@ -63,14 +67,78 @@ def sigmoid_focal_loss(
     out = output_dtype(inputs)
     x = inputs.to(compute_dtype(inputs))
     t = targets.to(x.dtype)
+    if _FUSED and gamma >= 1 and x.requires_grad and not t.requires_grad and torch.is_grad_enabled():
+        ce = _FocalLoss.apply(x, t, alpha, float(gamma))
+    else:
+        ce = _focal(x, t, alpha, gamma)[0]
+    return reduce_loss(ce, reduction).to(out)
+
+
+#: Whether the inputs' gradient comes from the hand-derived backward of ``_FocalLoss``
+#: (gamma >= 1, targets without gradient); False differentiates the formula with
+#: autograd everywhere (tests compare the two).
+_FUSED = True
+
+
+def _focal(
+    x: Tensor, t: Tensor, alpha: float | None, gamma: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """torchvision's formula, operation for operation (so the values are the same to the
+    bit; ``1 - p`` and ``1 - t`` formed once, in-place steps where a temporary is not
+    read again): the loss and, for the backward, ``p``, ``1 - p``, the cross-entropy,
+    ``1 - p_t``, its power and ``alpha_t`` (None without alpha)."""
     p = torch.sigmoid(x)
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    one_minus_pt = 1 - (p * t + (1 - p) * (1 - t))
+    one_minus_p = 1 - p
+    one_minus_t = 1 - t
+    p_t = (p * t).add_(one_minus_p * one_minus_t)
+    one_minus_pt = 1 - p_t
+    weight = one_minus_pt
+    loss = ce
     if gamma != 0:
-        ce = ce * one_minus_pt.clamp(min=torch.finfo(x.dtype).tiny) ** gamma
+        # Below 1, d(1 - p_t)^gamma is infinite at p_t = 1: the base is clamped to the
+        # smallest normal float, so saturated logits get zero, not NaN, gradients. From
+        # 1 on the power is finite: no clamp, as torchvision.
+        base = one_minus_pt if gamma >= 1 else one_minus_pt.clamp(min=torch.finfo(x.dtype).tiny)
+        weight = base**gamma
+        loss = ce * weight
+    alpha_t = None
     if alpha is not None:
-        ce = (alpha * t + (1 - alpha) * (1 - t)) * ce
-    return reduce_loss(ce, reduction).to(out)
+        alpha_t = (alpha * t).add_(one_minus_t * (1 - alpha))
+        loss = alpha_t * loss
+    return loss, p, one_minus_p, ce, one_minus_pt, weight, alpha_t
+
+
+class _FocalLoss(torch.autograd.Function):
+    """The element-wise focal loss with its gradient in the inputs written out (gamma >= 1):
+    with ``q = 1 - p_t``, ``dq/dx = p (1 - p) (1 - 2 t)`` and ``dce/dx = p - t``,
+
+        dL/dx = alpha_t ((p - t) q^gamma + gamma q^(gamma - 1) p (1 - p) (1 - 2 t) ce),
+
+    about a dozen element-wise passes where autograd replays every operation of the
+    formula. Not differentiable twice (``once_differentiable``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, t: Tensor, alpha: float | None, gamma: float) -> Tensor:
+        loss, p, one_minus_p, ce, q, weight, alpha_t = _focal(x, t, alpha, gamma)
+        ctx.gamma = gamma
+        ctx.save_for_backward(t, p, one_minus_p, ce, q, weight, alpha_t)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        t, p, one_minus_p, ce, q, weight, alpha_t = ctx.saved_tensors
+        gamma = ctx.gamma
+        grad_x = (p - t).mul_(weight)
+        slope = (p * one_minus_p).mul_(1 - 2 * t).mul_(ce)
+        if gamma != 1:
+            slope.mul_(q if gamma == 2 else q ** (gamma - 1))
+        grad_x.add_(slope, alpha=gamma)
+        grad_x.mul_(grad)
+        if alpha_t is not None:
+            grad_x.mul_(alpha_t)
+        return grad_x, None, None, None
 
 
 class SigmoidFocalLoss(nn.Module):

@@ -4,17 +4,20 @@ column, batched over images and stable down to tiny regularisations.
 For each image (``m`` real predictions, ``n`` real targets) the plan ``P [m, n + 1]`` (last
 column: the background) minimises
 
-    <P, C> + reg * KL(P | a b^T) + tau_pred * KL(P 1 | a) + tau_target * KL(P^T 1 | b)
+    <P, C> + reg * sum_ij P_ij (log P_ij - 1) + tau_pred * KL(P 1 | a) + tau_target * KL(P^T 1 | b)
 
-with ``a_i = 1/m``, ``b_j = 1/m`` and the background's ``b = (m - n)/m``. A ``tau`` of None
-is a hard marginal; both None is balanced OT. ``docs/sinkhorn.md`` has the maths, the
-limits and the differences from uotod.
+with ``a_i = 1/m``, ``b_j = 1/m`` and the background's ``b = (m - n)/m``: the entropic
+regularisation, as uotod and POT's ``reg_type="entropy"`` (not ``reg * KL(P | a b^T)``,
+POT's default ``"kl"``, which has the same solution only for balanced OT). A ``tau`` of
+None is a hard marginal; both None is balanced OT. ``docs/sinkhorn.md`` has the maths,
+the limits and the differences from uotod.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -89,16 +92,34 @@ def background_column(
     return broadcast_value(value, (b, m), dtype, device, "background_cost", "[B, M]")
 
 
+#: Whether a CPU plan's row argmax runs as the compiled loop of ``_row_argmax_kernel``
+#: where Numba is installed (same results as ``torch.argmax``; tests switch it off).
+_COMPILED_ARGMAX = True
+
+
 def plan_to_assignment(plan: Tensor, row_valid: Tensor) -> Tensor:
-    """``pred_to_target`` of a ``[B, M, N + 1]`` plan: each row's argmax, the last column
-    read as background (``-1``), rows outside ``row_valid`` ignored (``-2``)."""
+    """``pred_to_target`` of a ``[B, M, N + 1]`` plan: each row's argmax (the first of tied
+    maxima), the last column read as background (``-1``), rows outside ``row_valid``
+    ignored (``-2``)."""
     n = plan.shape[2] - 1
     if plan.shape[1] == 0:
         column = torch.zeros(plan.shape[:2], dtype=torch.int64, device=plan.device)
+    elif (kernel := _argmax_kernel(plan)) is not None:
+        column = torch.empty(plan.shape[:2], dtype=torch.int64)
+        values = plan.detach().contiguous().view(-1, n + 1)
+        kernel.row_argmax(values.numpy(), column.view(-1).numpy())
     else:
         column = plan.argmax(dim=2)
     p2t = torch.where(column == n, BACKGROUND, column)
     return p2t.masked_fill(~row_valid, IGNORED)
+
+
+def _argmax_kernel(plan: Tensor) -> ModuleType | None:
+    """The compiled row argmax where it applies to ``plan``, else None (``torch.argmax``)."""
+    usable = plan.device.type == "cpu" and plan.dtype in (torch.float32, torch.float64)
+    if not (_COMPILED_ARGMAX and usable and plan.numel()):
+        return None
+    return optional_module(f"{__package__}._row_argmax_kernel")
 
 
 # -- the solver ---------------------------------------------------------------------------------
@@ -139,12 +160,33 @@ def _log_update(
     return torch.where(valid, value, 0.0)
 
 
+def _new_t(like: Tensor, b: int, m: int, n: int, dtype: torch.dtype | None = None) -> Tensor:
+    """An empty ``[B, N + 1, M]`` tensor in the solver's memory layout: on the CPU the
+    transpose of a contiguous ``[B, M, N + 1]`` one, so that neither the cost coming in
+    nor the plan going out is transposed in memory (a strided copy costs more there than
+    an iteration), and both products of an iteration are fast batched BLAS calls; on
+    other devices contiguous (the fused CUDA block streams it row by row)."""
+    dtype = like.dtype if dtype is None else dtype
+    if like.device.type == "cpu":
+        return like.new_empty((b, m, n + 1), dtype=dtype).transpose(1, 2)
+    return like.new_empty((b, n + 1, m), dtype=dtype)
+
+
+def _pairs_t(row_valid: Tensor, col_valid: Tensor) -> Tensor:
+    """``bool[B, N + 1, M]``: both the target (or background) and the prediction are
+    real, in the solver's layout (:func:`_new_t`)."""
+    if row_valid.device.type == "cpu":
+        return (row_valid[:, :, None] & col_valid[:, None, :]).transpose(1, 2)
+    return col_valid[:, :, None] & row_valid[:, None, :]
+
+
 class _Solver:
-    """Sinkhorn on one batch, everything stored transposed: ``[B, N + 1, M]``, targets by
-    predictions. The sums over the M predictions (the target update, the logsumexp of the
-    log-domain target update) then run along contiguous memory; as dot products they are
-    also an order of magnitude more accurate in float32 than the column sums of a
-    ``[B, M, N + 1]`` product (about 3e-7 against 4e-6 relative at M = 8732).
+    """Sinkhorn on one batch, everything indexed targets by predictions: ``[B, N + 1, M]``.
+    On CUDA that is also the memory layout (the fused block streams rows of predictions);
+    on the CPU the tensors are transposes of ``[B, M, N + 1]`` ones (:func:`_new_t`), so
+    the cost and the plan keep the caller's layout. The sums over the M predictions are
+    then column sums, about 4e-6 relative in float32 at M = 8732 (dot products along
+    contiguous memory: 3e-7), well inside the iterations' own error.
 
     Potentials ``f [B, M]``, ``g [B, N + 1]`` are in units of ``reg``: the plan is
     ``exp(S + f + g)`` with ``S = -C / reg``. Invalid entries have ``S = -inf`` and a zero
@@ -162,20 +204,23 @@ class _Solver:
 
     def __init__(
         self,
-        cost_t: Tensor,
-        pair_valid_t: Tensor,
+        cost_t: Tensor | Callable[[], Tensor],
+        pair_valid_t: Tensor | None,
         row_valid: Tensor,
         col_valid: Tensor,
         a: Tensor,
         b: Tensor,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        """``cost_t [B, N + 1, M]``; ``a [B, M]``, ``b [B, N + 1]``: the masses in float64,
-        zero where invalid."""
-        self.cost_t = cost_t
-        self.pair_valid_t = pair_valid_t
+        """``cost_t [B, N + 1, M]`` (or a function building it, called only where a slow
+        path needs it; ``dtype`` is then the compute dtype), ``pair_valid_t`` (None: built
+        from the masks on first use); ``a [B, M]``, ``b [B, N + 1]``: the masses in
+        float64, zero where invalid."""
+        self._cost_t = cost_t
+        self._pair_valid_t = pair_valid_t
         self.row_valid = row_valid
         self.col_valid = col_valid
-        self.dtype = cost_t.dtype
+        self.dtype = cost_t.dtype if isinstance(cost_t, Tensor) else dtype
         # float64 logs for the per-kernel constants: in float32, log-then-exp would move a
         # mass by up to ulp(log m) ~ 5e-7 relative, more than the iterations' own error.
         self.log_a64 = torch.where(row_valid, a.log(), 0.0)
@@ -191,17 +236,41 @@ class _Solver:
         # CPU bmm splits even a tiny batch over threads; on a busy machine each call then
         # waits milliseconds for a descheduled thread. Small kernels use a product and a
         # sum, which torch keeps on one thread below its parallel grain size.
-        self.use_bmm = cost_t.device.type != "cpu" or cost_t.numel() >= _BMM_MIN_ENTRIES
-        self.fused = _fused_block(cost_t)
+        numel = row_valid.shape[0] * row_valid.shape[1] * col_valid.shape[1]
+        self.use_bmm = row_valid.device.type != "cpu" or numel >= _BMM_MIN_ENTRIES
+        self.fused = _fused_block(cost_t) if isinstance(cost_t, Tensor) else None
+        self._S_t: Tensor | None = None
+
+    @property
+    def cost_t(self) -> Tensor:
+        """The normalised cost ``[B, N + 1, M]`` (zero on invalid pairs)."""
+        if not isinstance(self._cost_t, Tensor):
+            self._cost_t = self._cost_t()
+        return self._cost_t
+
+    @property
+    def pair_valid_t(self) -> Tensor:
+        """``bool[B, N + 1, M]``: both the target (or background) and the prediction real."""
+        if self._pair_valid_t is None:
+            self._pair_valid_t = _pairs_t(self.row_valid, self.col_valid)
+        return self._pair_valid_t
+
+    @property
+    def S_t(self) -> Tensor:
+        """``-C / reg [B, N + 1, M]``, ``-inf`` on invalid pairs: what the log-domain steps
+        and a rebuild read; formed on first use (a cold start never needs it)."""
+        if self._S_t is None:
+            self._S_t = torch.where(self.pair_valid_t, self.cost_t / -self.reg, -torch.inf).to(
+                self.dtype
+            )
+        return self._S_t
 
     def set_reg(
         self, reg: float | Tensor, tau_pred: float | None, tau_target: float | None
     ) -> None:
         """Use ``reg`` (a float or a ``[B, 1]`` tensor) from now on."""
         self.reg = reg if isinstance(reg, float) else reg.to(torch.float64)[:, :, None]
-        self.S_t = torch.where(self.pair_valid_t, self.cost_t / -self.reg, -torch.inf).to(
-            self.dtype
-        )
+        self._S_t = None
         self.phi_p = _exponent(tau_pred, reg)
         self.phi_t = _exponent(tau_target, reg)
 
@@ -234,17 +303,66 @@ class _Solver:
     def rebuild(self, f: Tensor, g: Tensor) -> None:
         """Absorb ``(f, g)`` into the kernel ``exp(S + f + g)`` (entries below
         ``exp(floor)`` flushed to exactly zero) and reset the scalings to 1."""
-        # The exponent is formed in float64: in float32, -C / reg and the sums round at the
-        # size of their terms (~1 / reg), about 1e-7 / reg on every entry, noise the
-        # iterations do not absorb. The kernel itself is kept in the compute dtype.
-        x = self.cost_t.to(torch.float64) / -self.reg
-        x.add_(f.to(torch.float64)[:, None, :]).add_(g.to(torch.float64)[:, :, None])
-        F.threshold_(x, self.floor, -torch.inf)
+        # In the compute dtype: in float32 the exponent rounds at the size of its terms,
+        # about 1e-7 / reg relative on every entry, as S itself does (the documented limit).
+        x = self.S_t + f.to(self.dtype)[:, None, :]
+        x.add_(g.to(self.dtype)[:, :, None])
+        self._absorb(x, f, g, threshold=True, mask=True)
+
+    def cold_start(
+        self, x_t: Tensor, g_k: Tensor, threshold: bool, mask_rows: bool, mask_cols: bool
+    ) -> None:
+        """Start from ``f = 0`` with the first target update, in the scaling domain.
+
+        ``x_t [B, N + 1, M]`` is ``S + g_k`` (overwritten: it becomes the kernel), ``g_k
+        [B, N + 1]`` a shift making each real column's largest entry 0, so no column of the
+        kernel underflows. ``threshold``: some entry may lie below the floor; ``mask_rows``,
+        ``mask_cols``: some prediction, target or background is not real (its entries are
+        then set to 1, whatever ``x_t`` holds there)."""
+        self._absorb(
+            x_t, torch.zeros_like(self.a), g_k, threshold, mask_rows=mask_rows, mask_cols=mask_cols
+        )
+        self.fused = _fused_block(self.kernel_t)
+        s = self._sums(self.u)
+        if self.c_t is None:
+            # v = b / s: every real column has an entry 1 against u = 1, so s >= 1.
+            self.v = self.b / s
+        else:
+            # The relaxed update moves g far from the shift (by (phi - 1) g_k): take it in
+            # the log domain and absorb it, so the scalings start at 1 again.
+            g = torch.where(self.col_valid, self.phi_t * (self.log_b + g_k - s.log()), 0.0)
+            x = self.kernel_t.log_().add_((g - g_k)[:, :, None])
+            self._absorb(x, self.f_k, g, threshold=True, mask_rows=mask_rows)
+        self.fresh = False
+
+    def _absorb(
+        self,
+        x: Tensor,
+        f: Tensor,
+        g: Tensor,
+        threshold: bool,
+        mask: bool = False,
+        mask_rows: bool = False,
+        mask_cols: bool = False,
+    ) -> None:
+        """The kernel ``exp(x)`` in place, in the frame ``(f, g)``, scalings reset to 1."""
+        if threshold:
+            # Raise the exponents below the floor to it, then zero what it gives: on the
+            # CPU exp is an order of magnitude slower on inputs below about -87 (-inf
+            # included) than on the rest.
+            x.clamp_(min=self.floor)
         # Invalid pairs get the entry 1, not 0: an invalid row or column has zero mass, so
         # its scaling is exactly 0 and the entry adds nothing, while every sum a valid
         # scaling divides by stays positive without a clamp per half-step.
-        x.masked_fill_(~self.pair_valid_t, 0.0)
-        self.kernel_t = x.exp_().to(self.dtype)
+        if mask:
+            x.masked_fill_(~self.pair_valid_t, 0.0)
+        if mask_cols:
+            x.masked_fill_(~self.col_valid[:, :, None], 0.0)
+        if mask_rows:
+            x.masked_fill_(~self.row_valid[:, None, :], 0.0)
+        self.kernel_t = x.exp_()
+        if threshold:
+            F.threshold_(self.kernel_t, math.exp(self.floor), 0.0)
         self.f_k, self.g_k = f, g
         self.u = self.row_valid.to(self.dtype)
         self.v = self.col_valid.to(self.dtype)
@@ -282,11 +400,16 @@ class _Solver:
             r = (self.kernel_t * v.unsqueeze(2)).sum(1)
         return self.a / r if self.c_p is None else r.pow_(-self.phi_p).mul_(self.c_p)
 
-    def _target_update(self, u: Tensor) -> Tensor:
+    def _sums(self, u: Tensor) -> Tensor:
+        """``kernel u [B, N + 1]``: each target's sum over the predictions."""
         if self.use_bmm:
-            s = torch.bmm(self.kernel_t, u.unsqueeze(2)).squeeze(2)
-        else:
-            s = (self.kernel_t * u.unsqueeze(1)).sum(2)
+            # u^T kernel^T (on the CPU kernel^T is the contiguous [B, M, N + 1] tensor):
+            # bmm(kernel, u) takes a path about ten times slower there.
+            return torch.bmm(u.unsqueeze(1), self.kernel_t.transpose(1, 2)).squeeze(1)
+        return (self.kernel_t * u.unsqueeze(1)).sum(2)
+
+    def _target_update(self, u: Tensor) -> Tensor:
+        s = self._sums(u)
         return self.b / s if self.c_t is None else s.pow_(-self.phi_t).mul_(self.c_t)
 
     def scaling_block(self, n_iter: int, residual: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -324,10 +447,14 @@ class _Solver:
 
     def plan(self, scale: Tensor) -> Tensor:
         """The current plan ``u kernel v`` as ``[B, M, N + 1]``, times ``scale [B]``."""
-        plan = self.kernel_t * self.v.unsqueeze(2)
-        plan.mul_((self.u * scale[:, None]).unsqueeze(1))
-        # NaN-safe: an image without predictions has NaN scalings and no valid pair.
-        plan = torch.where(self.pair_valid_t & (plan > self.tiny), plan, 0.0)
+        # Zero scalings off the real rows and columns (an image without predictions has
+        # NaN ones) give invalid pairs exactly 0, as entries of 1 in the kernel.
+        v = torch.where(self.col_valid, self.v, 0.0)
+        u = torch.where(self.row_valid, self.u * scale[:, None], 0.0)
+        plan = self.kernel_t * v.unsqueeze(2)
+        plan.mul_(u.unsqueeze(1))
+        # Entries below the smallest normal float are rounding dust.
+        F.threshold_(plan, self.tiny, 0.0)
         return plan.transpose(1, 2).contiguous()
 
     def run(self, f: Tensor, g: Tensor | None, n_iter: int, check_every: int, tol: float) -> float:
@@ -349,6 +476,11 @@ class _Solver:
                 g = self.log_target(f)
                 done = 1
         self.rebuild(f, g)
+        return self.iterate(done, n_iter, check_every, tol)
+
+    def iterate(self, done: int, n_iter: int, check_every: int, tol: float) -> float:
+        """Iterations ``done`` to ``n_iter`` from the current kernel state (see :meth:`run`);
+        returns the last residual."""
         residual = res_value = math.inf
         check = tol > 0
         log_steps = 1
@@ -380,6 +512,128 @@ class _Solver:
             # Only the exact first iteration ran: measure it.
             residual = self.scaling_block(0, True)[2].amax().item()
         return residual
+
+
+# -- the set-up ------------------------------------------------------------------------------
+
+_BAD_COST = (
+    "cost: expected finite values or +inf (forbidden pairs) in the real entries and "
+    "background_cost, got NaN or -inf"
+)
+
+
+def _cold_kernel(
+    cost: Tensor,
+    background: Tensor,
+    row_valid: Tensor,
+    col_valid: Tensor,
+    mass_b: Tensor,
+    reg: float | Tensor,
+    dtype: torch.dtype,
+    *,
+    normalize: bool,
+    validate: bool,
+    rows_padded: bool,
+) -> tuple[Tensor, Tensor, Tensor, tuple[bool, bool, bool]] | None:
+    """The first kernel's exponent for a cold start, in a handful of passes over the cost,
+    or None where a real entry is ``+inf`` (forbidden pairs take the general set-up).
+
+    One reduction per column gives the checks (amin propagates NaN and finds ``-inf``),
+    each image's magnitude and each column's smallest cost. The exponent ``S + g_k`` with
+    ``g_k = log b + min_i C_ij / reg`` puts each real column's largest kernel entry at
+    its mass ``b_j``: no column underflows and the first target update's scalings are
+    about ``1 / (number of close predictions)``, well inside the solver's safe range.
+
+    Returns ``x_t [B, N + 1, M]`` (``S + g_k``; invalid entries hold anything), ``g_k
+    [B, N + 1]``, the magnitude ``[B]`` and the flags of :meth:`_Solver.cold_start`
+    (threshold, mask_rows, mask_cols). Raises ValueError on NaN or ``-inf`` when
+    ``validate``."""
+    b, m, n = cost.shape
+    c = cost.to(dtype)
+    if rows_padded:
+        keep = row_valid[:, :, None]
+        low = torch.where(keep, c, torch.inf).amin(1)
+        high = torch.where(keep, c, -torch.inf).amax(1)
+        bg_low = torch.where(row_valid, background, torch.inf).amin(1, keepdim=True)
+        bg_high = torch.where(row_valid, background, -torch.inf).amax(1, keepdim=True)
+    else:
+        low, high = c.amin(1), c.amax(1)
+        bg_low, bg_high = background.amin(1, keepdim=True), background.amax(1, keepdim=True)
+    low = torch.cat([low, bg_low], 1)
+    high = torch.cat([high, bg_high], 1)
+    if normalize:
+        largest = torch.where(col_valid, torch.maximum(high.abs(), low.abs()), 0.0)
+        magnitude = largest.amax(1).clamp(min=torch.finfo(dtype).tiny)
+    else:
+        magnitude = c.new_ones(b)
+    # 1 / (magnitude * reg) per image, and the shift, in float64: both are of size 1 / reg.
+    reg64 = reg if isinstance(reg, float) else reg.to(torch.float64)
+    inv = 1.0 / (magnitude.to(torch.float64)[:, None] * reg64)
+    log_b = torch.where(col_valid, mass_b.log(), 0.0)
+    g_k = torch.where(col_valid, low.to(torch.float64) * inv + log_b, 0.0)
+    deepest = log_b - (high - low).to(torch.float64) * inv
+    bad = (torch.isnan(low) | (low == -torch.inf)) & col_valid
+    forbidden = (high == torch.inf) & col_valid
+    floor = _FLOOR[dtype]
+    flags = torch.stack(
+        [bad.any(), forbidden.any(), ((deepest < floor) & col_valid).any(), ~col_valid.all()]
+    ).tolist()
+    if validate and flags[0]:
+        raise ValueError(_BAD_COST)
+    if flags[1]:
+        return None
+    # x = g_k - C / reg in the solver's layout (on the CPU the cost's own: a plain copy).
+    x_t = _new_t(c, b, m, n)
+    x_t[:, :n].copy_(c.transpose(1, 2))
+    x_t[:, n].copy_(background)
+    x_t.mul_(-inv.to(dtype)[:, :, None]).add_(g_k.to(dtype)[:, :, None])
+    return x_t, g_k.to(dtype), magnitude, (bool(flags[2]), rows_padded, bool(flags[3]))
+
+
+class _GeneralSolver(_Solver):
+    """A solver on the normalised cost built up front (warm starts, eps scaling, forbidden
+    pairs); ``scale_cost [B]`` is where eps scaling starts."""
+
+    scale_cost: Tensor
+
+
+def _general_solver(
+    cost: Tensor,
+    background: Tensor,
+    row_valid: Tensor,
+    col_valid: Tensor,
+    mass_a: Tensor,
+    mass_b: Tensor,
+    dtype: torch.dtype,
+    *,
+    normalize: bool,
+    validate: bool,
+    eps_scaling: int,
+) -> _GeneralSolver:
+    """The solver on the cost built, checked and normalised with every pass spelled out."""
+    b = cost.shape[0]
+    # Targets by predictions, [B, N + 1, M]: the solver's layout.
+    pair_valid_t = _pairs_t(row_valid, col_valid)
+    cost_t = _new_t(cost, b, cost.shape[1], cost.shape[2], dtype)
+    cost_t[:, :-1].copy_(cost.transpose(1, 2))
+    cost_t[:, -1].copy_(background)
+    if validate and cost_t.numel():
+        bad = (torch.isnan(cost_t) | (cost_t == -torch.inf)) & pair_valid_t
+        if bool(bad.any()):
+            raise ValueError(_BAD_COST)
+    # Padded entries may hold anything (NaN included): they never enter a sum.
+    cost_t = torch.where(pair_valid_t, cost_t, 0.0)
+    scale_cost = cost_t.new_ones(b)  # where eps scaling starts
+    if (normalize or eps_scaling) and cost_t.numel():
+        finite = torch.where(pair_valid_t & torch.isfinite(cost_t), cost_t.abs(), 0.0)
+        magnitude = finite.amax(dim=(1, 2)).clamp(min=torch.finfo(dtype).tiny)
+        if normalize:
+            cost_t = cost_t / magnitude[:, None, None]
+        else:
+            scale_cost = magnitude
+    solver = _GeneralSolver(cost_t, pair_valid_t, row_valid, col_valid, mass_a, mass_b)
+    solver.scale_cost = scale_cost
+    return solver
 
 
 # -- the public function --------------------------------------------------------------------
@@ -507,27 +761,6 @@ def sinkhorn(
         )
         mass_a = torch.where(row_valid, (1.0 / m64)[:, None], 0.0)
 
-        # Targets by predictions, [B, N + 1, M]: the solver's layout.
-        pair_valid_t = col_valid[:, :, None] & row_valid[:, None, :]
-        cost_t = torch.cat([cost.transpose(1, 2).to(dtype), background.unsqueeze(1)], dim=1)
-        if validate and cost_t.numel():
-            bad = (torch.isnan(cost_t) | (cost_t == -torch.inf)) & pair_valid_t
-            if bool(bad.any()):
-                raise ValueError(
-                    "cost: expected finite values or +inf (forbidden pairs) in the real "
-                    "entries and background_cost, got NaN or -inf"
-                )
-        # Padded entries may hold anything (NaN included): they never enter a sum.
-        cost_t = torch.where(pair_valid_t, cost_t, 0.0)
-        scale_cost = cost_t.new_ones(b)  # where eps scaling starts
-        if (normalize or eps_scaling) and cost_t.numel():
-            finite = torch.where(pair_valid_t & torch.isfinite(cost_t), cost_t.abs(), 0.0)
-            magnitude = finite.amax(dim=(1, 2)).clamp(min=torch.finfo(dtype).tiny)
-            if normalize:
-                cost_t = cost_t / magnitude[:, None, None]
-            else:
-                scale_cost = magnitude
-
         reg_t: float | Tensor
         if reg_value is not None:
             reg_t = reg_value
@@ -537,22 +770,50 @@ def sinkhorn(
         else:
             reg_t = reg_dimless / (math.log(2 * max(m, 1)) + 1)
 
-        f = cost_t.new_zeros((b, m))
-        g: Tensor | None = None
-        if warm_start is not None:
-            f0, g0 = (p.detach().to(device=device, dtype=dtype) for p in warm_start)
-            f = torch.where(row_valid & torch.isfinite(f0), f0 / reg_t, 0.0)
-            g = torch.where(col_valid & torch.isfinite(g0), g0 / reg_t, 0.0)
-
         residual = 0.0
+        cold = None
+        if b * m > 0 and warm_start is None and eps_scaling == 0:
+            rows_padded = has_pred_mask and not bool(row_valid.all())
+            cold = _cold_kernel(
+                cost, background, row_valid, col_valid, mass_b, reg_t, dtype,
+                normalize=normalize, validate=validate, rows_padded=rows_padded,
+            )  # fmt: skip
         if b * m == 0:
-            plan = cost_t.new_zeros((b, m, n + 1))
-            g = cost_t.new_zeros((b, n + 1))
+            plan = torch.zeros((b, m, n + 1), dtype=dtype, device=device)
+            f = plan.new_zeros((b, m))
+            g = plan.new_zeros((b, n + 1))
+        elif cold is not None:
+            # The usual call: no +inf entry, a cold start. The solver forms the normalised
+            # cost only if a slow path (a rebuild, log-domain steps) asks for it.
+            x_t, g_k, magnitude, flags = cold
+
+            def cost_t() -> Tensor:
+                full = _new_t(cost, b, m, n, dtype)
+                full[:, :n].copy_(cost.transpose(1, 2))
+                full[:, n].copy_(background)
+                pair_valid_t = _pairs_t(row_valid, col_valid)
+                return torch.where(pair_valid_t, full, 0.0).div_(magnitude[:, None, None])
+
+            solver = _Solver(cost_t, None, row_valid, col_valid, mass_a, mass_b, dtype)
+            solver.set_reg(reg_t, tau_pred, tau_target)
+            solver.cold_start(x_t, g_k, *flags)
+            residual = solver.iterate(0, max_iter, check_every, tol)
+            f, g = solver.potentials()
+            plan = solver.plan(m64.to(dtype))
         else:
-            solver = _Solver(cost_t, pair_valid_t, row_valid, col_valid, mass_a, mass_b)
+            solver = _general_solver(
+                cost, background, row_valid, col_valid, mass_a, mass_b, dtype,
+                normalize=normalize, validate=validate, eps_scaling=eps_scaling,
+            )  # fmt: skip
+            f = torch.zeros((b, m), dtype=dtype, device=device)
+            g: Tensor | None = None
+            if warm_start is not None:
+                f0, g0 = (p.detach().to(device=device, dtype=dtype) for p in warm_start)
+                f = torch.where(row_valid & torch.isfinite(f0), f0 / reg_t, 0.0)
+                g = torch.where(col_valid & torch.isfinite(g0), g0 / reg_t, 0.0)
             reg_prev = reg_t
             for stage in range(eps_scaling):
-                ratio = torch.clamp(scale_cost[:, None] / reg_t, min=1.0)
+                ratio = torch.clamp(solver.scale_cost[:, None] / reg_t, min=1.0)
                 reg_s = reg_t * ratio ** ((eps_scaling - stage) / eps_scaling)
                 f = f * (reg_prev / reg_s)
                 g = None if g is None else g * (reg_prev / reg_s)
