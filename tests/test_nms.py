@@ -5,8 +5,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tests._compiled import CPU_PATHS, use_compiled
 
+from _compiled import CPU_PATHS, use_compiled
 from detloss.anchors import decode_boxes, ssd_priors
 from detloss.boxes import box_iou
 from detloss.postprocess.nms import batched_nms, nms
