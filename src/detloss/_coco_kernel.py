@@ -131,41 +131,73 @@ def accumulate(
     truths.
     """
     n_thresholds, n_points = precision.shape[0], precision.shape[1]
+    n_areas = det_outside.shape[0]
     eps = np.spacing(1.0)
-    n = by_score.size
-    rc = np.empty(n)
-    pr = np.empty(n)
+    longest = 0
+    for k in range(class_start.size - 1):
+        longest = max(longest, class_start[k + 1] - class_start[k])
+    # Per class, gathered once in score order: 1 true positive, 2 false positive, 0
+    # ignored, for each area range and threshold.
+    status = np.zeros((n_areas, n_thresholds, longest), dtype=np.int8)
+    ranks = np.empty(longest, dtype=np.int64)
+    # Precision at the detections where recall grows (and at the first one): between two
+    # such places precision only falls, so the envelope and its samples are read there.
+    event_rc = np.empty(longest + 1)
+    event_pr = np.empty(longest + 1)
     for k in range(class_start.size - 1):
         lo, hi = class_start[k], class_start[k + 1]
-        for a in range(det_outside.shape[0]):
+        nk = hi - lo
+        top_rank = -1
+        for j in range(nk):
+            d = by_score[lo + j]
+            ranks[j] = rank[d]
+            top_rank = max(top_rank, rank[d])
+            for a in range(n_areas):
+                for t in range(n_thresholds):
+                    if matched[a, t, d]:
+                        status[a, t, j] = 0 if matched_ignored[a, t, d] else 1
+                    else:
+                        status[a, t, j] = 0 if det_outside[a, d] else 2
+        for a in range(n_areas):
             npig = n_regular[k, a]
             if npig == 0:
                 continue
             for m in range(max_dets.size):
                 limit = max_dets[m]
+                if m > 0 and top_rank < max_dets[m - 1]:
+                    # The smaller limit already kept every detection: same numbers.
+                    for t in range(n_thresholds):
+                        recall[t, k, a, m] = recall[t, k, a, m - 1]
+                        for r in range(n_points):
+                            precision[t, r, k, a, m] = precision[t, r, k, a, m - 1]
+                    continue
                 for t in range(n_thresholds):
                     tp = 0.0
                     fp = 0.0
                     nd = 0
-                    for pos in range(lo, hi):
-                        d = by_score[pos]
-                        if rank[d] >= limit:
+                    events = 0
+                    for j in range(nk):
+                        if ranks[j] >= limit:
                             continue
-                        if matched[a, t, d]:
-                            if not matched_ignored[a, t, d]:
-                                tp += 1.0
-                        elif not det_outside[a, d]:
+                        flag = status[a, t, j]
+                        if flag == 1:
+                            tp += 1.0
+                        elif flag == 2:
                             fp += 1.0
-                        rc[nd] = tp / npig
-                        pr[nd] = tp / (fp + tp + eps)
+                        if flag == 1 or nd == 0:
+                            event_rc[events] = tp / npig
+                            event_pr[events] = tp / (fp + tp + eps)
+                            events += 1
                         nd += 1
-                    recall[t, k, a, m] = rc[nd - 1] if nd else 0.0
-                    for i in range(nd - 1, 0, -1):
-                        if pr[i] > pr[i - 1]:
-                            pr[i - 1] = pr[i]
-                    # np.searchsorted(rc, recall_points, side="left"), as a merge.
+                    recall[t, k, a, m] = tp / npig if nd else 0.0
+                    # The envelope (a suffix maximum) at the places read.
+                    for i in range(events - 1, 0, -1):
+                        if event_pr[i] > event_pr[i - 1]:
+                            event_pr[i - 1] = event_pr[i]
+                    # np.searchsorted(rc, recall_points, side="left") lands on a place
+                    # where recall grows (or on the first detection): a merge.
                     i = 0
                     for r in range(n_points):
-                        while i < nd and rc[i] < recall_points[r]:
+                        while i < events and event_rc[i] < recall_points[r]:
                             i += 1
-                        precision[t, r, k, a, m] = pr[i] if i < nd else 0.0
+                        precision[t, r, k, a, m] = event_pr[i] if i < events else 0.0

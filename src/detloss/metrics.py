@@ -129,16 +129,20 @@ class _CocoInputs(NamedTuple):
     gt_area: np.ndarray  # float64 [G]
 
 
-def _field(entry: object, key: str, name: str, tail: tuple[int, ...]) -> Tensor:
-    """``entry[key]`` as a detached tensor of shape ``[n, *tail]`` (any device)."""
-    x = _get(entry, key, name)
+def _field(entry: Mapping, key: str, name: str, tail: tuple[int, ...]) -> Tensor:
+    """``entry[key]`` (``entry`` a mapping) as a detached tensor of shape ``[n, *tail]``."""
+    try:
+        x = entry[key]
+    except KeyError:
+        raise ValueError(f"{name}: missing key {key!r}, got keys {sorted(entry)}") from None
     if not isinstance(x, Tensor):
         x = torch.as_tensor(np.asarray(x, dtype=np.float64))
-    if x.numel() == 0:
-        x = x.reshape(0, *tail)
-    if x.ndim != 1 + len(tail) or tuple(x.shape[1:]) != tail:
+    shape = x.shape
+    if len(shape) != 1 + len(tail) or shape[1:] != tail:
+        if x.numel() == 0:
+            return x.detach().reshape(0, *tail)
         want = "[n" + "".join(f", {s}" for s in tail) + "]"
-        raise ValueError(f"{name}[{key!r}]: expected shape {want}, got {list(x.shape)}")
+        raise ValueError(f"{name}[{key!r}]: expected shape {want}, got {list(shape)}")
     return x.detach()
 
 
@@ -146,7 +150,11 @@ def _concat(parts: list[Tensor], dtype: torch.dtype, tail: tuple[int, ...]) -> n
     """The parts (any devices and types) as one host array of ``dtype``."""
     if not parts:
         return torch.zeros((0, *tail), dtype=dtype).numpy()
-    return torch.cat([p.cpu().to(dtype) for p in parts]).numpy()
+    try:
+        joined = torch.cat(parts)
+    except RuntimeError:  # parts on several devices
+        joined = torch.cat([p.cpu() for p in parts])
+    return joined.to("cpu", dtype).numpy()
 
 
 def _check_finite(values: np.ndarray, counts: list[int], name: str) -> None:
@@ -174,62 +182,69 @@ def _coco_inputs(
         )
     columns: tuple[list[Tensor], ...] = ([], [], [], [], [], [], [])
     n_det, n_gt = [], []
+    has_crowd, has_area = [], []
     for i, (p, t) in enumerate(zip(predictions, targets, strict=True)):
         pname, tname = f"predictions[{i}]", f"targets[{i}]"
+        for entry, name in ((p, pname), (t, tname)):
+            if not isinstance(entry, Mapping):
+                raise TypeError(f"{name} must be a dict, got {type(entry).__name__}")
         boxes = _field(p, "boxes", pname, (4,))
         scores = _field(p, "scores", pname, ())
         labels = _field(p, "labels", pname, ())
-        if not len(boxes) == len(scores) == len(labels):
+        n = boxes.shape[0]
+        if not n == scores.shape[0] == labels.shape[0]:
             raise ValueError(
                 f"{pname}: expected boxes, scores and labels of one length, got "
-                f"{len(boxes)}, {len(scores)}, {len(labels)}"
+                f"{n}, {scores.shape[0]}, {labels.shape[0]}"
             )
         t_boxes = _field(t, "boxes", tname, (4,))
         t_labels = _field(t, "labels", tname, ())
-        if len(t_boxes) != len(t_labels):
+        g = t_boxes.shape[0]
+        if g != t_labels.shape[0]:
             raise ValueError(
                 f"{tname}: expected boxes and labels of one length, got "
-                f"{len(t_boxes)} and {len(t_labels)}"
+                f"{g} and {t_labels.shape[0]}"
             )
-        extra = []
-        for key in ("iscrowd", "area"):
-            value = _field(t, key, tname, ()) if key in t else None
-            if value is not None and len(value) != len(t_boxes):
-                raise ValueError(
-                    f"{tname}[{key!r}]: expected shape [{len(t_boxes)}] (one per box), "
-                    f"got {list(value.shape)}"
-                )
-            extra.append(value)
-        crowd, area = extra
-        if crowd is None:
-            crowd = torch.zeros(len(t_boxes), dtype=torch.bool)
-        if area is None:
-            # w * h of the float64 [x, y, w, h], as for a detection.
-            b = t_boxes.double()
-            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-        for column, value in zip(
-            columns, (boxes, scores, labels, t_boxes, t_labels, crowd, area), strict=True
-        ):
+        for column, value in zip(columns, (boxes, scores, labels, t_boxes, t_labels), strict=False):
             column.append(value)
-        n_det.append(len(boxes))
-        n_gt.append(len(t_boxes))
+        for key, column, flags in (("iscrowd", columns[5], has_crowd), ("area", columns[6], has_area)):
+            if key in t:
+                value = _field(t, key, tname, ())
+                if value.shape[0] != g:
+                    raise ValueError(
+                        f"{tname}[{key!r}]: expected shape [{g}] (one per box), "
+                        f"got {list(value.shape)}"
+                    )
+                column.append(value)
+            flags.append(key in t)
+        n_det.append(n)
+        n_gt.append(g)
     f64, i64 = torch.float64, torch.int64
     det_boxes, det_scores = _concat(columns[0], f64, (4,)), _concat(columns[1], f64, ())
-    gt_boxes, gt_area = _concat(columns[3], f64, (4,)), _concat(columns[6], f64, ())
+    gt_boxes = _concat(columns[3], f64, (4,))
+    gt_xywh = _xywh(gt_boxes)
     _check_finite(det_boxes, n_det, "predictions[{}]['boxes']")
     _check_finite(det_scores, n_det, "predictions[{}]['scores']")
     _check_finite(gt_boxes, n_gt, "targets[{}]['boxes']")
-    _check_finite(gt_area, n_gt, "targets[{}]['area']")
+    # Optional columns: given values where an image has them, defaults elsewhere.
+    gt_crowd = np.zeros(len(gt_boxes), dtype=bool)
+    gt_area = gt_xywh[:, 2] * gt_xywh[:, 3]  # w * h, as for a detection
+    for flags, column, out in ((has_crowd, columns[5], gt_crowd), (has_area, columns[6], gt_area)):
+        if any(flags):
+            given = np.repeat(np.array(flags), n_gt)
+            out[given] = _concat(column, f64, ()) if out.dtype != bool else _concat(column, f64, ()) != 0
+    given_area = np.repeat(np.array(has_area, dtype=bool), n_gt)
+    _check_finite(np.where(given_area, gt_area, 0.0), n_gt, "targets[{}]['area']")
     images = np.arange(len(n_det))
     return _CocoInputs(
         det_xywh=_xywh(det_boxes),
         det_scores=det_scores,
         det_labels=_concat(columns[2], i64, ()),
         det_image=np.repeat(images, n_det),
-        gt_xywh=_xywh(gt_boxes),
+        gt_xywh=gt_xywh,
         gt_labels=_concat(columns[4], i64, ()),
         gt_image=np.repeat(images, n_gt),
-        gt_crowd=_concat(columns[5], f64, ()) != 0,
+        gt_crowd=gt_crowd,
         gt_area=gt_area,
     )
 
