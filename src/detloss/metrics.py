@@ -1,11 +1,14 @@
 """Evaluation metrics: box average precision (COCO and VOC), point localisation, counting.
 
-These run once per evaluation, on the host, in float64 numpy: exact definitions matter
-more here than speed. Inputs are lists with one entry per image, on any device.
+These run once per evaluation, on the host, in float64: exact definitions come first
+(:func:`coco_box_ap` is pycocotools' ``COCOeval`` number for number), then speed (its
+matching and accumulation are compiled loops where Numba is installed). Inputs are lists
+with one entry per image, on any device.
 
 Box AP (:func:`coco_box_ap`, :func:`voc_box_ap`)
     ``predictions[i]``: ``{"boxes": [d, 4], "scores": [d], "labels": [d]}``;
-    ``targets[i]``: ``{"boxes": [n, 4], "labels": [n]}``; boxes xyxy in one unit system.
+    ``targets[i]``: ``{"boxes": [n, 4], "labels": [n]}`` (COCO also reads optional
+    ``"iscrowd"`` and ``"area"``, ``[n]`` each); boxes xyxy in one unit system.
 
 Points (:func:`point_metrics`, :func:`count_metrics`)
     ``predictions[i]``: ``Tensor[d, 2]`` or ``{"points": [d, 2]}``; ``targets[i]`` likewise.
