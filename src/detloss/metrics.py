@@ -253,16 +253,14 @@ def _coco_inputs(
 
 
 def _box_iou_coco(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """IoU ``[len(d), len(g)]`` of ``[x, y, w, h]`` boxes as pycocotools' ``bbIou``
-    computes it (same operations in the same order); the union of a crowd region is the
-    detection's own area."""
-    w = np.minimum(d[:, None, 2] + d[:, None, 0], g[None, :, 2] + g[None, :, 0])
-    w = w - np.maximum(d[:, None, 0], g[None, :, 0])
-    h = np.minimum(d[:, None, 3] + d[:, None, 1], g[None, :, 3] + g[None, :, 1])
-    h = h - np.maximum(d[:, None, 1], g[None, :, 1])
+    """IoU of ``[x, y, w, h]`` boxes ``d [..., 4]`` and ``g [..., 4]`` (broadcast) as
+    pycocotools' ``bbIou`` computes it (same operations in the same order); the union of
+    a crowd region (``crowd``, broadcast to the result) is the detection's own area."""
+    w = np.minimum(d[..., 2] + d[..., 0], g[..., 2] + g[..., 0]) - np.maximum(d[..., 0], g[..., 0])
+    h = np.minimum(d[..., 3] + d[..., 1], g[..., 3] + g[..., 1]) - np.maximum(d[..., 1], g[..., 1])
     inter = w * h
-    da = (d[:, 2] * d[:, 3])[:, None]
-    union = np.where(crowd[None, :], da, da + (g[:, 2] * g[:, 3])[None, :] - inter)
+    da = d[..., 2] * d[..., 3]
+    union = np.where(crowd, da, da + g[..., 2] * g[..., 3] - inter)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where((w > 0) & (h > 0), inter / union, 0.0)
 
@@ -277,34 +275,49 @@ def _match_numpy(
     matched: np.ndarray,
     matched_ignored: np.ndarray,
 ) -> None:
-    """COCO's greedy matching (the rule of ``_coco_kernel.match``), one detection at a
-    time, vectorised over area ranges and thresholds. Scanning the regular ground truths
-    and then the ignored ones, replacing the best so far on ``>=``, ends on the last one
-    of highest IoU (at least the capped threshold) among the free regular ones, else
-    among the free ignored ones (crowds are always free)."""
-    floor = np.minimum(thresholds, 1 - 1e-10)[None, :, None]  # [1, T, 1]
-    n_areas, n_thresholds = matched.shape[:2]
-    for d0, d1, g0, g1 in cells.tolist():
-        iou = _box_iou_coco(det_xywh[d0:d1], gt_xywh[g0:g1], gt_crowd[g0:g1])
-        crowd = gt_crowd[g0:g1]
-        ignore = gt_ignore[:, None, g0:g1]  # [A, 1, n]
-        n = g1 - g0
-        taken = np.zeros((n_areas, n_thresholds, n), dtype=bool)
-        for d in range(d1 - d0):
-            fits = (~taken | crowd) & (iou[d] >= floor)  # [A, T, n]
-            done = np.zeros((n_areas, n_thresholds), dtype=bool)
-            for group in (~ignore, ignore):
-                candidate = fits & group & ~done[..., None]
-                value = np.where(candidate, iou[d], -np.inf)
-                top = value.max(axis=2, keepdims=True)
-                last = n - 1 - np.argmax((value == top)[..., ::-1], axis=2)
-                hit = candidate.any(axis=2)
-                a_idx, t_idx = np.nonzero(hit)
-                g_idx = last[hit]
-                matched[a_idx, t_idx, d0 + d] = True
-                matched_ignored[a_idx, t_idx, d0 + d] = ignore[a_idx, 0, g_idx]
-                taken[a_idx, t_idx, g_idx] = True
-                done |= hit
+    """COCO's greedy matching (the rule of ``_coco_kernel.match``). Scanning the regular
+    ground truths and then the ignored ones, replacing the best so far on ``>=``, ends on
+    the last one of highest IoU (at least the capped threshold) among the free regular
+    ones, else among the free ignored ones (crowds are always free).
+
+    The j-th detections of all cells are matched together (vectorised over cells, area
+    ranges and thresholds), cells grouped by their number of ground truths (powers of
+    two) so that padding them to one width stays cheap."""
+    if len(cells) == 0:
+        return
+    floor = np.minimum(thresholds, 1 - 1e-10)[:, None]  # [T, 1]
+    n_gt = cells[:, 3] - cells[:, 2]
+    group = np.ceil(np.log2(n_gt)).astype(np.int64)
+    for b in np.unique(group).tolist():
+        # Cells by decreasing detection count: those with a j-th detection are a prefix.
+        mine = cells[group == b]
+        mine = mine[np.argsort(-(mine[:, 1] - mine[:, 0]), kind="stable")]
+        d0, nd, ng = mine[:, 0], mine[:, 1] - mine[:, 0], mine[:, 3] - mine[:, 2]
+        width = int(ng.max())
+        slot = np.arange(width)
+        valid = slot[None, :] < ng[:, None]  # [P, W]
+        rows = mine[:, 2:3] + np.minimum(slot[None, :], ng[:, None] - 1)  # [P, W]
+        g_boxes, crowd = gt_xywh[rows], gt_crowd[rows] & valid  # [P, W, 4], [P, W]
+        regular = ~gt_ignore[:, rows].transpose(1, 0, 2)[:, :, None, :]  # [P, A, 1, W]
+        taken = np.zeros((len(mine), matched.shape[0], len(thresholds), width), dtype=bool)
+        for j in range(int(nd[0])):
+            live = int(np.count_nonzero(nd > j))
+            det_rows = d0[:live] + j
+            iou = _box_iou_coco(det_xywh[det_rows][:, None, :], g_boxes[:live], crowd[:live])
+            iou4 = iou[:, None, None, :]  # [P, 1, 1, W]
+            free = ~taken[:live] | crowd[:live, None, None, :]
+            fits = free & valid[:live, None, None, :] & (iou4 >= floor)  # [P, A, T, W]
+            reg = regular[:live]
+            # Regular ground truth where one fits, else the ignored ones.
+            pool = fits & (reg == (fits & reg).any(axis=3, keepdims=True))
+            value = np.where(pool, iou4, -np.inf)
+            best = value == value.max(axis=3, keepdims=True)
+            last = width - 1 - np.argmax(best[..., ::-1], axis=3)  # [P, A, T]
+            p_i, a_i, t_i = np.nonzero(pool.any(axis=3))
+            g_i = last[p_i, a_i, t_i]
+            taken[p_i, a_i, t_i, g_i] = True
+            matched[a_i, t_i, det_rows[p_i]] = True
+            matched_ignored[a_i, t_i, det_rows[p_i]] = ~regular[p_i, a_i, 0, g_i]
 
 
 def _accumulate_numpy(
