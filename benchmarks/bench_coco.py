@@ -67,7 +67,8 @@ def make_scene(images: int, detections: int = 100, classes: int = 80, seed: int 
                 "labels": torch.tensor(det_labels),
             }
         )
-        targets.append({"boxes": torch.tensor(gt, dtype=torch.float32), "labels": torch.tensor(labels)})
+        gt_boxes = torch.tensor(gt, dtype=torch.float32)
+        targets.append({"boxes": gt_boxes, "labels": torch.tensor(labels)})
         g64 = targets[-1]["boxes"].double().numpy()
         for box, label in zip(g64, labels, strict=True):
             w, h = box[2] - box[0], box[3] - box[1]

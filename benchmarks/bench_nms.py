@@ -11,7 +11,8 @@ on the CPU, else one ``nms`` call per class. Both sides must return the same ind
 scores may come in another order from torchvision's per-class path, whose final sort is
 not stable).
 
-The boxes are detector-like: jittered copies around objects of an 80-class scene.
+The boxes are detector-like (jittered copies around objects of an 80-class scene, many
+suppressed) or sparse (placed uniformly, most kept: the greedy rule's worst case).
 
 Run: ``python benchmarks/bench_nms.py [--quick] [--repeats R] [--threads T]``.
 """
@@ -108,19 +109,32 @@ def make_boxes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch
     return boxes, torch.rand(n, generator=g), label[which]
 
 
+def make_sparse_boxes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` boxes of 5 to 105 pixels placed uniformly in a 1000-pixel scene (few
+    overlaps: most boxes are kept, the worst case of the greedy rule), 1/8 pixel grid."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 1000
+    boxes = torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 100], dim=1)
+    boxes = (boxes * 8).round() / 8
+    return boxes, torch.rand(n, generator=g), torch.randint(0, 80, (n,), generator=g)
+
+
 def run(
     repeats: int = 5, quick: bool = False, threads: int | None = None
 ) -> list[dict]:
-    """Rows for 1k boxes at IoU 0.5 and 10k boxes at IoU 0.7, ``nms`` and ``batched_nms``,
-    with 1 and 2 torch threads (or ``threads`` only)."""
+    """Rows for 1k clustered boxes at IoU 0.5 and 10k clustered and sparse boxes at IoU
+    0.7, ``nms`` and ``batched_nms``, with 1 and 2 torch threads (or ``threads`` only)."""
     before = torch.get_num_threads()
-    cases = ((1_000, 0.5), (10_000, 0.7)) if not quick else ((1_000, 0.5), (3_000, 0.7))
+    cases = [(1_000, 0.5, "clustered"), (10_000, 0.7, "clustered"), (10_000, 0.7, "sparse")]
+    if quick:
+        cases = [(1_000, 0.5, "clustered"), (3_000, 0.7, "clustered"), (3_000, 0.7, "sparse")]
     rows = []
     try:
         for t in (1, 2) if threads is None else (threads,):
             torch.set_num_threads(t)
-            for n, iou in cases:
-                boxes, scores, labels = make_boxes(n)
+            for n, iou, layout in cases:
+                make = make_boxes if layout == "clustered" else make_sparse_boxes
+                boxes, scores, labels = make(n)
                 ours = nms(boxes, scores, iou)
                 assert torch.equal(ours, torchvision_nms(boxes, scores, iou)), "nms differs"
                 base, mine = time_pair(
@@ -130,7 +144,7 @@ def run(
                 )
                 rows.append(
                     {
-                        "name": f"nms {n:,} boxes IoU {iou} t={t}",
+                        "name": f"nms {n:,} {layout} boxes IoU {iou} t={t}",
                         "baseline_s": base,
                         "ours_s": mine,
                         "note": f"kept {len(ours)}; torchvision CPU kernel (transcribed)",
@@ -149,7 +163,7 @@ def run(
                 path = "offset trick" if boxes.numel() <= 4000 else "per class"
                 rows.append(
                     {
-                        "name": f"batched_nms {n:,} boxes 80 classes IoU {iou} t={t}",
+                        "name": f"batched_nms {n:,} {layout} 80 classes IoU {iou} t={t}",
                         "baseline_s": base,
                         "ours_s": mine,
                         "note": f"kept {len(ours)}; torchvision batched_nms ({path}, transcribed)",

@@ -74,9 +74,8 @@ def pycocotools_stats(preds, targets, iou_thresholds=None, max_dets=100):
                     "iscrowd": int(crowd[j]),
                 }
             )
-        for box, score, label in zip(
-            p["boxes"].double().tolist(), p["scores"].double().tolist(), p["labels"].tolist(), strict=True
-        ):
+        columns = (p["boxes"].double(), p["scores"].double(), p["labels"])
+        for box, score, label in zip(*(c.tolist() for c in columns), strict=True):
             results.append(
                 {"image_id": i + 1, "category_id": int(label), "bbox": _xywh(box), "score": score}
             )
@@ -279,7 +278,8 @@ def test_errors():
     with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\]: expected finite values"):
         coco_box_ap([_det([], [])], [_gt([[0, 0, float("inf"), 1]])])
     with pytest.raises(
-        ValueError, match=r"targets\[0\]\['iscrowd'\]: expected shape \[1\] \(one per box\), got \[2\]"
+        ValueError,
+        match=r"targets\[0\]\['iscrowd'\]: expected shape \[1\] \(one per box\), got \[2\]",
     ):
         coco_box_ap([_det([], [])], [_gt([[0, 0, 1, 1]], iscrowd=[0, 1])])
     with pytest.raises(ValueError, match=r"max_detections must be >= 1, got 2\.5"):

@@ -210,7 +210,8 @@ def _coco_inputs(
             )
         for column, value in zip(columns, (boxes, scores, labels, t_boxes, t_labels), strict=False):
             column.append(value)
-        for key, column, flags in (("iscrowd", columns[5], has_crowd), ("area", columns[6], has_area)):
+        optional = (("iscrowd", columns[5], has_crowd), ("area", columns[6], has_area))
+        for key, column, flags in optional:
             if key in t:
                 value = _field(t, key, tname, ())
                 if value.shape[0] != g:
@@ -231,13 +232,13 @@ def _coco_inputs(
     _check_finite(gt_boxes, n_gt, "targets[{}]['boxes']")
     # Optional columns: given values where an image has them, defaults elsewhere.
     gt_crowd = np.zeros(len(gt_boxes), dtype=bool)
+    if any(has_crowd):
+        gt_crowd[np.repeat(np.array(has_crowd), n_gt)] = _concat(columns[5], f64, ()) != 0
     gt_area = gt_xywh[:, 2] * gt_xywh[:, 3]  # w * h, as for a detection
-    for flags, column, out in ((has_crowd, columns[5], gt_crowd), (has_area, columns[6], gt_area)):
-        if any(flags):
-            given = np.repeat(np.array(flags), n_gt)
-            out[given] = _concat(column, f64, ()) if out.dtype != bool else _concat(column, f64, ()) != 0
     given_area = np.repeat(np.array(has_area, dtype=bool), n_gt)
-    _check_finite(np.where(given_area, gt_area, 0.0), n_gt, "targets[{}]['area']")
+    if any(has_area):
+        gt_area[given_area] = _concat(columns[6], f64, ())
+        _check_finite(np.where(given_area, gt_area, 0.0), n_gt, "targets[{}]['area']")
     images = np.arange(len(n_det))
     return _CocoInputs(
         det_xywh=_xywh(det_boxes),

@@ -14,8 +14,9 @@ torchvision's: integer boxes with IoU 1/10 are suppressed at threshold 0.1 in fl
 index order (a stable sort), so the result is deterministic.
 
 Implementation: on the CPU, where Numba is installed, one compiled loop
-(``_nms_kernel``): scores ordered once by a radix sort, IoU computed only against the
-boxes still alive, groups one after another. Elsewhere (accelerators, or Numba missing)
+(``_nms_kernel``): scores ordered once by a radix sort, each kept box tested against the
+boxes behind it in a vectorised loop from which suppressed boxes are dropped as they
+accumulate, groups one after another. Elsewhere (accelerators, or Numba missing)
 candidates are sorted by (group, score) and laid out as a padded ``[groups, K]`` table;
 the overlap tests are computed on the boxes' device in bounded blocks (at most ``2**24``
 booleans at a time, their float intermediates in cache-sized slices on the CPU), and the
@@ -65,7 +66,7 @@ def _host_arrays(boxes: Tensor, scores: Tensor) -> tuple[np.ndarray, np.ndarray]
     score_dtype = torch.float32 if narrow_float else torch.float64
     return (
         boxes.detach().to(box_dtype).contiguous().numpy(),
-        scores.detach().to(score_dtype).contiguous().numpy(),
+        scores.detach().to("cpu", score_dtype).contiguous().numpy(),
     )
 
 
@@ -89,7 +90,8 @@ def _overlaps(a: Tensor, b: Tensor, threshold: float) -> Tensor:
     # Coordinate planes, so every broadcast below runs over contiguous memory.
     pa = a.permute(2, 0, 1).unsqueeze(-1)  # [4, G, S, 1]
     pb = b.permute(2, 0, 1).unsqueeze(-2).contiguous()  # [4, G, 1, T]
-    bound = float(_bound(threshold, np.dtype("float64" if a.dtype == torch.float64 else "float32")))
+    float_type = np.dtype("float64" if a.dtype == torch.float64 else "float32")
+    bound = float(_bound(threshold, float_type))
     area_a = (pa[2] - pa[0]) * (pa[3] - pa[1])
     area_b = (pb[2] - pb[0]) * (pb[3] - pb[1])
     rows = max(1, min(s_total, budget // t_total))
@@ -234,7 +236,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     if kernel is not None:
         threshold = _check_threshold(iou_threshold)
         host_boxes, host_scores = _host_arrays(boxes, scores)
-        return torch.from_numpy(kernel.nms(host_boxes, host_scores, _bound(threshold, host_boxes.dtype)))
+        bound = _bound(threshold, host_boxes.dtype)
+        return torch.from_numpy(kernel.nms(host_boxes, host_scores, bound))
     return batched_nms(
         boxes,
         scores,
