@@ -216,7 +216,10 @@ def test_box_ap_errors():
 
 
 def test_coco_thresholds_constant():
-    assert COCO_IOU_THRESHOLDS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+    # pycocotools' np.linspace values: 0.9 is the float64 just below 0.9.
+    assert COCO_IOU_THRESHOLDS == tuple(np.linspace(0.5, 0.95, 10).tolist())
+    assert np.allclose(COCO_IOU_THRESHOLDS, [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95])
+    assert COCO_IOU_THRESHOLDS[8] == np.nextafter(0.9, 0)
 
 
 # ----------------------------------------------------------------------------- points

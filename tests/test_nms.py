@@ -1,10 +1,12 @@
 import importlib
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from _compiled import CPU_PATHS, use_compiled
 from detloss.anchors import decode_boxes, ssd_priors
 from detloss.boxes import box_iou
 from detloss.postprocess.nms import batched_nms, nms
@@ -12,6 +14,12 @@ from detloss.postprocess.ssd import ssd_detect
 
 # The package re-exports the function nms, which shadows the submodule as an attribute.
 nms_module = importlib.import_module("detloss.postprocess.nms")
+
+
+@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+def cpu_path(request):
+    """Every test on both CPU paths: the compiled loop and the torch one (accelerators)."""
+    yield from use_compiled(nms_module, request.param)
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +43,38 @@ def slow_nms(boxes, scores, idxs, threshold):
     return kept
 
 
+def torchvision_nms(boxes, scores, threshold, idxs=None):
+    """torchvision's CPU kernel transcribed with scalars of the boxes' type (float64 boxes
+    in float64, others in float32): boxes by (score desc, index asc); a kept box
+    suppresses a later box of its group when ``inter / (area_i + area_j - inter)``,
+    computed in that type, is above the threshold as a float64 comparison. The groups
+    are suppressed independently (torchvision's per-class path) and the kept boxes of
+    all groups returned by (score desc, index asc)."""
+    dtype = np.float64 if boxes.dtype == torch.float64 else np.float32
+    b = boxes.to(torch.float64).numpy().astype(dtype)
+    n = len(b)
+    group = [0] * n if idxs is None else [int(v) for v in idxs]
+    order = sorted(range(n), key=lambda i: (-float(scores[i]), i))
+    area = [(b[i, 2] - b[i, 0]) * (b[i, 3] - b[i, 1]) for i in range(n)]
+    zero = dtype(0)
+    suppressed = [False] * n
+    keep = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for pos, i in enumerate(order):
+            if suppressed[i]:
+                continue
+            keep.append(i)
+            for j in order[pos + 1 :]:
+                if suppressed[j] or group[j] != group[i]:
+                    continue
+                xx1, yy1 = max(b[i, 0], b[j, 0]), max(b[i, 1], b[j, 1])
+                xx2, yy2 = min(b[i, 2], b[j, 2]), min(b[i, 3], b[j, 3])
+                inter = max(zero, xx2 - xx1) * max(zero, yy2 - yy1)
+                if float(inter / (area[i] + area[j] - inter)) > threshold:
+                    suppressed[j] = True
+    return keep
+
+
 def random_boxes(g, n, spread=10.0, size=5.0):
     xy = torch.rand(n, 2, generator=g) * spread
     wh = torch.rand(n, 2, generator=g) * size
@@ -50,9 +90,9 @@ def test_nms_equals_slow_reference(seed, n, threshold):
     boxes = random_boxes(g, n)
     # Integer scores give many ties: equal scores are visited in index order.
     scores = torch.randint(0, 4, (n,), generator=g).float()
-    assert nms(boxes, scores, threshold).tolist() == slow_nms(
-        boxes, scores, torch.zeros(n), threshold
-    )
+    expected = slow_nms(boxes, scores, torch.zeros(n), threshold)
+    assert nms(boxes, scores, threshold).tolist() == expected
+    assert torchvision_nms(boxes, scores, threshold) == expected
 
 
 @given(st.integers(0, 10_000), st.integers(0, 50))
@@ -61,7 +101,8 @@ def test_batched_nms_equals_slow_reference(seed, n):
     boxes = random_boxes(g, n)
     scores = torch.rand(n, generator=g).round(decimals=1)
     idxs = torch.randint(-1, 3, (n,), generator=g)
-    assert batched_nms(boxes, scores, idxs, 0.4).tolist() == slow_nms(boxes, scores, idxs, 0.4)
+    expected = torchvision_nms(boxes, scores, 0.4, idxs)
+    assert batched_nms(boxes, scores, idxs, 0.4).tolist() == expected
 
 
 def test_batched_nms_is_the_union_of_per_class_nms():
@@ -100,6 +141,61 @@ def test_threshold_is_strict():
     assert box_iou(boxes, boxes)[0, 1].item() == 0.5
     assert nms(boxes, scores, 0.5).tolist() == [0, 1]
     assert nms(boxes, scores, 0.49).tolist() == [0]
+
+
+def test_ties_are_decided_in_the_boxes_type_as_torchvision():
+    # Integer boxes with IoU exactly 1/10 and 3/10: the float32 quotients round above 0.1
+    # and 0.3 (0.1000000015, 0.3000000119), so torchvision suppresses at those thresholds;
+    # in float64 the quotients equal the thresholds and nothing is suppressed.
+    tenth = torch.tensor([[0.0, 0.0, 10.0, 1.0], [0.0, 0.0, 1.0, 1.0]])  # IoU 1 / 10
+    three = torch.tensor([[0.0, 0.0, 10.0, 1.0], [0.0, 0.0, 3.0, 1.0]])  # IoU 3 / 10
+    scores = torch.tensor([0.9, 0.8])
+    for boxes, t in ((tenth, 0.1), (three, 0.3)):
+        assert float(np.float32(t)) > t
+        assert nms(boxes, scores, t).tolist() == [0] == torchvision_nms(boxes, scores, t)
+        assert nms(boxes.double(), scores, t).tolist() == [0, 1]
+        assert nms(boxes.int(), scores, t).tolist() == [0]  # integers are read in float32
+        labels = torch.tensor([3, 3])
+        assert batched_nms(boxes, scores, labels, t).tolist() == [0]
+        assert batched_nms(boxes.double(), scores, labels, t).tolist() == [0, 1]
+
+
+@given(
+    st.integers(0, 10_000),
+    st.integers(0, 30),
+    st.sampled_from([0.1, 0.2, 0.25, 0.3, 1 / 3, 0.5, 0.6, 0.7, 0.9]),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_integer_boxes_with_exact_ties_equal_torchvision(seed, n, threshold, dtype):
+    # Small integer boxes: many pairs with IoU exactly at a threshold.
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randint(0, 4, (n, 2), generator=g)
+    boxes = torch.cat([xy, xy + torch.randint(1, 5, (n, 2), generator=g)], 1).to(dtype)
+    scores = torch.randint(0, 3, (n,), generator=g).to(dtype)
+    idxs = torch.randint(0, 2, (n,), generator=g)
+    assert nms(boxes, scores, threshold).tolist() == torchvision_nms(boxes, scores, threshold)
+    assert batched_nms(boxes, scores, idxs, threshold).tolist() == torchvision_nms(
+        boxes, scores, threshold, idxs
+    )
+
+
+@given(
+    st.lists(
+        st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.5, -2.5, 1e-30, -1e-30, float("inf"), -3e38]),
+        max_size=40,
+    ),
+    st.sampled_from([torch.float32, torch.float64, torch.int64, torch.float16]),
+)
+def test_score_order_is_stable_descending(values, dtype):
+    # Disjoint boxes: everything is kept, so the result is the visiting order: scores
+    # descending, equal scores (-0.0 equals +0.0) in index order.
+    scores = torch.tensor(values, dtype=torch.float64).to(dtype)
+    n = len(values)
+    boxes = torch.arange(n, dtype=torch.float32)[:, None] * 2 + torch.tensor([0.0, 0, 1, 1])
+    expected = sorted(range(n), key=lambda i: (-float(scores[i]), i))
+    assert nms(boxes, scores, 0.5).tolist() == expected
+    groups = torch.tensor([(-1) ** i * 2**40 * (i % 3) for i in range(n)], dtype=torch.int64)
+    assert batched_nms(boxes, scores, groups, 0.5).tolist() == expected
 
 
 def test_identical_degenerate_and_empty_inputs():

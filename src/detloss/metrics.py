@@ -1,11 +1,14 @@
 """Evaluation metrics: box average precision (COCO and VOC), point localisation, counting.
 
-These run once per evaluation, on the host, in float64 numpy: exact definitions matter
-more here than speed. Inputs are lists with one entry per image, on any device.
+These run once per evaluation, on the host, in float64: exact definitions come first
+(:func:`coco_box_ap` is pycocotools' ``COCOeval`` number for number), then speed (its
+matching and accumulation are compiled loops where Numba is installed). Inputs are lists
+with one entry per image, on any device.
 
 Box AP (:func:`coco_box_ap`, :func:`voc_box_ap`)
     ``predictions[i]``: ``{"boxes": [d, 4], "scores": [d], "labels": [d]}``;
-    ``targets[i]``: ``{"boxes": [n, 4], "labels": [n]}``; boxes xyxy in one unit system.
+    ``targets[i]``: ``{"boxes": [n, 4], "labels": [n]}`` (COCO also reads optional
+    ``"iscrowd"`` and ``"area"``, ``[n]`` each); boxes xyxy in one unit system.
 
 Points (:func:`point_metrics`, :func:`count_metrics`)
     ``predictions[i]``: ``Tensor[d, 2]`` or ``{"points": [d, 2]}``; ``targets[i]`` likewise.
@@ -14,12 +17,15 @@ Points (:func:`point_metrics`, :func:`count_metrics`)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ._checks import check_finite, named_list_entries
+from ._optional import optional_module
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
@@ -30,8 +36,10 @@ __all__ = [
     "voc_box_ap",
 ]
 
-#: The ten COCO IoU thresholds 0.50, 0.55, ..., 0.95.
-COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
+#: The ten COCO IoU thresholds 0.50, 0.55, ..., 0.95, exactly as pycocotools builds them
+#: (``np.linspace``: its 0.9 is the float64 just below 0.9, which decides an IoU equal to
+#: that value).
+COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.linspace(0.5, 0.95, 10).tolist())
 _RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
 
@@ -98,40 +106,277 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
-def _coco_match(iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """COCO's greedy matching of score-sorted detections: ``bool[T, d]`` true positives.
+#: Whether CPU evaluation runs the matching and accumulation through ``_coco_kernel``
+#: where Numba is installed (tests switch it off to check the NumPy path).
+_COMPILED = True
 
-    Each detection, best score first, takes the unmatched ground truth of highest IoU
-    if that IoU reaches the threshold (COCO's rule, applied per threshold).
-    """
-    t, (d, n) = len(thresholds), iou.shape
-    tp = np.zeros((t, d), dtype=bool)
-    if d == 0 or n == 0:
-        return tp
-    taken = np.zeros((t, n), dtype=bool)
-    rows = np.arange(t)
-    for j in range(d):
-        cand = np.where(taken, -1.0, iou[j][None, :])  # [T, n]
-        best = cand.argmax(axis=1)
-        ok = cand[rows, best] >= thresholds
-        tp[ok, j] = True
-        taken[rows[ok], best[ok]] = True
-    return tp
+#: COCO's object-size ranges (pycocotools ``Params.areaRng``): all, small, medium, large.
+_AREA_RANGES = np.array([[0, 1e5**2], [0, 32**2], [32**2, 96**2], [96**2, 1e5**2]], dtype=float)
+_AREA_NAMES = ("", "_small", "_medium", "_large")
 
 
-def _interpolated_precision(tp: np.ndarray, n_gt: int) -> np.ndarray:
-    """101-point interpolated precision ``[101]`` of a score-sorted ``bool[d]`` TP list."""
-    tps = np.cumsum(tp)
-    fps = np.cumsum(~tp)
-    recall = tps / n_gt
-    precision = tps / np.maximum(tps + fps, np.finfo(np.float64).eps)
-    # Precision envelope: the best precision at any recall at least as large.
-    precision = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
-    out = np.zeros(len(_RECALL_POINTS))
-    idx = np.searchsorted(recall, _RECALL_POINTS, side="left")
-    valid = idx < len(precision)
-    out[valid] = precision[idx[valid]]
-    return out
+class _CocoInputs(NamedTuple):
+    """All images' boxes in one array per field, in image order (``*_image``: the image
+    of each row); boxes as COCO's ``[x, y, w, h]`` with ``w = x2 - x1``, ``h = y2 - y1``."""
+
+    det_xywh: np.ndarray  # float64 [D, 4]
+    det_scores: np.ndarray  # float64 [D]
+    det_labels: np.ndarray  # int64 [D]
+    det_image: np.ndarray  # int64 [D]
+    gt_xywh: np.ndarray  # float64 [G, 4]
+    gt_labels: np.ndarray  # int64 [G]
+    gt_image: np.ndarray  # int64 [G]
+    gt_crowd: np.ndarray  # bool [G]
+    gt_area: np.ndarray  # float64 [G]
+
+
+def _field(entry: Mapping, key: str, name: str, tail: tuple[int, ...]) -> Tensor:
+    """``entry[key]`` (``entry`` a mapping) as a detached tensor of shape ``[n, *tail]``."""
+    try:
+        x = entry[key]
+    except KeyError:
+        raise ValueError(f"{name}: missing key {key!r}, got keys {sorted(entry)}") from None
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    shape = x.shape
+    if len(shape) != 1 + len(tail) or shape[1:] != tail:
+        if x.numel() == 0:
+            return x.detach().reshape(0, *tail)
+        want = "[n" + "".join(f", {s}" for s in tail) + "]"
+        raise ValueError(f"{name}[{key!r}]: expected shape {want}, got {list(shape)}")
+    return x.detach()
+
+
+def _concat(parts: list[Tensor], dtype: torch.dtype, tail: tuple[int, ...]) -> np.ndarray:
+    """The parts (any devices and types) as one host array of ``dtype``."""
+    if not parts:
+        return torch.zeros((0, *tail), dtype=dtype).numpy()
+    try:
+        joined = torch.cat(parts)
+    except RuntimeError:  # parts on several devices
+        joined = torch.cat([p.cpu() for p in parts])
+    return joined.to("cpu", dtype).numpy()
+
+
+def _check_finite(values: np.ndarray, counts: list[int], name: str) -> None:
+    """A ValueError naming the image of the first row with a NaN or infinite value."""
+    flat = values.reshape(len(values), -1) if len(values) else values.reshape(0, 1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        image = int(np.searchsorted(np.cumsum(counts), row, side="right"))
+        raise ValueError(f"{name.format(image)}: expected finite values, got {flat[row].tolist()}")
+
+
+def _xywh(boxes: np.ndarray) -> np.ndarray:
+    """COCO's ``[x, y, w, h]`` of xyxy boxes, as a COCO results file would hold them."""
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+
+
+def _coco_inputs(
+    predictions: Sequence[Mapping[str, Tensor]], targets: Sequence[Mapping[str, Tensor]]
+) -> _CocoInputs:
+    if len(predictions) != len(targets):
+        raise ValueError(
+            f"predictions: expected one entry per image ({len(targets)} targets), "
+            f"got {len(predictions)}"
+        )
+    columns: tuple[list[Tensor], ...] = ([], [], [], [], [], [], [])
+    n_det, n_gt = [], []
+    has_crowd, has_area = [], []
+    for i, (p, t) in enumerate(zip(predictions, targets, strict=True)):
+        pname, tname = f"predictions[{i}]", f"targets[{i}]"
+        for entry, name in ((p, pname), (t, tname)):
+            if not isinstance(entry, Mapping):
+                raise TypeError(f"{name} must be a dict, got {type(entry).__name__}")
+        boxes = _field(p, "boxes", pname, (4,))
+        scores = _field(p, "scores", pname, ())
+        labels = _field(p, "labels", pname, ())
+        n = boxes.shape[0]
+        if not n == scores.shape[0] == labels.shape[0]:
+            raise ValueError(
+                f"{pname}: expected boxes, scores and labels of one length, got "
+                f"{n}, {scores.shape[0]}, {labels.shape[0]}"
+            )
+        t_boxes = _field(t, "boxes", tname, (4,))
+        t_labels = _field(t, "labels", tname, ())
+        g = t_boxes.shape[0]
+        if g != t_labels.shape[0]:
+            raise ValueError(
+                f"{tname}: expected boxes and labels of one length, got "
+                f"{g} and {t_labels.shape[0]}"
+            )
+        for column, value in zip(columns, (boxes, scores, labels, t_boxes, t_labels), strict=False):
+            column.append(value)
+        optional = (("iscrowd", columns[5], has_crowd), ("area", columns[6], has_area))
+        for key, column, flags in optional:
+            if key in t:
+                value = _field(t, key, tname, ())
+                if value.shape[0] != g:
+                    raise ValueError(
+                        f"{tname}[{key!r}]: expected shape [{g}] (one per box), "
+                        f"got {list(value.shape)}"
+                    )
+                column.append(value)
+            flags.append(key in t)
+        n_det.append(n)
+        n_gt.append(g)
+    f64, i64 = torch.float64, torch.int64
+    det_boxes, det_scores = _concat(columns[0], f64, (4,)), _concat(columns[1], f64, ())
+    gt_boxes = _concat(columns[3], f64, (4,))
+    gt_xywh = _xywh(gt_boxes)
+    _check_finite(det_boxes, n_det, "predictions[{}]['boxes']")
+    _check_finite(det_scores, n_det, "predictions[{}]['scores']")
+    _check_finite(gt_boxes, n_gt, "targets[{}]['boxes']")
+    # Optional columns: given values where an image has them, defaults elsewhere.
+    gt_crowd = np.zeros(len(gt_boxes), dtype=bool)
+    if any(has_crowd):
+        gt_crowd[np.repeat(np.array(has_crowd), n_gt)] = _concat(columns[5], f64, ()) != 0
+    gt_area = gt_xywh[:, 2] * gt_xywh[:, 3]  # w * h, as for a detection
+    given_area = np.repeat(np.array(has_area, dtype=bool), n_gt)
+    if any(has_area):
+        gt_area[given_area] = _concat(columns[6], f64, ())
+        _check_finite(np.where(given_area, gt_area, 0.0), n_gt, "targets[{}]['area']")
+    images = np.arange(len(n_det))
+    return _CocoInputs(
+        det_xywh=_xywh(det_boxes),
+        det_scores=det_scores,
+        det_labels=_concat(columns[2], i64, ()),
+        det_image=np.repeat(images, n_det),
+        gt_xywh=gt_xywh,
+        gt_labels=_concat(columns[4], i64, ()),
+        gt_image=np.repeat(images, n_gt),
+        gt_crowd=gt_crowd,
+        gt_area=gt_area,
+    )
+
+
+def _box_iou_coco(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """IoU of ``[x, y, w, h]`` boxes ``d [..., 4]`` and ``g [..., 4]`` (broadcast) as
+    pycocotools' ``bbIou`` computes it (same operations in the same order); the union of
+    a crowd region (``crowd``, broadcast to the result) is the detection's own area."""
+    w = np.minimum(d[..., 2] + d[..., 0], g[..., 2] + g[..., 0]) - np.maximum(d[..., 0], g[..., 0])
+    h = np.minimum(d[..., 3] + d[..., 1], g[..., 3] + g[..., 1]) - np.maximum(d[..., 1], g[..., 1])
+    inter = w * h
+    da = d[..., 2] * d[..., 3]
+    union = np.where(crowd, da, da + g[..., 2] * g[..., 3] - inter)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((w > 0) & (h > 0), inter / union, 0.0)
+
+
+def _match_numpy(
+    det_xywh: np.ndarray,
+    gt_xywh: np.ndarray,
+    gt_crowd: np.ndarray,
+    gt_ignore: np.ndarray,
+    cells: np.ndarray,
+    thresholds: np.ndarray,
+    matched: np.ndarray,
+    matched_ignored: np.ndarray,
+) -> None:
+    """COCO's greedy matching (the rule of ``_coco_kernel.match``). Scanning the regular
+    ground truths and then the ignored ones, replacing the best so far on ``>=``, ends on
+    the last one of highest IoU (at least the capped threshold) among the free regular
+    ones, else among the free ignored ones (crowds are always free).
+
+    The j-th detections of all cells are matched together (vectorised over cells, area
+    ranges and thresholds), cells grouped by their number of ground truths (powers of
+    two) so that padding them to one width stays cheap."""
+    if len(cells) == 0:
+        return
+    floor = np.minimum(thresholds, 1 - 1e-10)[:, None]  # [T, 1]
+    n_gt = cells[:, 3] - cells[:, 2]
+    group = np.ceil(np.log2(n_gt)).astype(np.int64)
+    for b in np.unique(group).tolist():
+        # Cells by decreasing detection count: those with a j-th detection are a prefix.
+        mine = cells[group == b]
+        mine = mine[np.argsort(-(mine[:, 1] - mine[:, 0]), kind="stable")]
+        d0, nd, ng = mine[:, 0], mine[:, 1] - mine[:, 0], mine[:, 3] - mine[:, 2]
+        width = int(ng.max())
+        slot = np.arange(width)
+        valid = slot[None, :] < ng[:, None]  # [P, W]
+        rows = mine[:, 2:3] + np.minimum(slot[None, :], ng[:, None] - 1)  # [P, W]
+        g_boxes, crowd = gt_xywh[rows], gt_crowd[rows] & valid  # [P, W, 4], [P, W]
+        regular = ~gt_ignore[:, rows].transpose(1, 0, 2)[:, :, None, :]  # [P, A, 1, W]
+        taken = np.zeros((len(mine), matched.shape[0], len(thresholds), width), dtype=bool)
+        for j in range(int(nd[0])):
+            live = int(np.count_nonzero(nd > j))
+            det_rows = d0[:live] + j
+            iou = _box_iou_coco(det_xywh[det_rows][:, None, :], g_boxes[:live], crowd[:live])
+            iou4 = iou[:, None, None, :]  # [P, 1, 1, W]
+            free = ~taken[:live] | crowd[:live, None, None, :]
+            fits = free & valid[:live, None, None, :] & (iou4 >= floor)  # [P, A, T, W]
+            reg = regular[:live]
+            # Regular ground truth where one fits, else the ignored ones.
+            pool = fits & (reg == (fits & reg).any(axis=3, keepdims=True))
+            value = np.where(pool, iou4, -np.inf)
+            best = value == value.max(axis=3, keepdims=True)
+            last = width - 1 - np.argmax(best[..., ::-1], axis=3)  # [P, A, T]
+            p_i, a_i, t_i = np.nonzero(pool.any(axis=3))
+            g_i = last[p_i, a_i, t_i]
+            taken[p_i, a_i, t_i, g_i] = True
+            matched[a_i, t_i, det_rows[p_i]] = True
+            matched_ignored[a_i, t_i, det_rows[p_i]] = ~regular[p_i, a_i, 0, g_i]
+
+
+def _accumulate_numpy(
+    class_start: np.ndarray,
+    by_score: np.ndarray,
+    rank: np.ndarray,
+    matched: np.ndarray,
+    matched_ignored: np.ndarray,
+    det_outside: np.ndarray,
+    n_regular: np.ndarray,
+    max_dets: np.ndarray,
+    recall_points: np.ndarray,
+    precision: np.ndarray,
+    recall: np.ndarray,
+) -> None:
+    """COCO's ``accumulate`` (the rule of ``_coco_kernel.accumulate``), as pycocotools
+    writes it: vectorised over the detections of a class, a loop over thresholds."""
+    eps = np.spacing(1)
+    for k in range(len(class_start) - 1):
+        segment = by_score[class_start[k] : class_start[k + 1]]
+        for a in range(det_outside.shape[0]):
+            npig = n_regular[k, a]
+            if npig == 0:
+                continue
+            for m, limit in enumerate(max_dets.tolist()):
+                d = segment[rank[segment] < limit]
+                dtm = matched[a][:, d]
+                ignored = np.where(dtm, matched_ignored[a][:, d], det_outside[a, d][None, :])
+                tp_sum = np.cumsum(dtm & ~ignored, axis=1).astype(float)
+                fp_sum = np.cumsum(~dtm & ~ignored, axis=1).astype(float)
+                for t, (tp, fp) in enumerate(zip(tp_sum, fp_sum, strict=True)):
+                    nd = len(tp)
+                    rc = tp / npig
+                    pr = tp / (fp + tp + eps)
+                    recall[t, k, a, m] = rc[-1] if nd else 0
+                    pr = np.maximum.accumulate(pr[::-1])[::-1]
+                    idx = np.searchsorted(rc, recall_points, side="left")
+                    q = np.zeros(len(recall_points))
+                    q[idx < nd] = pr[idx[idx < nd]]
+                    precision[t, :, k, a, m] = q
+
+
+def _coco_kernel() -> ModuleType | None:
+    """The compiled matching and accumulation, or None (Numba missing or switched off)."""
+    return optional_module(f"{__package__}._coco_kernel") if _COMPILED else None
+
+
+def _summarize(
+    values: np.ndarray, thresholds: np.ndarray, iou: float | None, area: int, m: int
+) -> float:
+    """pycocotools ``COCOeval.summarize``: the mean of the defined (> -1) entries of
+    ``precision [T, R, K, A, M]`` or ``recall [T, K, A, M]`` at one area range and
+    detection limit (and one threshold if given), by the same NumPy expression; NaN where
+    none is defined (COCO prints -1)."""
+    s = values
+    if iou is not None:
+        s = s[np.flatnonzero(np.isclose(thresholds, iou))[:1]]
+    s = s[..., [area], [m]]
+    defined = s[s > -1]
+    return float(np.mean(defined)) if len(defined) else float("nan")
 
 
 def coco_box_ap(
@@ -141,26 +386,48 @@ def coco_box_ap(
     iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
     max_detections: int = 100,
 ) -> dict[str, float | dict[int, float]]:
-    """Box average precision by the COCO definition (``pycocotools`` ``COCOeval`` over all
-    areas, without crowd regions).
+    """Box average precision and recall by the COCO definition: pycocotools'
+    ``COCOeval`` (``iouType="bbox"``), number for number, ties included.
+
+    Each image is a COCO image and each label a category; boxes are read as COCO's
+    ``[x1, y1, x2 - x1, y2 - y1]`` in float64. ``targets[i]`` may also carry
+    ``"iscrowd"`` (``[n]``, nonzero for crowd regions) and ``"area"`` (``[n]``, the area
+    that decides the small / medium / large range; default ``w * h``); a detection's area
+    is ``w * h``.
 
     Per image and class the detections are sorted by score (stable) and the first
-    ``max_detections`` kept; at each IoU threshold they are matched greedily, best score
-    first, each to the unmatched ground truth of highest IoU ``>= threshold``. Per class,
-    the detections of all images are ranked by score, precision is made monotone
-    (the envelope) and sampled at the 101 recalls ``0, 0.01, ..., 1`` (0 beyond the
-    highest recall reached). AP is the mean over classes that have ground truth and over
-    thresholds.
+    ``max_detections`` kept. At each IoU threshold and area range they are matched
+    greedily, best score first: each takes the ground truth of highest IoU (at least the
+    threshold) among the regular ones not yet taken, the later one on an exact IoU tie
+    (pycocotools' loop replaces on ``>=``); only when none fits, a crowd region or a
+    ground truth outside the area range, and is then ignored. A crowd region can be taken
+    any number of times; its IoU is the intersection over the detection's area.
+    Unmatched detections outside the area range are ignored too. Per class, the
+    detections of all images are ranked by score (stable), precision is made monotone
+    (the envelope) and read at the 101 recalls ``0, 0.01, ..., 1``. Every value is a mean
+    over the classes with regular ground truth (and over the thresholds).
 
     Returns:
-        ``{"ap": AP@[.5:.95], "ap50", "ap75", "per_class": {label: AP@[.5:.95]}}`` as
-        floats; ``ap50`` / ``ap75`` are present when 0.5 / 0.75 are among the thresholds.
-        With no ground truth at all every value is NaN (undefined; COCO prints -1).
+        floats, NaN where COCO prints -1 (nothing to average): ``ap`` (AP@[.5:.95]),
+        ``ap50`` and ``ap75`` (when 0.5 / 0.75 are among the thresholds), ``ap_small``,
+        ``ap_medium``, ``ap_large``, ``ar_1``, ``ar_10`` (limits below
+        ``max_detections``), ``ar_{max_detections}`` (``ar_100`` by default),
+        ``ar_small``, ``ar_medium``, ``ar_large`` (at ``max_detections``); and
+        ``per_class``: ``{label: AP@[.5:.95]}`` of the classes with regular ground
+        truth. With the defaults the first twelve are ``COCOeval.stats`` in order.
+
+    Only the (image, class) cells that hold both detections and ground truth are
+    matched; on the CPU with Numba installed matching and accumulation are one compiled
+    loop each (``detloss._coco_kernel``).
 
     NaN or inf in a box or score is a ValueError naming it.
     """
     check_finite(*_named_boxes(predictions, targets))
-    if max_detections < 1:
+    if (
+        isinstance(max_detections, bool)
+        or not isinstance(max_detections, (int, np.integer))
+        or max_detections < 1
+    ):
         raise ValueError(f"max_detections must be >= 1, got {max_detections}")
     thresholds = np.asarray(iou_thresholds, dtype=np.float64)
     if (
@@ -170,44 +437,95 @@ def coco_box_ap(
         or (thresholds > 1).any()
     ):
         raise ValueError(f"iou_thresholds: expected values in (0, 1], got {list(iou_thresholds)}")
-    preds, gts = _box_lists(predictions, targets)
-    classes = sorted({int(c) for _, labels in gts for c in labels})
-    # Per class: scores and TP flags [T, d] of all images, in image order.
-    scores_by: dict[int, list[np.ndarray]] = {c: [] for c in classes}
-    tp_by: dict[int, list[np.ndarray]] = {c: [] for c in classes}
-    n_gt = dict.fromkeys(classes, 0)
-    for (boxes, scores, labels), (t_boxes, t_labels) in zip(preds, gts, strict=True):
-        for c in classes:
-            gt_c = t_boxes[t_labels == c]
-            n_gt[c] += len(gt_c)
-            sel = np.flatnonzero(labels == c)
-            order = sel[np.argsort(-scores[sel], kind="mergesort")][:max_detections]
-            iou = _iou(boxes[order], gt_c)
-            scores_by[c].append(scores[order])
-            tp_by[c].append(_coco_match(iou, thresholds))
-    precision = np.zeros((len(thresholds), len(classes), len(_RECALL_POINTS)))
-    for k, c in enumerate(classes):
-        s = np.concatenate(scores_by[c])
-        tp = np.concatenate(tp_by[c], axis=1)
-        order = np.argsort(-s, kind="mergesort")
-        for ti in range(len(thresholds)):
-            precision[ti, k] = _interpolated_precision(tp[ti, order], n_gt[c])
-    result: dict[str, float | dict[int, float]] = {}
-    nan = float("nan")
-    if not classes:
-        result["ap"] = nan
-        for t, key in ((0.5, "ap50"), (0.75, "ap75")):
-            if np.isclose(thresholds, t).any():
-                result[key] = nan
-        result["per_class"] = {}
-        return result
-    per_threshold = precision.mean(axis=2)  # [T, K]
-    result["ap"] = float(per_threshold.mean())
+    x = _coco_inputs(predictions, targets)
+    limits = np.array(sorted({m for m in (1, 10) if m < max_detections} | {int(max_detections)}))
+    classes = np.unique(x.gt_labels)
+    n_images, n_classes = len(predictions), len(classes)
+    n_areas, n_thresholds = len(_AREA_RANGES), len(thresholds)
+    lo, hi = _AREA_RANGES[:, :1], _AREA_RANGES[:, 1:]
+
+    # Detections of the ground truth's classes by (class, image, score desc, input
+    # order); the first max_detections of each (class, image) cell kept.
+    det_class = np.searchsorted(classes, x.det_labels)
+    known = det_class < n_classes
+    known[known] = classes[det_class[known]] == x.det_labels[known]
+    rows = np.flatnonzero(known)
+    rows = rows[np.lexsort((-x.det_scores[rows], x.det_image[rows], det_class[rows]))]
+    det_cell = det_class[rows] * n_images + x.det_image[rows]
+    rank = np.arange(len(rows)) - np.searchsorted(det_cell, det_cell, side="left")
+    kept = rank < max_detections
+    rows, det_cell, rank = rows[kept], det_cell[kept], rank[kept]
+    det_xywh = np.ascontiguousarray(x.det_xywh[rows])
+    det_scores = x.det_scores[rows]
+    det_area = det_xywh[:, 2] * det_xywh[:, 3]
+    det_outside = (det_area[None, :] < lo) | (det_area[None, :] > hi)  # [A, D]
+
+    # Ground truths by (class, image), input order within a cell.
+    gt_class = np.searchsorted(classes, x.gt_labels)
+    gt_rows = np.lexsort((x.gt_image, gt_class))
+    gt_class = gt_class[gt_rows]
+    gt_cell = gt_class * n_images + x.gt_image[gt_rows]
+    gt_xywh = np.ascontiguousarray(x.gt_xywh[gt_rows])
+    gt_crowd = x.gt_crowd[gt_rows]
+    gt_area = x.gt_area[gt_rows]
+    gt_ignore = gt_crowd[None, :] | (gt_area[None, :] < lo) | (gt_area[None, :] > hi)  # [A, G]
+
+    # Only cells with both detections and ground truth are matched.
+    cell_ids, det_start = np.unique(det_cell, return_index=True)
+    det_end = np.append(det_start[1:], len(det_cell))[: len(det_start)]
+    gt_start = np.searchsorted(gt_cell, cell_ids, side="left")
+    gt_end = np.searchsorted(gt_cell, cell_ids, side="right")
+    both = gt_end > gt_start
+    cells = np.stack([det_start, det_end, gt_start, gt_end], axis=1)[both].astype(np.int64)
+
+    kernel = _coco_kernel()
+    match = kernel.match if kernel is not None else _match_numpy
+    accumulate = kernel.accumulate if kernel is not None else _accumulate_numpy
+    matched = np.zeros((n_areas, n_thresholds, len(rows)), dtype=bool)
+    matched_ignored = np.zeros_like(matched)
+    match(det_xywh, gt_xywh, gt_crowd, gt_ignore, cells, thresholds, matched, matched_ignored)
+
+    # Per class, the detections of all images by score, ties in image order then rank.
+    det_class = det_cell // n_images
+    by_score = np.lexsort((-det_scores, det_class))
+    class_start = np.searchsorted(det_class, np.arange(n_classes + 1), side="left")
+    n_regular = np.stack(
+        [np.bincount(gt_class[~ignore], minlength=n_classes) for ignore in gt_ignore], axis=1
+    ).reshape(n_classes, n_areas)
+    precision = -np.ones((n_thresholds, len(_RECALL_POINTS), n_classes, n_areas, len(limits)))
+    recall = -np.ones((n_thresholds, n_classes, n_areas, len(limits)))
+    accumulate(
+        class_start,
+        by_score,
+        rank,
+        matched,
+        matched_ignored,
+        det_outside,
+        n_regular,
+        limits,
+        _RECALL_POINTS,
+        precision,
+        recall,
+    )
+
+    top = len(limits) - 1
+    result: dict[str, float | dict[int, float]] = {
+        "ap": _summarize(precision, thresholds, None, 0, top)
+    }
     for t, key in ((0.5, "ap50"), (0.75, "ap75")):
-        hit = np.flatnonzero(np.isclose(thresholds, t))
-        if len(hit):
-            result[key] = float(per_threshold[hit[0]].mean())
-    result["per_class"] = {c: float(per_threshold[:, k].mean()) for k, c in enumerate(classes)}
+        if np.isclose(thresholds, t).any():
+            result[key] = _summarize(precision, thresholds, t, 0, top)
+    for a in (1, 2, 3):
+        result[f"ap{_AREA_NAMES[a]}"] = _summarize(precision, thresholds, None, a, top)
+    for m, limit in enumerate(limits.tolist()):
+        result[f"ar_{limit}"] = _summarize(recall, thresholds, None, 0, m)
+    for a in (1, 2, 3):
+        result[f"ar{_AREA_NAMES[a]}"] = _summarize(recall, thresholds, None, a, top)
+    result["per_class"] = {
+        int(c): float(np.mean(precision[:, :, k, 0, top]))
+        for k, c in enumerate(classes.tolist())
+        if n_regular[k, 0] > 0
+    }
     return result
 
 

@@ -1,29 +1,39 @@
 """Greedy non-maximum suppression, plain and class-aware.
 
 Coordinate rules: boxes are ``Tensor[N, 4]`` in ``xyxy`` (any units). A box with
-``x2 < x1`` (or ``y2 < y1``) has zero extent on that axis; the IoU of two boxes whose
-union is empty is 0, so degenerate boxes never suppress anything and are never
-suppressed.
+``x2 < x1`` (or ``y2 < y1``) has no overlap with anything, so degenerate boxes never
+suppress anything and are never suppressed.
 
-Rule (torchvision's): boxes are visited by decreasing score; a box is kept unless a kept
-box of the same group has an IoU strictly greater than ``iou_threshold`` with it. Equal
-scores are visited in index order (a stable sort), so the result is deterministic.
+Rule and arithmetic (torchvision's): boxes are visited by decreasing score; a box is kept
+unless a kept box of the same group has ``inter / (area_i + area_j - inter)`` strictly
+greater than ``iou_threshold``, with ``area = (x2 - x1) * (y2 - y1)`` and the quotient
+computed in the boxes' floating type (float64 boxes in float64, every other type in
+float32) and compared with the threshold in float64. So at exact ties the result is
+torchvision's: integer boxes with IoU 1/10 are suppressed at threshold 0.1 in float32
+(the float32 quotient rounds above 0.1) and kept in float64. Equal scores are visited in
+index order (a stable sort), so the result is deterministic.
 
-Implementation: candidates are sorted by (group, score) and laid out as a padded
-``[groups, K]`` table. The overlap tests are computed on the boxes' device in bounded
-blocks (at most ``2**24`` booleans at a time, their float intermediates in cache-sized
-slices on the CPU), so memory stays bounded for large inputs; the sequential part of the
-greedy rule, a scan over the ``K`` columns vectorised over all groups, runs on the host in
-numpy. The host is reached once per block, not once per box.
+Implementation: on the CPU, where Numba is installed, one compiled loop
+(``_nms_kernel``): scores ordered once by a radix sort, each kept box tested against the
+boxes behind it in a vectorised loop from which suppressed boxes are dropped as they
+accumulate, groups one after another. Elsewhere (accelerators, or Numba missing)
+candidates are sorted by (group, score) and laid out as a padded ``[groups, K]`` table;
+the overlap tests are computed on the boxes' device in bounded blocks (at most ``2**24``
+booleans at a time, their float intermediates in cache-sized slices on the CPU), and the
+sequential part of the greedy rule, a scan over the ``K`` columns vectorised over all
+groups, runs on the host in numpy, reached once per block, not once per box.
 """
 
 from __future__ import annotations
+
+from types import ModuleType
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_shape, check_tensor, shape_str, should_validate
+from .._optional import optional_module
 
 __all__ = ["batched_nms", "nms"]
 
@@ -34,12 +44,43 @@ _SCAN_PAIRS = 1 << 24
 _CPU_PAIRS = 1 << 18
 _DEVICE_PAIRS = 1 << 24
 
+#: Whether CPU boxes go through the compiled loop of ``_nms_kernel`` where Numba is
+#: installed (tests switch it off to check the torch path).
+_COMPILED = True
+
+
+def _compiled_kernel(boxes: Tensor) -> ModuleType | None:
+    """The compiled suppression loop for CPU boxes, or None (another device, Numba
+    missing, or switched off)."""
+    if not _COMPILED or boxes.device.type != "cpu":
+        return None
+    return optional_module(f"{__package__}._nms_kernel")
+
+
+def _host_arrays(boxes: Tensor, scores: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """CPU boxes and scores as contiguous NumPy arrays the compiled loop takes: boxes in
+    float64 when they are float64, else float32 (the type of the IoU arithmetic);
+    scores in float64 or float32 (exact widenings of any other type)."""
+    box_dtype = torch.float64 if boxes.dtype == torch.float64 else torch.float32
+    narrow_float = scores.is_floating_point() and scores.dtype != torch.float64
+    score_dtype = torch.float32 if narrow_float else torch.float64
+    return (
+        boxes.detach().to(box_dtype).contiguous().numpy(),
+        scores.detach().to("cpu", score_dtype).contiguous().numpy(),
+    )
+
+
+def _bound(threshold: float, dtype: np.dtype) -> np.floating:
+    """The smallest ``dtype`` value (float32 or float64) strictly above ``threshold``: a
+    ``dtype`` quotient exceeds the float64 threshold, as torchvision's C++ compares them,
+    exactly when it is at least this bound, a test that stays in ``dtype``."""
+    t = dtype.type(threshold)
+    return t if float(t) > threshold else np.nextafter(t, dtype.type(np.inf))
+
 
 def _overlaps(a: Tensor, b: Tensor, threshold: float) -> Tensor:
-    """``bool[G, S, T]``: IoU of ``a [G, S, 4]`` and ``b [G, T, 4]`` above ``threshold``.
-
-    Tested as ``inter * (1 + t) > t * (area_a + area_b)``, which equals ``IoU > t`` for
-    ``t >= 0`` without a division and is false when the union is empty.
+    """``bool[G, S, T]``: IoU of ``a [G, S, 4]`` and ``b [G, T, 4]`` above ``threshold``,
+    by torchvision's arithmetic (see the module docstring); false when the union is empty.
     """
     g_total, s_total, t_total = a.shape[0], a.shape[1], b.shape[1]
     out = torch.empty((g_total, s_total, t_total), dtype=torch.bool, device=a.device)
@@ -49,8 +90,10 @@ def _overlaps(a: Tensor, b: Tensor, threshold: float) -> Tensor:
     # Coordinate planes, so every broadcast below runs over contiguous memory.
     pa = a.permute(2, 0, 1).unsqueeze(-1)  # [4, G, S, 1]
     pb = b.permute(2, 0, 1).unsqueeze(-2).contiguous()  # [4, G, 1, T]
-    area_a = threshold * (pa[2] - pa[0]).clamp(min=0) * (pa[3] - pa[1]).clamp(min=0)
-    area_b = threshold * (pb[2] - pb[0]).clamp(min=0) * (pb[3] - pb[1]).clamp(min=0)
+    float_type = np.dtype("float64" if a.dtype == torch.float64 else "float32")
+    bound = float(_bound(threshold, float_type))
+    area_a = (pa[2] - pa[0]) * (pa[3] - pa[1])
+    area_b = (pb[2] - pb[0]) * (pb[3] - pb[1])
     rows = max(1, min(s_total, budget // t_total))
     groups = max(1, budget // (rows * t_total))
     for g0 in range(0, g_total, groups):
@@ -59,10 +102,10 @@ def _overlaps(a: Tensor, b: Tensor, threshold: float) -> Tensor:
             r = slice(r0, r0 + rows)
             qa, qb = pa[:, g, r], pb[:, g]
             iw = torch.minimum(qa[2], qb[2]).sub_(torch.maximum(qa[0], qb[0])).clamp_(min=0)
-            ih = torch.minimum(qa[3], qb[3]).sub_(torch.maximum(qa[1], qb[1]))
-            # One clamp suffices: with iw >= 0 a negative ih gives inter <= 0, never above.
-            inter = iw.mul_(ih).mul_(1 + threshold)
-            torch.gt(inter, area_a[g, r] + area_b[g], out=out[g, r])
+            ih = torch.minimum(qa[3], qb[3]).sub_(torch.maximum(qa[1], qb[1])).clamp_(min=0)
+            inter = iw.mul_(ih)
+            union = (area_a[g, r] + area_b[g]).sub_(inter)
+            torch.ge(inter.div_(union), bound, out=out[g, r])
     return out
 
 
@@ -165,6 +208,12 @@ def batched_nms(
     device = boxes.device
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
+    kernel = _compiled_kernel(boxes)
+    if kernel is not None:
+        host_boxes, host_scores = _host_arrays(boxes, scores)
+        groups = idxs.detach().to("cpu", torch.int64).contiguous().numpy()
+        bound = _bound(threshold, host_boxes.dtype)
+        return torch.from_numpy(kernel.batched_nms(host_boxes, host_scores, groups, bound))
     dtype = torch.float64 if boxes.dtype == torch.float64 else torch.float32
     by_score = torch.sort(scores, descending=True, stable=True).indices
     groups, by_group = torch.sort(idxs.to(device)[by_score], stable=True)
@@ -199,6 +248,12 @@ def nms(
     _check_inputs(boxes, scores)
     if should_validate(validate, boxes):  # a NaN score would rank first, silently
         check_finite(("boxes", boxes), ("scores", scores))
+    kernel = _compiled_kernel(boxes)
+    if kernel is not None:
+        threshold = _check_threshold(iou_threshold)
+        host_boxes, host_scores = _host_arrays(boxes, scores)
+        bound = _bound(threshold, host_boxes.dtype)
+        return torch.from_numpy(kernel.nms(host_boxes, host_scores, bound))
     return batched_nms(
         boxes,
         scores,
