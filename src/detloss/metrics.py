@@ -420,9 +420,8 @@ def coco_box_ap(
     matched; on the CPU with Numba installed matching and accumulation are one compiled
     loop each (``detloss._coco_kernel``).
 
-    NaN or inf in a box or score is a ValueError naming it.
+    NaN or inf in a box, score or area is a ValueError naming it.
     """
-    check_finite(*_named_boxes(predictions, targets))
     if (
         isinstance(max_detections, bool)
         or not isinstance(max_detections, (int, np.integer))
