@@ -170,11 +170,76 @@ def solve_on_gpu(cost: Tensor, target_mask: Tensor, pred_mask: Tensor) -> tuple[
     return pred_to_target.masked_fill(~pred_mask, IGNORED), unsolved
 
 
+#: Whether host problems use the compiled batch solver of ``_lap_kernel`` where Numba is
+#: installed (tests switch it off to check the scipy path).
+_COMPILED = True
+#: The cost dtypes the compiled solver reads directly (others go to float64 first).
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+#: From this many valid cost entries on, a batch is split in two halves solved side by
+#: side in the thread pool (below, the hand-over costs more than the second core saves).
+_SPLIT_MIN_ENTRIES = 400_000
+
+
+def _lap_kernel() -> ModuleType | None:
+    """The compiled batch solver, or None: Numba missing or switched off."""
+    return optional_module(f"{__package__}._lap_kernel") if _COMPILED else None
+
+
 def _solve_on_host(
     cost: Tensor, target_mask: Tensor, pred_mask: Tensor, image_ids: list[int] | None = None
 ) -> Tensor:
-    """``pred_to_target [B, M]`` by scipy, on ``cost``'s device. ``image_ids`` are the
-    images' numbers in error messages (default ``0 .. B - 1``)."""
+    """``pred_to_target [B, M]`` solved on the host, on ``cost``'s device. ``image_ids``
+    are the images' numbers in error messages (default ``0 .. B - 1``)."""
+    kernel = _lap_kernel()
+    if kernel is None:
+        return _solve_with_scipy(cost, target_mask, pred_mask, image_ids)
+    b, m, n = cost.shape
+    device = cost.device
+    host = cost.cpu()
+    if host.dtype not in _KERNEL_DTYPES:
+        host = host.double()
+    cost_np = host.contiguous().numpy()
+    pmask_np = pred_mask.cpu().contiguous().numpy()
+    tmask_np = target_mask.cpu().contiguous().numpy()
+    result = np.empty((b, m), dtype=np.int64)
+    status = np.empty(b, dtype=np.int64)
+    if b > 1 and m * n * b >= _SPLIT_MIN_ENTRIES:
+        # The kernel runs without the GIL: two halves of the batch on two threads.
+        half = b // 2
+        parts = [slice(0, half), slice(half, b)]
+        list(
+            _thread_pool().map(
+                lambda s: kernel.solve_batch(
+                    cost_np[s], pmask_np[s], tmask_np[s], result[s], status[s]
+                ),
+                parts,
+            )
+        )
+    else:
+        kernel.solve_batch(cost_np, pmask_np, tmask_np, result, status)
+    failed = np.flatnonzero(status)
+    if failed.size:
+        first = int(failed[0])
+        image = first if image_ids is None else image_ids[first]
+        code = int(status[first])
+        if code == kernel.NOT_A_NUMBER:
+            raise ValueError(f"cost: image {image} contains NaN; costs must be finite or +inf")
+        if code == kernel.NEGATIVE_INFINITY:
+            raise ValueError(
+                f"cost: image {image} contains -inf; costs must be finite or +inf (forbidden)"
+            )
+        rows = int(min(pmask_np[first].sum(), tmask_np[first].sum()))
+        raise ValueError(
+            f"cost: image {image} is infeasible: the +inf (forbidden) pairs leave no "
+            f"assignment of all {rows} rows"
+        )
+    return torch.from_numpy(result).to(device)
+
+
+def _solve_with_scipy(
+    cost: Tensor, target_mask: Tensor, pred_mask: Tensor, image_ids: list[int] | None = None
+) -> Tensor:
+    """``pred_to_target [B, M]`` by scipy per image (the path without Numba)."""
     b, m, n = cost.shape
     device = cost.device
     result = np.full((b, m), BACKGROUND, dtype=np.int64)
