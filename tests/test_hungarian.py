@@ -280,3 +280,14 @@ def test_large_square_against_scipy():
     rng = np.random.default_rng(7)
     cost = rng.random((1, 150, 150))
     check_against_scipy(cost, np.ones((1, 150), dtype=bool), np.ones((1, 150), dtype=bool))
+
+
+def test_huge_finite_costs_beside_forbidden_pairs_are_not_mistaken_for_nan():
+    # Summed down a column, -1e308 twice overflows to -inf and meets the +inf: the fast
+    # check raises a false alarm, which the exact check must clear.
+    cost = torch.zeros(1, 4, 2, dtype=torch.float64)
+    cost[0, 0, 0] = cost[0, 1, 0] = -1e308
+    cost[0, 2, 0] = float("inf")
+    p2t = hungarian(cost).pred_to_target
+    assert matched_cost(cost[0], p2t[0]) == -1e308
+    assert sorted(p2t[0][p2t[0] >= 0].tolist()) == [0, 1]

@@ -39,6 +39,9 @@ INFEASIBLE = 3
 @jit
 def _column_reduction(
     w: np.ndarray,
+    start: int,
+    row_step: int,
+    col_step: int,
     rows: int,
     cols: int,
     x: np.ndarray,
@@ -52,13 +55,12 @@ def _column_reduction(
     number of free rows (listed in ``free``), or -1 where a column has no finite entry
     (no perfect matching exists)."""
     for j in range(cols):
-        v[j] = w[j]
+        v[j] = np.float64(w[start + j * col_step])
         best_row[j] = 0
-    # Rows outer, columns inner: the block is read in memory order.
     for i in range(1, rows):
-        base = i * cols
+        base = start + i * row_step
         for j in range(cols):
-            h = w[base + j]
+            h = np.float64(w[base + j * col_step])
             if h < v[j]:
                 v[j] = h
                 best_row[j] = i
@@ -81,11 +83,11 @@ def _column_reduction(
         elif matches[i] == 1:
             # Reduction transfer: the row's price moves onto its column.
             j1 = x[i]
-            base = i * cols
+            base = start + i * row_step
             mu = np.inf
             for j in range(cols):
                 if j != j1:
-                    h = w[base + j] - v[j]
+                    h = np.float64(w[base + j * col_step]) - v[j]
                     if h < mu:
                         mu = h
             if mu < np.inf:
@@ -96,6 +98,9 @@ def _column_reduction(
 @jit
 def _augmenting_row_reduction(
     w: np.ndarray,
+    start: int,
+    row_step: int,
+    col_step: int,
     cols: int,
     x: np.ndarray,
     y: np.ndarray,
@@ -114,13 +119,13 @@ def _augmenting_row_reduction(
         steps += 1
         i = free[current]
         current += 1
-        base = i * cols
-        umin = w[base] - v[0]
+        base = start + i * row_step
+        umin = np.float64(w[base]) - v[0]
         j1 = 0
         usubmin = np.inf
         j2 = -1
         for j in range(1, cols):
-            h = w[base + j] - v[j]
+            h = np.float64(w[base + j * col_step]) - v[j]
             if h < usubmin:
                 if h >= umin:
                     usubmin = h
@@ -164,6 +169,9 @@ def _augmenting_row_reduction(
 @jit
 def _augment(
     w: np.ndarray,
+    start: int,
+    row_step: int,
+    col_step: int,
     cols: int,
     x: np.ndarray,
     y: np.ndarray,
@@ -178,11 +186,11 @@ def _augment(
     columns reached before the free one found get their potentials lowered. False where
     a free row reaches no column at finite cost (the image is infeasible)."""
     for f in range(n_free):
-        start = free[f]
-        base = start * cols
+        source = free[f]
+        base = start + source * row_step
         for j in range(cols):
-            d[j] = w[base + j] - v[j]
-            pred[j] = start
+            d[j] = np.float64(w[base + j * col_step]) - v[j]
+            pred[j] = source
             order[j] = j
         # order[:low] scanned, order[low:up] at the current minimum, order[up:] the rest.
         low = 0
@@ -216,11 +224,11 @@ def _augment(
             j1 = order[low]
             low += 1
             i = y[j1]
-            row = i * cols
-            u1 = w[row + j1] - v[j1] - mn
+            row = start + i * row_step
+            u1 = np.float64(w[row + j1 * col_step]) - v[j1] - mn
             for k in range(up, cols):
                 j = order[k]
-                h = w[row + j] - v[j] - u1
+                h = np.float64(w[row + j * col_step]) - v[j] - u1
                 if h < d[j]:
                     d[j] = h
                     pred[j] = i
@@ -240,7 +248,7 @@ def _augment(
             j = end
             end = x[i]
             x[i] = j
-            if i == start:
+            if i == source:
                 break
     return True
 
@@ -248,6 +256,9 @@ def _augment(
 @jit
 def _solve_block(
     w: np.ndarray,
+    start: int,
+    row_step: int,
+    col_step: int,
     rows: int,
     cols: int,
     x: np.ndarray,
@@ -260,22 +271,25 @@ def _solve_block(
     best: np.ndarray,
     best_col: np.ndarray,
 ) -> bool:
-    """Minimum-cost assignment of every row of the float64 ``w[:rows * cols]`` (row-major,
-    ``rows <= cols``) into ``x`` (row to column). ``best[i]`` / ``best_col[i]`` hold each
-    row's smallest entry and its first column (read while copying the block). False
-    where the block is infeasible."""
+    """Minimum-cost assignment of every row of the block ``w[start + i * row_step + j *
+    col_step]`` (``rows <= cols``; any float dtype, computed in float64) into ``x`` (row
+    to column). ``best[i]`` / ``best_col[i]`` hold each row's smallest entry and its
+    first column. False where the block is infeasible."""
     for j in range(cols):
         y[j] = -1
     for i in range(rows):
         x[i] = -1
     if rows == cols:
-        n_free = _column_reduction(w, rows, cols, x, y, v, free, pred)
+        n_free = _column_reduction(w, start, row_step, col_step, rows, cols, x, y, v, free, pred)
         if n_free < 0:
             return False
-        n_free = _augmenting_row_reduction(w, cols, x, y, v, free, n_free)
+        n_free = _augmenting_row_reduction(
+            w, start, row_step, col_step, cols, x, y, v, free, n_free
+        )
     else:
         # Row reduction with zero column potentials: each row takes its cheapest column
-        # where no earlier row did (with many more columns than rows, nearly all do).
+        # where no earlier row did (with many more columns than rows, nearly all do);
+        # the others bid for theirs (two JV passes) before any path search.
         for j in range(cols):
             v[j] = 0.0
         n_free = 0
@@ -289,7 +303,115 @@ def _solve_block(
             else:
                 free[n_free] = i
                 n_free += 1
-    return _augment(w, cols, x, y, v, free, n_free, d, pred, order)
+        for _ in range(2):
+            if n_free == 0:
+                break
+            n_free = _augmenting_row_reduction(
+                w, start, row_step, col_step, cols, x, y, v, free, n_free
+            )
+    return _augment(w, start, row_step, col_step, cols, x, y, v, free, n_free, d, pred, order)
+
+
+@jit
+def _row_minima(
+    w: np.ndarray,
+    start: int,
+    row_step: int,
+    col_step: int,
+    rows: int,
+    cols: int,
+    best: np.ndarray,
+    best_col: np.ndarray,
+) -> bool:
+    """Each row's smallest entry and its first column, read in memory order; False where
+    an entry is NaN or -inf (both fail ``h > -inf``)."""
+    ok = True
+    if col_step == 1:
+        for i in range(rows):
+            base = start + i * row_step
+            row_best = np.inf
+            row_best_col = 0
+            for j in range(cols):
+                h = np.float64(w[base + j])
+                ok &= h > -np.inf
+                if h < row_best:
+                    row_best = h
+                    row_best_col = j
+            best[i] = row_best
+            best_col[i] = row_best_col
+    else:
+        # Rows are the memory's inner dimension: all row minima advance together.
+        for i in range(rows):
+            best[i] = np.inf
+            best_col[i] = 0
+        for j in range(cols):
+            base = start + j * col_step
+            for i in range(rows):
+                h = np.float64(w[base + i * row_step])
+                ok &= h > -np.inf
+                if h < best[i]:
+                    best[i] = h
+                    best_col[i] = j
+    return ok
+
+
+@jit
+def _column_minima(
+    block: np.ndarray,
+    p: int,
+    t: int,
+    lane_best: np.ndarray,
+    lane_col: np.ndarray,
+    lane_sum: np.ndarray,
+    best: np.ndarray,
+    best_col: np.ndarray,
+) -> bool:
+    """For each of the first ``t`` columns of the image ``block [M, N]`` (its real targets,
+    the rows of the problem), the smallest of the first ``p`` entries and its first row.
+    The lanes are in the cost's own dtype (exact: a widening keeps the order) and the
+    loop has no branch, so it runs on vector registers. False where an entry is NaN or
+    -inf: -inf is the minimum then, and a NaN turns the column's running sum into NaN
+    (as can a sum that overflows into -inf before a +inf; the caller then checks the
+    entries one by one)."""
+    for i in range(t):
+        lane_best[i] = np.inf
+        lane_col[i] = 0
+        lane_sum[i] = 0
+    for j in range(p):
+        source = block[j]
+        jj = np.int32(j)
+        for i in range(t):
+            h = source[i]
+            less = h < lane_best[i]
+            lane_best[i] = h if less else lane_best[i]
+            lane_col[i] = jj if less else lane_col[i]
+            lane_sum[i] += h
+    ok = True
+    for i in range(t):
+        best[i] = lane_best[i]
+        best_col[i] = lane_col[i]
+        ok &= lane_best[i] > -np.inf and not np.isnan(lane_sum[i])
+    return ok
+
+
+@jit
+def _has_nan(w: np.ndarray, start: int, row_step: int, col_step: int, rows: int, cols: int) -> bool:
+    for i in range(rows):
+        for j in range(cols):
+            if np.isnan(w[start + i * row_step + j * col_step]):
+                return True
+    return False
+
+
+@jit
+def _has_negative_infinity(
+    w: np.ndarray, start: int, row_step: int, col_step: int, rows: int, cols: int
+) -> bool:
+    for i in range(rows):
+        for j in range(cols):
+            if w[start + i * row_step + j * col_step] == -np.inf:
+                return True
+    return False
 
 
 @jit
@@ -305,11 +427,16 @@ def solve_batch(
     the target of each prediction, -1 background, -2 padded). ``status[b]`` becomes
     :data:`NOT_A_NUMBER`, :data:`NEGATIVE_INFINITY` or :data:`INFEASIBLE` for an image
     that cannot be solved (checked in that order), else 0; such an image's ``out`` row
-    is left partial."""
+    is left partial.
+
+    An image whose real predictions and targets are prefixes of the padded slots (the
+    usual padded batch) is solved in place on ``cost``; any other is first packed into a
+    float64 block. Either way the smaller side is the rows."""
     b_count, m, n = cost.shape
+    flat = cost.reshape(-1)
     small = min(m, n)
     large = max(m, n)
-    w = np.empty(small * large)
+    packed = np.empty(small * large)
     pred_ids = np.empty(m, dtype=np.int64)
     target_ids = np.empty(n, dtype=np.int64)
     x = np.empty(small, dtype=np.int64)
@@ -321,11 +448,16 @@ def solve_batch(
     order = np.empty(large, dtype=np.int64)
     best = np.empty(small)
     best_col = np.empty(small, dtype=np.int64)
+    lane_best = np.empty(n, dtype=cost.dtype)
+    lane_col = np.empty(n, dtype=np.int32)
+    lane_sum = np.empty(n, dtype=cost.dtype)
     for b in range(b_count):
         status[b] = 0
         p = 0
+        prefix = True
         for k in range(m):
             if pred_mask[b, k]:
+                prefix &= p == k
                 pred_ids[p] = k
                 p += 1
                 out[b, k] = -1
@@ -334,52 +466,77 @@ def solve_batch(
         t = 0
         for k in range(n):
             if target_mask[b, k]:
+                prefix &= t == k
                 target_ids[t] = k
                 t += 1
         if p == 0 or t == 0:
             continue
-        # The working block, smaller side as rows, checked on the way (NaN or -inf in a
-        # valid pair fails the one comparison below), with each row's minimum.
-        bad = False
         targets_are_rows = p > t
-        if targets_are_rows:
-            rows, cols = t, p
-            for i in range(t):
-                best[i] = np.inf
-                best_col[i] = 0
-            for j in range(p):
-                source = cost[b, pred_ids[j]]
-                for i in range(t):
-                    h = np.float64(source[target_ids[i]])
-                    bad |= not h > -np.inf
-                    w[i * p + j] = h
-                    if h < best[i]:
-                        best[i] = h
-                        best_col[i] = j
-        else:
-            rows, cols = p, t
-            for i in range(p):
-                source = cost[b, pred_ids[i]]
-                base = i * t
-                row_best = np.inf
-                row_best_col = 0
-                for j in range(t):
-                    h = np.float64(source[target_ids[j]])
-                    bad |= not h > -np.inf
-                    w[base + j] = h
-                    if h < row_best:
-                        row_best = h
-                        row_best_col = j
-                best[i] = row_best
-                best_col[i] = row_best_col
-        if bad:
-            status[b] = NEGATIVE_INFINITY
-            for k in range(rows * cols):
-                if np.isnan(w[k]):
+        rows, cols = (t, p) if targets_are_rows else (p, t)
+        if prefix:
+            start = b * m * n
+            # Block (i, j) in place: a target row reads down a column of the image.
+            row_step, col_step = (1, n) if targets_are_rows else (n, 1)
+            if targets_are_rows:
+                ok = _column_minima(cost[b], p, t, lane_best, lane_col, lane_sum, best, best_col)
+            else:
+                ok = _row_minima(flat, start, row_step, col_step, rows, cols, best, best_col)
+            if not ok:
+                if _has_nan(flat, start, row_step, col_step, rows, cols):
                     status[b] = NOT_A_NUMBER
-                    break
-            continue
-        if not _solve_block(w, rows, cols, x, y, v, free, d, pred, order, best, best_col):
+                    continue
+                if _has_negative_infinity(flat, start, row_step, col_step, rows, cols):
+                    status[b] = NEGATIVE_INFINITY
+                    continue
+            solved = _solve_block(
+                flat,
+                start,
+                row_step,
+                col_step,
+                rows,
+                cols,
+                x,
+                y,
+                v,
+                free,
+                d,
+                pred,
+                order,
+                best,
+                best_col,
+            )
+        else:
+            # Packed row-major in float64, gathered through the index lists.
+            for i in range(rows):
+                for j in range(cols):
+                    if targets_are_rows:
+                        h = cost[b, pred_ids[j], target_ids[i]]
+                    else:
+                        h = cost[b, pred_ids[i], target_ids[j]]
+                    packed[i * cols + j] = h
+            if not _row_minima(packed, 0, cols, 1, rows, cols, best, best_col):
+                status[b] = NEGATIVE_INFINITY
+                if _has_nan(packed, 0, cols, 1, rows, cols):
+                    status[b] = NOT_A_NUMBER
+                continue
+            solved = _solve_block(
+                packed,
+                0,
+                cols,
+                1,
+                rows,
+                cols,
+                x,
+                y,
+                v,
+                free,
+                d,
+                pred,
+                order,
+                best,
+                best_col,
+            )
+        if not solved:
             status[b] = INFEASIBLE
             continue
         for i in range(rows):

@@ -175,8 +175,9 @@ def solve_on_gpu(cost: Tensor, target_mask: Tensor, pred_mask: Tensor) -> tuple[
 _COMPILED = True
 #: The cost dtypes the compiled solver reads directly (others go to float64 first).
 _KERNEL_DTYPES = (torch.float32, torch.float64)
-#: From this many valid cost entries on, a batch is split in two halves solved side by
-#: side in the thread pool (below, the hand-over costs more than the second core saves).
+#: From this many cost entries on, and where torch may use more than one thread, a batch
+#: is split in two halves solved side by side in the thread pool (below, the hand-over
+#: costs more than the second core saves).
 _SPLIT_MIN_ENTRIES = 400_000
 
 
@@ -203,7 +204,7 @@ def _solve_on_host(
     tmask_np = target_mask.cpu().contiguous().numpy()
     result = np.empty((b, m), dtype=np.int64)
     status = np.empty(b, dtype=np.int64)
-    if b > 1 and m * n * b >= _SPLIT_MIN_ENTRIES:
+    if b > 1 and m * n * b >= _SPLIT_MIN_ENTRIES and torch.get_num_threads() > 1:
         # The kernel runs without the GIL: two halves of the batch on two threads.
         half = b // 2
         parts = [slice(0, half), slice(half, b)]
