@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_shape, compute_dtype, shape_str
-from .boxes import BOX_FORMATS, box_convert, generalized_box_iou
+from .boxes import BOX_FORMATS, EPS, _to_xyxy, box_convert, generalized_box_iou
 from .points import pairwise_distance
 
 __all__ = [
@@ -184,26 +184,50 @@ def detection_cost(
     pred_logits, pred_boxes, target_boxes = (
         t.to(dtype) for t in (pred_logits, pred_boxes, target_boxes)
     )
-    terms: dict[str, tuple[float, Tensor]] = {}
+    b, m, n = pred_boxes.shape[0], pred_boxes.shape[1], target_boxes.shape[1]
+    # One [B, M, N] buffer: each term is scaled in place and added to it, in the order
+    # and with the rounding of weighted_cost({"class", "bbox", "giou"}).
+    total: Tensor | None = None
     if cost_class:
-        kind_cost = class_cost(
+        total = class_cost(
             pred_logits,
             target_labels,
             class_cost_kind,
             background,
             focal_alpha=focal_alpha,
             focal_gamma=focal_gamma,
-        )
-        terms["class"] = (cost_class, kind_cost)
+        ).mul_(cost_class)
     if cost_bbox:
-        l1 = box_l1_cost(
+        # Not in place: cdist's backward reads its output.
+        l1 = cost_bbox * box_l1_cost(
             box_convert(pred_boxes, box_format, l1_format),
             box_convert(target_boxes, box_format, l1_format),
         )
-        terms["bbox"] = (cost_bbox, l1)
+        total = l1 if total is None else total.add_(l1)
     if cost_giou:
-        terms["giou"] = (cost_giou, giou_cost(pred_boxes, target_boxes, box_format))
-    if not terms:
-        b, m, n = pred_boxes.shape[0], pred_boxes.shape[1], target_boxes.shape[1]
+        giou = _negative_giou(pred_boxes, target_boxes, box_format).mul_(cost_giou)
+        total = giou if total is None else total.add_(giou)
+    if total is None:
         return pred_boxes.new_zeros((b, m, n))
-    return weighted_cost(terms)
+    return total
+
+
+def _negative_giou(pred_boxes: Tensor, target_boxes: Tensor, box_format: str) -> Tensor:
+    """``-generalized_box_iou(pred_boxes, target_boxes)`` ``[B, M, N]`` for boxes of one
+    float dtype, with the same operations (so the same numbers), but each coordinate and
+    side length taken once as a contiguous ``[B, M, 1]`` or ``[B, 1, N]`` column instead
+    of a strided slice of the broadcast ``[B, M, N, 4]`` pair, and the pair terms
+    combined in place."""
+    a0, a1, a2, a3 = (c.unsqueeze(-1) for c in _to_xyxy(pred_boxes, box_format).unbind(-1))
+    b0, b1, b2, b3 = (c.unsqueeze(-2) for c in _to_xyxy(target_boxes, box_format).unbind(-1))
+    wa, ha = (a2 - a0).clamp(min=0), (a3 - a1).clamp(min=0)
+    wb, hb = (b2 - b0).clamp(min=0), (b3 - b1).clamp(min=0)
+    inter = torch.minimum(a2, b2).sub_(torch.maximum(a0, b0)).clamp_(min=0)
+    inter.mul_(torch.minimum(a3, b3).sub_(torch.maximum(a1, b1)).clamp_(min=0))
+    union = (wa * ha + wb * hb).sub_(inter)
+    iou = inter.div_(union.clamp(min=EPS))
+    # The enclosing box, from the clamped extents as generalized_box_iou builds it.
+    enclosing = torch.maximum(a0 + wa, b0 + wb).sub_(torch.minimum(a0, b0))
+    enclosing.mul_(torch.maximum(a1 + ha, b1 + hb).sub_(torch.minimum(a1, b1)))
+    gap = (enclosing - union).div_(enclosing.clamp_(min=EPS))
+    return gap.sub_(iou)
