@@ -116,13 +116,14 @@ def hungarian(
         ValueError: a NaN or ``-inf`` cost, or an image whose ``+inf`` pairs make every
             assignment impossible (the message names the image).
 
-    Both solvers run the same exact algorithm in float64 (shortest augmenting paths, as
+    Both solvers are exact in float64 (shortest augmenting paths, as
     ``scipy.optimize.linear_sum_assignment``), so they reach the same optimal total; where
     several assignments share it they may pick different ones.
 
-    On the host, the valid block of each image is copied to the host once per batch and
-    solved by scipy in its faster orientation (fewer rows than columns); images run in a
-    small thread pool, since scipy releases the GIL. On the GPU, one Triton program per
+    On the host, with Numba installed, one compiled call solves the whole batch from the
+    padded cost (Jonker-Volgenant's column or row reduction and augmenting row reduction,
+    then shortest augmenting paths; see ``docs/hungarian.md``); without Numba, scipy
+    solves each image's valid block in its faster orientation. On the GPU, one Triton program per
     image solves it in place; the host reads back one status flag per image (one
     synchronisation per batch) and solves there only the images the kernel could not
     finish (more real targets than real predictions, or infeasible +inf pairs) and those
