@@ -197,12 +197,11 @@ def _solve_on_host(
         return _solve_with_scipy(cost, target_mask, pred_mask, image_ids)
     b, m, n = cost.shape
     device = cost.device
-    host = cost.cpu()
-    if host.dtype not in _KERNEL_DTYPES:
-        host = host.double()
-    cost_np = host.contiguous().numpy()
-    pmask_np = pred_mask.cpu().contiguous().numpy()
-    tmask_np = target_mask.cpu().contiguous().numpy()
+    if cost.dtype not in _KERNEL_DTYPES:
+        cost = cost.double()
+    cost_np, pmask_np, tmask_np = (
+        _host_array(t) for t in (cost, pred_mask, target_mask)
+    )
     result = np.empty((b, m), dtype=np.int64)
     status = np.empty(b, dtype=np.int64)
     if b > 1 and m * n * b >= _SPLIT_MIN_ENTRIES and torch.get_num_threads() > 1:
@@ -219,9 +218,8 @@ def _solve_on_host(
         )
     else:
         kernel.solve_batch(cost_np, pmask_np, tmask_np, result, status)
-    failed = np.flatnonzero(status)
-    if failed.size:
-        first = int(failed[0])
+    if status.any():
+        first = int(np.flatnonzero(status)[0])
         image = first if image_ids is None else image_ids[first]
         code = int(status[first])
         if code == kernel.NOT_A_NUMBER:
@@ -235,7 +233,15 @@ def _solve_on_host(
             f"cost: image {image} is infeasible: the +inf (forbidden) pairs leave no "
             f"assignment of all {rows} rows"
         )
-    return torch.from_numpy(result).to(device)
+    pred_to_target = torch.from_numpy(result)
+    return pred_to_target if device.type == "cpu" else pred_to_target.to(device)
+
+
+def _host_array(tensor: Tensor) -> np.ndarray:
+    """``tensor`` as a C-contiguous host array (a view where it already is one)."""
+    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+        tensor = tensor.to(device="cpu", memory_format=torch.contiguous_format)
+    return tensor.numpy()
 
 
 def _solve_with_scipy(
