@@ -355,42 +355,73 @@ def _row_minima(
     return ok
 
 
+#: The lanes of the vector loop of :func:`_column_minima`: enough that a vector loop
+#: (16 float32 per register, four registers a step) runs over them even for few targets.
+_LANES = 128
+
+
 @jit
 def _column_minima(
     block: np.ndarray,
     p: int,
     t: int,
     lane_best: np.ndarray,
-    lane_col: np.ndarray,
+    lane_group: np.ndarray,
     lane_sum: np.ndarray,
     best: np.ndarray,
     best_col: np.ndarray,
 ) -> bool:
     """For each of the first ``t`` columns of the image ``block [M, N]`` (its real targets,
     the rows of the problem), the smallest of the first ``p`` entries and its first row.
-    The lanes are in the cost's own dtype (exact: a widening keeps the order) and the
-    loop has no branch, so it runs on vector registers. False where an entry is NaN or
-    -inf: -inf is the minimum then, and a NaN turns the column's running sum into NaN
-    (as can a sum that overflows into -inf before a +inf; the caller then checks the
-    entries one by one)."""
-    for i in range(t):
-        lane_best[i] = np.inf
-        lane_col[i] = 0
-        lane_sum[i] = 0
-    for j in range(p):
-        source = block[j]
-        jj = np.int32(j)
-        for i in range(t):
-            h = source[i]
-            less = h < lane_best[i]
-            lane_best[i] = h if less else lane_best[i]
-            lane_col[i] = jj if less else lane_col[i]
-            lane_sum[i] += h
+
+    The block is read as groups of ``k`` consecutive rows, each group one contiguous run
+    of ``k N`` lanes (``k N`` at least :data:`_LANES`; padded targets ride along and are
+    ignored), so the loop has no branch and enough lanes for vector registers even with
+    a few targets; it runs in the cost's own dtype (exact: widening keeps the order). The
+    ``k`` partial minima of a target and the rows left over are merged after, the first
+    row winning ties. False where an entry is NaN or -inf: -inf is the minimum then, and
+    a NaN turns the target's running sum into NaN (as can a sum that overflows into -inf
+    before a +inf; the caller then checks the entries one by one)."""
+    n = block.shape[1]
+    k = max(1, _LANES // n)
+    width = k * n
+    groups = p // k
+    flat = block.reshape(-1)
+    for lane in range(width):
+        lane_best[lane] = np.inf
+        lane_group[lane] = 0
+        lane_sum[lane] = 0
+    for g in range(groups):
+        base = g * width
+        group = np.int32(g)
+        for lane in range(width):
+            h = flat[base + lane]
+            less = h < lane_best[lane]
+            lane_best[lane] = h if less else lane_best[lane]
+            lane_group[lane] = group if less else lane_group[lane]
+            lane_sum[lane] += h
     ok = True
     for i in range(t):
-        best[i] = lane_best[i]
-        best_col[i] = lane_col[i]
-        ok &= lane_best[i] > -np.inf and not np.isnan(lane_sum[i])
+        target_best = np.inf
+        target_col = -1
+        total = 0.0
+        for r in range(k):
+            lane = r * n + i
+            h = np.float64(lane_best[lane])
+            j = lane_group[lane] * k + r
+            if h < target_best or (h == target_best and (target_col < 0 or j < target_col)):
+                target_best = h
+                target_col = j
+            total += lane_sum[lane]
+        for j in range(groups * k, p):
+            h = np.float64(block[j, i])
+            if h < target_best:
+                target_best = h
+                target_col = j
+            total += h
+        best[i] = target_best
+        best_col[i] = max(target_col, 0)
+        ok &= target_best > -np.inf and not np.isnan(total)
     return ok
 
 
@@ -448,9 +479,10 @@ def solve_batch(
     order = np.empty(large, dtype=np.int64)
     best = np.empty(small)
     best_col = np.empty(small, dtype=np.int64)
-    lane_best = np.empty(n, dtype=cost.dtype)
-    lane_col = np.empty(n, dtype=np.int32)
-    lane_sum = np.empty(n, dtype=cost.dtype)
+    lanes = max(n, _LANES)
+    lane_best = np.empty(lanes, dtype=cost.dtype)
+    lane_group = np.empty(lanes, dtype=np.int32)
+    lane_sum = np.empty(lanes, dtype=cost.dtype)
     for b in range(b_count):
         status[b] = 0
         p = 0
@@ -478,7 +510,7 @@ def solve_batch(
             # Block (i, j) in place: a target row reads down a column of the image.
             row_step, col_step = (1, n) if targets_are_rows else (n, 1)
             if targets_are_rows:
-                ok = _column_minima(cost[b], p, t, lane_best, lane_col, lane_sum, best, best_col)
+                ok = _column_minima(cost[b], p, t, lane_best, lane_group, lane_sum, best, best_col)
             else:
                 ok = _row_minima(flat, start, row_step, col_step, rows, cols, best, best_col)
             if not ok:
