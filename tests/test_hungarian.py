@@ -291,3 +291,28 @@ def test_huge_finite_costs_beside_forbidden_pairs_are_not_mistaken_for_nan():
     p2t = hungarian(cost).pred_to_target
     assert matched_cost(cost[0], p2t[0]) == -1e308
     assert sorted(p2t[0][p2t[0] >= 0].tolist()) == [0, 1]
+
+
+@pytest.mark.parametrize("m, n", [(300, 30), (40, 7), (9, 130), (50, 50)])
+def test_prefix_masks_read_in_place_ignore_what_the_padding_holds(m, n):
+    """The usual padded batch: real predictions and targets are prefixes, and the padded
+    slots hold NaN, -inf or anything else."""
+    rng = np.random.default_rng(m + n)
+    b = 6
+    cost = rng.normal(size=(b, m, n)).astype(np.float32).astype(np.float64)
+    pred_counts = rng.integers(0, m + 1, b)
+    target_counts = rng.integers(0, n + 1, b)
+    pred_counts[0], target_counts[0] = m, n
+    pmask = np.arange(m) < pred_counts[:, None]
+    tmask = np.arange(n) < target_counts[:, None]
+    padded = ~(pmask[:, :, None] & tmask[:, None, :])
+    cost[padded] = rng.choice([np.nan, -np.inf, np.inf, 1e30], size=int(padded.sum()))
+    for dtype in (torch.float32, torch.float64):
+        totals = scipy_totals(cost, pmask, tmask)
+        p2t = hungarian(
+            torch.from_numpy(cost).to(dtype), torch.from_numpy(tmask), torch.from_numpy(pmask)
+        ).pred_to_target
+        for i, total in enumerate(totals):
+            got = matched_cost(torch.from_numpy(cost[i]), p2t[i])
+            assert (p2t[i] >= 0).sum() == min(pred_counts[i], target_counts[i])
+            assert got == pytest.approx(total, rel=1e-12, abs=1e-9)
