@@ -1,11 +1,22 @@
 """detection_cost builds the sum in one buffer; it must equal the sum of the public terms
 bit for bit, and stay differentiable."""
 
+import importlib
+
 import pytest
 import torch
 
+from _compiled import CPU_PATHS, use_compiled
 from detloss.boxes import box_convert
 from detloss.costs import box_l1_cost, class_cost, detection_cost, giou_cost, weighted_cost
+
+costs_module = importlib.import_module("detloss.costs")
+
+
+@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+def cpu_path(request):
+    """Every test on the compiled box terms and on the torch path."""
+    yield from use_compiled(costs_module, request.param)
 
 
 def separate_terms(logits, boxes, labels, targets, weights, fmt, l1_fmt, kind):
@@ -40,6 +51,20 @@ def test_equals_the_weighted_sum_of_the_terms(dtype, fmt, l1_fmt, kind, weights)
     )
     expected = separate_terms(logits, boxes, labels, targets, weights, fmt, l1_fmt, kind)
     assert torch.equal(fused, expected)
+
+
+def test_nan_boxes_give_nan_costs_as_the_terms_do():
+    boxes = torch.rand(1, 3, 4)
+    boxes[0, 1, 2] = float("nan")
+    targets = torch.rand(1, 2, 4)
+    labels = torch.zeros(1, 2, dtype=torch.long)
+    fused = detection_cost(torch.zeros(1, 3, 2), boxes, labels, targets)
+    expected = separate_terms(
+        torch.zeros(1, 3, 2), boxes, labels, targets, (1.0, 5.0, 2.0), "xyxy", "xyxy", "softmax"
+    )
+    assert torch.equal(fused.isnan(), expected.isnan()) and fused[0, 1].isnan().all()
+    finite = ~expected.isnan()
+    assert torch.equal(fused[finite], expected[finite])
 
 
 def test_gradients_flow_through_every_term():

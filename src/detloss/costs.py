@@ -8,11 +8,14 @@ DETR's cross-image ``[B * M, sum n]`` matrix. Costs are lower-is-better.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import ModuleType
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_shape, compute_dtype, shape_str
+from ._optional import optional_module
 from .boxes import BOX_FORMATS, EPS, _to_xyxy, box_convert, generalized_box_iou
 from .points import pairwise_distance
 
@@ -197,6 +200,11 @@ def detection_cost(
             focal_alpha=focal_alpha,
             focal_gamma=focal_gamma,
         ).mul_(cost_class)
+    kernel = _compiled_kernel(pred_boxes, pred_logits, target_boxes)
+    if kernel is not None and (cost_bbox or cost_giou):
+        return _add_box_terms_compiled(
+            kernel, total, pred_boxes, target_boxes, box_format, l1_format, cost_bbox, cost_giou
+        )
     if cost_bbox:
         # Not in place: cdist's backward reads its output.
         l1 = cost_bbox * box_l1_cost(
@@ -210,6 +218,59 @@ def detection_cost(
     if total is None:
         return pred_boxes.new_zeros((b, m, n))
     return total
+
+
+#: Whether CPU costs add their box terms in ``_cost_kernel``'s compiled loop where Numba
+#: is installed (tests switch it off to check the torch path).
+_COMPILED = True
+
+
+def _compiled_kernel(boxes: Tensor, *others: Tensor) -> ModuleType | None:
+    """The compiled box terms for float32 / float64 CPU inputs outside autograd, or None."""
+    if not _COMPILED or boxes.device.type != "cpu":
+        return None
+    if boxes.dtype not in (torch.float32, torch.float64):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (boxes, *others)):
+        return None
+    return optional_module(f"{__package__}._cost_kernel")
+
+
+def _add_box_terms_compiled(
+    kernel: ModuleType,
+    total: Tensor | None,
+    pred_boxes: Tensor,
+    target_boxes: Tensor,
+    box_format: str,
+    l1_format: str,
+    cost_bbox: float,
+    cost_giou: float,
+) -> Tensor:
+    """``total + cost_bbox * L1 + cost_giou * (-GIoU)`` in one compiled pass over
+    ``[B, M, N]`` (``total`` None: the box terms alone), the numbers of the torch path."""
+    b, m, n = pred_boxes.shape[0], pred_boxes.shape[1], target_boxes.shape[1]
+    out = pred_boxes.new_empty((b, m, n)) if total is None else total.contiguous()
+    pred_l1 = _host(box_convert(pred_boxes, box_format, l1_format))
+    target_l1 = _host(box_convert(target_boxes, box_format, l1_format))
+    # In the cost's dtype, as torch rounds a Python scalar to the tensor's dtype.
+    numpy_dtype = np.float32 if out.dtype == torch.float32 else np.float64
+    constants = np.array([0.0, EPS, cost_bbox, cost_giou], dtype=numpy_dtype)
+    kernel.add_box_terms(
+        out.numpy(),
+        pred_l1,
+        target_l1,
+        _host(_to_xyxy(pred_boxes, box_format)),
+        _host(_to_xyxy(target_boxes, box_format)),
+        constants,
+        bool(cost_bbox),
+        bool(cost_giou),
+        total is not None,
+    )
+    return out
+
+
+def _host(tensor: Tensor) -> np.ndarray:
+    return tensor.contiguous().numpy()
 
 
 def _negative_giou(pred_boxes: Tensor, target_boxes: Tensor, box_format: str) -> Tensor:
