@@ -12,9 +12,15 @@ operations, in the same order and dtype, as the torch expressions it replaces
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from ._numba import jit
+from ._numba import jit as _jit
+
+# Divisors here are clamped to EPS > 0: no division can raise, and without the check the
+# loops over targets run on vector registers.
+jit = functools.partial(_jit, ieee_division=True)
 
 __all__ = ["add_box_terms"]
 
