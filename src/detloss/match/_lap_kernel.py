@@ -3,21 +3,23 @@
 :func:`detloss.match.hungarian` solves host problems through :func:`solve_batch` when
 Numba is installed: one call for every image of the batch, read straight from the padded
 ``[B, M, N]`` cost (float32 or float64) and the two masks, with no thread pool and no
-per-image Python. Each image's valid block is copied once into a float64 working block
-with the smaller side as rows (``R <= C``, the only transposition) and solved by the
+per-image Python. An image whose real predictions and targets are prefixes of their
+slots is read in place through strides chosen so that the smaller side is the rows
+(``R <= C``, the only transposition); any other is packed once into a float64 block
+through index lists. Arithmetic is float64. Each block is solved by the
 Jonker-Volgenant scheme (Jonker & Volgenant 1987, as in ``lapjv``):
 
-1. square blocks: column reduction and reduction transfer (a dual start that usually
-   assigns most rows for free); wide blocks start from zero column potentials, which
-   keeps every unassigned column's potential at the maximum, the rectangular optimality
-   condition;
-2. two passes of augmenting row reduction (an auction step per free row: its best
-   column at its second-best price);
-3. shortest augmenting paths (Dijkstra on reduced costs) for the rows still free.
+1. square blocks: column reduction and reduction transfer, then one pass of augmenting
+   row reduction (an auction step per free row: its best column at its second-best
+   price); wide blocks start from zero column potentials (each row takes its cheapest
+   column where it is free), which keeps every unassigned column's potential at the
+   maximum, the rectangular optimality condition, then two passes of augmenting row
+   reduction;
+2. shortest augmenting paths (Dijkstra on reduced costs) for the rows still free.
 
 Every step keeps the reduced costs ``c[i, j] - u[i] - v[j]`` non-negative and zero on
 assigned pairs, so the result is optimal (the same total as scipy's
-``linear_sum_assignment``, which runs step 3 alone). ``+inf`` entries are forbidden
+``linear_sum_assignment``, which runs step 2 alone). ``+inf`` entries are forbidden
 pairs: potentials stay finite, and a path search that finds no finite column proves the
 image infeasible.
 """
