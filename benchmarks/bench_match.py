@@ -9,19 +9,42 @@ size runs there too, and so does a DINO-size batch (M = 900 queries, 1-100 targe
 solver on the device may break ties differently, so there each image's assignment must
 reach the same total cost, recomputed in float64 on the host from the indices.
 
-Run: ``python benchmarks/bench_match.py [--quick] [--repeats R] [--device cuda]``.
+Peers (CPU, solve only): the same padded float32 cost ``[B, M, N_max]`` and prefix target
+mask are solved by :func:`detloss.match.hungarian` and by the packages a user would call
+instead: scipy's ``linear_sum_assignment`` per image, lapx's ``lap.lapjvr`` per image
+(``extend_cost=True``, the valid ``[M, n]`` block as the padded cost holds it, and the
+same block transposed to ``[n, M]``, its faster orientation) and ``lap.lapjvr_batch`` on
+the whole batch (given a zero-padded copy made outside the timed region: constant
+padding columns do not change the real targets' optimum). Sizes: DETR (B = 16,
+M = 300, N ~ U(1, 30)), DINO (B = 16, M = 900, N ~ U(1, 100)) and one 1000 x 1000
+square (float64) against ``lapjvr``. Every image's total cost is asserted equal
+(float64 sums of the same entries). A note row gives the share of matching in a
+DETR-style criterion step (``DetectionLoss(HungarianMatcher)`` forward and backward,
+B = 16, M = 300, 92 logits).
+
+Run: ``python benchmarks/bench_match.py [--quick] [--repeats R] [--device cuda]
+[--threads T]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from _timing import device_sync, print_rows, time_pair
-from detloss.match import HungarianMatcher
+from detloss import DetectionLoss
+from detloss.match import HungarianMatcher, hungarian
+
+try:
+    import lap
+except ImportError:  # lapx is a benchmark-only peer
+    lap = None
 
 
 def _detr_xyxy(b: torch.Tensor) -> torch.Tensor:
@@ -121,8 +144,165 @@ def assert_same_totals(outputs: dict, targets: list[dict], reference: list, ours
         assert rel <= 1e-9, f"image {i}: total cost {got:.12g}, DETR's {want:.12g} (rel {rel:.1e})"
 
 
-def run(repeats: int = 5, quick: bool = False, device: str = "cpu") -> list[dict]:
-    torch.set_num_threads(2)
+def padded_problem(
+    batch: int, m: int, max_targets: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """A float32 cost ``[B, M, N_max]`` (padding slots hold random numbers too), its prefix
+    target mask and each image's target count."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(1, max_targets + 1, (batch,), generator=g)
+    cost = torch.rand(batch, m, max_targets, generator=g)
+    mask = torch.arange(max_targets) < counts[:, None]
+    return cost, mask, counts.tolist()
+
+
+def _totals_from_pairs(block64: np.ndarray, counts: list[int], pairs: list) -> np.ndarray:
+    """Each image's total, from (pred indices, target indices) on its float64 block."""
+    return np.array(
+        [block64[i][rows, cols].sum() for i, (rows, cols) in enumerate(pairs)], dtype=np.float64
+    )
+
+
+def _our_totals(cost64: np.ndarray, p2t: torch.Tensor) -> np.ndarray:
+    p2t = p2t.numpy()
+    return np.array(
+        [cost64[i][p2t[i] >= 0, p2t[i][p2t[i] >= 0]].sum() for i in range(len(p2t))],
+        dtype=np.float64,
+    )
+
+
+def _peers(cost: torch.Tensor, counts: list[int], threads: int) -> dict[str, Callable]:
+    """The peer solvers on the padded cost, each returning per-image (preds, targets)."""
+    host = cost.numpy()
+    peers: dict[str, Callable] = {
+        "scipy per image": lambda: [
+            linear_sum_assignment(host[i, :, :n]) for i, n in enumerate(counts)
+        ]
+    }
+    if lap is None:
+        return peers
+
+    def lapjvr_tall() -> list:
+        out = []
+        for i, n in enumerate(counts):
+            _, rows, cols = lap.lapjvr(host[i, :, :n], extend_cost=True)
+            out.append((rows, cols))
+        return out
+
+    def lapjvr_wide() -> list:
+        out = []
+        for i, n in enumerate(counts):
+            _, rows, cols = lap.lapjvr(np.ascontiguousarray(host[i, :, :n].T), extend_cost=True)
+            out.append((cols, rows))
+        return out
+
+    zero_padded = np.where(
+        np.arange(host.shape[2]) < np.array(counts)[:, None, None], host, np.float32(0)
+    )
+
+    def lapjvr_batch() -> list:
+        _, rows_list, cols_list = lap.lapjvr_batch(zero_padded, extend_cost=True, n_threads=threads)
+        return [
+            (rows[cols < n], cols[cols < n])
+            for rows, cols, n in zip(rows_list, cols_list, counts, strict=True)
+        ]
+
+    peers["lapx lapjvr per image [M, n]"] = lapjvr_tall
+    peers["lapx lapjvr per image [n, M]"] = lapjvr_wide
+    peers["lapx lapjvr_batch"] = lapjvr_batch
+    return peers
+
+
+def peer_rows(repeats: int, quick: bool, threads: int) -> list[dict]:
+    """Solve-only rows against scipy and lapx (CPU), and the criterion-step note."""
+    rows = []
+    batch = 4 if quick else 16
+    sizes = [(300, 30), (900, 100)] if not quick else [(300, 30)]
+    for m, max_targets in sizes:
+        cost, mask, counts = padded_problem(batch, m, max_targets)
+        cost64 = cost.double().numpy()
+        want = _our_totals(cost64, hungarian(cost, mask).pred_to_target)
+        for name, peer in _peers(cost, counts, threads).items():
+            got = _totals_from_pairs(cost64, counts, peer())
+            np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=name)
+            baseline, mine = time_pair(peer, lambda c=cost, k=mask: hungarian(c, k), repeats)
+            rows.append(
+                {
+                    "name": f"solve B={batch} M={m} N~U(1,{max_targets}) vs {name}",
+                    "baseline_s": baseline,
+                    "ours_s": mine,
+                    "note": f"same totals asserted; {threads} thread(s)",
+                }
+            )
+    if lap is not None:
+        side = 200 if quick else 1000
+        square = np.random.default_rng(0).random((side, side))
+        square_t = torch.from_numpy(square)
+        _, square_rows, square_cols = lap.lapjvr(square)
+        ours = hungarian(square_t).pred_to_target[0].numpy()
+        want, got = square[square_rows, square_cols].sum(), square[np.arange(side), ours].sum()
+        assert abs(got - want) <= 1e-9 * max(1.0, abs(want)), (got, want)
+        baseline, mine = time_pair(
+            lambda: lap.lapjvr(square), lambda: hungarian(square_t), max(3, repeats // 2)
+        )
+        rows.append(
+            {
+                "name": f"solve {side}x{side} float64 vs lapx lapjvr",
+                "baseline_s": baseline,
+                "ours_s": mine,
+                "note": f"same total asserted; {threads} thread(s)",
+            }
+        )
+    rows.append(criterion_share_row(repeats, quick))
+    return rows
+
+
+def criterion_share_row(repeats: int, quick: bool) -> dict:
+    """The share of the matcher in a DETR-style criterion step (forward + backward)."""
+    batch = 4 if quick else 16
+    outputs, targets = make_problem(batch, 300, 91, 30)
+    matcher = HungarianMatcher(1.0, 5.0, 2.0, box_format="cxcywh")
+    criterion = DetectionLoss(matcher, box_format="cxcywh")
+
+    def step() -> None:
+        leaf = {k: v.detach().requires_grad_(True) for k, v in outputs.items()}
+        criterion(leaf, targets).backward()
+
+    step_times, match_times = [], []
+    for _ in range(max(repeats, 3)):
+        for fn, out in ((step, step_times), (lambda: matcher(outputs, targets), match_times)):
+            fn()
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    shares = sorted(m / s for m, s in zip(match_times, step_times, strict=True))
+    note = (
+        f"matching share of a DETR criterion step (B={batch}, M=300, 92 logits, fwd+bwd): "
+        f"min {shares[0]:.0%} median {statistics.median(shares):.0%} max {shares[-1]:.0%} "
+        f"(step {statistics.median(step_times) * 1e3:.2f} ms, matching "
+        f"{statistics.median(match_times) * 1e3:.2f} ms, {torch.get_num_threads()} thread(s))"
+    )
+    return {"name": "matching share of a criterion step", "note": note}
+
+
+def run(
+    repeats: int = 5, quick: bool = False, device: str = "cpu", threads: int | None = None
+) -> list[dict]:
+    """The matcher against DETR's pipeline, then (on the CPU) the peer solvers, with
+    ``threads`` torch intra-op threads (default 2; the compiled solver uses a second
+    thread only when torch may)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or 2)
+    try:
+        rows = _detr_rows(repeats, quick, device)
+        if torch.device(device).type == "cpu":
+            rows += peer_rows(repeats, quick, torch.get_num_threads())
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def _detr_rows(repeats: int, quick: bool, device: str) -> list[dict]:
     dev = torch.device(device)
     batch = 4 if quick else 16
     # (queries, most targets per image): DETR's size, and on a GPU also DINO's.
@@ -164,8 +344,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cpu", help="e.g. cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
-    print_rows(run(args.repeats, args.quick, args.device))
+    print_rows(run(args.repeats, args.quick, args.device, args.threads))
 
 
 if __name__ == "__main__":

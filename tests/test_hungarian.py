@@ -1,3 +1,4 @@
+import importlib
 import itertools
 
 import numpy as np
@@ -7,7 +8,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
+from _compiled import CPU_PATHS, use_compiled
 from detloss.match import hungarian
+
+hungarian_module = importlib.import_module("detloss.match.hungarian")
+
+
+@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+def cpu_path(request):
+    """Every test on the compiled batch solver and on the scipy path."""
+    yield from use_compiled(hungarian_module, request.param)
 
 
 def brute_force_cost(cost: np.ndarray) -> float:
@@ -147,3 +157,162 @@ def test_errors_name_the_image():
         ValueError, match=r"pred_mask: expected shape \[2, 5\] \(\[B, M\]\), got \[5\]"
     ):
         hungarian(torch.zeros(2, 5, 3), pred_mask=torch.ones(5, dtype=torch.bool))
+
+
+def scipy_totals(cost: np.ndarray, pmask: np.ndarray, tmask: np.ndarray) -> list[float]:
+    """Each image's optimal total by scipy on its valid block (inf where infeasible)."""
+    totals = []
+    for i in range(cost.shape[0]):
+        block = cost[i][pmask[i]][:, tmask[i]]
+        if block.size == 0:
+            totals.append(0.0)
+            continue
+        try:
+            r, c = linear_sum_assignment(block)
+        except ValueError:
+            totals.append(np.inf)
+            continue
+        totals.append(float(block[r, c].sum()))
+    return totals
+
+
+def check_against_scipy(cost: np.ndarray, pmask: np.ndarray, tmask: np.ndarray) -> None:
+    totals = scipy_totals(cost, pmask, tmask)
+    args = (torch.from_numpy(cost), torch.from_numpy(tmask), torch.from_numpy(pmask))
+    if not all(np.isfinite(totals)):
+        first = int(np.flatnonzero(~np.isfinite(totals))[0])
+        with pytest.raises(ValueError, match=f"image {first} is infeasible"):
+            hungarian(*args)
+        return
+    p2t = hungarian(*args).pred_to_target
+    for i, total in enumerate(totals):
+        matched = p2t[i][p2t[i] >= 0]
+        assert len(matched) == min(int(pmask[i].sum()), int(tmask[i].sum()))
+        assert len(set(matched.tolist())) == len(matched)
+        assert all(tmask[i][t] for t in matched.tolist())
+        assert (p2t[i][~torch.from_numpy(pmask[i])] == -2).all()
+        got = matched_cost(torch.from_numpy(cost[i]), p2t[i])
+        assert got == pytest.approx(total, rel=1e-12, abs=1e-9)
+
+
+@st.composite
+def larger_problems(draw):
+    """Sizes past the brute force: square, wide and tall blocks; integer costs (ties),
+    forbidden pairs, padded slots anywhere in the masks."""
+    b = draw(st.integers(1, 4))
+    m = draw(st.integers(0, 40))
+    n = draw(st.integers(0, 40))
+    seed = draw(st.integers(0, 2**31 - 1))
+    kind = draw(st.sampled_from(["normal", "integers", "forbidden", "square"]))
+    rng = np.random.default_rng(seed)
+    if kind == "square":
+        n = m
+    if kind == "normal":
+        cost = rng.normal(size=(b, m, n))
+    else:
+        cost = rng.integers(0, 4, size=(b, m, n)).astype(np.float64)
+    if kind == "forbidden":
+        cost[rng.random((b, m, n)) < 0.6] = np.inf
+    pmask = rng.random((b, m)) < draw(st.sampled_from([1.0, 0.8]))
+    tmask = rng.random((b, n)) < draw(st.sampled_from([1.0, 0.7]))
+    return cost, pmask, tmask
+
+
+@given(larger_problems())
+def test_same_total_as_scipy_property(problem):
+    check_against_scipy(*problem)
+
+
+@pytest.mark.parametrize("m, n", [(1, 1), (5, 5), (60, 60), (7, 200), (200, 7), (40, 41)])
+def test_same_total_as_scipy_on_ties_squares_and_forbidden_pairs(m, n):
+    rng = np.random.default_rng(m * 1000 + n)
+    for trial in range(6):
+        cost = rng.integers(0, 3, size=(3, m, n)).astype(np.float64)  # mostly ties
+        if trial % 2:
+            cost[rng.random(cost.shape) < 0.3] = np.inf
+        ones = (np.ones((3, m), dtype=bool), np.ones((3, n), dtype=bool))
+        check_against_scipy(cost, *ones)
+        check_against_scipy(cost, rng.random((3, m)) < 0.8, rng.random((3, n)) < 0.8)
+
+
+def test_infeasible_square_and_rectangular_images_are_named_in_order():
+    cost = np.random.default_rng(1).random((4, 6, 6))
+    cost[2, :, 3] = np.inf  # a square image with a column it cannot use
+    cost[3, :3, :] = np.inf
+    cost[3, 3:, 1:] = np.inf  # rows 3-5 share one column
+    with pytest.raises(ValueError, match="image 2 is infeasible"):
+        hungarian(torch.from_numpy(cost))
+    with pytest.raises(ValueError, match="image 2 is infeasible"):
+        hungarian(torch.from_numpy(cost[[0, 1, 3]]))
+    # a forbidden column in a padded slot does not matter
+    tmask = torch.ones(4, 6, dtype=torch.bool)
+    tmask[2, 3] = False
+    result = hungarian(torch.from_numpy(cost[:3]), tmask[:3])
+    assert result.num_matched.tolist() == [6, 6, 5]
+
+
+def test_nan_is_reported_before_negative_infinity_and_earlier_images_first():
+    cost = torch.rand(3, 5, 4)
+    cost[1, 0, 0] = -float("inf")
+    cost[1, 4, 3] = float("nan")
+    cost[2, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="image 1 contains NaN"):
+        hungarian(cost)
+    cost[0, :, 2] = float("inf")
+    cost[0, :, 3] = float("inf")
+    cost[0, 0, 3] = 0.0
+    cost[0, 1:, :2] = float("inf")  # image 0 is infeasible: reported first
+    with pytest.raises(ValueError, match="image 0 is infeasible"):
+        hungarian(cost)
+
+
+def test_split_batch_agrees_with_one_call(monkeypatch):
+    monkeypatch.setattr(hungarian_module, "_SPLIT_MIN_ENTRIES", 1)
+    rng = np.random.default_rng(5)
+    cost = rng.normal(size=(5, 30, 9))
+    check_against_scipy(cost, rng.random((5, 30)) < 0.9, rng.random((5, 9)) < 0.9)
+    cost[3, :, 0] = np.nan
+    with pytest.raises(ValueError, match="image 3 contains NaN"):
+        hungarian(torch.from_numpy(cost))
+
+
+def test_large_square_against_scipy():
+    rng = np.random.default_rng(7)
+    cost = rng.random((1, 150, 150))
+    check_against_scipy(cost, np.ones((1, 150), dtype=bool), np.ones((1, 150), dtype=bool))
+
+
+def test_huge_finite_costs_beside_forbidden_pairs_are_not_mistaken_for_nan():
+    # Summed down a column, -1e308 twice overflows to -inf and meets the +inf: the fast
+    # check raises a false alarm, which the exact check must clear.
+    cost = torch.zeros(1, 4, 2, dtype=torch.float64)
+    cost[0, 0, 0] = cost[0, 1, 0] = -1e308
+    cost[0, 2, 0] = float("inf")
+    p2t = hungarian(cost).pred_to_target
+    assert matched_cost(cost[0], p2t[0]) == -1e308
+    assert sorted(p2t[0][p2t[0] >= 0].tolist()) == [0, 1]
+
+
+@pytest.mark.parametrize("m, n", [(300, 30), (40, 7), (9, 130), (50, 50)])
+def test_prefix_masks_read_in_place_ignore_what_the_padding_holds(m, n):
+    """The usual padded batch: real predictions and targets are prefixes, and the padded
+    slots hold NaN, -inf or anything else."""
+    rng = np.random.default_rng(m + n)
+    b = 6
+    cost = rng.normal(size=(b, m, n)).astype(np.float32).astype(np.float64)
+    pred_counts = rng.integers(0, m + 1, b)
+    target_counts = rng.integers(0, n + 1, b)
+    pred_counts[0], target_counts[0] = m, n
+    pmask = np.arange(m) < pred_counts[:, None]
+    tmask = np.arange(n) < target_counts[:, None]
+    padded = ~(pmask[:, :, None] & tmask[:, None, :])
+    cost[padded] = rng.choice([np.nan, -np.inf, np.inf, 1e30], size=int(padded.sum()))
+    for dtype in (torch.float32, torch.float64):
+        totals = scipy_totals(cost, pmask, tmask)
+        p2t = hungarian(
+            torch.from_numpy(cost).to(dtype), torch.from_numpy(tmask), torch.from_numpy(pmask)
+        ).pred_to_target
+        for i, total in enumerate(totals):
+            got = matched_cost(torch.from_numpy(cost[i]), p2t[i])
+            assert (p2t[i] >= 0).sum() == min(pred_counts[i], target_counts[i])
+            assert got == pytest.approx(total, rel=1e-12, abs=1e-9)

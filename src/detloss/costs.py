@@ -8,12 +8,15 @@ DETR's cross-image ``[B * M, sum n]`` matrix. Costs are lower-is-better.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import ModuleType
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_shape, compute_dtype, shape_str
-from .boxes import BOX_FORMATS, box_convert, generalized_box_iou
+from ._optional import optional_module
+from .boxes import BOX_FORMATS, EPS, _to_xyxy, box_convert, generalized_box_iou
 from .points import pairwise_distance
 
 __all__ = [
@@ -184,26 +187,108 @@ def detection_cost(
     pred_logits, pred_boxes, target_boxes = (
         t.to(dtype) for t in (pred_logits, pred_boxes, target_boxes)
     )
-    terms: dict[str, tuple[float, Tensor]] = {}
+    b, m, n = pred_boxes.shape[0], pred_boxes.shape[1], target_boxes.shape[1]
+    # One [B, M, N] buffer: each term is scaled in place and added to it, in the order
+    # and with the rounding of weighted_cost({"class", "bbox", "giou"}).
+    total: Tensor | None = None
     if cost_class:
-        kind_cost = class_cost(
+        total = class_cost(
             pred_logits,
             target_labels,
             class_cost_kind,
             background,
             focal_alpha=focal_alpha,
             focal_gamma=focal_gamma,
+        ).mul_(cost_class)
+    kernel = _compiled_kernel(pred_boxes, pred_logits, target_boxes)
+    if kernel is not None and (cost_bbox or cost_giou):
+        return _add_box_terms_compiled(
+            kernel, total, pred_boxes, target_boxes, box_format, l1_format, cost_bbox, cost_giou
         )
-        terms["class"] = (cost_class, kind_cost)
     if cost_bbox:
-        l1 = box_l1_cost(
+        # Not in place: cdist's backward reads its output.
+        l1 = cost_bbox * box_l1_cost(
             box_convert(pred_boxes, box_format, l1_format),
             box_convert(target_boxes, box_format, l1_format),
         )
-        terms["bbox"] = (cost_bbox, l1)
+        total = l1 if total is None else total.add_(l1)
     if cost_giou:
-        terms["giou"] = (cost_giou, giou_cost(pred_boxes, target_boxes, box_format))
-    if not terms:
-        b, m, n = pred_boxes.shape[0], pred_boxes.shape[1], target_boxes.shape[1]
+        giou = _negative_giou(pred_boxes, target_boxes, box_format).mul_(cost_giou)
+        total = giou if total is None else total.add_(giou)
+    if total is None:
         return pred_boxes.new_zeros((b, m, n))
-    return weighted_cost(terms)
+    return total
+
+
+#: Whether CPU costs add their box terms in ``_cost_kernel``'s compiled loop where Numba
+#: is installed (tests switch it off to check the torch path).
+_COMPILED = True
+
+
+def _compiled_kernel(boxes: Tensor, *others: Tensor) -> ModuleType | None:
+    """The compiled box terms for float32 / float64 CPU inputs outside autograd, or None."""
+    if not _COMPILED or boxes.device.type != "cpu":
+        return None
+    if boxes.dtype not in (torch.float32, torch.float64):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (boxes, *others)):
+        return None
+    return optional_module(f"{__package__}._cost_kernel")
+
+
+def _add_box_terms_compiled(
+    kernel: ModuleType,
+    total: Tensor | None,
+    pred_boxes: Tensor,
+    target_boxes: Tensor,
+    box_format: str,
+    l1_format: str,
+    cost_bbox: float,
+    cost_giou: float,
+) -> Tensor:
+    """``total + cost_bbox * L1 + cost_giou * (-GIoU)`` in one compiled pass over
+    ``[B, M, N]`` (``total`` None: the box terms alone), the numbers of the torch path."""
+    b, m, n = pred_boxes.shape[0], pred_boxes.shape[1], target_boxes.shape[1]
+    out = pred_boxes.new_empty((b, m, n)) if total is None else total.contiguous()
+    pred_l1 = _host(box_convert(pred_boxes, box_format, l1_format))
+    target_l1 = _host(box_convert(target_boxes, box_format, l1_format))
+    # In the cost's dtype, as torch rounds a Python scalar to the tensor's dtype.
+    numpy_dtype = np.float32 if out.dtype == torch.float32 else np.float64
+    constants = np.array([0.0, EPS, cost_bbox, cost_giou], dtype=numpy_dtype)
+    kernel.add_box_terms(
+        out.numpy(),
+        pred_l1,
+        target_l1,
+        _host(_to_xyxy(pred_boxes, box_format)),
+        _host(_to_xyxy(target_boxes, box_format)),
+        constants,
+        bool(cost_bbox),
+        bool(cost_giou),
+        total is not None,
+    )
+    return out
+
+
+def _host(tensor: Tensor) -> np.ndarray:
+    return tensor.contiguous().numpy()
+
+
+def _negative_giou(pred_boxes: Tensor, target_boxes: Tensor, box_format: str) -> Tensor:
+    """``-generalized_box_iou(pred_boxes, target_boxes)`` ``[B, M, N]`` for boxes of one
+    float dtype, with the same operations (so the same numbers), but each coordinate and
+    side length taken once as a contiguous ``[B, M, 1]`` or ``[B, 1, N]`` column instead
+    of a strided slice of the broadcast ``[B, M, N, 4]`` pair, and the pair terms
+    combined in place."""
+    a0, a1, a2, a3 = (c.unsqueeze(-1) for c in _to_xyxy(pred_boxes, box_format).unbind(-1))
+    b0, b1, b2, b3 = (c.unsqueeze(-2) for c in _to_xyxy(target_boxes, box_format).unbind(-1))
+    wa, ha = (a2 - a0).clamp(min=0), (a3 - a1).clamp(min=0)
+    wb, hb = (b2 - b0).clamp(min=0), (b3 - b1).clamp(min=0)
+    inter = torch.minimum(a2, b2).sub_(torch.maximum(a0, b0)).clamp_(min=0)
+    inter.mul_(torch.minimum(a3, b3).sub_(torch.maximum(a1, b1)).clamp_(min=0))
+    union = (wa * ha + wb * hb).sub_(inter)
+    iou = inter.div_(union.clamp(min=EPS))
+    # The enclosing box, from the clamped extents as generalized_box_iou builds it.
+    enclosing = torch.maximum(a0 + wa, b0 + wb).sub_(torch.minimum(a0, b0))
+    enclosing.mul_(torch.maximum(a1 + ha, b1 + hb).sub_(torch.minimum(a1, b1)))
+    gap = (enclosing - union).div_(enclosing.clamp_(min=EPS))
+    return gap.sub_(iou)

@@ -117,13 +117,14 @@ def hungarian(
         ValueError: a NaN or ``-inf`` cost, or an image whose ``+inf`` pairs make every
             assignment impossible (the message names the image).
 
-    Both solvers run the same exact algorithm in float64 (shortest augmenting paths, as
+    Both solvers are exact in float64 (shortest augmenting paths, as
     ``scipy.optimize.linear_sum_assignment``), so they reach the same optimal total; where
     several assignments share it they may pick different ones.
 
-    On the host, the valid block of each image is copied to the host once per batch and
-    solved by scipy in its faster orientation (fewer rows than columns); images run in a
-    small thread pool, since scipy releases the GIL. On the GPU, one Triton program per
+    On the host, with Numba installed, one compiled call solves the whole batch from the
+    padded cost (Jonker-Volgenant's column or row reduction and augmenting row reduction,
+    then shortest augmenting paths; see ``docs/hungarian.md``); without Numba, scipy
+    solves each image's valid block in its faster orientation. On the GPU, one Triton program per
     image solves it in place; the host reads back one status flag per image (one
     synchronisation per batch) and solves there only the images the kernel could not
     finish (more real targets than real predictions, or infeasible +inf pairs) and those
@@ -171,11 +172,83 @@ def solve_on_gpu(cost: Tensor, target_mask: Tensor, pred_mask: Tensor) -> tuple[
     return pred_to_target.masked_fill(~pred_mask, IGNORED), unsolved
 
 
+#: Whether host problems use the compiled batch solver of ``_lap_kernel`` where Numba is
+#: installed (tests switch it off to check the scipy path).
+_COMPILED = True
+#: The cost dtypes the compiled solver reads directly (others go to float64 first).
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+#: From this many cost entries on, and where torch may use more than one thread, a batch
+#: is split in two halves solved side by side in the thread pool (at DINO size, 1.4
+#: million entries, the second core saved nothing measurable on two cores).
+_SPLIT_MIN_ENTRIES = 4_000_000
+
+
+def _lap_kernel() -> ModuleType | None:
+    """The compiled batch solver, or None: Numba missing or switched off."""
+    return optional_module(f"{__package__}._lap_kernel") if _COMPILED else None
+
+
 def _solve_on_host(
     cost: Tensor, target_mask: Tensor, pred_mask: Tensor, image_ids: list[int] | None = None
 ) -> Tensor:
-    """``pred_to_target [B, M]`` by scipy, on ``cost``'s device. ``image_ids`` are the
-    images' numbers in error messages (default ``0 .. B - 1``)."""
+    """``pred_to_target [B, M]`` solved on the host, on ``cost``'s device. ``image_ids``
+    are the images' numbers in error messages (default ``0 .. B - 1``)."""
+    kernel = _lap_kernel()
+    if kernel is None:
+        return _solve_with_scipy(cost, target_mask, pred_mask, image_ids)
+    b, m, n = cost.shape
+    device = cost.device
+    if cost.dtype not in _KERNEL_DTYPES:
+        cost = cost.double()
+    cost_np, pmask_np, tmask_np = (
+        _host_array(t) for t in (cost, pred_mask, target_mask)
+    )
+    result = np.empty((b, m), dtype=np.int64)
+    status = np.empty(b, dtype=np.int64)
+    if b > 1 and m * n * b >= _SPLIT_MIN_ENTRIES and torch.get_num_threads() > 1:
+        # The kernel runs without the GIL: two halves of the batch on two threads.
+        half = b // 2
+        parts = [slice(0, half), slice(half, b)]
+        list(
+            _thread_pool().map(
+                lambda s: kernel.solve_batch(
+                    cost_np[s], pmask_np[s], tmask_np[s], result[s], status[s]
+                ),
+                parts,
+            )
+        )
+    else:
+        kernel.solve_batch(cost_np, pmask_np, tmask_np, result, status)
+    if status.any():
+        first = int(np.flatnonzero(status)[0])
+        image = first if image_ids is None else image_ids[first]
+        code = int(status[first])
+        if code == kernel.NOT_A_NUMBER:
+            raise ValueError(f"cost: image {image} contains NaN; costs must be finite or +inf")
+        if code == kernel.NEGATIVE_INFINITY:
+            raise ValueError(
+                f"cost: image {image} contains -inf; costs must be finite or +inf (forbidden)"
+            )
+        rows = int(min(pmask_np[first].sum(), tmask_np[first].sum()))
+        raise ValueError(
+            f"cost: image {image} is infeasible: the +inf (forbidden) pairs leave no "
+            f"assignment of all {rows} rows"
+        )
+    pred_to_target = torch.from_numpy(result)
+    return pred_to_target if device.type == "cpu" else pred_to_target.to(device)
+
+
+def _host_array(tensor: Tensor) -> np.ndarray:
+    """``tensor`` as a C-contiguous host array (a view where it already is one)."""
+    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+        tensor = tensor.to(device="cpu", memory_format=torch.contiguous_format)
+    return tensor.numpy()
+
+
+def _solve_with_scipy(
+    cost: Tensor, target_mask: Tensor, pred_mask: Tensor, image_ids: list[int] | None = None
+) -> Tensor:
+    """``pred_to_target [B, M]`` by scipy per image (the path without Numba)."""
     b, m, n = cost.shape
     device = cost.device
     result = np.full((b, m), BACKGROUND, dtype=np.int64)

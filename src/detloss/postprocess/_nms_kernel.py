@@ -99,7 +99,7 @@ def _by_score(scores: np.ndarray) -> np.ndarray:
     return _radix_order(_descending_keys(scores), 64)
 
 
-@functools.partial(jit, error_model="numpy")
+@functools.partial(jit, ieee_division=True)
 def _suppress(boxes: np.ndarray, order: np.ndarray, bound: float, kept: np.ndarray) -> int:
     """Greedy suppression of the boxes ``order`` lists (best first); writes the kept ones
     to the front of ``kept`` in visiting order and returns how many there are.
@@ -107,7 +107,7 @@ def _suppress(boxes: np.ndarray, order: np.ndarray, bound: float, kept: np.ndarr
     ``bound`` is the smallest value of the boxes' type above the threshold, so that
     ``quotient >= bound`` is torchvision's ``quotient > threshold`` (the quotient widened
     to float64) in the boxes' own type, where the tests of one row vectorise. A division
-    by zero gives inf or NaN as in C (``error_model="numpy"``).
+    by zero gives inf or NaN as in C (``ieee_division``).
     """
     n = order.size
     # The alive boxes, in visiting order, compacted after each kept box that suppresses.

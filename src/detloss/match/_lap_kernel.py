@@ -1,0 +1,580 @@
+"""Compiled exact assignment of a whole batch on the CPU (Numba; optional).
+
+:func:`detloss.match.hungarian` solves host problems through :func:`solve_batch` when
+Numba is installed: one call for every image of the batch, read straight from the padded
+``[B, M, N]`` cost (float32 or float64) and the two masks, with no thread pool and no
+per-image Python. An image whose real predictions and targets are prefixes of their
+slots is read in place through strides chosen so that the smaller side is the rows
+(``R <= C``, the only transposition); any other is packed once into a float64 block
+through index lists. Arithmetic is float64. Each block is solved by the
+Jonker-Volgenant scheme (Jonker & Volgenant 1987, as in ``lapjv``):
+
+1. square blocks: column reduction and reduction transfer, then one pass of augmenting
+   row reduction (an auction step per free row: its best column at its second-best
+   price); wide blocks start from zero column potentials (each row takes its cheapest
+   column where it is free), which keeps every unassigned column's potential at the
+   maximum, the rectangular optimality condition, then two passes of augmenting row
+   reduction;
+2. shortest augmenting paths (Dijkstra on reduced costs) for the rows still free.
+
+Every step keeps the reduced costs ``c[i, j] - u[i] - v[j]`` non-negative and zero on
+assigned pairs, so the result is optimal (the same total as scipy's
+``linear_sum_assignment``, which runs step 2 alone). ``+inf`` entries are forbidden
+pairs: potentials stay finite, and a path search that finds no finite column proves the
+image infeasible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._numba import jit
+
+__all__ = ["INFEASIBLE", "NEGATIVE_INFINITY", "NOT_A_NUMBER", "solve_batch"]
+
+#: ``status`` codes of an image, in the order the host checks them.
+NOT_A_NUMBER = 1
+NEGATIVE_INFINITY = 2
+INFEASIBLE = 3
+
+
+@jit
+def _column_reduction(
+    w: np.ndarray,
+    start: int,
+    row_step: int,
+    col_step: int,
+    rows: int,
+    cols: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    v: np.ndarray,
+    free: np.ndarray,
+    best_row: np.ndarray,
+) -> int:
+    """Square start: ``v[j] = min_i w[i, j]``, each column to its best row if that row is
+    still free (columns in reverse, as JV), then the reduction transfer. Returns the
+    number of free rows (listed in ``free``), or -1 where a column has no finite entry
+    (no perfect matching exists)."""
+    for j in range(cols):
+        v[j] = np.float64(w[start + j * col_step])
+        best_row[j] = 0
+    for i in range(1, rows):
+        base = start + i * row_step
+        for j in range(cols):
+            h = np.float64(w[base + j * col_step])
+            if h < v[j]:
+                v[j] = h
+                best_row[j] = i
+    matches = np.zeros(rows, dtype=np.int64)
+    for j in range(cols - 1, -1, -1):
+        if v[j] == np.inf:
+            return -1
+        i = best_row[j]
+        if matches[i] == 0:
+            x[i] = j
+            y[j] = i
+        else:
+            y[j] = -1
+        matches[i] += 1
+    n_free = 0
+    for i in range(rows):
+        if matches[i] == 0:
+            free[n_free] = i
+            n_free += 1
+        elif matches[i] == 1:
+            # Reduction transfer: the row's price moves onto its column.
+            j1 = x[i]
+            base = start + i * row_step
+            mu = np.inf
+            for j in range(cols):
+                if j != j1:
+                    h = np.float64(w[base + j * col_step]) - v[j]
+                    if h < mu:
+                        mu = h
+            if mu < np.inf:
+                v[j1] -= mu
+    return n_free
+
+
+@jit
+def _augmenting_row_reduction(
+    w: np.ndarray,
+    start: int,
+    row_step: int,
+    col_step: int,
+    cols: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    v: np.ndarray,
+    free: np.ndarray,
+    n_free: int,
+) -> int:
+    """One JV pass over the free rows: each takes its cheapest column and lowers that
+    column's potential by the gap to its second cheapest, displacing the column's row
+    (which then bids at once if the potential fell, else in the next pass). Returns how
+    many rows are left free (listed in ``free``)."""
+    current = 0
+    new_free = 0
+    steps = 0
+    while current < n_free:
+        steps += 1
+        i = free[current]
+        current += 1
+        base = start + i * row_step
+        umin = np.float64(w[base]) - v[0]
+        j1 = 0
+        usubmin = np.inf
+        j2 = -1
+        for j in range(1, cols):
+            h = np.float64(w[base + j * col_step]) - v[j]
+            if h < usubmin:
+                if h >= umin:
+                    usubmin = h
+                    j2 = j
+                else:
+                    usubmin = umin
+                    umin = h
+                    j2 = j1
+                    j1 = j
+        if umin == np.inf:
+            # No finite column: the path search reports the image infeasible.
+            free[new_free] = i
+            new_free += 1
+            continue
+        i0 = y[j1]
+        # An infinite gap (one finite column) cannot move a potential.
+        lowers = umin < usubmin < np.inf
+        if steps < current * cols:
+            if lowers:
+                v[j1] -= usubmin - umin
+            elif i0 >= 0 and j2 >= 0 and usubmin < np.inf:
+                j1 = j2
+                i0 = y[j2]
+            if i0 >= 0:
+                if lowers:
+                    current -= 1
+                    free[current] = i0
+                else:
+                    free[new_free] = i0
+                    new_free += 1
+        elif i0 >= 0:
+            free[new_free] = i0
+            new_free += 1
+        x[i] = j1
+        y[j1] = i
+        if i0 >= 0:
+            x[i0] = -1
+    return new_free
+
+
+@jit
+def _augment(
+    w: np.ndarray,
+    start: int,
+    row_step: int,
+    col_step: int,
+    cols: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    v: np.ndarray,
+    free: np.ndarray,
+    n_free: int,
+    d: np.ndarray,
+    pred: np.ndarray,
+    order: np.ndarray,
+) -> bool:
+    """Shortest augmenting paths (Dijkstra on the reduced costs) from each free row; the
+    columns reached before the free one found get their potentials lowered. False where
+    a free row reaches no column at finite cost (the image is infeasible)."""
+    for f in range(n_free):
+        source = free[f]
+        base = start + source * row_step
+        for j in range(cols):
+            d[j] = np.float64(w[base + j * col_step]) - v[j]
+            pred[j] = source
+            order[j] = j
+        # order[:low] scanned, order[low:up] at the current minimum, order[up:] the rest.
+        low = 0
+        up = 0
+        last = 0
+        mn = 0.0
+        end = -1
+        while end < 0:
+            if low == up:
+                last = low
+                mn = d[order[up]]
+                up += 1
+                for k in range(up, cols):
+                    j = order[k]
+                    h = d[j]
+                    if h <= mn:
+                        if h < mn:
+                            up = low
+                            mn = h
+                        order[k] = order[up]
+                        order[up] = j
+                        up += 1
+                if mn == np.inf:
+                    return False
+                for k in range(low, up):
+                    if y[order[k]] < 0:
+                        end = order[k]
+                        break
+                if end >= 0:
+                    break
+            j1 = order[low]
+            low += 1
+            i = y[j1]
+            row = start + i * row_step
+            u1 = np.float64(w[row + j1 * col_step]) - v[j1] - mn
+            for k in range(up, cols):
+                j = order[k]
+                h = np.float64(w[row + j * col_step]) - v[j] - u1
+                if h < d[j]:
+                    d[j] = h
+                    pred[j] = i
+                    if h == mn:
+                        if y[j] < 0:
+                            end = j
+                            break
+                        order[k] = order[up]
+                        order[up] = j
+                        up += 1
+        for k in range(last):
+            j = order[k]
+            v[j] += d[j] - mn
+        while True:
+            i = pred[end]
+            y[end] = i
+            j = end
+            end = x[i]
+            x[i] = j
+            if i == source:
+                break
+    return True
+
+
+@jit
+def _solve_block(
+    w: np.ndarray,
+    start: int,
+    row_step: int,
+    col_step: int,
+    rows: int,
+    cols: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    v: np.ndarray,
+    free: np.ndarray,
+    d: np.ndarray,
+    pred: np.ndarray,
+    order: np.ndarray,
+    best: np.ndarray,
+    best_col: np.ndarray,
+) -> bool:
+    """Minimum-cost assignment of every row of the block ``w[start + i * row_step + j *
+    col_step]`` (``rows <= cols``; any float dtype, computed in float64) into ``x`` (row
+    to column). ``best[i]`` / ``best_col[i]`` hold each row's smallest entry and its
+    first column. False where the block is infeasible."""
+    for j in range(cols):
+        y[j] = -1
+    for i in range(rows):
+        x[i] = -1
+    if rows == cols:
+        n_free = _column_reduction(w, start, row_step, col_step, rows, cols, x, y, v, free, pred)
+        if n_free < 0:
+            return False
+        n_free = _augmenting_row_reduction(
+            w, start, row_step, col_step, cols, x, y, v, free, n_free
+        )
+    else:
+        # Row reduction with zero column potentials: each row takes its cheapest column
+        # where no earlier row did (with many more columns than rows, nearly all do);
+        # the others bid for theirs (two JV passes) before any path search.
+        for j in range(cols):
+            v[j] = 0.0
+        n_free = 0
+        for i in range(rows):
+            if best[i] == np.inf:
+                return False
+            j = best_col[i]
+            if y[j] < 0:
+                x[i] = j
+                y[j] = i
+            else:
+                free[n_free] = i
+                n_free += 1
+        for _ in range(2):
+            if n_free == 0:
+                break
+            n_free = _augmenting_row_reduction(
+                w, start, row_step, col_step, cols, x, y, v, free, n_free
+            )
+    return _augment(w, start, row_step, col_step, cols, x, y, v, free, n_free, d, pred, order)
+
+
+@jit
+def _row_minima(
+    w: np.ndarray,
+    start: int,
+    row_step: int,
+    col_step: int,
+    rows: int,
+    cols: int,
+    best: np.ndarray,
+    best_col: np.ndarray,
+) -> bool:
+    """Each row's smallest entry and its first column, read in memory order; False where
+    an entry is NaN or -inf (both fail ``h > -inf``)."""
+    ok = True
+    if col_step == 1:
+        for i in range(rows):
+            base = start + i * row_step
+            row_best = np.inf
+            row_best_col = 0
+            for j in range(cols):
+                h = np.float64(w[base + j])
+                ok &= h > -np.inf
+                if h < row_best:
+                    row_best = h
+                    row_best_col = j
+            best[i] = row_best
+            best_col[i] = row_best_col
+    else:
+        # Rows are the memory's inner dimension: all row minima advance together.
+        for i in range(rows):
+            best[i] = np.inf
+            best_col[i] = 0
+        for j in range(cols):
+            base = start + j * col_step
+            for i in range(rows):
+                h = np.float64(w[base + i * row_step])
+                ok &= h > -np.inf
+                if h < best[i]:
+                    best[i] = h
+                    best_col[i] = j
+    return ok
+
+
+#: The lanes of the vector loop of :func:`_column_minima`: enough that a vector loop
+#: (16 float32 per register, four registers a step) runs over them even for few targets.
+_LANES = 128
+
+
+@jit
+def _column_minima(
+    block: np.ndarray,
+    p: int,
+    t: int,
+    lane_best: np.ndarray,
+    lane_group: np.ndarray,
+    lane_sum: np.ndarray,
+    best: np.ndarray,
+    best_col: np.ndarray,
+) -> bool:
+    """For each of the first ``t`` columns of the image ``block [M, N]`` (its real targets,
+    the rows of the problem), the smallest of the first ``p`` entries and its first row.
+
+    The block is read as groups of ``k`` consecutive rows, each group one contiguous run
+    of ``k N`` lanes (``k N`` at least :data:`_LANES`; padded targets ride along and are
+    ignored), so the loop has no branch and enough lanes for vector registers even with
+    a few targets; it runs in the cost's own dtype (exact: widening keeps the order). The
+    ``k`` partial minima of a target and the rows left over are merged after, the first
+    row winning ties. False where an entry is NaN or -inf: -inf is the minimum then, and
+    a NaN turns the target's running sum into NaN (as can a sum that overflows into -inf
+    before a +inf; the caller then checks the entries one by one)."""
+    n = block.shape[1]
+    k = max(1, _LANES // n)
+    width = k * n
+    groups = p // k
+    flat = block.reshape(-1)
+    for lane in range(width):
+        lane_best[lane] = np.inf
+        lane_group[lane] = 0
+        lane_sum[lane] = 0
+    for g in range(groups):
+        base = g * width
+        group = np.int32(g)
+        for lane in range(width):
+            h = flat[base + lane]
+            less = h < lane_best[lane]
+            lane_best[lane] = h if less else lane_best[lane]
+            lane_group[lane] = group if less else lane_group[lane]
+            lane_sum[lane] += h
+    ok = True
+    for i in range(t):
+        target_best = np.inf
+        target_col = -1
+        total = 0.0
+        for r in range(k):
+            lane = r * n + i
+            h = np.float64(lane_best[lane])
+            j = lane_group[lane] * k + r
+            if h < target_best or (h == target_best and (target_col < 0 or j < target_col)):
+                target_best = h
+                target_col = j
+            total += lane_sum[lane]
+        for j in range(groups * k, p):
+            h = np.float64(block[j, i])
+            if h < target_best:
+                target_best = h
+                target_col = j
+            total += h
+        best[i] = target_best
+        best_col[i] = max(target_col, 0)
+        ok &= target_best > -np.inf and not np.isnan(total)
+    return ok
+
+
+@jit
+def _has_nan(w: np.ndarray, start: int, row_step: int, col_step: int, rows: int, cols: int) -> bool:
+    for i in range(rows):
+        for j in range(cols):
+            if np.isnan(w[start + i * row_step + j * col_step]):
+                return True
+    return False
+
+
+@jit
+def _has_negative_infinity(
+    w: np.ndarray, start: int, row_step: int, col_step: int, rows: int, cols: int
+) -> bool:
+    for i in range(rows):
+        for j in range(cols):
+            if w[start + i * row_step + j * col_step] == -np.inf:
+                return True
+    return False
+
+
+@jit
+def solve_batch(
+    cost: np.ndarray,
+    pred_mask: np.ndarray,
+    target_mask: np.ndarray,
+    out: np.ndarray,
+    status: np.ndarray,
+) -> None:
+    """Exact matching of every image of ``cost`` (``[B, M, N]`` float32 or float64,
+    C-contiguous; ``bool`` masks ``[B, M]`` and ``[B, N]``) into ``out`` (``int64[B, M]``:
+    the target of each prediction, -1 background, -2 padded). ``status[b]`` becomes
+    :data:`NOT_A_NUMBER`, :data:`NEGATIVE_INFINITY` or :data:`INFEASIBLE` for an image
+    that cannot be solved (checked in that order), else 0; such an image's ``out`` row
+    is left partial.
+
+    An image whose real predictions and targets are prefixes of the padded slots (the
+    usual padded batch) is solved in place on ``cost``; any other is first packed into a
+    float64 block. Either way the smaller side is the rows."""
+    b_count, m, n = cost.shape
+    flat = cost.reshape(-1)
+    small = min(m, n)
+    large = max(m, n)
+    packed = np.empty(small * large)
+    pred_ids = np.empty(m, dtype=np.int64)
+    target_ids = np.empty(n, dtype=np.int64)
+    x = np.empty(small, dtype=np.int64)
+    free = np.empty(small, dtype=np.int64)
+    y = np.empty(large, dtype=np.int64)
+    v = np.empty(large)
+    d = np.empty(large)
+    pred = np.empty(large, dtype=np.int64)
+    order = np.empty(large, dtype=np.int64)
+    best = np.empty(small)
+    best_col = np.empty(small, dtype=np.int64)
+    lanes = max(n, _LANES)
+    lane_best = np.empty(lanes, dtype=cost.dtype)
+    lane_group = np.empty(lanes, dtype=np.int32)
+    lane_sum = np.empty(lanes, dtype=cost.dtype)
+    for b in range(b_count):
+        status[b] = 0
+        p = 0
+        prefix = True
+        for k in range(m):
+            if pred_mask[b, k]:
+                prefix &= p == k
+                pred_ids[p] = k
+                p += 1
+                out[b, k] = -1
+            else:
+                out[b, k] = -2
+        t = 0
+        for k in range(n):
+            if target_mask[b, k]:
+                prefix &= t == k
+                target_ids[t] = k
+                t += 1
+        if p == 0 or t == 0:
+            continue
+        targets_are_rows = p > t
+        rows, cols = (t, p) if targets_are_rows else (p, t)
+        if prefix:
+            start = b * m * n
+            # Block (i, j) in place: a target row reads down a column of the image.
+            row_step, col_step = (1, n) if targets_are_rows else (n, 1)
+            if targets_are_rows:
+                ok = _column_minima(cost[b], p, t, lane_best, lane_group, lane_sum, best, best_col)
+            else:
+                ok = _row_minima(flat, start, row_step, col_step, rows, cols, best, best_col)
+            if not ok:
+                if _has_nan(flat, start, row_step, col_step, rows, cols):
+                    status[b] = NOT_A_NUMBER
+                    continue
+                if _has_negative_infinity(flat, start, row_step, col_step, rows, cols):
+                    status[b] = NEGATIVE_INFINITY
+                    continue
+            solved = _solve_block(
+                flat,
+                start,
+                row_step,
+                col_step,
+                rows,
+                cols,
+                x,
+                y,
+                v,
+                free,
+                d,
+                pred,
+                order,
+                best,
+                best_col,
+            )
+        else:
+            # Packed row-major in float64, gathered through the index lists.
+            for i in range(rows):
+                for j in range(cols):
+                    if targets_are_rows:
+                        h = cost[b, pred_ids[j], target_ids[i]]
+                    else:
+                        h = cost[b, pred_ids[i], target_ids[j]]
+                    packed[i * cols + j] = h
+            if not _row_minima(packed, 0, cols, 1, rows, cols, best, best_col):
+                status[b] = NEGATIVE_INFINITY
+                if _has_nan(packed, 0, cols, 1, rows, cols):
+                    status[b] = NOT_A_NUMBER
+                continue
+            solved = _solve_block(
+                packed,
+                0,
+                cols,
+                1,
+                rows,
+                cols,
+                x,
+                y,
+                v,
+                free,
+                d,
+                pred,
+                order,
+                best,
+                best_col,
+            )
+        if not solved:
+            status[b] = INFEASIBLE
+            continue
+        for i in range(rows):
+            if targets_are_rows:
+                out[b, pred_ids[x[i]]] = target_ids[i]
+            else:
+                out[b, pred_ids[i]] = target_ids[x[i]]
