@@ -127,3 +127,15 @@ def test_plot_boxes_and_points_write_pictures(tmp_path):
     assert plot_losses([history], tmp_path / "l.png", titles=["run"]).is_file()
     with pytest.raises(ValueError, match="histories"):
         plot_losses([], tmp_path / "none.png")
+
+
+def test_palette_moves_away_from_the_image_colour():
+    from detloss.plot import COLORS, palette
+
+    grey = torch.full((3, 8, 8), 0.5)
+    assert palette([grey])["hit"][0] == COLORS["hit"]
+    green = torch.zeros(3, 8, 8)
+    green[1] = 0.9
+    chosen = palette([green])
+    assert chosen["hit"][1] != "green"
+    assert len({c for c, _ in chosen.values()}) == len(chosen)  # no two roles alike

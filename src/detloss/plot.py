@@ -19,7 +19,8 @@ called (with its non-interactive ``Agg`` backend), so ``import detloss.plot`` is
 Labels are placed so that they do not overlap (each tries a few positions around its
 object and is nudged until it is clear of the labels already placed), and every mark has
 an outline of the colour opposite to the image's brightness, so it stands out on dark and
-light images alike.
+light images alike; the colours themselves are chosen per figure away from the
+images' mean colours (:func:`palette`).
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ __all__ = [
     "classify_boxes",
     "classify_points",
     "draw_predictions",
+    "palette",
     "plot_boxes",
     "plot_losses",
     "plot_matching",
     "plot_points",
 ]
 
-#: Colours of the marks: hits / true positives, false positives, misses, ground truth.
+#: The preferred colours of the marks (see :func:`palette` for the choice per figure):
+#: hits / true positives, false positives, misses, ground truth, bare predictions.
 COLORS = {
     "hit": "#00e676",  # green
     "false_positive": "#ff1744",  # red
@@ -50,6 +53,45 @@ COLORS = {
     "truth": "#00b0ff",  # light blue
     "prediction": "#ff9100",  # orange (detections without ground truth to judge them)
 }
+
+
+#: Per role, colours to choose from (hex, name), the first preferred: a figure uses the
+#: first one far enough from the mean colour of every image it shows.
+_CANDIDATES: dict[str, list[tuple[str, str]]] = {
+    "hit": [("#00e676", "green"), ("#00e5ff", "cyan"), ("#ffffff", "white")],
+    "false_positive": [("#ff1744", "red"), ("#d500f9", "magenta"), ("#2979ff", "blue")],
+    "miss": [("#ffea00", "yellow"), ("#ff9100", "orange"), ("#ffffff", "white")],
+    "truth": [("#00b0ff", "blue"), ("#00e5ff", "cyan"), ("#ffffff", "white")],
+    "prediction": [("#ff9100", "orange"), ("#d500f9", "magenta"), ("#ffffff", "white")],
+}
+#: Below this RGB distance (colours in [0, 1]) a colour is too close to an image's mean.
+_MIN_COLOR_DISTANCE = 0.6
+
+
+def _rgb(hex_color: str) -> np.ndarray:
+    return np.array([int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+
+
+def palette(images: Sequence[Tensor]) -> dict[str, tuple[str, str]]:
+    """``role -> (hex colour, name)`` for pictures of ``images`` (``Tensor[3, H, W]`` in
+    [0, 1]): per role the first candidate colour at least some distance from the mean
+    colour of every image, no two roles alike (green hits move to cyan on green
+    images, and so on)."""
+    means = [img.float().clamp(0, 1).mean(dim=(1, 2)).numpy() for img in images]
+    chosen: dict[str, tuple[str, str]] = {}
+    taken: set[str] = set()
+    for role, candidates in _CANDIDATES.items():
+        free = [c for c in candidates if c[0] not in taken] or candidates
+
+        def margin(c: tuple[str, str]) -> float:
+            rgb = _rgb(c[0])
+            return min((float(np.linalg.norm(rgb - m)) for m in means), default=1.0)
+
+        good = [c for c in free if margin(c) >= _MIN_COLOR_DISTANCE]
+        pick = good[0] if good else max(free, key=margin)
+        chosen[role] = pick
+        taken.add(pick[0])
+    return chosen
 
 
 def _pyplot():
@@ -263,23 +305,49 @@ def _save(fig, plt, path: str | Path) -> Path:
     return path
 
 
-def _draw_points_on(ax, image: Tensor, pred: Mapping[str, Tensor], target, threshold: float) -> str:
+_ROLE_WORDS = {
+    "hit": "hits",
+    "false_positive": "false pos.",
+    "miss": "missed",
+    "truth": "found",
+    "prediction": "predicted",
+}
+
+
+def _palettes(items) -> tuple[list[dict[str, tuple[str, str]]], bool]:
+    """One palette per image (see :func:`palette`), and whether they are all alike."""
+    palettes = [palette([image]) for image, _ in items]
+    return palettes, all(p == palettes[0] for p in palettes)
+
+
+def _name(colors: dict | None, role: str) -> str:
+    """``"<colour> "`` for the shared legend; empty when each picture names its own."""
+    return f"{colors[role][1]} " if colors is not None else ""
+
+
+def _color_line(colors: dict, roles: Sequence[str]) -> str:
+    return "\n" + ", ".join(f"{_ROLE_WORDS[r]} {colors[r][1]}" for r in roles)
+
+
+def _draw_points_on(
+    ax, image: Tensor, pred: Mapping[str, Tensor], target, threshold: float, colors: dict
+) -> str:
     outline = _outline(image, 2.0)
     points = pred["points"].detach().cpu().reshape(-1, 2).numpy()
     if target is None:
-        ax.scatter(points[:, 0], points[:, 1], s=22, c=COLORS["prediction"], marker="x",
+        ax.scatter(points[:, 0], points[:, 1], s=22, c=colors["prediction"][0], marker="x",
                    linewidths=1.3, path_effects=outline)  # fmt: skip
         return f"predicted {len(points)}"
     truth = target["points"].detach().cpu().reshape(-1, 2).numpy()
     pred_hit, target_hit = classify_points(points, truth, threshold)
     miss = truth[~target_hit]
-    ax.scatter(miss[:, 0], miss[:, 1], s=40, facecolors="none", edgecolors=COLORS["miss"],
+    ax.scatter(miss[:, 0], miss[:, 1], s=40, facecolors="none", edgecolors=colors["miss"][0],
                linewidths=1.5, path_effects=outline)  # fmt: skip
     hit = points[pred_hit]
-    ax.scatter(hit[:, 0], hit[:, 1], s=20, c=COLORS["hit"], marker="o", linewidths=0,
+    ax.scatter(hit[:, 0], hit[:, 1], s=20, c=colors["hit"][0], marker="o", linewidths=0,
                path_effects=outline)  # fmt: skip
     fp = points[~pred_hit]
-    ax.scatter(fp[:, 0], fp[:, 1], s=26, c=COLORS["false_positive"], marker="x",
+    ax.scatter(fp[:, 0], fp[:, 1], s=26, c=colors["false_positive"][0], marker="x",
                linewidths=1.5, path_effects=outline)  # fmt: skip
     return (
         f"true {len(truth)}  predicted {len(points)}\n"
@@ -311,16 +379,20 @@ def plot_points(
     """
     plt = _pyplot()
     items = _samples(samples, count)
+    palettes, shared = _palettes(items)
     fig, axes = _grid(plt, len(items), columns)
-    for ax, (image, target), pred in zip(axes, items, preds, strict=False):
-        _show_image(ax, image)
-        ax.set_title(_draw_points_on(ax, image, pred, target, threshold), fontsize=9)
     judged = any(t is not None for _, t in items)
+    roles = ("hit", "false_positive", "miss") if judged else ("prediction",)
+    for ax, (image, target), pred, colors in zip(axes, items, preds, palettes, strict=False):
+        _show_image(ax, image)
+        text = _draw_points_on(ax, image, pred, target, threshold, colors)
+        ax.set_title(text + ("" if shared else _color_line(colors, roles)), fontsize=9)
+    named = palettes[0] if shared and palettes else None
     legend = (
-        f"hits within {threshold:g} px (green dots), false positives (red x), "
-        "missed annotations (yellow rings)"
+        f"hits within {threshold:g} px ({_name(named, 'hit')}dots), false positives "
+        f"({_name(named, 'false_positive')}x), missed annotations ({_name(named, 'miss')}rings)"
         if judged
-        else "predicted points (orange x)"
+        else f"predicted points ({_name(named, 'prediction')}x)"
     )
     _layout(fig, (title + "\n" if title else "") + legend)
     return _save(fig, plt, path)
@@ -335,6 +407,7 @@ def _draw_boxes_on(
     categories: Sequence[str],
     score_threshold: float,
     iou_threshold: float,
+    colors: dict,
 ) -> str:
     from matplotlib.patches import Rectangle
 
@@ -366,7 +439,7 @@ def _draw_boxes_on(
     for (x0, y0, x1, y1), label, found in zip(
         truth.tolist(), truth_labels.tolist(), target_hit.tolist(), strict=True
     ):
-        color = COLORS["truth"] if found else COLORS["miss"]
+        color = colors["truth"][0] if found else colors["miss"][0]
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color,
                                lw=2.0 if found else 2.4, path_effects=outline))  # fmt: skip
         text = f"GT {name(label)}" + ("" if found else " MISSED")
@@ -380,7 +453,7 @@ def _draw_boxes_on(
     for (x0, y0, x1, y1), score, label, kind in zip(
         boxes.tolist(), scores.tolist(), labels.tolist(), kinds, strict=True
     ):
-        color = COLORS[kind]
+        color = colors[kind][0]
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=color, lw=1.4,
                                ls="--", path_effects=outline))  # fmt: skip
         placer.add(
@@ -428,22 +501,24 @@ def plot_boxes(
     """
     plt = _pyplot()
     items = _samples(samples, count)
+    palettes, shared = _palettes(items)
     fig, axes = _grid(plt, len(items), columns)
     placer = _LabelPlacer(fig)
-    for ax, (image, target), pred in zip(axes, items, preds, strict=False):
-        _show_image(ax, image)
-        ax.set_title(
-            _draw_boxes_on(
-                ax, placer, image, pred, target, categories, score_threshold, iou_threshold
-            ),
-            fontsize=9,
-        )
     judged = any(t is not None for _, t in items)
+    roles = ("truth", "miss", "hit", "false_positive") if judged else ("prediction",)
+    for ax, (image, target), pred, colors in zip(axes, items, preds, palettes, strict=False):
+        _show_image(ax, image)
+        text = _draw_boxes_on(
+            ax, placer, image, pred, target, categories, score_threshold, iou_threshold, colors
+        )
+        ax.set_title(text + ("" if shared else _color_line(colors, roles)), fontsize=9)
+    named = palettes[0] if shared and palettes else None
     legend = (
-        f"ground truth (solid blue, 'GT'; yellow: missed), detections > {score_threshold:g} "
-        f"(dashed; green: correct at IoU {iou_threshold:g}, red: false)"
+        f"ground truth (solid, 'GT'; {_name(named, 'truth')}found, {_name(named, 'miss')}"
+        f"missed), detections > {score_threshold:g} (dashed; {_name(named, 'hit')}correct at "
+        f"IoU {iou_threshold:g}, {_name(named, 'false_positive')}false)"
         if judged
-        else f"detections > {score_threshold:g} (dashed orange)"
+        else f"detections > {score_threshold:g} (dashed {_name(named, 'prediction')})"
     )
     _layout(fig, (title + "\n" if title else "") + legend)
     placer.place()
@@ -540,13 +615,15 @@ def plot_matching(
     pts = out["pred_points"][0]
     gt = target["points"]
     outline = _outline(image, 2.0)
+    colors = palette([image])
     fig, ax = plt.subplots(figsize=(6.5, 6.8))
     _show_image(ax, image)
     for p, t in zip(pts[pred_idx].tolist(), gt[tgt_idx].tolist(), strict=True):
-        ax.plot([t[0], p[0]], [t[1], p[1]], color=COLORS["miss"], lw=1, path_effects=outline)
-    ax.scatter(gt[:, 0], gt[:, 1], s=30, facecolors="none", edgecolors=COLORS["truth"], lw=1.4,
+        ax.plot([t[0], p[0]], [t[1], p[1]], color=colors["miss"][0], lw=1,
+                path_effects=outline)  # fmt: skip
+    ax.scatter(gt[:, 0], gt[:, 1], s=30, facecolors="none", edgecolors=colors["truth"][0], lw=1.4,
                label="annotated point", path_effects=outline)  # fmt: skip
-    ax.scatter(pts[pred_idx, 0], pts[pred_idx, 1], s=16, c=COLORS["false_positive"], marker="x",
+    ax.scatter(pts[pred_idx, 0], pts[pred_idx, 1], s=16, c=colors["false_positive"][0], marker="x",
                lw=1.3, label="matched proposal", path_effects=outline)  # fmt: skip
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"P2PNet matching: {len(tgt_idx)} targets, each joined to its proposal")
@@ -587,14 +664,15 @@ def draw_predictions(
         scale = 6.0 / max(h, w)
         fig, ax = plt.subplots(figsize=(max(w * scale, 3.0), max(h * scale, 3.0) + 0.4))
         placer = _LabelPlacer(fig)
+        colors = palette([image])
         _show_image(ax, image)
         if "points" in pred:
-            ax.set_title(_draw_points_on(ax, image, pred, None, 0.0), fontsize=9)
+            ax.set_title(_draw_points_on(ax, image, pred, None, 0.0, colors), fontsize=9)
         else:
-            ax.set_title(
-                _draw_boxes_on(ax, placer, image, pred, None, categories, score_threshold, 0.5),
-                fontsize=9,
+            title = _draw_boxes_on(
+                ax, placer, image, pred, None, categories, score_threshold, 0.5, colors
             )
+            ax.set_title(title, fontsize=9)
         fig.tight_layout()
         placer.place()
         written.append(_save(fig, plt, out_dir / f"{stem}.png"))
