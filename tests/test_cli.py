@@ -12,7 +12,7 @@ import pytest
 from detloss.cli import build_parser, main
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["eval"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["eval"], ["predict"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*command, "--help"])
@@ -23,7 +23,7 @@ def test_help(command, capsys):
         for option in ("--task", "--data", "--resume", "--device", "--seed", "--epochs"):
             assert option in out
     if not command:
-        for sub in ("demo", "train", "eval", "bench"):
+        for sub in ("demo", "train", "eval", "predict", "bench"):
             assert sub in out
 
 
@@ -182,7 +182,9 @@ def test_train_option_defaults_are_the_config_defaults():
     for name, value in vars(args).items():
         if name in defaults and name not in ("task", "data"):
             assert value == defaults[name], name
-    for flag, field in (("no_amp", "amp"), ("no_flip", "flip"), ("no_progress", "progress")):
+    flags = (("no_amp", "amp"), ("no_flip", "flip"), ("no_progress", "progress"),
+             ("no_plots", "plots"))  # fmt: skip
+    for flag, field in flags:
         assert getattr(args, flag) is not defaults[field]
 
 
@@ -238,7 +240,8 @@ def test_user_errors_are_one_line_with_status_2(tiny_sets, tmp_path, capsys):
     _one_line_error(
         capsys,
         ["train", "--task", "boxes", "--data", str(tiny_sets / "crowds")],
-        "instances.json",
+        "--task boxes trains on box annotations",
+        "holds point annotations (format points-json)",
         "other task",
     )
     _one_line_error(
@@ -253,7 +256,7 @@ def test_user_errors_are_one_line_with_status_2(tiny_sets, tmp_path, capsys):
         ["eval", "--checkpoint", str(tmp_path / "p" / "best.pt"), "--data",
          str(tiny_sets / "shapes")],
         "is a points model",
-        "instances.json",
+        "boxes annotations (format coco)",
     )
     _one_line_error(
         capsys,
@@ -285,7 +288,8 @@ def test_train_speaks_a_banner_a_line_per_epoch_and_the_best(tiny_sets, tmp_path
     assert captured.err == ""
     lines = captured.out.splitlines()
     assert lines[0] == (
-        f"[points] train 4 images, val 2 images, 1 class, device cpu, out {out}"
+        f"[points] format points-json, train 4 images, val 2 images, 1 class, device cpu, "
+        f"out {out}"
     )
     assert lines[1].startswith("[points] epoch 1/2  loss ")
     assert lines[2].startswith("[points] epoch 2/2  loss ")
@@ -331,3 +335,122 @@ def test_demo_reruns_into_its_folder(tmp_path, capsys):
         run_demo(tmp_path / "d", tmp_path / "o", settings=settings, progress=False, plots=False)
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["goals"]
     capsys.readouterr()
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def test_format_names_are_the_readers():
+    from detloss.cli import FORMAT_NAMES
+    from detloss.data import FORMATS
+
+    assert sorted(FORMAT_NAMES) == sorted(FORMATS)
+
+
+def _jpg(path, seed: int, size: int = 32):
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture(scope="module")
+def published_sets(tmp_path_factory):
+    """A ShanghaiTech-style folder (no validation split) and a YOLO folder, as their
+    authors lay them out."""
+    import numpy as np
+    from scipy.io import savemat
+
+    root = tmp_path_factory.mktemp("published")
+    sht = root / "part_B"
+    for split, n in (("train_data", 4), ("test_data", 2)):
+        for k in range(1, n + 1):
+            _jpg(sht / split / "images" / f"IMG_{k}.jpg", k)
+            struct = np.zeros((1, 1), dtype=[("location", object), ("number", object)])
+            points = np.array([[4.0 + k, 6.0], [20.0, 10.0 + k], [12.0, 25.0]])
+            struct[0, 0]["location"] = points
+            struct[0, 0]["number"] = np.array([[len(points)]])
+            cell = np.empty((1, 1), dtype=object)
+            cell[0, 0] = struct
+            (sht / split / "ground-truth").mkdir(parents=True, exist_ok=True)
+            savemat(sht / split / "ground-truth" / f"GT_IMG_{k}.mat", {"image_info": cell})
+    yolo = root / "yolo"
+    (yolo / "data.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (yolo / "data.yaml").write_text(
+        "path: .\ntrain: images/train\nval: images/val\nnames:\n  0: cat\n  1: dog\n"
+    )
+    for split, n in (("train", 4), ("val", 2)):
+        for k in range(n):
+            _jpg(yolo / "images" / split / f"im{k}.jpg", 10 + k)
+            label = yolo / "labels" / split / f"im{k}.txt"
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text(f"{k % 2} 0.5 0.5 0.4 0.3\n1 0.25 0.25 0.2 0.2\n")
+    return root
+
+
+def test_train_on_shanghaitech_with_a_val_fraction(published_sets, tmp_path, capsys):
+    data = str(published_sets / "part_B")
+    base = ["train", "--task", "points", "--data", data, "--epochs", "1", "--batch-size", "2",
+            "--threads", "1", "--no-plots"]  # fmt: skip
+    # No validation split: the error lists the splits and suggests --val-fraction.
+    _one_line_error(capsys, [*base, "--out", str(tmp_path / "a")], "['train', 'test']",
+                    "--val-fraction")  # fmt: skip
+    _one_line_error(capsys, [*base[:2], "boxes", *base[3:], "--out", str(tmp_path / "b")],
+                    "holds point annotations (format shanghaitech)")  # fmt: skip
+    out = tmp_path / "run"
+    assert main([*base, "--out", str(out), "--val-fraction", "0.25"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        f"[points] format shanghaitech, train 3 images, val 1 images (0.25 of train), "
+        f"1 class, device cpu, out {out}"
+    )
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[0].startswith("epoch,lr,") and rows[1].startswith("1,")
+    assert "val_point_f1@4px" in rows[0].split(",")
+    # eval reads the published test split.
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", data,
+                 "--format", "shanghaitech", "--split", "test"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert "point_f1@4px" in json.loads(captured.out)
+    assert "[eval] format shanghaitech, test 2 images" in captured.err
+
+
+def test_train_on_yolo(published_sets, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--task", "boxes", "--data", str(published_sets / "yolo"), "--out",
+            str(out), "--epochs", "1", "--batch-size", "2", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        f"[boxes] format yolo, train 4 images, val 2 images, 2 classes, device cpu, out {out}"
+    )
+    assert {"last.pt", "best.pt", "metrics.csv", "loss_curves.png", "val_predictions.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    from detloss.train import read_checkpoint
+
+    ckpt = read_checkpoint(out / "last.pt")
+    assert ckpt["categories"] == ["cat", "dog"] and ckpt["category_ids"] == [0, 1]
+    assert ckpt["data_format"] == "yolo" and ckpt["config"]["format"] is None
+    # --format names it explicitly; a wrong one is refused by argparse.
+    with pytest.raises(SystemExit):
+        main([*argv, "--format", "yaml"])
+    capsys.readouterr()
+
+
+def test_tensorboard(tiny_sets, tmp_path, capsys, monkeypatch):
+    argv = ["train", "--task", "points", "--data", str(tiny_sets / "crowds"), "--epochs", "1",
+            "--batch-size", "2", "--threads", "1", "--no-plots", "--tensorboard"]  # fmt: skip
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        _one_line_error(capsys, [*argv, "--out", str(tmp_path / "a")], "pip install tensorboard")
+        return
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert list((tmp_path / "a" / "tensorboard").glob("events.out.tfevents.*"))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    _one_line_error(capsys, [*argv, "--out", str(tmp_path / "b")], "pip install tensorboard")
+    assert not (tmp_path / "b").exists()

@@ -58,7 +58,17 @@ def test_points_training_learns(data, tmp_path):
     assert first["val"]["point_f1@4px"] < 0.2 < 0.5 < last["val"]["point_f1@4px"]
     assert last["val"]["count_mae"] < 0.5 * first["val"]["count_mae"]
     out = tmp_path / "points"
-    assert {"last.pt", "best.pt", "history.json", "metrics.json"} <= {p.name for p in out.iterdir()}
+    written = {p.name for p in out.iterdir()}
+    assert {"last.pt", "best.pt", "history.json", "metrics.json", "metrics.csv"} <= written
+    assert {"loss_curves.png", "val_predictions.png"} <= written
+    # metrics.csv: a header and one row per epoch, the same numbers as the history.
+    import csv
+
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 17))
+    assert float(rows[-1]["train_loss"]) == pytest.approx(last["train"]["loss"])
+    assert float(rows[-1]["val_point_f1@4px"]) == pytest.approx(last["val"]["point_f1@4px"])
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(last["val"])
     model, task, ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 16 and task.name == "points"

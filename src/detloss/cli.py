@@ -5,6 +5,8 @@
 * ``detloss train --task points|boxes --data DIR``: train on a folder of splits (see
   :mod:`detloss.train`); under ``torchrun`` it runs DDP.
 * ``detloss eval --checkpoint PATH --data DIR``: the metrics of a checkpoint on a split.
+* ``detloss predict --checkpoint PATH --images DIR_OR_FILES --out FILE.json``: detections
+  as COCO results (boxes) or a points JSON, and optionally pictures.
 * ``detloss bench``: the benchmark suite.
 """
 
@@ -20,6 +22,18 @@ from typing import NoReturn
 __all__ = ["build_parser", "main"]
 
 TASKS = ("points", "boxes")
+#: The names of detloss.data.FORMATS, written here so that --help needs no torch import
+#: (a test checks that the two agree).
+FORMAT_NAMES = (
+    "points-json",
+    "coco",
+    "shanghaitech",
+    "ucf-qnrf",
+    "jhu-crowd",
+    "nwpu-crowd",
+    "yolo",
+    "voc",
+)
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -61,6 +75,25 @@ def _add_debug(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--format",
+        choices=FORMAT_NAMES,
+        default=None,
+        help="layout of --data (None: detected from the folder, and printed)",
+    )
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid fraction: {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text}")
+    return value
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     # The defaults are TrainConfig's, written here so that --help needs no torch import
     # (a test checks that the two agree).
@@ -68,16 +101,24 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         required=True,
-        help="folder with <split>/images/ and <split>/points.json (points) or "
-        "<split>/instances.json (COCO boxes)",
+        help="data folder in any --format: our points JSON, COCO, ShanghaiTech, UCF-QNRF, "
+        "JHU-Crowd++, NWPU-Crowd, YOLO, Pascal VOC (see docs/data.md)",
     )
+    _add_format(p)
     p.add_argument(
         "--out",
         default="runs/train",
         help="checkpoints and logs; must be empty unless --resume or --overwrite",
     )
-    p.add_argument("--train-split", default="train", help="training split folder")
-    p.add_argument("--val-split", default="val", help="validation split folder")
+    p.add_argument("--train-split", default="train", help="training split")
+    p.add_argument("--val-split", default="val", help="validation split")
+    p.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=None,
+        help="carve the validation set from the training split (this fraction of its "
+        "images, drawn by --seed) instead of reading --val-split",
+    )
     p.add_argument("--epochs", type=int, default=20, help="epochs (with --resume: extends)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step and process")
     p.add_argument("--lr", type=float, default=2e-3, help="one-cycle peak learning rate")
@@ -150,6 +191,16 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--point-threshold", type=float, default=4.0, help="distance (px) of the point F1"
     )
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="no loss_curves.png / val_predictions.png (metrics.csv is always written)",
+    )
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log losses, learning rate and metrics to OUT/tensorboard (needs tensorboard)",
+    )
     _add_debug(p)
 
 
@@ -195,10 +246,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--checkpoint", required=True, help="a last.pt / best.pt from train")
     ev.add_argument("--data", required=True, help="data folder (as for train)")
-    ev.add_argument("--split", default="test", help="split folder")
+    _add_format(ev)
+    ev.add_argument("--split", default="test", help="split to evaluate")
+    ev.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=None,
+        help="evaluate the validation part carved from --split with this fraction and "
+        "--seed, as train --val-fraction carved it",
+    )
+    ev.add_argument("--seed", type=int, default=0, help="seed of --val-fraction's draw")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     ev.add_argument("--batch-size", type=int, default=16, help="images per batch")
     _add_debug(ev)
+
+    pr = sub.add_parser(
+        "predict",
+        help="detect on images with a trained checkpoint",
+        description="Write the detections of a checkpoint on images: COCO results JSON "
+        "(image_id, category_id of the training data, bbox as x, y, w, h, score) for a box "
+        "detector, a points JSON (points and scores per image) for P2PNet.",
+    )
+    pr.add_argument("--checkpoint", required=True, help="a last.pt / best.pt from train")
+    pr.add_argument(
+        "--images", required=True, nargs="+", help="image files and/or folders of images"
+    )
+    pr.add_argument("--out", required=True, help="the JSON file to write")
+    pr.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="keep detections above it (None: points use the checkpoint's threshold, "
+        "boxes keep every positive peak, as COCO evaluation expects)",
+    )
+    pr.add_argument(
+        "--coco-annotations",
+        default=None,
+        help="a COCO annotation file whose image ids the results take (matched by file "
+        "name); None: ids 1, 2, ... in the order of the images",
+    )
+    pr.add_argument(
+        "--draw",
+        default=None,
+        help="folder for one picture per image (boxes drawn above --score-threshold, or 0.3)",
+    )
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    pr.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    _add_debug(pr)
 
     sub.add_parser(
         "bench", help="run the benchmarks (options: detloss bench --help)", add_help=False
@@ -215,9 +309,11 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         task=args.task,
         data=args.data,
+        format=args.format,
         out=args.out,
         train_split=args.train_split,
         val_split=args.val_split,
+        val_fraction=args.val_fraction,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -243,6 +339,8 @@ def _train(args: argparse.Namespace) -> int:
         neg_weight=args.neg_weight,
         tau=args.tau,
         point_threshold=args.point_threshold,
+        plots=not args.no_plots,
+        tensorboard=args.tensorboard,
     )
     result = train(cfg)
     if _rank() == 0:
@@ -257,22 +355,120 @@ def _eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from .data.collate import collate_detection
-    from .train import ANNOTATION_FILES, _json_safe, evaluate, load_checkpoint, load_dataset
+    from .data.formats import detect_format, format_kind, open_split, split_dataset
+    from .train import _json_safe, evaluate, load_checkpoint
 
     model, task, _ = load_checkpoint(args.checkpoint, args.device)
-    split = Path(args.data) / args.split
-    if not (split / ANNOTATION_FILES[task.name]).is_file():
-        for other, name in ANNOTATION_FILES.items():
-            if other != task.name and (split / name).is_file():
-                raise ValueError(
-                    f"checkpoint {args.checkpoint!r} is a {task.name} model, but {split} holds "
-                    f"{name}: data of the {other} task"
-                )
-    ds = load_dataset(task.name, args.data, args.split)
+    if not Path(args.data).is_dir():
+        raise FileNotFoundError(f"data: no such folder {args.data!r}")
+    fmt = args.format or detect_format(args.data)
+    kind = format_kind(fmt)
+    if kind != task.name:
+        raise ValueError(
+            f"checkpoint {args.checkpoint!r} is a {task.name} model, but {args.data!r} "
+            f"holds {kind} annotations (format {fmt}): data of the other task"
+        )
+    ds = open_split(args.data, args.split, fmt)
+    if len(ds) == 0:
+        raise ValueError(f"the {args.split!r} split is empty: {ds.source} lists no images")
+    if args.val_fraction is not None:
+        _, ds = split_dataset(ds, args.val_fraction, args.seed)  # type: ignore[assignment]
+    print(
+        f"[eval] format {fmt}, {args.split} {len(ds)} images, checkpoint {args.checkpoint}",
+        file=sys.stderr,
+    )
     loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_detection)
     metrics = evaluate(model, task, loader, torch.device(args.device))
     print(json.dumps(_json_safe(metrics), indent=1))
     return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .train import list_images, load_checkpoint, predict, predictions_json
+
+    model, task, ckpt = load_checkpoint(args.checkpoint, args.device)
+    files = list_images(args.images)
+    names = _display_names(files, args.images)
+    image_ids = None
+    if args.coco_annotations is not None:
+        image_ids = _coco_image_ids(Path(args.coco_annotations), files)
+    preds = predict(
+        model,
+        task,
+        files,
+        args.device,
+        score_threshold=args.score_threshold,
+        batch_size=args.batch_size,
+    )
+    out = Path(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(f"out: {args.out!r} is a folder; expected a .json file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(predictions_json(preds, names, ckpt, image_ids)))  # type: ignore[arg-type]
+    os.replace(tmp, out)
+    found = sum(len(p["scores"]) for p in preds)  # type: ignore[index, union-attr]
+    what = "points" if task.name == "points" else "boxes"
+    print(f"[predict] {len(files)} images, {found} {what}: {out}")
+    if args.draw is not None:
+        from .plot import draw_predictions
+
+        categories = ckpt.get("categories") or [
+            str(i) for i in range(int(ckpt.get("num_classes", 1)))
+        ]
+        drawn_above = 0.3 if args.score_threshold is None else args.score_threshold
+        written = draw_predictions(
+            files,
+            preds,  # type: ignore[arg-type]
+            args.draw,
+            names=names,
+            categories=categories,
+            score_threshold=drawn_above,
+        )
+        print(f"[predict] {len(written)} pictures in {args.draw}")
+    return 0
+
+
+def _display_names(files: Sequence[object], sources: Sequence[str]) -> list[str]:
+    """File names relative to the folder given (the file's own name for files given one
+    by one), as the results JSON names them."""
+    from pathlib import Path
+
+    folders = [Path(s) for s in sources if Path(s).is_dir()]
+    names = []
+    for f in files:
+        path = Path(str(f))
+        folder = next((d for d in folders if path.parent == d), None)
+        names.append(path.relative_to(folder).as_posix() if folder else path.name)
+    return names
+
+
+def _coco_image_ids(annotations: object, files: Sequence[object]) -> list[int]:
+    """The ids a COCO annotation file gives the images (by file name)."""
+    from pathlib import Path
+
+    from .data._common import read_json
+
+    data = read_json(Path(str(annotations)))
+    records = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise ValueError(f"coco-annotations: {annotations} has no 'images' list")
+    by_name: dict[str, int] = {}
+    for rec in records:
+        if isinstance(rec, dict) and "file_name" in rec and "id" in rec:
+            by_name[Path(str(rec["file_name"])).name] = rec["id"]
+    ids = []
+    for f in files:
+        name = Path(str(f)).name
+        if name not in by_name:
+            raise ValueError(
+                f"coco-annotations: {annotations} lists no image named {name!r}; expected "
+                "every predicted image in its 'images'"
+            )
+        ids.append(by_name[name])
+    return ids
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -314,7 +510,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(bench_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
-    commands = {"demo": _demo, "train": _train, "eval": _eval, "data": _data}
+    commands = {
+        "demo": _demo,
+        "train": _train,
+        "eval": _eval,
+        "predict": _predict,
+        "data": _data,
+    }
     try:
         return commands[args.command](args)
     except Exception as exc:

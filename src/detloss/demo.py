@@ -20,16 +20,25 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor
+from torch.utils.data import DataLoader
 
 from .data.collate import collate_detection
 from .data.synthetic import SHAPE_CLASSES, CrowdSpec, ShapeSpec, make_crowds, make_shapes
-from .train import TrainConfig, _fmt, _json_safe, load_dataset, predict, train
+from .plot import plot_boxes, plot_losses, plot_matching, plot_points
+from .train import TrainConfig, _fmt, _json_safe, load_dataset, predict_loader, train
 
-__all__ = ["GOALS", "DemoSettings", "run_demo"]
+# The pictures are drawn by detloss.plot; its functions stay importable from here.
+__all__ = [
+    "GOALS",
+    "DemoSettings",
+    "plot_boxes",
+    "plot_losses",
+    "plot_matching",
+    "plot_points",
+    "run_demo",
+]
 
 #: Goals of the demo on held-out images: (metric, comparison, value).
 GOALS: tuple[tuple[str, str, float], ...] = (
@@ -162,8 +171,8 @@ def run_demo(
     p_model, p_task = points_run["model"], points_run["task"]
     b_model, b_task = boxes_run["model"], boxes_run["task"]
     p_test, b_test = _loader("points", crowds, "test"), _loader("boxes", shapes, "test")
-    p_preds, p_targets = predict(p_model, p_task, p_test, device)  # type: ignore[arg-type]
-    b_preds, b_targets = predict(b_model, b_task, b_test, device)  # type: ignore[arg-type]
+    p_preds, p_targets = predict_loader(p_model, p_task, p_test, device)  # type: ignore[arg-type]
+    b_preds, b_targets = predict_loader(b_model, b_task, b_test, device)  # type: ignore[arg-type]
     metrics: dict[str, float] = {}
     metrics.update(p_task.metrics(p_preds, p_targets))  # type: ignore[union-attr]
     metrics.update(b_task.metrics(b_preds, b_targets))  # type: ignore[union-attr]
@@ -175,12 +184,25 @@ def run_demo(
 
     if plots:
         t0 = time.perf_counter()
-        plot_points(p_test.dataset, p_preds, out_dir / "points_predictions.png")
-        plot_boxes(b_test.dataset, b_preds, SHAPE_CLASSES, out_dir / "boxes_predictions.png")
+        plot_points(
+            p_test.dataset,
+            p_preds,
+            out_dir / "points_predictions.png",
+            threshold=p_task.cfg.point_threshold,  # type: ignore[union-attr]
+            title="P2PNet on held-out crowds",
+        )
+        plot_boxes(
+            b_test.dataset,
+            b_preds,
+            SHAPE_CLASSES,
+            out_dir / "boxes_predictions.png",
+            title="CenterNet on held-out shapes",
+        )
         plot_losses(
-            points_run["history"],  # type: ignore[arg-type]
-            boxes_run["history"],  # type: ignore[arg-type]
+            [points_run["history"], boxes_run["history"]],  # type: ignore[list-item]
             out_dir / "loss_curves.png",
+            titles=["P2PNet (PointLoss)", "CenterNet (CenterNetLoss)"],
+            metrics=["point_f1@4px", "box_ap50"],
         )
         plot_matching(
             p_model,  # type: ignore[arg-type]
@@ -237,158 +259,3 @@ def _print_table(metrics: dict[str, float], goals: dict[str, dict], out_dir: Pat
         f"boxes {metrics['seconds_train_boxes']:.0f} s, total {metrics['seconds_total']:.0f} s"
     )
     print(f"results and pictures in {out_dir}/")
-
-
-# ----------------------------------------------------------------------------- pictures
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _show_image(ax: object, image: Tensor) -> None:
-    ax.imshow(
-        image.permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, image.shape[2], image.shape[1], 0)
-    )
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def plot_points(
-    dataset: Dataset, preds: list[dict[str, Tensor]], path: Path, count: int = 4
-) -> None:
-    """Ground-truth heads (circles) and predictions (crosses) on the first test images."""
-    plt = _pyplot()
-    count = min(count, len(dataset))
-    fig, axes = plt.subplots(1, count, figsize=(4 * count, 4.3), squeeze=False)
-    for ax, i in zip(axes[0], range(count), strict=False):
-        image, target = dataset[i]
-        _show_image(ax, image)
-        gt, pr = target["points"], preds[i]["points"]
-        ax.scatter(gt[:, 0], gt[:, 1], s=30, facecolors="none", edgecolors="lime", linewidths=1)
-        ax.scatter(pr[:, 0], pr[:, 1], s=14, c="red", marker="x", linewidths=1)
-        ax.set_title(f"true {len(gt)}  predicted {len(pr)}", fontsize=10)
-    fig.suptitle("P2PNet on held-out crowds: ground truth (green circles), predictions (red x)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_boxes(
-    dataset: Dataset,
-    preds: list[dict[str, Tensor]],
-    names: tuple[str, ...],
-    path: Path,
-    count: int = 4,
-    score_threshold: float = 0.3,
-) -> None:
-    """Ground-truth boxes (green) and detections above ``score_threshold`` (red, labelled)."""
-    plt = _pyplot()
-    from matplotlib.patches import Rectangle
-
-    count = min(count, len(dataset))
-    fig, axes = plt.subplots(1, count, figsize=(4 * count, 4.3), squeeze=False)
-    for ax, i in zip(axes[0], range(count), strict=False):
-        image, target = dataset[i]
-        _show_image(ax, image)
-        for x0, y0, x1, y1 in target["boxes"].tolist():
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=2))
-        p = preds[i]
-        keep = p["scores"] > score_threshold
-        for (x0, y0, x1, y1), s, c in zip(
-            p["boxes"][keep].tolist(),
-            p["scores"][keep].tolist(),
-            p["labels"][keep].tolist(),
-            strict=True,
-        ):
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="red", lw=1, ls="--"))
-            ax.text(
-                x0,
-                y0,
-                f"{names[c]} {s:.2f}",
-                color="white",
-                fontsize=7,
-                bbox={"facecolor": "red", "alpha": 0.6, "pad": 1, "lw": 0},
-            )
-    fig.suptitle(
-        f"CenterNet on held-out shapes: ground truth (green), detections > {score_threshold} (red)"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_losses(points_history: list[dict], boxes_history: list[dict], path: Path) -> None:
-    """Training loss per step, and validation metrics per epoch, for both tasks."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, history, title, metric in (
-        (axes[0], points_history, "P2PNet (PointLoss)", "point_f1@4px"),
-        (axes[1], boxes_history, "CenterNet (CenterNetLoss)", "box_ap50"),
-    ):
-        steps = [v for rec in history for v in rec["step_loss"]]
-        per_epoch = len(history[0]["step_loss"]) if history else 1
-        x = [i / max(per_epoch, 1) for i in range(len(steps))]
-        ax.plot(x, steps, lw=0.6, color="tab:blue", alpha=0.35, label="training loss (per step)")
-        window = max(per_epoch // 2, 1)
-        if len(steps) > window:
-            kernel = np.ones(window) / window
-            smooth = np.convolve(steps, kernel, mode="valid")
-            ax.plot(x[window - 1 :], smooth, lw=1.5, color="tab:blue", label="moving average")
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        ax.set_title(title)
-        epochs = [rec["epoch"] for rec in history if "val" in rec]
-        values = [rec["val"][metric] for rec in history if "val" in rec]
-        twin = ax.twinx()
-        twin.plot(epochs, values, "o-", color="tab:orange", label=f"validation {metric}")
-        twin.set_ylim(0, 1)
-        twin.set_ylabel(metric)
-        lines = ax.get_lines() + twin.get_lines()
-        ax.legend(lines, [ln.get_label() for ln in lines], loc="center right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-@torch.no_grad()
-def plot_matching(
-    model: nn.Module, dataset: Dataset, path: Path, tau: float = 0.2, index: int = 0
-) -> None:
-    """One P2PNet matching on a test image: each annotated head joined by a line to the
-    proposal the exact one-to-one matching assigns to it."""
-    from .match.points import match_points
-
-    plt = _pyplot()
-    image, target = dataset[index]
-    model.eval()
-    out = model(image[None])
-    matching = match_points(out["pred_points"], out["pred_logits"], [target["points"]], tau=tau)
-    pred_idx, tgt_idx = matching.pairs()[0]
-    pts = out["pred_points"][0]
-    gt = target["points"]
-    fig, ax = plt.subplots(figsize=(6.5, 6.8))
-    _show_image(ax, image)
-    for p, t in zip(pts[pred_idx].tolist(), gt[tgt_idx].tolist(), strict=True):
-        ax.plot([t[0], p[0]], [t[1], p[1]], color="yellow", lw=1)
-    ax.scatter(gt[:, 0], gt[:, 1], s=28, facecolors="none", edgecolors="lime", lw=1, label="target")
-    ax.scatter(
-        pts[pred_idx, 0],
-        pts[pred_idx, 1],
-        s=14,
-        c="red",
-        marker="x",
-        lw=1,
-        label="matched proposal",
-    )
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"P2PNet matching: {len(tgt_idx)} targets, each joined to its proposal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -11,9 +11,14 @@ Two tasks share one loop:
   :func:`~detloss.heatmap.centernet_targets`, decoded by
   :func:`~detloss.postprocess.centernet.centernet_decode`, scored by COCO box AP.
 
-Data layout under ``data``: one folder per split, ``<split>/images/`` plus
-``<split>/points.json`` (points, see :mod:`detloss.data.points`) or
-``<split>/instances.json`` (COCO boxes).
+Data: any folder :func:`detloss.data.open_train_val` reads (our points JSON, COCO,
+ShanghaiTech, UCF-QNRF, JHU-Crowd++, NWPU-Crowd, YOLO, Pascal VOC), its format detected
+from the layout unless named (``format``); without a validation split, ``val_fraction``
+carves one from the training split.
+
+Beside the checkpoints a run writes ``metrics.csv`` (one row per epoch),
+``loss_curves.png`` (after every evaluation) and ``val_predictions.png`` (a few validation
+images, each time the best checkpoint improves), and logs to TensorBoard on request.
 
 The loop: AdamW with a one-cycle learning rate per step, a tqdm bar showing the loss
 terms, learning rate and images per second, evaluation after every epoch, ``last.pt``
@@ -50,8 +55,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .data._common import DEFAULT_MAX_PIXELS
+from .data.base import AnnotatedImages
 from .data.coco import CocoDetection
-from .data.collate import RandomHorizontalFlip, collate_detection
+from .data.collate import RandomHorizontalFlip, collate_detection, pad_images
 from .data.points import PointDataset
 from .metrics import coco_box_ap, count_metrics, point_metrics, voc_box_ap
 from .models.centernet import CenterNet
@@ -69,6 +76,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "predict",
+    "predict_loader",
     "read_checkpoint",
     "save_checkpoint",
     "train",
@@ -77,7 +85,15 @@ __all__ = [
 TASKS = ("points", "boxes")
 ANNOTATION_FILES = {"points": "points.json", "boxes": "instances.json"}
 #: The files a run writes into its output folder (``--overwrite`` removes these only).
-RUN_FILES = ("last.pt", "best.pt", "history.json", "metrics.json")
+RUN_FILES = (
+    "last.pt",
+    "best.pt",
+    "history.json",
+    "metrics.json",
+    "metrics.csv",
+    "loss_curves.png",
+    "val_predictions.png",
+)
 #: Seconds a collective may wait for the other ranks before the job ends (``--dist-timeout``).
 DEFAULT_DIST_TIMEOUT = 600.0
 
@@ -105,8 +121,15 @@ class TrainConfig:
 
     Attributes:
         task: ``"points"`` or ``"boxes"``.
-        data: directory holding the ``train_split`` and ``val_split`` folders.
-        out: output directory (checkpoints, ``history.json``, ``metrics.json``).
+        data: the data folder, in any format of :data:`detloss.data.FORMATS`.
+        format: its format's name; None detects it from the layout
+            (:func:`detloss.data.detect_format`). The format's kind (points or boxes) must
+            be ``task``'s.
+        out: output directory (checkpoints, ``history.json``, ``metrics.json``,
+            ``metrics.csv``, pictures).
+        train_split, val_split: split names (the format's, e.g. ``trainval`` for VOC).
+        val_fraction: carve the validation set from ``train_split`` (this fraction of its
+            images, drawn by ``seed``) instead of reading ``val_split``.
         epochs, batch_size, lr, weight_decay: optimisation; ``lr`` is the one-cycle peak.
         warmup: fraction of the steps spent warming the learning rate up.
         model: ``"tiny"`` (few channels, CPU-friendly) or ``"full"`` (VGG16-BN P2PNet /
@@ -146,13 +169,19 @@ class TrainConfig:
         score_threshold: probability above which a proposal counts (P2PNet: 0.5).
         size_weight, offset_weight: :class:`CenterNetLoss` weights.
         max_detections: detections kept per image for box AP.
+        plots: write ``loss_curves.png`` and ``val_predictions.png`` (needs matplotlib;
+            skipped with a warning without it).
+        tensorboard: log the losses, learning rate and metrics to ``out/tensorboard``
+            (needs the ``tensorboard`` package).
     """
 
     task: str = "points"
     data: str | Path = "data"
+    format: str | None = None
     out: str | Path = "runs/train"
     train_split: str = "train"
     val_split: str = "val"
+    val_fraction: float | None = None
     epochs: int = 20
     batch_size: int = 8
     lr: float = 2e-3
@@ -187,6 +216,8 @@ class TrainConfig:
     size_weight: float = 0.1
     offset_weight: float = 1.0
     max_detections: int = 100
+    plots: bool = True
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -202,6 +233,16 @@ class TrainConfig:
             raise ValueError(f"warmup must be in [0, 1), got {self.warmup}")
         if not self.dist_timeout > 0:
             raise ValueError(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.format is not None:
+            from .data.formats import FORMATS
+
+            if self.format not in FORMATS:
+                raise ValueError(
+                    f"format must be one of {sorted(FORMATS)} (or None: detected), "
+                    f"got {self.format!r}"
+                )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, object]) -> TrainConfig:
@@ -255,12 +296,15 @@ class PointTask:
         points = [{"points": t["points"]} for t in targets]
         return self.criterion(outputs, points, return_terms=True)  # type: ignore[return-value]
 
-    def decode(self, outputs: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
+    def decode(
+        self, outputs: Mapping[str, Tensor], score_threshold: float | None = None
+    ) -> list[dict[str, Tensor]]:
+        """``{"points": [n, 2], "scores": [n]}`` per image, probability above
+        ``score_threshold`` (default: the config's)."""
         from .postprocess.points import decode_points
 
-        return decode_points(
-            outputs["pred_points"], outputs["pred_logits"], self.cfg.score_threshold
-        )
+        threshold = self.cfg.score_threshold if score_threshold is None else score_threshold
+        return decode_points(outputs["pred_points"], outputs["pred_logits"], threshold)
 
     def metrics(
         self, preds: Sequence[Mapping[str, Tensor]], targets: Sequence[Mapping[str, Tensor]]
@@ -324,7 +368,11 @@ class BoxTask:
         )
         return self.criterion(outputs, dense, return_terms=True)  # type: ignore[return-value]
 
-    def decode(self, outputs: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
+    def decode(
+        self, outputs: Mapping[str, Tensor], score_threshold: float | None = None
+    ) -> list[dict[str, Tensor]]:
+        """``{"boxes": [n, 4] xyxy, "scores": [n], "labels": [n]}`` per image: the top
+        ``max_detections`` peaks with a positive score (at least ``score_threshold``)."""
         from .postprocess.centernet import centernet_decode
 
         boxes, scores, labels = centernet_decode(
@@ -336,6 +384,8 @@ class BoxTask:
         )
         # Non-peak cells fill the tail of the top-k with score 0.
         keep = scores > 0
+        if score_threshold is not None:
+            keep &= scores >= score_threshold
         return [
             {"boxes": b[m], "scores": s[m], "labels": lab[m]}
             for b, s, lab, m in zip(boxes, scores, labels, keep, strict=True)
@@ -391,7 +441,63 @@ def load_dataset(
 
 
 def _base(ds: Dataset) -> Dataset:
-    return ds.dataset if isinstance(ds, Subset) else ds
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return ds
+
+
+_KIND_WORDS = {"points": "point annotations", "boxes": "box annotations"}
+
+
+def open_training_data(cfg: TrainConfig) -> tuple[Dataset, Dataset, AnnotatedImages, str]:
+    """``(train, val, base, format)`` of ``cfg.data`` as :func:`train` reads it.
+
+    The format is ``cfg.format`` or detected; its kind must be ``cfg.task``'s. ``base`` is
+    the opened training split (categories, number of classes). Errors are one line:
+    :class:`FileNotFoundError` (no folder, no validation split: the message lists the
+    folder's splits and suggests ``val_fraction``) or :class:`ValueError` (unknown layout,
+    another task's data, an empty split).
+    """
+    from .data.formats import detect_format, format_kind, open_split, open_train_val
+
+    data = Path(cfg.data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"data: no such folder {str(data)!r}")
+    fmt = cfg.format or detect_format(data)
+    kind = format_kind(fmt)
+    if kind != cfg.task:
+        raise ValueError(
+            f"task: --task {cfg.task} trains on {_KIND_WORDS[cfg.task]}, but {str(data)!r} "
+            f"holds {_KIND_WORDS[kind]} (format {fmt}): the data of the other task"
+        )
+    def empty(ds: AnnotatedImages, split: str) -> ValueError:
+        return ValueError(f"the {split!r} split is empty: {ds.source} lists no images")
+
+    try:
+        train_ds, val_ds, base = open_train_val(
+            data,
+            fmt,
+            train_split=cfg.train_split,
+            val_split=cfg.val_split,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            train_transform=RandomHorizontalFlip() if cfg.flip else None,
+        )
+    except FileNotFoundError:
+        # An empty training split says more than a missing validation split.
+        train_only = open_split(data, cfg.train_split, fmt)
+        if len(train_only) == 0:
+            raise empty(train_only, cfg.train_split) from None
+        raise
+    if len(base) == 0:
+        raise empty(base, cfg.train_split)
+    if len(val_ds) == 0:  # type: ignore[arg-type]
+        raise empty(_base(val_ds), cfg.val_split)  # type: ignore[arg-type]
+    if cfg.max_train_images is not None and cfg.max_train_images < len(train_ds):  # type: ignore[arg-type]
+        train_ds = Subset(train_ds, range(cfg.max_train_images))
+    if cfg.max_val_images is not None and cfg.max_val_images < len(val_ds):  # type: ignore[arg-type]
+        val_ds = Subset(val_ds, range(cfg.max_val_images))
+    return train_ds, val_ds, base, fmt
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -434,14 +540,15 @@ def _to_device(
 
 
 @torch.no_grad()
-def predict(
+def predict_loader(
     model: nn.Module,
     task: Task,
     loader: DataLoader,
     device: torch.device,
     amp: bool = False,
 ) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
-    """Predictions and targets (on the CPU) of every image of ``loader``."""
+    """Predictions and targets (on the CPU) of every image of ``loader`` (a loader of
+    ``(images, targets)`` batches, as :func:`~detloss.data.collate_detection` makes)."""
     was_training = model.training
     model.eval()
     preds: list[dict[str, Tensor]] = []
@@ -461,8 +568,202 @@ def evaluate(
     model: nn.Module, task: Task, loader: DataLoader, device: torch.device, amp: bool = False
 ) -> dict[str, float]:
     """The task's metrics of ``model`` on ``loader``."""
-    preds, targets = predict(model, task, loader, device, amp)
+    preds, targets = predict_loader(model, task, loader, device, amp)
     return task.metrics(preds, targets)
+
+
+ImageSource = str | Path | Tensor | Sequence[str | Path | Tensor]
+
+
+def list_images(source: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The image files of ``source``: a folder (its image files, not recursing, in natural
+    order: ``img_2`` before ``img_10``), one file, or a list of files and folders.
+
+    Raises :class:`FileNotFoundError` naming a path that does not exist and
+    :class:`ValueError` when no image file is found.
+    """
+    from .data.crowd import IMAGE_SUFFIXES, natural_key
+
+    items = [source] if isinstance(source, str | Path) else list(source)
+    files: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+            files += sorted((p for p in found if p.is_file()), key=natural_key)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"images: no such file or folder {str(path)!r}")
+    if not files:
+        shown = ", ".join(repr(str(i)) for i in items[:3]) + (", ..." if len(items) > 3 else "")
+        raise ValueError(
+            f"images: no image file ({', '.join(IMAGE_SUFFIXES)}) in {shown or 'an empty list'}"
+        )
+    return files
+
+
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Tensor:
+    """``float32[3, H, W]`` in [0, 1] through the data readers' loader: a regular file
+    only (no FIFO or device), its pixel budget checked from the header before decoding,
+    errors naming the file."""
+    path = Path(path)
+    from .data._common import load_image
+
+    return load_image(path, f"image {path.name!r}", root=path.parent, max_pixels=max_pixels)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    task: Task,
+    images: ImageSource | DataLoader,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    *,
+    score_threshold: float | None = None,
+    batch_size: int = 8,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> list[dict[str, Tensor]] | tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+    """Detections of a trained model (from :func:`load_checkpoint`) on images.
+
+    Args:
+        model, task: as :func:`load_checkpoint` returns them.
+        images: an image file, a folder of images (see :func:`list_images`), a list of
+            files, an image ``Tensor[3, H, W]`` (RGB in [0, 1]), a batch
+            ``Tensor[B, 3, H, W]`` or a list of image tensors. Files are read with
+            :func:`read_image` (regular files only, ``max_pixels`` checked first).
+            A ``DataLoader`` of ``(images, targets)`` batches returns
+            ``(predictions, targets)`` as :func:`predict_loader` does.
+        device: where the model runs (default: where its parameters are).
+        amp: mixed precision on CUDA.
+        score_threshold: keep detections scoring above it (points: probability above it,
+            default the checkpoint's ``score_threshold``; boxes: score at least it,
+            default every decoded peak with a positive score).
+        batch_size: images per forward pass (images of different sizes are zero-padded
+            at the right and bottom; detections in the padding are dropped).
+
+    Returns:
+        One dict per image, on the CPU, in pixel coordinates of that image: points
+        ``{"points": Tensor[n, 2] (x, y), "scores": Tensor[n]}``; boxes ``{"boxes":
+        Tensor[n, 4] (x1, y1, x2, y2), "scores": Tensor[n], "labels": Tensor[n]}``
+        (labels index the checkpoint's ``categories``).
+    """
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    if isinstance(images, DataLoader):
+        return predict_loader(model, task, images, dev, amp)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if score_threshold is not None and not 0 <= score_threshold < 1:
+        raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold}")
+    tensors: list[Tensor] | None = None
+    if isinstance(images, Tensor):
+        if images.ndim not in (3, 4) or images.shape[-3] != 3:
+            raise ValueError(
+                f"images: expected a Tensor[3, H, W] or Tensor[B, 3, H, W], got "
+                f"{list(images.shape)}"
+            )
+        tensors = list(images) if images.ndim == 4 else [images]
+    elif isinstance(images, Sequence) and not isinstance(images, str) and images and all(
+        isinstance(i, Tensor) for i in images
+    ):
+        tensors = list(images)  # type: ignore[arg-type]
+    files = list_images(images) if tensors is None else []  # type: ignore[arg-type]
+    count = len(tensors) if tensors is not None else len(files)
+    was_training = model.training
+    model.eval()
+    preds: list[dict[str, Tensor]] = []
+    try:
+        for start in range(0, count, batch_size):
+            if tensors is not None:
+                batch = tensors[start : start + batch_size]
+            else:
+                batch = [read_image(f, max_pixels) for f in files[start : start + batch_size]]
+            stacked = pad_images(batch).to(dev)
+            with torch.autocast(dev.type, enabled=amp and dev.type == "cuda"):
+                outputs = model(stacked)
+            outputs = {k: v.float() for k, v in outputs.items()}
+            decoded = task.decode(outputs, score_threshold)
+            for image, pred in zip(batch, decoded, strict=True):
+                pred = {k: v.cpu() for k, v in pred.items()}
+                preds.append(_inside(pred, image.shape[-2], image.shape[-1]))
+    finally:
+        model.train(was_training)
+    return preds
+
+
+def _inside(pred: dict[str, Tensor], height: int, width: int) -> dict[str, Tensor]:
+    """Drop the detections that lie in the padding of a smaller image of a batch; boxes
+    are clipped to the image."""
+    if "points" in pred:
+        pts = pred["points"]
+        keep = (pts[:, 0] <= width) & (pts[:, 1] <= height)
+        return {k: v[keep] for k, v in pred.items()}
+    boxes = pred["boxes"]
+    centre_x = (boxes[:, 0] + boxes[:, 2]) / 2
+    centre_y = (boxes[:, 1] + boxes[:, 3]) / 2
+    keep = (centre_x <= width) & (centre_y <= height)
+    out = {k: v[keep] for k, v in pred.items()}
+    b = out["boxes"].clone()
+    b[:, 0::2] = b[:, 0::2].clamp(0, width)
+    b[:, 1::2] = b[:, 1::2].clamp(0, height)
+    # An untrained size head can predict negative sizes: empty boxes, never inverted.
+    b[:, 2] = torch.maximum(b[:, 2], b[:, 0])
+    b[:, 3] = torch.maximum(b[:, 3], b[:, 1])
+    out["boxes"] = b
+    return out
+
+
+def predictions_json(
+    preds: Sequence[Mapping[str, Tensor]],
+    names: Sequence[str],
+    ckpt: Mapping[str, object],
+    image_ids: Sequence[int] | None = None,
+) -> object:
+    """The JSON of ``detloss predict``.
+
+    Boxes: a COCO results list, ``[{"image_id", "category_id", "bbox": [x, y, w, h],
+    "score", "file_name"}, ...]`` with the category ids of the training data (COCO's own
+    ids; the class index for the other formats) -- what ``COCO.loadRes`` reads. Points:
+    ``{"task": "points", "images": [{"file_name", "count", "points": [[x, y], ...],
+    "scores": [...]}, ...]}``. ``image_ids`` default to 1, 2, ... in the order of
+    ``names``.
+    """
+    ids = list(image_ids) if image_ids is not None else list(range(1, len(names) + 1))
+    if len(ids) != len(names) or len(preds) != len(names):
+        raise ValueError(
+            f"predictions_json: expected as many predictions and image ids as names "
+            f"({len(names)}), got {len(preds)} and {len(ids)}"
+        )
+    if preds and "points" in preds[0]:
+        return {
+            "task": "points",
+            "images": [
+                {
+                    "file_name": name,
+                    "count": len(p["points"]),
+                    "points": [[round(x, 3), round(y, 3)] for x, y in p["points"].tolist()],
+                    "scores": [round(v, 5) for v in p["scores"].tolist()],
+                }
+                for name, p in zip(names, preds, strict=True)
+            ],
+        }
+    category_ids = list(ckpt.get("category_ids") or range(int(ckpt.get("num_classes", 1))))  # type: ignore[call-overload]
+    results: list[dict[str, object]] = []
+    for name, image_id, p in zip(names, ids, preds, strict=True):
+        for (x1, y1, x2, y2), score, label in zip(
+            p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True
+        ):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category_ids[label],
+                    "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
+                    "score": round(score, 5),
+                    "file_name": name,
+                }
+            )
+    return results
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -599,6 +900,8 @@ class _Run:
     model_kwargs: dict[str, object]
     num_classes: int
     categories: list[str] | None
+    category_ids: list[int]
+    data_format: str
     train_loader: DataLoader
     val_loader: DataLoader
     sampler: DistributedSampler | None
@@ -618,6 +921,8 @@ class _Run:
     best: dict[str, float] = field(default_factory=dict)
     best_epoch: int = 0
     skipped_steps: int = 0
+    writer: object | None = None  # TensorBoard's SummaryWriter (rank 0, --tensorboard)
+    plots_off: str = ""  # why pictures are not drawn (matplotlib missing), said once
 
     @property
     def is_main(self) -> bool:
@@ -756,10 +1061,9 @@ def _prepare(cfg: TrainConfig) -> _Run:
     seed_everything(cfg.seed + rank)
     out = Path(cfg.out)
     replace = _check_out_folder(cfg, out)
-    train_ds = load_dataset(
-        cfg.task, cfg.data, cfg.train_split, flip=cfg.flip, limit=cfg.max_train_images
-    )
-    val_ds = load_dataset(cfg.task, cfg.data, cfg.val_split, limit=cfg.max_val_images)
+    train_ds, val_ds, base, fmt = open_training_data(cfg)
+    if cfg.tensorboard:
+        _tensorboard_writer_class()  # a missing package is reported before any work
     if rank == 0:
         # Only once the data has loaded: a mistyped --data keeps the previous run.
         if replace:
@@ -767,9 +1071,9 @@ def _prepare(cfg: TrainConfig) -> _Run:
                 (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         # Temporary files of a write that was killed half-way.
-        for stale in [*out.glob(".*.pt.*.tmp"), *out.glob(".*.json.*.tmp")]:
+        for stale in [*out.glob(".*.pt.*.tmp"), *out.glob(".*.json.*.tmp"), *out.glob(".*.csv.*.tmp")]:
             stale.unlink(missing_ok=True)
-    num_classes = getattr(_base(train_ds), "num_classes", 1)
+    num_classes = base.num_classes if cfg.task == "boxes" else 1
     task = build_task(cfg, num_classes)
     model_kwargs = task.model_kwargs()
     model = task.build_model(model_kwargs).to(device)
@@ -828,7 +1132,9 @@ def _prepare(cfg: TrainConfig) -> _Run:
         wrapped=wrapped,
         model_kwargs=model_kwargs,
         num_classes=num_classes,
-        categories=getattr(_base(train_ds), "categories", None),
+        categories=list(base.categories),
+        category_ids=list(getattr(base, "category_ids", range(base.num_classes))),
+        data_format=fmt,
         train_loader=train_loader,
         val_loader=val_loader,
         sampler=sampler,
@@ -906,6 +1212,8 @@ def _state(run: _Run, epoch: int, rng: list[dict[str, object]]) -> dict[str, obj
         "model_kwargs": run.model_kwargs,
         "num_classes": run.num_classes,
         "categories": run.categories,
+        "category_ids": run.category_ids,
+        "data_format": run.data_format,
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict(),
@@ -1190,12 +1498,17 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, object]:
 
 
 def _dataset_sizes(run: _Run) -> str:
+    cfg = run.cfg
     n_train = len(run.train_loader.dataset)  # type: ignore[arg-type]
     n_val = len(run.val_loader.dataset)  # type: ignore[arg-type]
     classes = f"{run.num_classes} class" + ("es" if run.num_classes != 1 else "")
     procs = f" x {run.world} processes" if run.world > 1 else ""
+    if cfg.val_fraction is not None:
+        val = f"val {n_val} images ({cfg.val_fraction:g} of {cfg.train_split})"
+    else:
+        val = f"{cfg.val_split} {n_val} images"
     return (
-        f"{run.cfg.train_split} {n_train} images, {run.cfg.val_split} {n_val} images, "
+        f"format {run.data_format}, {cfg.train_split} {n_train} images, {val}, "
         f"{classes}, device {run.device}{procs}, out {run.out}"
     )
 
@@ -1236,6 +1549,8 @@ def train(
         log(f"[{cfg.task}] {_dataset_sizes(run)}")
     if cfg.resume:
         _restore(run, log)
+    if run.is_main and cfg.tensorboard:
+        run.writer = _tensorboard_writer_class()(log_dir=str(run.out / "tensorboard"))
 
     main_key = run.task.main_metric
     evaluated = [rec for rec in run.history if "val" in rec]
@@ -1256,6 +1571,8 @@ def train(
         raise
     finally:
         run.watch.stop()
+        if run.writer is not None:
+            run.writer.close()  # type: ignore[attr-defined]
 
     ran = run.start_epoch < cfg.epochs
     if run.is_main and ran:
@@ -1289,8 +1606,10 @@ def _run_epoch(
     is_best = False
     last = epoch + 1 == cfg.epochs
     shown = ""
+    preds: list[dict[str, Tensor]] = []
     if run.is_main and ((epoch + 1) % cfg.eval_every == 0 or last):
-        metrics = evaluate(run.model, run.task, run.val_loader, run.device, run.amp)
+        preds, targets = predict_loader(run.model, run.task, run.val_loader, run.device, run.amp)
+        metrics = run.task.metrics(preds, targets)
         record["val"] = metrics
         score = metrics.get(main_key, float("nan"))
         if not run.best or (math.isfinite(score) and score > run.best.get(main_key, -1.0)):
@@ -1313,6 +1632,129 @@ def _run_epoch(
         save_checkpoint(state, run.out / "last.pt")
         if is_best:
             save_checkpoint(state, run.out / "best.pt")
+        _write_metrics_csv(run.out / "metrics.csv", run.history)
+        if run.writer is not None:
+            _log_tensorboard(run.writer, record)
+        if cfg.plots and "val" in record:
+            _draw_progress(run, preds if is_best else None)
     if run.world > 1:
         dist.barrier()
     return metrics
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+def _flat_record(record: Mapping[str, object]) -> dict[str, object]:
+    """One ``metrics.csv`` row: ``epoch``, ``lr``, ``images_per_s``, ``seconds``, the
+    training loss terms as ``train_<term>`` and the validation metrics as ``val_<name>``."""
+    row: dict[str, object] = {"epoch": record["epoch"]}
+    for key in ("lr", "images_per_s", "seconds", "skipped_steps"):
+        if key in record:
+            row[key] = record[key]
+    for group in ("train", "val"):
+        for name, value in dict(record.get(group, {})).items():  # type: ignore[call-overload]
+            row[f"{group}_{name}"] = value
+    return row
+
+
+def _write_metrics_csv(path: Path, history: Sequence[Mapping[str, object]]) -> None:
+    """The whole history, one row per epoch (rewritten atomically: a resumed run gets the
+    same file as an uninterrupted one). Missing values (no evaluation that epoch) and
+    undefined ones (NaN) are empty cells."""
+    import csv
+    import io
+
+    rows = [_flat_record(rec) for rec in history]
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                k: ("" if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in row.items()
+            }
+        )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def _tensorboard_writer_class() -> type:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError(
+            "tensorboard: the tensorboard package is not installed (pip install tensorboard), "
+            "or run without --tensorboard"
+        ) from None
+    return SummaryWriter
+
+
+def _log_tensorboard(writer: object, record: Mapping[str, object]) -> None:
+    step = int(record["epoch"])  # type: ignore[call-overload]
+    for key, value in _flat_record(record).items():
+        if key == "epoch" or not isinstance(value, int | float):
+            continue
+        group, _, name = key.partition("_")
+        tag = f"{group}/{name}" if group in ("train", "val") else key
+        writer.add_scalar(tag, float(value), step)  # type: ignore[attr-defined]
+    writer.flush()  # type: ignore[attr-defined]
+
+
+#: Validation images drawn in ``val_predictions.png``.
+PLOTTED_VAL_IMAGES = 4
+
+
+def _draw_progress(run: _Run, preds: list[dict[str, Tensor]] | None) -> None:
+    """``loss_curves.png`` now; ``val_predictions.png`` too when ``preds`` (the
+    validation predictions of a new best checkpoint) are given."""
+    if run.plots_off:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        run.plots_off = "matplotlib is not installed"
+        print(
+            "warning: no loss_curves.png / val_predictions.png: matplotlib is not installed "
+            "(pip install matplotlib)",
+            file=sys.stderr,
+        )
+        return
+    from . import plot
+
+    task = run.task
+    plot.plot_losses(
+        [run.history],
+        run.out / "loss_curves.png",
+        titles=[f"{run.cfg.task}: {type(run.model).__name__} on {run.cfg.data}"],
+        metrics=[task.main_metric],
+    )
+    if preds is None:
+        return
+    dataset = run.val_loader.dataset
+    count = min(PLOTTED_VAL_IMAGES, len(dataset))  # type: ignore[arg-type]
+    samples = [dataset[i] for i in range(count)]
+    epoch = run.best_epoch
+    score = run.best.get(task.main_metric, float("nan"))
+    title = f"validation, epoch {epoch} ({task.main_metric} {_fmt(score)})"
+    if task.name == "points":
+        plot.plot_points(
+            samples,
+            preds[:count],
+            run.out / "val_predictions.png",
+            threshold=run.cfg.point_threshold,
+            title=title,
+        )
+    else:
+        plot.plot_boxes(
+            samples,
+            preds[:count],
+            run.categories or [str(i) for i in range(run.num_classes)],
+            run.out / "val_predictions.png",
+            title=title,
+        )
