@@ -4,10 +4,11 @@ non-finite loss policy."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import pickle
 import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,30 +74,37 @@ def _all_finite(state: dict) -> bool:
 # ----------------------------------------------------------------------------- atomic
 
 
-def _writer(path: str, conn) -> None:
-    big = torch.arange(2_000_000, dtype=torch.float32)
-    for n in range(1000):
-        conn.send(n)
-        save_checkpoint({"n": n, "big": big + n}, path)
+# The writer runs in a fresh interpreter: a forked child of a process that has already
+# started thread pools (torch, Numba, earlier tests) can deadlock before it writes.
+_WRITER = """
+import sys
+import torch
+from detloss.train import save_checkpoint
+big = torch.arange(2_000_000, dtype=torch.float32)
+for n in range(1000):
+    print(n, flush=True)
+    save_checkpoint({"n": n, "big": big + n}, sys.argv[1])
+"""
 
 
+@pytest.mark.timeout(180)
 def test_sigkill_during_checkpoint_write_leaves_an_intact_file(tmp_path):
-    # A forked child (torch already imported) writes checkpoints in a loop; SIGKILL
-    # arrives during its third write.
+    # A child writes checkpoints in a loop; SIGKILL arrives during its third write.
     path = tmp_path / "last.pt"
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-    proc = context.Process(target=_writer, args=(str(path), send))
-    proc.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
-        while receive.recv() != 2:
-            pass
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if int(line) == 2:
+                break
         os.kill(proc.pid, signal.SIGKILL)
-        proc.join(timeout=30)
+        proc.wait(timeout=30)
     finally:
-        if proc.is_alive():
+        if proc.poll() is None:
             proc.kill()
-    assert proc.exitcode == -signal.SIGKILL
+        proc.stdout.close()  # type: ignore[union-attr]
+    assert proc.returncode == -signal.SIGKILL
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["n"] in (1, 2)
     assert torch.equal(ckpt["big"], torch.arange(2_000_000, dtype=torch.float32) + ckpt["n"])
