@@ -22,7 +22,7 @@ from ..boxes import box_convert
 from ..distributed import normalizer
 from ..match.matching import BACKGROUND
 from ..match.modules import box_targets
-from ..match.threshold import max_iou
+from ..match.threshold import _COLUMN_BLOCK, _force_claims
 from .regression import smooth_l1_loss
 
 __all__ = ["MultiBoxLoss", "multibox_loss"]
@@ -118,9 +118,10 @@ def _match(priors: Tensor, boxes: Tensor, mask: Tensor, threshold: float, sparse
     a prior's best IoU is only worked out for the priors above the threshold (an
     index-free maximum is much cheaper).
 
-    Forcing each target onto its best prior needs :func:`max_iou`'s iterative rule only in
-    images where two targets share a best prior; elsewhere one argmax, exactly that rule's
-    first round, resolves it. The shared case calls :func:`max_iou` on those images.
+    Forcing each target onto its best prior is :func:`max_iou`'s rule, run by the same
+    engine: its first round is one scatter of each target's best prior (no ``N x N``
+    comparison); only targets that lose a shared best prior have their IoU column
+    recomputed, in bounded blocks, so the whole IoU matrix is never stored.
     """
     batch, num_targets = mask.shape
     num_priors = priors.shape[0]
@@ -208,42 +209,49 @@ def _match(priors: Tensor, boxes: Tensor, mask: Tensor, threshold: float, sparse
     if sparse:
         # Index-free maxima above; now the indices, from a few recomputed entries. Each
         # target's best prior lies in the first group that attains its maximum.
-        first = (group_best == group_best.amax(dim=0)).to(torch.uint8).argmax(dim=0)
+        target_best = group_best.amax(dim=0)
+        first = (group_best == target_best).to(torch.uint8).argmax(dim=0)
         rows = first[:, None] * _GROUP + torch.arange(_GROUP, device=device)  # [T, _GROUP]
         columns = torch.arange(total, device=device)[:, None]
         values = iou_at(rows.clamp(max=num_priors - 1), columns)
         values = values.masked_fill(rows >= num_priors, -3.0)  # past the last prior
         prior_index = first * _GROUP + values.argmax(dim=1)
-        # Which target attains a prior's best IoU, for the priors above the threshold.
+        prior_value = target_best
+        # Which target attains a prior's best IoU, for the priors above the threshold, in
+        # blocks of priors so that the [priors, N] entries stay within _COLUMN_BLOCK.
         prior, image = (best_iou >= threshold).nonzero(as_tuple=True)
-        columns = torch.arange(num_targets, device=device) * batch + image[:, None]  # [K, N]
-        best = iou_at(prior[:, None], columns).argmax(dim=1)
         assigned = torch.full((batch, num_priors), BACKGROUND, dtype=torch.int64, device=device)
-        assigned[image, prior] = best
+        slots = torch.arange(num_targets, device=device) * batch
+        rows_at_once = max(1, _COLUMN_BLOCK // num_targets)
+        for start in range(0, prior.shape[0], rows_at_once):
+            some_prior = prior[start : start + rows_at_once]
+            some_image = image[start : start + rows_at_once]
+            best = iou_at(some_prior[:, None], slots + some_image[:, None]).argmax(dim=1)
+            assigned[some_image, some_prior] = best
     else:
         assigned = torch.where(best_iou >= threshold, best_target, BACKGROUND).t()  # [B, P]
 
-    best_prior = prior_index.view(num_targets, batch).t()  # [B, N]
-    slots = torch.arange(num_targets, device=device)
-    same = (best_prior[:, :, None] == best_prior[:, None, :]) & (slots[:, None] != slots)
-    shared = (same & mask[:, :, None] & mask[:, None, :]).any(dim=(1, 2))  # [B]
-    # Each real target claims its best prior. Claims collide only in the images with a
-    # shared best prior, which are redone below, so any winner will do there.
-    if sparse:
-        image, slot = mask.nonzero(as_tuple=True)
-        assigned[image, best_prior[image, slot]] = slot
-    else:
-        # Padded slots offer -1, so "amax" lets a real claim win wherever a padded slot
-        # points at the same prior.
-        forced = torch.full((batch, num_priors), -1, dtype=torch.int64, device=device)
-        forced.scatter_reduce_(1, best_prior, torch.where(mask, slots, -1), "amax")
-        assigned = torch.where(forced >= 0, forced, assigned)
-    if bool(shared.any()):  # one host sync per batch (max_iou synchronises per round)
-        images = shared.nonzero().squeeze(1)
-        iou = iou_block(0, num_priors).view(num_priors, num_targets, batch)
-        iou = iou.index_select(2, images).permute(2, 0, 1)  # [b, P, N]
-        assigned[images] = max_iou(iou, threshold, target_mask=mask[images]).pred_to_target
-    return assigned
+    # Every real target is forced onto its best prior (max_iou's rule for targets that
+    # share one); only the targets that lose a claim have their IoU column recomputed.
+    def column(image: Tensor, slot: Tensor) -> Tensor:
+        """``[R, P]``: whole IoU columns, by the operations of ``iou_block``."""
+        columns = slot * batch + image
+        inter = widths.index_select(1, columns).index_select(0, x_of)
+        inter.mul_(heights.index_select(1, columns).index_select(0, y_of))
+        iou = inter.div_((area_p + area_g.index_select(1, columns)) - inter)
+        if padded is not None:
+            iou.masked_fill_(padded.index_select(1, columns), -1.0)
+        return iou.t().contiguous()
+
+    forced = _force_claims(
+        prior_value.view(num_targets, batch).t(),
+        prior_index.view(num_targets, batch).t(),
+        mask,
+        None,
+        num_priors,
+        column,
+    )
+    return torch.where(forced >= 0, forced, assigned)
 
 
 def _mine(
