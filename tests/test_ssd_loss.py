@@ -488,7 +488,7 @@ def test_loc_weight_and_float_ratio():
     loc, conf = random_predictions(g, 2)
     total, terms = multibox_loss(loc, conf, PRIORS, targets, loc_weight=2.5, return_terms=True)
     torch.testing.assert_close(total, terms["conf"] + 2.5 * terms["loc"])
-    # A float ratio is floored per image: 1.0 equals the integer 1.
+    # A float ratio is rounded up per image (ceil): 1.0 equals the integer 1.
     torch.testing.assert_close(
         multibox_loss(loc, conf, PRIORS, targets, neg_pos_ratio=1.0),
         multibox_loss(loc, conf, PRIORS, targets, neg_pos_ratio=1),
@@ -785,3 +785,39 @@ def test_cached_prior_intervals_follow_the_priors():
         got = ssd_module._match(prior_xyxy, boxes, mask, 0.5, True)
         assert torch.equal(got, expected)
         shifted[:, 0] += 0.05  # in place, after its use: the next call must not reuse it
+
+
+def test_fractional_ratio_rounds_up_like_detection_loss(path):
+    # One positive (a target equal to prior 7, threshold 1) and ratio 1.5: both losses
+    # keep ceil(1.5 * 1) = 2 negatives, the two highest background losses.
+    prior_box = box_convert(PRIORS[7:8], "cxcywh", "xyxy")
+    targets = [{"boxes": prior_box, "labels": torch.tensor([0])}]
+    g = torch.Generator().manual_seed(3)
+    loc = torch.zeros(1, PRIORS.shape[0], 4, dtype=torch.float64)
+    conf = torch.randn(1, PRIORS.shape[0], NUM_CLASSES, generator=g, dtype=torch.float64)
+    got = multibox_loss(loc, conf, PRIORS, targets, overlap_threshold=1.0, neg_pos_ratio=1.5)
+    log_prob = conf[0].log_softmax(dim=-1)
+    background = -log_prob[:, 0]
+    background[7] = -math.inf
+    hardest = background.topk(2).indices
+    loc_term = smooth_l1_loss(loc[0, 7], torch.zeros(4, dtype=torch.float64), beta=1.0).sum()
+    expected = -log_prob[7, 1] - log_prob[hardest, 0].sum() + loc_term
+    torch.testing.assert_close(got, expected)
+
+    from detloss.losses import detection_loss
+    from detloss.match.matching import Matching
+
+    p2t = torch.full((1, PRIORS.shape[0]), -1)
+    p2t[0, 7] = 0
+    outputs = {"pred_logits": conf, "pred_boxes": box_convert(PRIORS, "cxcywh", "xyxy")[None]}
+    other = detection_loss(
+        outputs,
+        targets,
+        Matching(p2t, torch.ones(1, 1, dtype=torch.bool)),
+        loc_losses={},
+        background="first",
+        no_object_weight=1.0,
+        hard_negative_ratio=1.5,
+        reduction="sum",
+    )
+    torch.testing.assert_close(other, -log_prob[7, 1] - log_prob[hardest, 0].sum())

@@ -29,6 +29,7 @@ from ..boxes import BOX_FORMATS, box_convert
 from ..distributed import normalizer, world_size
 from ..match.matching import BACKGROUND, Matching
 from ..match.modules import box_targets
+from ._mining import hard_negative_weights, hard_negatives
 from .focal import sigmoid_focal_loss
 from .iou import ciou_loss, diou_loss, giou_loss, iou_loss
 
@@ -350,20 +351,6 @@ def _loc_values(name: str, pred: Tensor, target: Tensor, opts: _Options) -> Tens
     return _IOU_LOSSES[name](pred, target, "none", opts.box_format)
 
 
-def _mine(values: Tensor, bg_mass: Tensor, budget: Tensor) -> Tensor:
-    """Hard negative selection, ``float[B, M]`` 0/1.
-
-    Predictions are visited by decreasing background loss ``values``; one is kept while
-    the background mass taken before it is below the image's ``budget``. With 0/1 masses
-    that keeps the ``ceil(budget)`` hardest negatives (SSD's ``rank < ratio * P`` rule).
-    """
-    order = values.argsort(dim=1, descending=True, stable=True)
-    mass = bg_mass.gather(1, order)
-    before = mass.cumsum(1) - mass
-    kept_sorted = (before < budget.unsqueeze(1)).to(values.dtype)
-    return torch.zeros_like(kept_sorted).scatter(1, order, kept_sorted)
-
-
 @dataclass
 class _Sums:
     """Per-image numerators and normalisers of one decoder layer, all ``[B]``."""
@@ -403,9 +390,9 @@ def _hard_sums(
     bg_weight = opts.no_object_weight * bg_mass
     cls_norm = pos_weight.sum(1)
     if opts.hard_negative_ratio is not None:
-        bg_weight = bg_weight * _mine(
-            (bg_mass * rows).detach(), bg_mass, opts.hard_negative_ratio * pos_mass.sum(1)
-        )
+        bg_weight = bg_weight * hard_negatives(
+            rows.detach(), neg, pos.sum(1), opts.hard_negative_ratio
+        ).to(x.dtype)
     elif opts.background != "none":
         cls_norm = cls_norm + opts.no_object_weight * bg_mass.sum(1)
     cls = ((pos_weight + bg_weight) * rows).sum(1)
@@ -443,7 +430,7 @@ def _soft_sums(
     bg_terms = bg_mass * bg_loss
     if opts.hard_negative_ratio is not None:
         budget = opts.hard_negative_ratio * pos_plan.sum((1, 2))
-        bg_terms = bg_terms * _mine(bg_terms.detach(), bg_mass, budget)
+        bg_terms = bg_terms * hard_negative_weights(bg_terms.detach(), bg_mass, budget)
     elif opts.background != "none":
         cls_norm = cls_norm + opts.no_object_weight * bg_mass.sum(1)
     cls = (pos_weighted * target_loss).sum((1, 2)) + opts.no_object_weight * bg_terms.sum(1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -23,6 +22,7 @@ from ..distributed import normalizer
 from ..match.matching import BACKGROUND
 from ..match.modules import box_targets
 from ..match.threshold import _COLUMN_BLOCK, _force_claims
+from ._mining import hard_negatives
 from .regression import smooth_l1_loss
 
 __all__ = ["MultiBoxLoss", "multibox_loss"]
@@ -254,44 +254,6 @@ def _match(priors: Tensor, boxes: Tensor, mask: Tensor, threshold: float, sparse
     return torch.where(forced >= 0, forced, assigned)
 
 
-def _mine(
-    key: Tensor,
-    candidates: Tensor,
-    num_pos: Tensor,
-    ratio: float,
-    min_negatives: int,
-    sparse: bool,
-) -> Tensor:
-    """``bool[B, P]``: per image, the ``k`` candidates with the largest ``key``.
-
-    ``k = min(max(floor(ratio * num_pos), min_negatives), number of candidates)``. Equal
-    keys at the cut-off are taken in prior order (the selection of a stable sort).
-    """
-    if key.shape[1] == 0:
-        return candidates.clone()
-    available = candidates.sum(dim=1)
-    if isinstance(ratio, int):
-        k = num_pos * ratio
-    else:
-        k = torch.floor(num_pos.to(key.dtype) * ratio).to(torch.int64)
-    k = torch.minimum(k.clamp(min=min_negatives), available)
-    key = key.masked_fill(~candidates, float("-inf"))
-    if sparse:
-        # The CPU path: a host read of k costs nothing, and NumPy's introselect moves the
-        # k largest keys of every row to its end in linear time (3x faster than a top-k);
-        # only those are then sorted.
-        width, most = key.shape[1], max(1, int(k.max()))
-        top = np.partition(key.numpy(), width - most, axis=1)[:, width - most :]
-        largest = torch.from_numpy(top).sort(dim=1, descending=True).values
-    else:  # no host synchronisation on accelerators
-        largest = torch.sort(key, dim=1, descending=True).values
-    cutoff = largest.gather(1, (k - 1).clamp(min=0)[:, None])  # the k-th largest key
-    above = key > cutoff
-    tied = key == cutoff
-    room = k[:, None] - above.sum(dim=1, keepdim=True)
-    return above | (tied & (tied.cumsum(dim=1) <= room))
-
-
 #: Devices that take the host-friendly strategies: distinct prior intervals, an index-free
 #: maximum in the matching, a top-k for the mining and loss terms evaluated on the selected
 #: priors only (gathered with ``nonzero``). Each needs a host synchronisation, which costs
@@ -330,13 +292,12 @@ def _dense_terms(
     log_prob = conf.to(dtype).log_softmax(dim=-1)
     ce = -log_prob.gather(-1, target_class[..., None]).squeeze(-1)
     with torch.no_grad():
-        negative = _mine(
+        negative = hard_negatives(
             -log_prob[..., 0].detach(),
             assigned == BACKGROUND,
             positive.sum(dim=1),
             neg_pos_ratio,
             min_negatives,
-            sparse=False,
         )
     conf_sum = torch.where(positive | negative, ce, 0.0).sum()
     return loc_sum, conf_sum
@@ -385,13 +346,13 @@ def _sparse_terms(
     dtype = priors.dtype
     positive = assigned >= 0
     with torch.no_grad():
-        negative = _mine(
+        negative = hard_negatives(
             _background_loss(conf.detach().to(dtype)),
             assigned == BACKGROUND,
             positive.sum(dim=1),
             neg_pos_ratio,
             min_negatives,
-            sparse=True,
+            host_selection=True,
         )
         image, prior = positive.nonzero(as_tuple=True)
         target = assigned[image, prior]
@@ -447,7 +408,7 @@ def multibox_loss(
       ground truth, over positive priors and the 4 coordinates.
     - ``L_conf``: softmax cross-entropy over positives (target ``label + 1``) and mined
       negatives (target 0). Per image, the negatives are the
-      ``k = min(neg_pos_ratio * num_pos, num_priors - num_pos)`` non-positive priors with
+      ``k = min(ceil(neg_pos_ratio * num_pos), num_priors - num_pos)`` non-positive priors with
       the largest background loss ``logsumexp(conf) - conf[..., 0]`` (raised to
       ``min_negatives`` when that is larger, still capped by the non-positive count).
 
