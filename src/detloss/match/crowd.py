@@ -47,6 +47,15 @@ __all__ = [
 #: Problems with fewer than this many pairs (``M * N``) are solved on the dense matrix,
 #: which is faster there than building a k-d tree and a certificate.
 DENSE_BELOW = 1 << 19
+#: Bytes the dense fallback may allocate for its float64 ``[R, C]`` cost (4 GiB). A
+#: problem whose dense cost would be larger keeps growing its candidate sets where the
+#: certificate failed (up to ``_ROUND_FACTOR * max_rounds`` solves) and, if it still does
+#: not certify, raises a ``ValueError`` naming the sizes instead of allocating.
+DENSE_MEMORY_BUDGET = 4 << 30
+# More candidate solves allowed when the dense fallback does not fit the budget.
+_ROUND_FACTOR = 4
+# Bytes per candidate pair kept by the sparse solve (keys, costs, graph arrays).
+_BYTES_PER_CANDIDATE = 96
 #: Candidate neighbours per head when ``k`` is not given.
 DEFAULT_K = 8
 # The first candidates of a head are its k cheapest among its _SCAN * k nearest.
@@ -457,8 +466,14 @@ def _solve(problem: _Problem, k: int, max_rounds: int, dense_below: int) -> _Out
         return _Outcome(_dense_mate(problem), "dense")
 
     outcome = _Outcome(np.empty(0, dtype=np.int64), "fallback")
-    # Past this many candidates the sparse problem stops being small.
+    dense_bytes = 8 * n_rows * n_cols
+    dense_fits = dense_bytes <= DENSE_MEMORY_BUDGET
+    # Past this many candidates the sparse problem stops being small; when the dense
+    # problem does not fit, the sparse one may use the budget instead, and more rounds.
     max_candidates = max(n_rows * n_cols // 16, 1 << 16)
+    if not dense_fits:
+        max_candidates = max(max_candidates, DENSE_MEMORY_BUDGET // _BYTES_PER_CANDIDATE)
+        max_rounds = _ROUND_FACTOR * max_rounds
     row_k = np.full(n_rows, min(k, n_cols))
     keys = _initial_keys(problem, k)
     growth_rounds = 0
@@ -492,6 +507,15 @@ def _solve(problem: _Problem, k: int, max_rounds: int, dense_below: int) -> _Out
         if grown.size == keys.size or outcome.rounds >= max_rounds:
             break
         keys = grown
+    if not dense_fits:
+        targets, proposals = (n_rows, n_cols) if problem.targets_are_rows else (n_cols, n_rows)
+        raise ValueError(
+            f"crowd_assignment: {targets} targets x {proposals} proposals were not "
+            f"certified optimal on {keys.size} candidate pairs after {outcome.rounds} "
+            f"solves, and the dense fallback would need a float64 [{n_rows}, {n_cols}] cost "
+            f"of {dense_bytes / 2**30:.1f} GiB, over detloss.match.crowd.DENSE_MEMORY_BUDGET "
+            f"= {DENSE_MEMORY_BUDGET / 2**30:.1f} GiB (raise it, or max_rounds)"
+        )
     outcome.mate = _dense_mate(problem)
     return outcome
 
@@ -704,6 +728,12 @@ def certify_assignment(
             reason = "dual values with no negative reduced cost over all pairs"
             return verdict(True, reason, problem.n_rows * problem.tol, duals, rounds)
         keys = np.union1d(keys, bad_r * n_cols + bad_c)
+    if 8 * problem.n_rows * n_cols > DENSE_MEMORY_BUDGET:
+        reason = (
+            f"undecided: no certificate after {max_rounds} rounds and the dense check's "
+            f"float64 [{problem.n_rows}, {n_cols}] cost is over DENSE_MEMORY_BUDGET"
+        )
+        return verdict(False, reason, math.inf, None, max_rounds)
     dense = problem.dense()
     _, best = linear_sum_assignment(dense)
     optimum = float(dense[rows, best].sum())
