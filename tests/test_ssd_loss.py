@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -216,6 +217,34 @@ def test_match_equals_max_iou(sparse, block, monkeypatch):
             any(len(set(best[b][mask[b]].tolist())) < int(mask[b].sum()) for b in range(batch))
         )
     assert shared_seen > 5
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("window", [2, 32])
+def test_match_with_more_targets_than_priors_equals_brute_force(sparse, window, monkeypatch):
+    """150 targets on 92 priors: most share a best prior, contested targets run out of
+    candidates (short windows recompute their columns) and, with no positive IoU left,
+    take the lowest free priors; checked against the one-claim-at-a-time reference."""
+    from detloss.match import threshold as threshold_module
+    from test_threshold import forced_reference
+
+    monkeypatch.setattr(threshold_module, "_WINDOW", window)
+    g = torch.Generator().manual_seed(4)
+    prior_xyxy = box_convert(PRIORS, "cxcywh", "xyxy")
+    centre = torch.rand(1, 150, 2, generator=g, dtype=torch.float64)
+    size = torch.rand(1, 150, 2, generator=g, dtype=torch.float64) * 0.3 + 0.02
+    boxes = torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+    mask = torch.rand(1, 150, generator=g) > 0.1
+    got = ssd_module._match(prior_xyxy, boxes, mask, 0.5, sparse)[0]
+    iou = box_iou(prior_xyxy, boxes[0]).masked_fill(~mask[0], -1.0)
+    best_iou, best_target = iou.max(dim=1)
+    expected = torch.where(best_iou >= 0.5, best_target, -1)
+    forced = forced_reference(
+        box_iou(prior_xyxy, boxes[0]).numpy(), mask[0].numpy(), np.ones(92, dtype=bool)
+    )
+    expected = torch.where(torch.from_numpy(forced) >= 0, torch.from_numpy(forced), expected)
+    assert bool((got >= 0).all())  # more real targets than priors: every prior is forced
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_two_targets_sharing_a_best_prior_both_keep_a_prior(path):
