@@ -221,12 +221,20 @@ def _match(priors: Tensor, boxes: Tensor, mask: Tensor, threshold: float, sparse
         # blocks of priors so that the [priors, N] entries stay within _COLUMN_BLOCK.
         prior, image = (best_iou >= threshold).nonzero(as_tuple=True)
         assigned = torch.full((batch, num_priors), BACKGROUND, dtype=torch.int64, device=device)
-        slots = torch.arange(num_targets, device=device) * batch
-        rows_at_once = max(1, _COLUMN_BLOCK // num_targets)
+        # Whole rows by the operations of iou_block (gathers of the separable tables,
+        # no [K, N] index arithmetic), then each prior's own image.
+        rows_at_once = max(1, _COLUMN_BLOCK // total)
         for start in range(0, prior.shape[0], rows_at_once):
             some_prior = prior[start : start + rows_at_once]
             some_image = image[start : start + rows_at_once]
-            best = iou_at(some_prior[:, None], slots + some_image[:, None]).argmax(dim=1)
+            inter = widths.index_select(0, x_of[some_prior])
+            inter.mul_(heights.index_select(0, y_of[some_prior]))
+            iou = inter.div_((area_p[some_prior] + area_g) - inter)
+            if padded is not None:
+                iou.masked_fill_(padded, -1.0)
+            per_image = iou.view(-1, num_targets, batch)
+            which = some_image[:, None, None].expand(-1, num_targets, 1)
+            best = per_image.gather(2, which).squeeze(2).argmax(dim=1)
             assigned[some_image, some_prior] = best
     else:
         assigned = torch.where(best_iou >= threshold, best_target, BACKGROUND).t()  # [B, P]
