@@ -2,7 +2,8 @@
 
 One 768 x 1024 image at stride 8 with 2 x 2 reference points per cell (49,152 proposals =
 reference points + small random offsets; scores high near heads, as a trained model gives)
-and 3,000 heads, spread over the image or clustered in a quarter of it.
+and 3,000 heads, spread over the image, clustered in a quarter of it, or packed into a
+sixteenth of it (about one proposal per head there: the densest case).
 
 - baseline: the float64 cost ``tau * ||p - t|| - s`` built with ``torch.cdist`` in the
   orientation scipy solves fastest (targets as rows), then
@@ -45,7 +46,7 @@ from detloss.points import anchor_points
 TAU = 0.05
 FULL = {"height": 768, "width": 1024, "heads": 3000}
 QUICK = {"height": 192, "width": 256, "heads": 200}
-LAYOUTS = ("uniform", "quarter")
+LAYOUTS = ("uniform", "quarter", "packed")
 # Images per layout for the count of extra rounds and fallbacks.
 STAT_IMAGES = 5
 
@@ -60,6 +61,10 @@ def make_image(
     span = np.array([width, height], dtype=np.float64)
     if layout == "quarter":
         span = span / 2
+    elif layout == "packed":
+        # A sixteenth of the image (a quarter of each side): about one proposal per head
+        # there, so nearly every proposal near the cluster must be matched.
+        span = span / 4
     target = g.uniform(0.0, 1.0, (heads, 2)) * span
     near, _ = cKDTree(target).query(pred)
     scores = np.clip(0.3 * g.random(len(pred)) + 0.7 * np.exp(-(near**2) / 32.0), 0.0, 1.0)

@@ -225,6 +225,23 @@ def test_falls_back_to_dense_when_rounds_run_out():
     assert solution.method == "fallback" and solution.rounds == 1
 
 
+def test_dense_fallback_over_the_memory_budget_keeps_growing_then_raises(monkeypatch):
+    # A dense cost over the budget is never allocated: the sparse solve gets more rounds
+    # (and here certifies), and when those also run out the error names the sizes.
+    pred, scores, target = far_partner_problem()
+    monkeypatch.setattr(crowd, "DENSE_MEMORY_BUDGET", 64)
+    solution = assert_exact(pred, scores, target, 0.005, k=1, max_rounds=1)
+    assert solution.method == "sparse" and solution.rounds == 2
+    monkeypatch.setattr(crowd, "_ROUND_FACTOR", 1)
+    n, m = target.shape[0], pred.shape[0]
+    with pytest.raises(
+        ValueError,
+        match=rf"crowd_assignment: {n} targets x {m} proposals were not certified optimal "
+        rf".* float64 \[{n}, {m}\] cost .* over detloss.match.crowd.DENSE_MEMORY_BUDGET",
+    ):
+        solve_crowd_assignment(pred, scores, target, 0.005, k=1, max_rounds=1, dense_below=0)
+
+
 def test_candidate_graph_without_full_matching_grows():
     # 60 heads at one spot compete for the same few nearest proposals.
     pred, scores, target = crowd_problem("coincident", 300, 60, 4)

@@ -504,6 +504,28 @@ def test_soft_plan_matches_reference(background, ratio):
     assert_matches_reference(got, ref_loss(outputs, targets, plan_rows(plan, targets), **kwargs))
 
 
+def test_soft_plan_in_target_blocks_equals_one_block(monkeypatch):
+    # A plan over many targets is computed in blocks of targets, each recomputed in the
+    # backward pass: the loss and the gradients equal the one-block computation.
+    from detloss.losses import detection as detection_module
+
+    outputs, targets = make_batch(3, counts=(5, 0, 4), m=6)
+    matching = hungarian_matching(outputs, targets)
+    soft = Matching(matching.pred_to_target, matching.target_mask, soft_plan(matching, 3))
+    kwargs = {"loc_losses": ALL_LOC, "hard_negative_ratio": 1.5, "class_weights": [1, 2, 1, 1]}
+
+    def run():
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in outputs.items()}
+        loss = detection_loss(leaves, targets, soft, **kwargs)
+        loss.backward()
+        return loss, leaves["pred_logits"].grad, leaves["pred_boxes"].grad
+
+    whole = run()
+    monkeypatch.setattr(detection_module, "_PAIR_BLOCK", 3 * 6 * 4 * 2)  # 2 targets a block
+    for got, expected in zip(run(), whole, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.parametrize(
     "cls_loss, background", [*CLS_MODES, ("callable", "last"), ("callable", "first")]
 )

@@ -122,6 +122,14 @@ def test_p2pnet_errors():
         ValueError, match=r"images: expected shape \[B, 3, H, W\], got \[2, 1, 8, 8\]"
     ):
         P2PNet.tiny()(torch.rand(2, 1, 8, 8))
+    # Under 16 pixels the backbone's last max-pooling would have nothing to pool.
+    for h, w in [(15, 40), (40, 15), (8, 8)]:
+        with pytest.raises(
+            ValueError,
+            match=rf"images: expected height and width >= 16 pixels .*\[1, 3, {h}, {w}\]",
+        ):
+            P2PNet.tiny()(torch.rand(1, 3, h, w))
+    assert P2PNet.tiny().eval()(torch.rand(1, 3, 16, 16))["pred_points"].shape[1] > 0
     with pytest.raises(
         ValueError, match="channels and depths: expected 5 stages each, got 4 and 5"
     ):

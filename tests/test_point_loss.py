@@ -394,3 +394,27 @@ def test_distributed_normalisers_reproduce_single_process():
             got = torch.tensor(out[rank][head], dtype=torch.float64) / world
             expected = torch.cat((grad_p[mine].flatten(), grad_l[mine].flatten()))
             torch.testing.assert_close(got, expected)
+
+
+def test_coordinates_too_large_for_the_dtype_are_named():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(1, 4, 2, generator=g) * 10
+    logits = torch.randn(1, 4, generator=g)
+    points = torch.rand(1, 3, 2, generator=g) * 10
+    far_pred, far_points = pred.clone(), points.clone()
+    far_pred[0, 2, 1] = -1e30
+    far_points[0, 1, 0] = 1e30
+    with pytest.raises(ValueError, match=r"pred_points: expected coordinates .* got 1e\+30"):
+        point_loss(far_pred, logits, [points[0]])
+    with pytest.raises(ValueError, match=r"targets' points: expected coordinates .* got 1e\+30"):
+        point_loss(pred, logits, [far_points[0]])
+    # Large but representable: finite; float64 takes far larger values.
+    assert torch.isfinite(point_loss(pred * 1e17, logits, [points[0] * 1e17]))
+    big = point_loss(pred.double() * 1e29, logits.double(), [points[0].double() * 1e29])
+    assert torch.isfinite(big)
+    # Padded slots are not checked: they hold anything.
+    padded = {
+        "points": torch.cat((points, torch.full((1, 1, 2), 1e30)), 1),
+        "mask": torch.tensor([[True, True, True, False]]),
+    }
+    assert torch.isfinite(point_loss(pred, logits, padded))

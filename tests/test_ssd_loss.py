@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -216,6 +217,34 @@ def test_match_equals_max_iou(sparse, block, monkeypatch):
             any(len(set(best[b][mask[b]].tolist())) < int(mask[b].sum()) for b in range(batch))
         )
     assert shared_seen > 5
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("window", [2, 32])
+def test_match_with_more_targets_than_priors_equals_brute_force(sparse, window, monkeypatch):
+    """150 targets on 92 priors: most share a best prior, contested targets run out of
+    candidates (short windows recompute their columns) and, with no positive IoU left,
+    take the lowest free priors; checked against the one-claim-at-a-time reference."""
+    from detloss.match import threshold as threshold_module
+    from test_threshold import forced_reference
+
+    monkeypatch.setattr(threshold_module, "_WINDOW", window)
+    g = torch.Generator().manual_seed(4)
+    prior_xyxy = box_convert(PRIORS, "cxcywh", "xyxy")
+    centre = torch.rand(1, 150, 2, generator=g, dtype=torch.float64)
+    size = torch.rand(1, 150, 2, generator=g, dtype=torch.float64) * 0.3 + 0.02
+    boxes = torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+    mask = torch.rand(1, 150, generator=g) > 0.1
+    got = ssd_module._match(prior_xyxy, boxes, mask, 0.5, sparse)[0]
+    iou = box_iou(prior_xyxy, boxes[0]).masked_fill(~mask[0], -1.0)
+    best_iou, best_target = iou.max(dim=1)
+    expected = torch.where(best_iou >= 0.5, best_target, -1)
+    forced = forced_reference(
+        box_iou(prior_xyxy, boxes[0]).numpy(), mask[0].numpy(), np.ones(92, dtype=bool)
+    )
+    expected = torch.where(torch.from_numpy(forced) >= 0, torch.from_numpy(forced), expected)
+    assert bool((got >= 0).all())  # more real targets than priors: every prior is forced
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_two_targets_sharing_a_best_prior_both_keep_a_prior(path):
@@ -488,7 +517,7 @@ def test_loc_weight_and_float_ratio():
     loc, conf = random_predictions(g, 2)
     total, terms = multibox_loss(loc, conf, PRIORS, targets, loc_weight=2.5, return_terms=True)
     torch.testing.assert_close(total, terms["conf"] + 2.5 * terms["loc"])
-    # A float ratio is floored per image: 1.0 equals the integer 1.
+    # A float ratio is rounded up per image (ceil): 1.0 equals the integer 1.
     torch.testing.assert_close(
         multibox_loss(loc, conf, PRIORS, targets, neg_pos_ratio=1.0),
         multibox_loss(loc, conf, PRIORS, targets, neg_pos_ratio=1),
@@ -785,3 +814,39 @@ def test_cached_prior_intervals_follow_the_priors():
         got = ssd_module._match(prior_xyxy, boxes, mask, 0.5, True)
         assert torch.equal(got, expected)
         shifted[:, 0] += 0.05  # in place, after its use: the next call must not reuse it
+
+
+def test_fractional_ratio_rounds_up_like_detection_loss(path):
+    # One positive (a target equal to prior 7, threshold 1) and ratio 1.5: both losses
+    # keep ceil(1.5 * 1) = 2 negatives, the two highest background losses.
+    prior_box = box_convert(PRIORS[7:8], "cxcywh", "xyxy")
+    targets = [{"boxes": prior_box, "labels": torch.tensor([0])}]
+    g = torch.Generator().manual_seed(3)
+    loc = torch.zeros(1, PRIORS.shape[0], 4, dtype=torch.float64)
+    conf = torch.randn(1, PRIORS.shape[0], NUM_CLASSES, generator=g, dtype=torch.float64)
+    got = multibox_loss(loc, conf, PRIORS, targets, overlap_threshold=1.0, neg_pos_ratio=1.5)
+    log_prob = conf[0].log_softmax(dim=-1)
+    background = -log_prob[:, 0]
+    background[7] = -math.inf
+    hardest = background.topk(2).indices
+    loc_term = smooth_l1_loss(loc[0, 7], torch.zeros(4, dtype=torch.float64), beta=1.0).sum()
+    expected = -log_prob[7, 1] - log_prob[hardest, 0].sum() + loc_term
+    torch.testing.assert_close(got, expected)
+
+    from detloss.losses import detection_loss
+    from detloss.match.matching import Matching
+
+    p2t = torch.full((1, PRIORS.shape[0]), -1)
+    p2t[0, 7] = 0
+    outputs = {"pred_logits": conf, "pred_boxes": box_convert(PRIORS, "cxcywh", "xyxy")[None]}
+    other = detection_loss(
+        outputs,
+        targets,
+        Matching(p2t, torch.ones(1, 1, dtype=torch.bool)),
+        loc_losses={},
+        background="first",
+        no_object_weight=1.0,
+        hard_negative_ratio=1.5,
+        reduction="sum",
+    )
+    torch.testing.assert_close(other, -log_prob[7, 1] - log_prob[hardest, 0].sum())

@@ -23,6 +23,7 @@ from types import MappingProxyType
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .._checks import (
     check_box_values,
@@ -39,6 +40,7 @@ from ..boxes import BOX_FORMATS, box_convert
 from ..distributed import normalizer, world_size
 from ..match.matching import BACKGROUND, Matching
 from ..match.modules import box_targets
+from ._mining import hard_negative_weights, hard_negatives
 from .focal import sigmoid_focal_loss
 from .iou import ciou_loss, diou_loss, giou_loss, iou_loss
 
@@ -367,20 +369,6 @@ def _loc_values(name: str, pred: Tensor, target: Tensor, opts: _Options) -> Tens
     return _IOU_LOSSES[name](pred, target, "none", opts.box_format, validate=False)
 
 
-def _mine(values: Tensor, bg_mass: Tensor, budget: Tensor) -> Tensor:
-    """Hard negative selection, ``float[B, M]`` 0/1.
-
-    Predictions are visited by decreasing background loss ``values``; one is kept while
-    the background mass taken before it is below the image's ``budget``. With 0/1 masses
-    that keeps the ``ceil(budget)`` hardest negatives (SSD's ``rank < ratio * P`` rule).
-    """
-    order = values.argsort(dim=1, descending=True, stable=True)
-    mass = bg_mass.gather(1, order)
-    before = mass.cumsum(1) - mass
-    kept_sorted = (before < budget.unsqueeze(1)).to(values.dtype)
-    return torch.zeros_like(kept_sorted).scatter(1, order, kept_sorted)
-
-
 @dataclass
 class _Sums:
     """Per-image numerators and normalisers of one decoder layer, all ``[B]``."""
@@ -420,9 +408,9 @@ def _hard_sums(
     bg_weight = opts.no_object_weight * bg_mass
     cls_norm = pos_weight.sum(1)
     if opts.hard_negative_ratio is not None:
-        bg_weight = bg_weight * _mine(
-            (bg_mass * rows).detach(), bg_mass, opts.hard_negative_ratio * pos_mass.sum(1)
-        )
+        bg_weight = bg_weight * hard_negatives(
+            rows.detach(), neg, pos.sum(1), opts.hard_negative_ratio
+        ).to(x.dtype)
     elif opts.background != "none":
         cls_norm = cls_norm + opts.no_object_weight * bg_mass.sum(1)
     cls = ((pos_weight + bg_weight) * rows).sum(1)
@@ -433,6 +421,38 @@ def _hard_sums(
         for name in opts.loc_losses:
             loc[name] = (pos_mass * _loc_values(name, pred_boxes, matched_boxes, opts)).sum(1)
     return _Sums(cls, cls_norm, loc, pos_mass.sum(1))
+
+
+#: Elements of one ``[B, M, n]`` block of the soft (plan) terms: about 16 MB of float32
+#: per temporary. Larger problems are cut along the targets and each block is recomputed
+#: in the backward pass, so memory stays at one block's temporaries whatever ``N``.
+_PAIR_BLOCK = 1 << 22
+
+
+def _soft_block(
+    table: Tensor,
+    pred_boxes: Tensor,
+    pos_plan: Tensor,
+    labels: Tensor,
+    boxes: Tensor,
+    weights: Tensor | None,
+    opts: _Options,
+) -> Tensor:
+    """``[B, 3 + L]``: for the targets of one block (``pos_plan [B, M, n]``), the sums of
+    the positive weight, of the weighted classification loss, of the positive mass and
+    of each localisation loss."""
+    b, m, n = pos_plan.shape
+    target_loss = table.gather(2, labels.unsqueeze(1).expand(b, m, n))
+    pos_weighted = pos_plan if weights is None else pos_plan * weights[labels].unsqueeze(1)
+    sums = [
+        pos_weighted.sum((1, 2)),
+        (pos_weighted * target_loss).sum((1, 2)),
+        pos_plan.sum((1, 2)),
+    ]
+    pairs_pred, pairs_target = pred_boxes.unsqueeze(2), boxes.unsqueeze(1)
+    for name in opts.loc_losses:
+        sums.append((pos_plan * _loc_values(name, pairs_pred, pairs_target, opts)).sum((1, 2)))
+    return torch.stack(sums, dim=1)
 
 
 def _soft_sums(
@@ -453,23 +473,36 @@ def _soft_sums(
     bg_mass = plan[..., n]
 
     table = _class_table(x, num_classes, opts)
-    target_loss = table.gather(2, labels.unsqueeze(1).expand(b, m, n))
     bg_loss = table[..., num_classes]
-    pos_weighted = pos_plan if weights is None else pos_plan * weights[labels].unsqueeze(1)
-    cls_norm = pos_weighted.sum((1, 2))
+    # The [B, M, N] terms by blocks of targets; one block (no recomputation) when small.
+    step = max(1, _PAIR_BLOCK // max(1, b * m * 4))
+    if n <= step:
+        totals = _soft_block(table, pred_boxes, pos_plan, labels, boxes, weights, opts)
+    else:
+        totals = sum(
+            checkpoint(
+                _soft_block,
+                table,
+                pred_boxes,
+                pos_plan[..., start : start + step],
+                labels[:, start : start + step],
+                boxes[:, start : start + step],
+                weights,
+                opts,
+                use_reentrant=False,
+            )
+            for start in range(0, n, step)
+        )
+    cls_norm, cls, matched = totals[:, 0], totals[:, 1], totals[:, 2]
     bg_terms = bg_mass * bg_loss
     if opts.hard_negative_ratio is not None:
-        budget = opts.hard_negative_ratio * pos_plan.sum((1, 2))
-        bg_terms = bg_terms * _mine(bg_terms.detach(), bg_mass, budget)
+        budget = opts.hard_negative_ratio * matched
+        bg_terms = bg_terms * hard_negative_weights(bg_terms.detach(), bg_mass, budget)
     elif opts.background != "none":
         cls_norm = cls_norm + opts.no_object_weight * bg_mass.sum(1)
-    cls = (pos_weighted * target_loss).sum((1, 2)) + opts.no_object_weight * bg_terms.sum(1)
-
-    loc: dict[str, Tensor] = {}
-    pairs_pred, pairs_target = pred_boxes.unsqueeze(2), boxes.unsqueeze(1)
-    for name in opts.loc_losses:
-        loc[name] = (pos_plan * _loc_values(name, pairs_pred, pairs_target, opts)).sum((1, 2))
-    return _Sums(cls, cls_norm, loc, pos_plan.sum((1, 2)))
+    cls = cls + opts.no_object_weight * bg_terms.sum(1)
+    loc = {name: totals[:, 3 + i] for i, name in enumerate(opts.loc_losses)}
+    return _Sums(cls, cls_norm, loc, matched)
 
 
 def _validate(

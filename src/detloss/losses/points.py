@@ -6,6 +6,7 @@ Framework" (ICCV 2021).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -60,6 +61,25 @@ def _check_matching(matching: object, b: int, m: int, n: int) -> Matching:
             f"{shape_str(matching.pred_to_target.shape)} over {matching.num_target_slots}"
         )
     return matching
+
+
+def _check_magnitude(
+    pred_points: Tensor, target_xy: Tensor, target_mask: Tensor, dtype: torch.dtype
+) -> None:
+    """Coordinates whose squared distances would overflow the compute dtype (beyond about
+    6.5e18 in float32) are rejected: the loss would be inf."""
+    # Two squared coordinate differences of at most twice the limit stay finite.
+    limit = math.sqrt(torch.finfo(dtype).max / 8)
+    for name, values in (
+        ("pred_points", pred_points.detach()),
+        ("targets' points", target_xy[target_mask]),
+    ):
+        largest = values.abs().amax() if values.numel() else None
+        if largest is not None and bool(largest > limit) and bool(torch.isfinite(largest)):
+            raise ValueError(
+                f"{name}: expected coordinates of magnitude <= {limit:.3g} (squared "
+                f"distances must stay finite in {dtype}), got {float(largest):.3g}"
+            )
 
 
 def point_loss(
@@ -124,7 +144,10 @@ def point_loss(
     The official code divides by the number of annotated points, equal to ``K`` whenever
     no image has more points than proposals.
 
-    An image without points gives ``loc_b = 0`` and pushes every proposal down. Values
+    Coordinates beyond ``sqrt(max / 8)`` of the compute dtype (about 6.5e18 in float32),
+    whose squared distances would overflow, raise a ``ValueError`` naming the argument on
+    the CPU (elsewhere, where the check would cost a host synchronisation, the loss is
+    inf). An image without points gives ``loc_b = 0`` and pushes every proposal down. Values
     and gradients stay finite for empty images and empty batches. Half precision is
     computed in float32; the result has the inputs' floating dtype. The matching is
     computed without gradient; the loss itself gathers each proposal's matched target, so
@@ -145,6 +168,10 @@ def point_loss(
             ("targets", target_xy, target_mask),
         )
     n = target_xy.shape[1]
+    if device.type == "cpu":  # a host read costs nothing here
+        _check_magnitude(
+            pred_points, target_xy, target_mask, compute_dtype(pred_points, pred_logits)
+        )
     if matching is None:
         matching = match_points(
             pred_points.detach(), pred_logits.detach(), target_xy, target_mask, tau=tau

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -29,7 +28,8 @@ from ..boxes import box_convert
 from ..distributed import normalizer
 from ..match.matching import BACKGROUND
 from ..match.modules import box_targets
-from ..match.threshold import max_iou
+from ..match.threshold import _COLUMN_BLOCK, _force_claims
+from ._mining import hard_negatives
 from .regression import smooth_l1_loss
 
 __all__ = ["MultiBoxLoss", "multibox_loss"]
@@ -125,9 +125,10 @@ def _match(priors: Tensor, boxes: Tensor, mask: Tensor, threshold: float, sparse
     a prior's best IoU is only worked out for the priors above the threshold (an
     index-free maximum is much cheaper).
 
-    Forcing each target onto its best prior needs :func:`max_iou`'s iterative rule only in
-    images where two targets share a best prior; elsewhere one argmax, exactly that rule's
-    first round, resolves it. The shared case calls :func:`max_iou` on those images.
+    Forcing each target onto its best prior is :func:`max_iou`'s rule, run by the same
+    engine: its first round is one scatter of each target's best prior (no ``N x N``
+    comparison); only targets that lose a shared best prior have their IoU column
+    recomputed, in bounded blocks, so the whole IoU matrix is never stored.
     """
     batch, num_targets = mask.shape
     num_priors = priors.shape[0]
@@ -215,80 +216,57 @@ def _match(priors: Tensor, boxes: Tensor, mask: Tensor, threshold: float, sparse
     if sparse:
         # Index-free maxima above; now the indices, from a few recomputed entries. Each
         # target's best prior lies in the first group that attains its maximum.
-        first = (group_best == group_best.amax(dim=0)).to(torch.uint8).argmax(dim=0)
+        target_best = group_best.amax(dim=0)
+        first = (group_best == target_best).to(torch.uint8).argmax(dim=0)
         rows = first[:, None] * _GROUP + torch.arange(_GROUP, device=device)  # [T, _GROUP]
         columns = torch.arange(total, device=device)[:, None]
         values = iou_at(rows.clamp(max=num_priors - 1), columns)
         values = values.masked_fill(rows >= num_priors, -3.0)  # past the last prior
         prior_index = first * _GROUP + values.argmax(dim=1)
-        # Which target attains a prior's best IoU, for the priors above the threshold.
+        prior_value = target_best
+        # Which target attains a prior's best IoU, for the priors above the threshold, in
+        # blocks of priors so that the [priors, N] entries stay within _COLUMN_BLOCK.
         prior, image = (best_iou >= threshold).nonzero(as_tuple=True)
-        columns = torch.arange(num_targets, device=device) * batch + image[:, None]  # [K, N]
-        best = iou_at(prior[:, None], columns).argmax(dim=1)
         assigned = torch.full((batch, num_priors), BACKGROUND, dtype=torch.int64, device=device)
-        assigned[image, prior] = best
+        # Whole rows by the operations of iou_block (gathers of the separable tables,
+        # no [K, N] index arithmetic), then each prior's own image.
+        rows_at_once = max(1, _COLUMN_BLOCK // total)
+        for start in range(0, prior.shape[0], rows_at_once):
+            some_prior = prior[start : start + rows_at_once]
+            some_image = image[start : start + rows_at_once]
+            inter = widths.index_select(0, x_of[some_prior])
+            inter.mul_(heights.index_select(0, y_of[some_prior]))
+            iou = inter.div_((area_p[some_prior] + area_g) - inter)
+            if padded is not None:
+                iou.masked_fill_(padded, -1.0)
+            per_image = iou.view(-1, num_targets, batch)
+            which = some_image[:, None, None].expand(-1, num_targets, 1)
+            best = per_image.gather(2, which).squeeze(2).argmax(dim=1)
+            assigned[some_image, some_prior] = best
     else:
         assigned = torch.where(best_iou >= threshold, best_target, BACKGROUND).t()  # [B, P]
 
-    best_prior = prior_index.view(num_targets, batch).t()  # [B, N]
-    slots = torch.arange(num_targets, device=device)
-    same = (best_prior[:, :, None] == best_prior[:, None, :]) & (slots[:, None] != slots)
-    shared = (same & mask[:, :, None] & mask[:, None, :]).any(dim=(1, 2))  # [B]
-    # Each real target claims its best prior. Claims collide only in the images with a
-    # shared best prior, which are redone below, so any winner will do there.
-    if sparse:
-        image, slot = mask.nonzero(as_tuple=True)
-        assigned[image, best_prior[image, slot]] = slot
-    else:
-        # Padded slots offer -1, so "amax" lets a real claim win wherever a padded slot
-        # points at the same prior.
-        forced = torch.full((batch, num_priors), -1, dtype=torch.int64, device=device)
-        forced.scatter_reduce_(1, best_prior, torch.where(mask, slots, -1), "amax")
-        assigned = torch.where(forced >= 0, forced, assigned)
-    if bool(shared.any()):  # one host sync per batch (max_iou synchronises per round)
-        images = shared.nonzero().squeeze(1)
-        iou = iou_block(0, num_priors).view(num_priors, num_targets, batch)
-        iou = iou.index_select(2, images).permute(2, 0, 1)  # [b, P, N]
-        assigned[images] = max_iou(iou, threshold, target_mask=mask[images]).pred_to_target
-    return assigned
+    # Every real target is forced onto its best prior (max_iou's rule for targets that
+    # share one); only the targets that lose a claim have their IoU column recomputed.
+    def column(image: Tensor, slot: Tensor) -> Tensor:
+        """``[R, P]``: whole IoU columns, by the operations of ``iou_block``."""
+        columns = slot * batch + image
+        inter = widths.index_select(1, columns).index_select(0, x_of)
+        inter.mul_(heights.index_select(1, columns).index_select(0, y_of))
+        iou = inter.div_((area_p + area_g.index_select(1, columns)) - inter)
+        if padded is not None:
+            iou.masked_fill_(padded.index_select(1, columns), -1.0)
+        return iou.t().contiguous()
 
-
-def _mine(
-    key: Tensor,
-    candidates: Tensor,
-    num_pos: Tensor,
-    ratio: float,
-    min_negatives: int,
-    sparse: bool,
-) -> Tensor:
-    """``bool[B, P]``: per image, the ``k`` candidates with the largest ``key``.
-
-    ``k = min(max(floor(ratio * num_pos), min_negatives), number of candidates)``. Equal
-    keys at the cut-off are taken in prior order (the selection of a stable sort).
-    """
-    if key.shape[1] == 0:
-        return candidates.clone()
-    available = candidates.sum(dim=1)
-    if isinstance(ratio, int):
-        k = num_pos * ratio
-    else:
-        k = torch.floor(num_pos.to(key.dtype) * ratio).to(torch.int64)
-    k = torch.minimum(k.clamp(min=min_negatives), available)
-    key = key.masked_fill(~candidates, float("-inf"))
-    if sparse:
-        # The CPU path: a host read of k costs nothing, and NumPy's introselect moves the
-        # k largest keys of every row to its end in linear time (3x faster than a top-k);
-        # only those are then sorted.
-        width, most = key.shape[1], max(1, int(k.max()))
-        top = np.partition(key.numpy(), width - most, axis=1)[:, width - most :]
-        largest = torch.from_numpy(top).sort(dim=1, descending=True).values
-    else:  # no host synchronisation on accelerators
-        largest = torch.sort(key, dim=1, descending=True).values
-    cutoff = largest.gather(1, (k - 1).clamp(min=0)[:, None])  # the k-th largest key
-    above = key > cutoff
-    tied = key == cutoff
-    room = k[:, None] - above.sum(dim=1, keepdim=True)
-    return above | (tied & (tied.cumsum(dim=1) <= room))
+    forced = _force_claims(
+        prior_value.view(num_targets, batch).t(),
+        prior_index.view(num_targets, batch).t(),
+        mask,
+        None,
+        num_priors,
+        column,
+    )
+    return torch.where(forced >= 0, forced, assigned)
 
 
 #: Devices that take the host-friendly strategies: distinct prior intervals, an index-free
@@ -329,13 +307,12 @@ def _dense_terms(
     log_prob = conf.to(dtype).log_softmax(dim=-1)
     ce = -log_prob.gather(-1, target_class[..., None]).squeeze(-1)
     with torch.no_grad():
-        negative = _mine(
+        negative = hard_negatives(
             -log_prob[..., 0].detach(),
             assigned == BACKGROUND,
             positive.sum(dim=1),
             neg_pos_ratio,
             min_negatives,
-            sparse=False,
         )
     conf_sum = torch.where(positive | negative, ce, 0.0).sum()
     return loc_sum, conf_sum
@@ -384,13 +361,13 @@ def _sparse_terms(
     dtype = priors.dtype
     positive = assigned >= 0
     with torch.no_grad():
-        negative = _mine(
+        negative = hard_negatives(
             _background_loss(conf.detach().to(dtype)),
             assigned == BACKGROUND,
             positive.sum(dim=1),
             neg_pos_ratio,
             min_negatives,
-            sparse=True,
+            host_selection=True,
         )
         image, prior = positive.nonzero(as_tuple=True)
         target = assigned[image, prior]
@@ -446,7 +423,7 @@ def multibox_loss(
       ground truth, over positive priors and the 4 coordinates.
     - ``L_conf``: softmax cross-entropy over positives (target ``label + 1``) and mined
       negatives (target 0). Per image, the negatives are the
-      ``k = min(neg_pos_ratio * num_pos, num_priors - num_pos)`` non-positive priors with
+      ``k = min(ceil(neg_pos_ratio * num_pos), num_priors - num_pos)`` non-positive priors with
       the largest background loss ``logsumexp(conf) - conf[..., 0]`` (raised to
       ``min_negatives`` when that is larger, still capped by the non-positive count).
 

@@ -45,6 +45,15 @@ __all__ = [
 #: Problems with fewer than this many pairs (``M * N``) are solved on the dense matrix,
 #: which is faster there than building a k-d tree and a certificate.
 DENSE_BELOW = 1 << 19
+#: Bytes the dense fallback may allocate for its float64 ``[R, C]`` cost (4 GiB). A
+#: problem whose dense cost would be larger keeps growing its candidate sets where the
+#: certificate failed (up to ``_ROUND_FACTOR * max_rounds`` solves) and, if it still does
+#: not certify, raises a ``ValueError`` naming the sizes instead of allocating.
+DENSE_MEMORY_BUDGET = 4 << 30
+# More candidate solves allowed when the dense fallback does not fit the budget.
+_ROUND_FACTOR = 4
+# Bytes per candidate pair kept by the sparse solve (keys, costs, graph arrays).
+_BYTES_PER_CANDIDATE = 96
 #: Candidate neighbours per head when ``k`` is not given.
 DEFAULT_K = 8
 # The first candidates of a head are its k cheapest among its _SCAN * k nearest.
@@ -281,7 +290,36 @@ def _initial_keys(problem: _Problem, k: int) -> np.ndarray:
         cost = problem.tau * dist - problem.col_offset[index]
         pick = np.argpartition(cost, k - 1, axis=1)[:, :k]
         index = np.take_along_axis(index, pick, axis=1)
-    return np.unique(np.arange(n_rows)[:, None] * n_cols + index)
+    return _sorted_unique(np.arange(n_rows)[:, None] * n_cols + index)
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """The distinct values of the int64 pair keys, ascending, by a sort: NumPy's
+    hash-based ``unique`` (behind ``union1d``) took seconds on the million keys of a
+    packed crowd."""
+    keys = np.sort(keys, axis=None)
+    if keys.size == 0:
+        return keys
+    keep = np.empty(keys.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+    return keys[keep]
+
+
+def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.union1d`` of two int64 key arrays, by :func:`_sorted_unique`."""
+    return _sorted_unique(np.concatenate((np.ravel(a), np.ravel(b))))
+
+
+def _index_unique(values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` for indices in ``[0, size)``, by a table
+    of ``size`` flags: linear time (NumPy's hash-based unique took seconds on the million
+    candidate pairs of a packed crowd)."""
+    present = np.zeros(size, dtype=bool)
+    present[values] = True
+    used = np.flatnonzero(present)
+    position = np.cumsum(present) - 1
+    return used, position[values]
 
 
 def _sparse_matching(
@@ -301,7 +339,7 @@ def _sparse_matching(
     from scipy.sparse import csr_array
     from scipy.sparse.csgraph import connected_components
 
-    used, local = np.unique(c, return_inverse=True)
+    used, local = _index_unique(c, int(c.max()) + 1 if c.size else 0)
     n_nodes = n_rows + used.size
     graph = csr_array((np.ones(r.size), (r, n_rows + local)), shape=(n_nodes, n_nodes))
     _, label = connected_components(graph, directed=True, connection="weak")
@@ -314,8 +352,8 @@ def _sparse_matching(
     mate = np.empty(n_rows, dtype=np.int64)
     short: list[np.ndarray] = []
     for edges in np.split(order, bounds):
-        rows, row_local = np.unique(r[edges], return_inverse=True)
-        cols, col_local = np.unique(local[edges], return_inverse=True)
+        rows, row_local = _index_unique(r[edges], n_rows)
+        cols, col_local = _index_unique(local[edges], used.size)
         solved = _solve_block(rows.size, cols.size, row_local, col_local, w[edges])
         if isinstance(solved, tuple):
             row_ind, col_ind = solved
@@ -465,8 +503,14 @@ def _solve(problem: _Problem, k: int, max_rounds: int, dense_below: int) -> _Out
         return _Outcome(_dense_mate(problem), "dense")
 
     outcome = _Outcome(np.empty(0, dtype=np.int64), "fallback")
-    # Past this many candidates the sparse problem stops being small.
+    dense_bytes = 8 * n_rows * n_cols
+    dense_fits = dense_bytes <= DENSE_MEMORY_BUDGET
+    # Past this many candidates the sparse problem stops being small; when the dense
+    # problem does not fit, the sparse one may use the budget instead, and more rounds.
     max_candidates = max(n_rows * n_cols // 16, 1 << 16)
+    if not dense_fits:
+        max_candidates = max(max_candidates, DENSE_MEMORY_BUDGET // _BYTES_PER_CANDIDATE)
+        max_rounds = _ROUND_FACTOR * max_rounds
     row_k = np.full(n_rows, min(k, n_cols))
     keys = _initial_keys(problem, k)
     growth_rounds = 0
@@ -481,7 +525,7 @@ def _solve(problem: _Problem, k: int, max_rounds: int, dense_below: int) -> _Out
                 break
             row_k[short] = np.minimum(row_k[short] * _GROWTH, n_cols)
             extra = _candidate_keys(problem, short, int(row_k[short].max()))
-            keys = np.union1d(keys, extra)
+            keys = _union(keys, extra)
             continue
         duals = _potentials(problem, r, c, w, mate)
         if duals is None:
@@ -494,12 +538,21 @@ def _solve(problem: _Problem, k: int, max_rounds: int, dense_below: int) -> _Out
             outcome.method = "sparse"
             outcome.gap_bound = n_rows * problem.tol
             return outcome
-        grown = np.union1d(keys, bad_r * n_cols + bad_c)
+        grown = _union(keys, bad_r * n_cols + bad_c)
         # A violated pair that already is a candidate means the duals do not describe the
         # candidate optimum (rounding trouble): trust only the dense solve.
         if grown.size == keys.size or outcome.rounds >= max_rounds:
             break
         keys = grown
+    if not dense_fits:
+        targets, proposals = (n_rows, n_cols) if problem.targets_are_rows else (n_cols, n_rows)
+        raise ValueError(
+            f"crowd_assignment: {targets} targets x {proposals} proposals were not "
+            f"certified optimal on {keys.size} candidate pairs after {outcome.rounds} "
+            f"solves, and the dense fallback would need a float64 [{n_rows}, {n_cols}] cost "
+            f"of {dense_bytes / 2**30:.1f} GiB, over detloss.match.crowd.DENSE_MEMORY_BUDGET "
+            f"= {DENSE_MEMORY_BUDGET / 2**30:.1f} GiB (raise it, or max_rounds)"
+        )
     outcome.mate = _dense_mate(problem)
     return outcome
 
@@ -694,7 +747,7 @@ def certify_assignment(
     if problem.n_rows == 0:
         return verdict(True, "empty assignment", 0.0, None, 0)
     n_cols = problem.n_cols
-    keys = np.union1d(_initial_keys(problem, k), rows * n_cols + mate)
+    keys = _union(_initial_keys(problem, k), rows * n_cols + mate)
     for rounds in range(1, max_rounds + 1):
         r, c = np.divmod(keys, n_cols)
         w = problem.cost(r, c)
@@ -711,7 +764,13 @@ def certify_assignment(
         if bad_r.size == 0:
             reason = "dual values with no negative reduced cost over all pairs"
             return verdict(True, reason, problem.n_rows * problem.tol, duals, rounds)
-        keys = np.union1d(keys, bad_r * n_cols + bad_c)
+        keys = _union(keys, bad_r * n_cols + bad_c)
+    if 8 * problem.n_rows * n_cols > DENSE_MEMORY_BUDGET:
+        reason = (
+            f"undecided: no certificate after {max_rounds} rounds and the dense check's "
+            f"float64 [{problem.n_rows}, {n_cols}] cost is over DENSE_MEMORY_BUDGET"
+        )
+        return verdict(False, reason, math.inf, None, max_rounds)
     from scipy.optimize import linear_sum_assignment
 
     dense = problem.dense()

@@ -43,6 +43,9 @@ VGG16_DEPTHS: tuple[int, ...] = (2, 2, 3, 3, 3)
 HEADS = ("sigmoid", "softmax")
 
 
+#: The smallest image side P2PNet accepts: its backbone's stride.
+_MIN_SIZE = 16
+
 class VGGBackbone(nn.Module):
     """VGG-style convolution stack with batch norm, as five stages at strides 1..16.
 
@@ -246,6 +249,13 @@ class P2PNet(nn.Module):
         if images.shape[1] != 3:
             raise ValueError(f"images: expected shape [B, 3, H, W], got {list(images.shape)}")
         b, _, h, w = images.shape
+        if h < _MIN_SIZE or w < _MIN_SIZE:
+            # The backbone halves the map four times; a smaller side would reach a
+            # max-pooling layer with nothing left to pool.
+            raise ValueError(
+                f"images: expected height and width >= {_MIN_SIZE} pixels (the backbone "
+                f"downsamples by 16), got [B, 3, H, W] = {list(images.shape)}"
+            )
         feats = self.backbone(images)
         c4, c5 = feats[3], feats[4]
         p5 = self.lateral5(c5)

@@ -1,0 +1,154 @@
+"""Worst-case growth of SSD matching: ``MultiBoxLoss`` on one image with 1,000 to 100,000
+ground truths (SSD300's 8,732 priors), where most ground truths share their best prior
+with others, so the forcing rule of ``max_iou`` runs many contested rounds.
+
+- baseline (at 1,000 targets; beyond, its time grows about as N^1.8): the previous
+  formulation, transcribed here: the full ``[P, N]`` IoU (``box_iou``), the threshold
+  rule, and the forcing rule run in rounds over the whole matrix (each round a max over
+  every prediction of every target);
+- detloss: ``detloss.losses.ssd._match`` (the matching ``MultiBoxLoss`` runs), which never
+  stores the ``[P, N]`` IoU and recomputes only contested targets' columns.
+
+Both give the same assignment (asserted). At 10,000 and 100,000 targets only detloss runs
+(the baseline's rounds take minutes there, and at 100,000 its matrix alone is 3.5 GB);
+the note of each row gives
+the time of the whole ``multibox_loss`` forward and its growth from the previous size.
+
+Run: ``python benchmarks/bench_worst_case.py [--quick] [--repeats R]`` (``--quick``: 300,
+1,000 and 3,000 targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+
+import torch
+from torch import Tensor
+
+from _timing import time_pair
+from detloss.anchors import ssd_priors
+from detloss.boxes import box_convert, box_iou
+from detloss.losses import ssd as ssd_module
+from detloss.losses.ssd import multibox_loss
+
+SIZES = (1_000, 10_000, 100_000)
+QUICK_SIZES = (300, 1_000, 3_000)
+#: Sizes up to which the baseline runs.
+BASELINE_MAX = 1_000
+
+
+def make_targets(n: int, seed: int = 0) -> Tensor:
+    """``[n, 4]`` normalised ``xyxy`` boxes, 2 to 32 % of the image side."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand(n, 2, generator=g) * 0.8 + 0.1
+    size = torch.rand(n, 2, generator=g) * 0.3 + 0.02
+    return torch.cat((centre - size / 2, centre + size / 2), dim=1).clamp(0, 1)
+
+
+def baseline_match(prior_xyxy: Tensor, boxes: Tensor, threshold: float = 0.5) -> Tensor:
+    """The previous matching: full IoU, threshold, forcing in rounds over the matrix."""
+    iou = box_iou(prior_xyxy, boxes)  # [P, N]
+    m, n = iou.shape
+    best_iou, best_target = iou.max(dim=1)
+    p2t = torch.where(best_iou >= threshold, best_target, -1)
+    neg_inf = torch.finfo(iou.dtype).min
+    forced = torch.full((m,), -1, dtype=torch.int64)
+    free = iou.clone()
+    unresolved = torch.ones(n, dtype=torch.bool)
+    targets = torch.arange(n)
+    for _ in range(min(m, n)):
+        best_value, best_pred = free.max(dim=0)
+        claiming = unresolved & (best_value > neg_inf)
+        score = best_value.masked_fill(~claiming, neg_inf)
+        top = torch.full((m,), neg_inf).scatter_reduce_(0, best_pred, score, "amax")
+        is_top = claiming & (score == top[best_pred])
+        candidate = torch.where(is_top, targets, n)
+        winner = torch.full((m,), n).scatter_reduce_(0, best_pred, candidate, "amin")
+        won = winner < n
+        gained = claiming & (winner[best_pred] == targets)
+        forced = torch.where(won, winner, forced)
+        free[won] = neg_inf
+        unresolved = claiming & ~gained
+        if not bool(unresolved.any()):
+            break
+    return torch.where(forced >= 0, forced, p2t)
+
+
+def run(repeats: int = 3, quick: bool = False, device: str = "cpu") -> list[dict]:
+    if torch.device(device).type != "cpu":
+        return [{"name": f"not run on {device}", "note": "CPU figures only"}]
+    priors = ssd_priors()
+    prior_xyxy = box_convert(priors, "cxcywh", "xyxy")
+    rows, previous = [], None
+    for n in QUICK_SIZES if quick else SIZES:
+        boxes = make_targets(n)
+        mask = torch.ones(1, n, dtype=torch.bool)
+
+        def ours(boxes: Tensor = boxes, mask: Tensor = mask) -> Tensor:
+            return ssd_module._match(prior_xyxy, boxes[None], mask, 0.5, True)[0]
+
+        loc = torch.zeros(1, priors.shape[0], 4)
+        conf = torch.zeros(1, priors.shape[0], 21)
+        target = [{"boxes": boxes, "labels": torch.zeros(n, dtype=torch.int64)}]
+        start = time.perf_counter()
+        multibox_loss(loc, conf, priors, target)
+        loss_s = time.perf_counter() - start
+        growth = ""
+        if previous is not None:
+            growth = f", x{loss_s / previous[1]:.1f} for x{n / previous[0]:.0f} targets"
+        previous = (n, loss_s)
+        note = f"multibox_loss forward {loss_s:.2f} s{growth}"
+        if n <= (QUICK_SIZES[-1] if quick else BASELINE_MAX):
+            expected = baseline_match(prior_xyxy, boxes)
+            assert torch.equal(ours(), expected), n
+            base_s, ours_s = time_pair(
+                lambda boxes=boxes: baseline_match(prior_xyxy, boxes), ours, repeats
+            )
+            rows.append(
+                {
+                    "name": f"SSD matching, N={n} targets, P={priors.shape[0]}",
+                    "baseline_s": base_s,
+                    "ours_s": ours_s,
+                    "note": f"same assignment; {note}",
+                }
+            )
+        else:
+            times = [time.perf_counter()]
+            for _ in range(max(1, repeats - 1)):
+                ours()
+                times.append(time.perf_counter())
+            spans = [b - a for a, b in itertools.pairwise(times)]
+            rows.append(
+                {
+                    "name": f"SSD matching, N={n} targets, P={priors.shape[0]} (ours only)",
+                    "note": f"matching median {statistics.median(spans):.2f} s; {note}",
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for row in run(args.repeats, args.quick):
+        if "ours_s" in row:
+            ratios = sorted(b / o for b, o in zip(row["baseline_s"], row["ours_s"], strict=True))
+            print(
+                f"{row['name']}: baseline {statistics.median(row['baseline_s']):.3f} s, ours "
+                f"{statistics.median(row['ours_s']):.3f} s, ratio min/median/max "
+                f"{ratios[0]:.1f} / {statistics.median(ratios):.1f} / {ratios[-1]:.1f}; "
+                f"{row['note']}"
+            )
+        else:
+            print(f"{row['name']}: {row['note']}")
+
+
+if __name__ == "__main__":
+    main()
