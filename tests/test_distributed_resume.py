@@ -122,7 +122,7 @@ def test_a_stalled_rank_ends_the_job_within_the_timeout(data, tmp_path):
     try:
         deadline = time.monotonic() + 60
         banner = tmp_path / "out0"
-        while not (banner.is_file() and "[points] train" in banner.read_text()):
+        while not (banner.is_file() and "[points] format" in banner.read_text()):
             assert time.monotonic() < deadline and procs[0].is_alive(), "training did not start"
             time.sleep(0.05)
         os.kill(procs[1].pid, signal.SIGSTOP)
