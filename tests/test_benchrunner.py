@@ -41,8 +41,15 @@ def test_old_layouts_and_a_missing_file():
 
 
 def test_note_rows_have_no_times():
-    row = benchrunner._row("bench_x", {"name": "not run on cuda", "note": "host only"})
-    assert row == "| bench_x | not run on cuda | | | | host only |"
+    row = benchrunner._row("bench_x", {"name": "not run on cuda", "note": "host only"}, 2)
+    assert row == "| bench_x | not run on cuda | 2 | | | | host only |"
+
+
+def test_timed_rows_give_the_thread_count_and_paired_ratios():
+    row = {"name": "op", "baseline_s": [0.004, 0.002, 0.003], "ours_s": [0.001, 0.001, 0.002]}
+    assert benchrunner._row("bench_x", row, 1) == (
+        "| bench_x | op | 1 | 3.00 | 1.00 | 1.50 / 2.00 / 4.00 |  |"
+    )
 
 
 def _child(tmp_path, monkeypatch, source: str, kwargs: dict) -> list[dict]:

@@ -58,6 +58,14 @@ def _child(argv: Sequence[str]) -> None:
     parameters = inspect.signature(module.run).parameters
     if "quick" not in parameters:
         kwargs.pop("quick", None)
+    threads = kwargs.pop("threads", None)
+    if threads is not None:
+        # Scripts that take ``threads`` also size their peers' pools by it.
+        if "threads" in parameters:
+            kwargs["threads"] = threads
+        import torch
+
+        torch.set_num_threads(threads)
     if "device" not in parameters:
         device = kwargs.pop("device", "cpu")
         if device != "cpu":
@@ -98,8 +106,8 @@ def _machine(device: str) -> list[str]:
     import torch
 
     lines = [
-        f"- machine: {platform.machine()}, {os.cpu_count()} logical CPUs visible, "
-        f"torch threads {torch.get_num_threads()}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} logical CPUs visible; "
+        "each script run once per torch thread count (the threads column)",
         f"- processor: {platform.processor() or 'unknown'}",
         f"- python {platform.python_version()}, torch {torch.__version__}, "
         f"numpy {numpy.__version__}, scipy {scipy.__version__}",
@@ -117,14 +125,14 @@ def _machine(device: str) -> list[str]:
     return lines
 
 
-def _row(script: str, row: dict) -> str:
+def _row(script: str, row: dict, threads: int | str = "") -> str:
     if not row.get("ours_s"):
-        return f"| {script} | {row['name']} | | | | {row.get('note', '')} |"
+        return f"| {script} | {row['name']} | {threads} | | | | {row.get('note', '')} |"
     base, ours = row["baseline_s"], row["ours_s"]
     ratios = sorted(b / o for b, o in zip(base, ours, strict=False) if o > 0)
     med = statistics.median
     return (
-        f"| {script} | {row['name']} | {med(base) * 1e3:.2f} | {med(ours) * 1e3:.2f} | "
+        f"| {script} | {row['name']} | {threads} | {med(base) * 1e3:.2f} | {med(ours) * 1e3:.2f} | "
         f"{ratios[0]:.2f} / {med(ratios):.2f} / {ratios[-1]:.2f} | {row.get('note', '')} |"
     )
 
@@ -144,8 +152,8 @@ and each timed region ends with `torch.cuda.synchronize()`.
 """
 
 TABLE_HEADER = [
-    "| script | benchmark | baseline ms | detloss ms | speed-up min / median / max | note |",
-    "|---|---|---|---|---|---|",
+    "| script | benchmark | threads | baseline ms | detloss ms | speed-up min / median / max | note |",
+    "|---|---|---|---|---|---|---|",
 ]
 
 
@@ -180,6 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--only", nargs="*", help="script names to run (e.g. bench_match)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="torch thread counts; every script runs once per count (default: 1 2)",
+    )
     parser.add_argument("--output", help="results file (default: <dir>/RESULTS.md)")
     parser.add_argument(
         "--device",
@@ -201,19 +216,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         scripts = [s for s in scripts if s.stem in args.only]
     lines: list[str] = []
     failures = 0
-    kwargs = {"repeats": args.repeats, "quick": args.quick, "device": args.device}
     for script in scripts:
-        print(f"== {script.stem}", flush=True)
-        try:
-            rows = _run_script(script, kwargs)
-        except Exception:  # a broken script is reported, the others still run
-            failures += 1
-            traceback.print_exc()
-            lines.append(f"| {script.stem} | failed: see the console | | | | |")
-            continue
-        for row in rows:
-            lines.append(_row(script.stem, row))
-            print(lines[-1], flush=True)
+        for threads in args.threads:
+            print(f"== {script.stem}, {threads} thread(s)", flush=True)
+            kwargs = {
+                "repeats": args.repeats,
+                "quick": args.quick,
+                "device": args.device,
+                "threads": threads,
+            }
+            try:
+                rows = _run_script(script, kwargs)
+            except Exception:  # a broken script is reported, the others still run
+                failures += 1
+                traceback.print_exc()
+                lines.append(f"| {script.stem} | failed: see the console | {threads} | | | | |")
+                continue
+            for row in rows:
+                lines.append(_row(script.stem, row, threads))
+                print(lines[-1], flush=True)
 
     output = Path(args.output) if args.output else folder / "RESULTS.md"
     command = "detloss bench" + (" --device cuda" if args.device == "cuda" else "")
