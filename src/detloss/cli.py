@@ -5,6 +5,8 @@
 * ``detloss train --task points|boxes --data DIR``: train on a folder of splits (see
   :mod:`detloss.train`); under ``torchrun`` it runs DDP.
 * ``detloss eval --checkpoint PATH --data DIR``: the metrics of a checkpoint on a split.
+* ``detloss compare``: one SSD trained under four objectives, side by side (see
+  :mod:`detloss.compare`).
 * ``detloss bench``: the benchmark suite.
 """
 
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.commands import add_data_parser
 
     add_data_parser(sub)
+    from .compare import add_compare_parser
+
+    add_compare_parser(sub)
     return parser
 
 
@@ -192,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "compare":
+        from .compare import run_compare_command
+
+        return run_compare_command(args)
     if args.command == "data":
         from .data.commands import run_data
 
