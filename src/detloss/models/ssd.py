@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_shape
@@ -55,6 +56,9 @@ class SSD(nn.Module):
             stages.
         aspect_ratios: the ratios of each feature map (each adds two boxes per cell).
         variances: ``(v_xy, v_wh)`` of the offset encoding, used by :meth:`detect`.
+        head_channels: width of the top-down path and of the heads' input: each feature
+            map is projected to it, the coarser fused map is upsampled and added, and a
+            3x3 conv-BN-ReLU smooths the sum (as in FPN).
 
     The class logits' biases start at ``log(0.01)`` below the background's, so the
     detector starts by predicting background everywhere (a probability of about 0.01 per
@@ -73,6 +77,7 @@ class SSD(nn.Module):
         max_sizes: Sequence[float] | None = (28.0, 50.0, 80.0),
         aspect_ratios: Sequence[Sequence[float]] = ((2.0,), (2.0,), (2.0,)),
         variances: Sequence[float] = (0.1, 0.2),
+        head_channels: int = 48,
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -129,12 +134,15 @@ class SSD(nn.Module):
         self.boxes_per_cell = tuple(per_cell)
         self.feature_maps = tuple(feature_maps)
         widths = list(channels)[self.first_level :]
+        # A top-down path (as in FPN): the fine maps, shallow in a light backbone, get the
+        # semantics of the coarse ones before their heads.
+        self.lateral = nn.ModuleList(nn.Conv2d(w, head_channels, 1) for w in widths)
+        self.smooth = nn.ModuleList(_conv_bn(head_channels, head_channels) for _ in widths)
         self.loc_heads = nn.ModuleList(
-            nn.Conv2d(w, a * 4, 3, padding=1) for w, a in zip(widths, per_cell, strict=True)
+            nn.Conv2d(head_channels, a * 4, 3, padding=1) for a in per_cell
         )
         self.conf_heads = nn.ModuleList(
-            nn.Conv2d(w, a * (num_classes + 1), 3, padding=1)
-            for w, a in zip(widths, per_cell, strict=True)
+            nn.Conv2d(head_channels, a * (num_classes + 1), 3, padding=1) for a in per_cell
         )
         for head, a in zip(self.conf_heads, per_cell, strict=True):
             bias = torch.full((a, num_classes + 1), math.log(0.01))
@@ -158,15 +166,26 @@ class SSD(nn.Module):
             )
         batch = images.shape[0]
         x = images
-        locs, confs = [], []
+        feats = []
         for s, stage in enumerate(self.stages):
             x = stage(x)
-            level = s - self.first_level
-            if level >= 0:
-                loc = self.loc_heads[level](x).permute(0, 2, 3, 1)
-                conf = self.conf_heads[level](x).permute(0, 2, 3, 1)
-                locs.append(loc.reshape(batch, -1, 4))
-                confs.append(conf.reshape(batch, -1, self.num_classes + 1))
+            if s >= self.first_level:
+                feats.append(x)
+        fused: list[Tensor] = []
+        y: Tensor | None = None
+        for level in range(len(feats) - 1, -1, -1):
+            lat = self.lateral[level](feats[level])
+            if y is not None:
+                lat = lat + F.interpolate(y, size=lat.shape[-2:], mode="nearest")
+            y = self.smooth[level](lat)
+            fused.append(y)
+        fused.reverse()
+        locs, confs = [], []
+        for level, feat in enumerate(fused):
+            loc = self.loc_heads[level](feat).permute(0, 2, 3, 1)
+            conf = self.conf_heads[level](feat).permute(0, 2, 3, 1)
+            locs.append(loc.reshape(batch, -1, 4))
+            confs.append(conf.reshape(batch, -1, self.num_classes + 1))
         return {"loc": torch.cat(locs, dim=1), "conf": torch.cat(confs, dim=1)}
 
     def detect(
