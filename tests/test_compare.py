@@ -47,7 +47,7 @@ def test_each_objective_trains(name: str) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0], losses
 
 
@@ -161,3 +161,16 @@ def test_labels_beyond_the_detector_classes(
     assert len(err.splitlines()) == 1
     assert "instances.json" in err and "exceeds the detector's" in err
     assert f"label {top}" in err or "label " in err
+
+
+@pytest.mark.parametrize("moves", [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)])
+def test_augment_moves_boxes_with_pixels(moves: tuple[int, int, int]) -> None:
+    from detloss.compare import _augment
+
+    image = torch.zeros(1, 3, 32, 32)
+    image[0, :, 4:10, 20:30] = 1.0  # rows 4..9, columns 20..29
+    box = torch.tensor([[20, 4, 30, 10]], dtype=torch.float32) / 32
+    out = _augment(image, [{"boxes": box, "labels": torch.tensor([0])}], torch.tensor([moves]))
+    rows, cols = image[0, 0].nonzero(as_tuple=True)
+    expected = torch.stack([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]).float() / 32
+    torch.testing.assert_close(out[0]["boxes"][0], expected)

@@ -11,20 +11,23 @@ from detloss.models import SSD
 
 def test_outputs_and_priors_match_the_feature_maps() -> None:
     model = SSD(3, image_size=64)
-    # Five stride-2 stages: 32, 16, 8, 4, 2; the last three are the feature maps.
-    assert model.feature_maps == (8, 4, 2)
+    # Four stride-2 stages: 32, 16, 8, 4; the last three are the feature maps.
+    assert model.feature_maps == (16, 8, 4)
     # 1 small square + 1 big square + 2 boxes for ratio 2 on each level.
     assert model.boxes_per_cell == (4, 4, 4)
-    assert model.priors.shape == ((64 + 16 + 4) * 4, 4)
+    assert model.priors.shape == ((256 + 64 + 16) * 4, 4)
     out = model(torch.rand(2, 3, 64, 64))
-    assert out["loc"].shape == (2, 336, 4)
-    assert out["conf"].shape == (2, 336, 4)
+    assert out["loc"].shape == (2, 1344, 4)
+    assert out["conf"].shape == (2, 1344, 4)
+    # The demo's 128-pixel input: 32 x 32, 16 x 16 and 8 x 8 cells, 5376 default boxes.
+    assert SSD(4).priors.shape == (5376, 4)
 
 
 def test_priors_are_those_of_ssd_priors() -> None:
     model = SSD(2, image_size=128, min_sizes=(20.0, 40.0), max_sizes=None, aspect_ratios=((2,), (3,)))
-    expected = ssd_priors(128, (8, 4), (16.0, 32.0), (20.0, 40.0), None, ((2,), (3,)))
-    assert model.feature_maps == (8, 4)
+    # The last two of four stages: strides 8 and 16.
+    expected = ssd_priors(128, (16, 8), (8.0, 16.0), (20.0, 40.0), None, ((2,), (3,)))
+    assert model.feature_maps == (16, 8)
     torch.testing.assert_close(model.priors, expected)
 
 
