@@ -515,7 +515,8 @@ def run_compare(
     path.write_text(json.dumps(existing, indent=1))
     if plots:
         plot_compare(results, curves, out_dir / "compare.png")
-        plot_matchings(train, out_dir / "matchings.png", settings.image_size)
+        priors = SSD(classes, image_size=settings.image_size, **settings.model_kwargs).priors  # type: ignore[arg-type]
+        plot_matchings(train, out_dir / "matchings.png", settings.image_size, priors=priors)
     print_compare_table(results, log)
     return results
 
@@ -612,9 +613,17 @@ def plot_compare(
     plt.close(fig)
 
 
-def plot_matchings(train: _Images, path: Path, image_size: int, index: int | None = None) -> None:
+def plot_matchings(
+    train: _Images,
+    path: Path,
+    image_size: int,
+    index: int | None = None,
+    priors: Tensor | None = None,
+) -> None:
     """For one training image: the default boxes each object receives under max-IoU,
-    Hungarian and Sinkhorn, drawn in the object's colour with the plan's mass as opacity."""
+    Hungarian and Sinkhorn, drawn in the object's colour with the plan's mass as opacity
+    (``priors``: the detector's, ``[P, 4]`` normalised ``cxcywh``; default: those of
+    ``SSD(1, image_size=image_size)``)."""
     from matplotlib.patches import Rectangle
 
     plt = _pyplot()
@@ -623,7 +632,8 @@ def plot_matchings(train: _Images, path: Path, image_size: int, index: int | Non
         index = next((i for i, c in enumerate(counts) if c >= 3), 0)
     image = train.images[index]
     target = train.targets[index]
-    priors = SSD(1, image_size=image_size).priors
+    if priors is None:
+        priors = SSD(1, image_size=image_size).priors
     padded = _padded([target], torch.device("cpu"))
     colours = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 3, figsize=(14, 5))
