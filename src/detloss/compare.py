@@ -586,9 +586,9 @@ def plot_compare(
         ax.text(i - 0.2, a + 0.01, f"{a:.2f}", ha="center", fontsize=8)
         ax.text(i + 0.2, b + 0.01, f"{b:.2f}", ha="center", fontsize=8)
     ax.set_xticks(x, names)
-    ax.set_ylim(0, 1)
-    ax.set_title("held-out shapes: box AP (COCO)")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.set_ylim(0, 1.2)
+    ax.set_title("held-out test images: box AP (COCO)")
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
     ax = axes[1]
     ms = [results[n]["objective_ms_per_step"] for n in names]
     ax.bar(x, ms, 0.5, color="tab:green")
