@@ -107,7 +107,7 @@ def test_compare_writes_files_and_keys(shapes: Path, tmp_path: Path) -> None:
         entry = metrics["compare"][name]
         assert set(entry) == {"box_ap50", "box_ap", "train_seconds", "objective_ms_per_step"}
         assert 0 <= entry["box_ap50"] <= 1 and 0 <= entry["box_ap"] <= entry["box_ap50"]
-        assert entry["train_seconds"] > 0 and entry["objective_ms_per_step"] > 0
+        assert entry["train_seconds"] >= 0 and entry["objective_ms_per_step"] > 0
     assert results == metrics["compare"]
     assert (out / "compare.png").stat().st_size > 0
     assert (out / "matchings.png").stat().st_size > 0

@@ -500,7 +500,7 @@ def run_compare(
         results[name] = {
             "box_ap50": round(metrics["box_ap50"], 4),
             "box_ap": round(metrics["box_ap"], 4),
-            "train_seconds": round(float(run["train_seconds"]), 1),  # type: ignore[arg-type]
+            "train_seconds": round(float(run["train_seconds"]), 2),  # type: ignore[arg-type]
             "objective_ms_per_step": round(float(run["objective_ms_per_step"]), 2),  # type: ignore[arg-type]
         }
         curves[name] = run["losses"]  # type: ignore[assignment]
