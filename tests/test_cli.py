@@ -62,7 +62,8 @@ def test_bench_runs_each_script_in_its_own_process(tmp_path):
     (tmp_path / "bench_c.py").write_text("def run(repeats):\n    raise RuntimeError('no')\n")
     out = tmp_path / "RESULTS.md"
     out.write_text("old\n<!-- notes -->\nkept notes\n")
-    assert benchrunner.main(["--dir", str(tmp_path), "--repeats", "3", "--quick"]) == 1
+    argv = ["--dir", str(tmp_path), "--repeats", "3", "--quick", "--threads", "1"]
+    assert benchrunner.main(argv) == 1
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| bench_")]
     assert len(rows) == 3 and "failed" in rows[2]

@@ -7,6 +7,8 @@
 * ``detloss eval --checkpoint PATH --data DIR``: the metrics of a checkpoint on a split.
 * ``detloss predict --checkpoint PATH --images DIR_OR_FILES --out FILE.json``: detections
   as COCO results (boxes) or a points JSON, and optionally pictures.
+* ``detloss compare``: one SSD trained under four objectives, side by side (see
+  :mod:`detloss.compare`).
 * ``detloss bench``: the benchmark suite.
 """
 
@@ -300,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.commands import add_data_parser
 
     add_data_parser(sub)
+    from .compare import add_compare_parser
+
+    add_compare_parser(sub)
     return parser
 
 
@@ -485,6 +490,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import run_compare_command
+
+    return run_compare_command(args)
+
+
 def _data(args: argparse.Namespace) -> int:
     from .data.commands import run_data
 
@@ -516,6 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": _eval,
         "predict": _predict,
         "data": _data,
+        "compare": _compare,
     }
     try:
         return commands[args.command](args)

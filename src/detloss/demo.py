@@ -9,6 +9,9 @@
 3. Evaluates both on held-out test images, prints a results table against the goals,
    and writes ``runs/demo/metrics.json`` plus pictures: predictions against ground
    truth (points and boxes), the loss curves, and one P2PNet matching.
+4. Trains the small SSD under four objectives on the shapes and compares them
+   (:func:`detloss.compare.run_compare`: the ``"compare"`` key, ``compare.png``,
+   ``matchings.png``).
 
 Every number is printed as measured, goals met or not.
 """
@@ -220,6 +223,18 @@ def run_demo(
         json.dumps(_json_safe({**metrics, "goals": goals}), indent=1, default=_json_default)
     )
     _print_table(metrics, goals, out_dir)
+    # The SSD objectives side by side, on the same shapes; adds "compare" to metrics.json.
+    from .compare import CompareSettings, run_compare
+
+    side = settings.shape_spec.image_size
+    base = CompareSettings.quick() if quick else CompareSettings()
+    run_compare(
+        shapes,
+        out_dir,
+        settings=replace(base, image_size=side if isinstance(side, int) else max(side)),
+        threads=threads,
+        plots=plots,
+    )
     return metrics
 
 

@@ -2,5 +2,6 @@
 
 from .centernet import CenterNet
 from .p2pnet import P2PNet, TwoStageFinetune, VGGBackbone, set_backbone_frozen
+from .ssd import SSD
 
-__all__ = ["CenterNet", "P2PNet", "TwoStageFinetune", "VGGBackbone", "set_backbone_frozen"]
+__all__ = ["SSD", "CenterNet", "P2PNet", "TwoStageFinetune", "VGGBackbone", "set_backbone_frozen"]
