@@ -4,6 +4,7 @@ is installed or run)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,8 +20,16 @@ def dry_run(target: str, tmp_path: Path) -> list[str]:
     """The commands ``make TARGET`` would run from a fresh clone (no .venv)."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
+    # Run from `make test`, the outer make's variables would make this one a sub-make
+    # (with "Entering directory" lines): start it as a top-level make.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     out = subprocess.run(
-        ["make", "-n", target], cwd=tmp_path, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", target],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     return out.stdout.splitlines()
 
