@@ -174,3 +174,36 @@ def test_augment_moves_boxes_with_pixels(moves: tuple[int, int, int]) -> None:
     rows, cols = image[0, 0].nonzero(as_tuple=True)
     expected = torch.stack([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]).float() / 32
     torch.testing.assert_close(out[0]["boxes"][0], expected)
+
+
+def _yolo_folder(root: Path) -> Path:
+    """A YOLO folder with train and test splits: two classes, 64 x 64 images."""
+    from PIL import Image
+
+    (root / "data.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text(
+        "path: .\ntrain: images/train\ntest: images/test\nnames:\n  0: cat\n  1: dog\n"
+    )
+    for split, n in (("train", 4), ("test", 2)):
+        for k in range(n):
+            image = root / "images" / split / f"im{k}.png"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (64, 64), (40 * k, 90, 160)).save(image)
+            label = root / "labels" / split / f"im{k}.txt"
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text(f"{k % 2} 0.5 0.5 0.4 0.3\n1 0.25 0.25 0.2 0.2\n")
+    return root
+
+
+def test_compare_reads_other_box_formats(tmp_path: Path) -> None:
+    data = _yolo_folder(tmp_path / "yolo")
+    settings = CompareSettings(epochs=1, batch_size=4, image_size=64)
+    lines: list[str] = []
+    results = run_compare(
+        data, tmp_path / "run", settings=settings, objectives=["multibox"], threads=None,
+        plots=False, log=lines.append,
+    )  # fmt: skip
+    assert list(results) == ["multibox"]
+    assert "4 training and 2 test images, 2 classes" in lines[0]
+    with pytest.raises(ValueError, match="holds points"):
+        run_compare(data, tmp_path / "r2", settings=settings, data_format="points-json")

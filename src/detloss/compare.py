@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Subset
 
 from .anchors import decode_boxes, encode_boxes
 from .batching import pad_targets
@@ -270,11 +271,26 @@ class _Images:
 
 
 def _load_split(
-    data: Path, split: str, image_size: int, num_classes: int | None, limit: int | None
+    data: Path,
+    split: str,
+    image_size: int,
+    num_classes: int | None,
+    limit: int | None,
+    data_format: str = "coco",
 ) -> tuple[_Images, int, list[str]]:
+    from .data import format_kind, open_split
     from .train import load_dataset
 
-    ds = load_dataset("boxes", data, split, limit=limit)
+    if data_format == "coco":
+        ds = load_dataset("boxes", data, split, limit=limit)
+    else:
+        if format_kind(data_format) != "boxes":
+            raise ValueError(
+                f"data: {str(data)!r} holds points ({data_format}); compare trains box detectors"
+            )
+        ds = open_split(data, split, data_format)
+        if limit is not None and limit < len(ds):
+            ds = Subset(ds, range(limit))
     base = ds.dataset if hasattr(ds, "dataset") else ds
     categories = list(getattr(base, "categories", []))
     classes = num_classes if num_classes is not None else max(len(categories), 1)
@@ -462,11 +478,15 @@ def run_compare(
     objectives: Sequence[str] | None = None,
     detector: str = "ssd",
     num_classes: int | None = None,
+    data_format: str | None = None,
     threads: int | None = 2,
     plots: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, float]]:
     """Train every objective on ``data_dir/train``, evaluate on ``data_dir/test``.
+
+    ``data_format`` is any box format of :mod:`detloss.data` (``coco``, ``yolo``, ``voc``),
+    detected from the folder's layout when None.
 
     Writes ``out_dir/metrics.json`` (the key ``"compare"`` added to what is there),
     ``compare.png`` and ``matchings.png``; prints the table. Returns the ``"compare"``
@@ -482,12 +502,17 @@ def run_compare(
     if threads:
         torch.set_num_threads(threads)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if data_format is None:
+        from .data import detect_format
+
+        data_format = detect_format(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train, classes, _ = _load_split(
-        data_dir, "train", settings.image_size, num_classes, settings.max_train_images
+        data_dir, "train", settings.image_size, num_classes, settings.max_train_images,
+        data_format,
     )
     test, _, _ = _load_split(
-        data_dir, "test", settings.image_size, classes, settings.max_test_images
+        data_dir, "test", settings.image_size, classes, settings.max_test_images, data_format
     )
     log(
         f"[compare] {len(chosen)} objectives on one SSD: {train.images.shape[0]} training and "
@@ -707,6 +732,11 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help=f"objective to train, repeated or a comma list (None: all of {', '.join(OBJECTIVES)})",
     )
+    p.add_argument(
+        "--format",
+        default=None,
+        help="the folder's box format: coco, yolo or voc (None: detected from its layout)",
+    )
     p.add_argument("--detector", default="ssd", help="detector (choices: ssd)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per batch")
@@ -763,6 +793,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
         objectives=names,
         detector=args.detector,
         num_classes=args.num_classes,
+        data_format=args.format,
         threads=args.threads,
         plots=not args.no_plots,
     )
