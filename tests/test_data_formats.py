@@ -484,3 +484,23 @@ def test_open_train_val(shanghaitech):
     assert train[0][1]["points"].tolist() == expected
     t, v, _ = open_train_val(shanghaitech, train_split="train", val_split="test")
     assert len(t) == 5 and len(v) == 1
+
+
+def test_yolo_splits_listed_in_txt_files(yolo):
+    # Ultralytics' coco.yaml names each split by a .txt file of image paths (relative to
+    # the data folder); the labels are found by the images -> labels rule.
+    text(yolo / "data.yaml", "path: .\ntrain: train.txt\nval: images/val\nnames: [cat, dog]\n")
+    text(yolo / "train.txt", "./images/train/c.png\n./images/train/a.jpg\n\n")
+    assert available_splits(yolo) == ["train", "val"]
+    ds = open_split(yolo, "train")
+    assert ds.names == ["images/train/c.png", "images/train/a.jpg"]  # listed order
+    assert ds[0][1]["boxes"].shape == (0, 4)
+    torch.testing.assert_close(
+        ds[1][1]["boxes"], torch.tensor([[12.0, 6.0, 18.0, 14.0], [3.0, 2.0, 9.0, 4.0]])
+    )
+    text(yolo / "train.txt", "../outside.jpg\n")
+    with pytest.raises(AnnotationError, match=r"train.txt: line 1: .*leaves the data folder"):
+        open_split(yolo, "train")
+    text(yolo / "data.yaml", "train: ../train.txt\nnames: [cat, dog]\n")
+    with pytest.raises(AnnotationError, match="outside the data folder"):
+        open_split(yolo, "train")

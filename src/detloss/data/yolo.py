@@ -5,8 +5,10 @@ Layout, one of::
     root/images/<split>/x.jpg   root/labels/<split>/x.txt      (Ultralytics)
     root/<split>/images/x.jpg   root/<split>/labels/x.txt      (Roboflow exports)
 
-or the folders named by ``train:`` / ``val:`` / ``test:`` in ``root/data.yaml``; the labels
-of an image are found by replacing the last ``images`` folder of its path by ``labels``.
+or the folders named by ``train:`` / ``val:`` / ``test:`` in ``root/data.yaml``, or a
+``.txt`` file named there that lists one image path per line, relative to ``root`` (as
+Ultralytics' ``coco.yaml`` does with ``train2017.txt``); the labels of an image are found by
+replacing the last ``images`` folder of its path by ``labels``.
 Each label line is ``class cx cy w h`` with the centre and size normalised by the image's
 width and height; a line ``class x1 y1 x2 y2 ...`` (a polygon) is read as its bounding box.
 Class names come from ``names:`` in ``data.yaml`` (a list or an ``index: name`` mapping,
@@ -32,7 +34,14 @@ from ._common import DEFAULT_MAX_PIXELS, AnnotationError, image_size, read_text,
 from .base import AnnotatedImages, Transform, boxes_target
 from .crowd import IMAGE_SUFFIXES, natural_key
 
-__all__ = ["find_yolo_config", "parse_simple_yaml", "read_yolo", "yolo_class_names"]
+__all__ = [
+    "find_yolo_config",
+    "parse_simple_yaml",
+    "read_yolo",
+    "yolo_class_names",
+    "yolo_split_dirs",
+    "yolo_split_list",
+]
 
 CONFIG_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
 
@@ -206,10 +215,47 @@ def _labels_dir(image_dir: Path, root: Path) -> Path:
     return image_dir.parent / "labels"
 
 
+def _split_aliases(split: str) -> list[str]:
+    return [split] + (["valid"] if split == "val" else ["val"] if split == "valid" else [])
+
+
+def yolo_split_list(root: str | Path, split: str) -> tuple[Path, list[Path]] | None:
+    """``(list file, image paths)`` where ``data.yaml`` names a ``.txt`` file listing the
+    images of ``split``; None where it names a folder or nothing. Every listed path must stay
+    inside ``root``."""
+    root = Path(root)
+    config = find_yolo_config(root)
+    if config is None:
+        return None
+    data = parse_simple_yaml(config)
+    for key in _split_aliases(split):
+        value = data.get(key)
+        if not (isinstance(value, str) and value.endswith(".txt")):
+            continue
+        listing = root / value
+        if Path(value).is_absolute() or not listing.resolve().is_relative_to(root.resolve()):
+            raise AnnotationError(
+                f"{config}: '{key}': {value!r} is outside the data folder {root}"
+            )
+        images = []
+        for n, line in enumerate(read_text(listing).splitlines(), start=1):
+            name = line.strip()
+            if not name:
+                continue
+            path = Path(name)
+            if path.is_absolute() or ".." in path.parts:
+                raise AnnotationError(
+                    f"{listing}: line {n}: image path {name!r} leaves the data folder {root}"
+                )
+            images.append(root / path)
+        return listing, images
+    return None
+
+
 def yolo_split_dirs(root: str | Path, split: str) -> tuple[Path, Path]:
     """``(image folder, label folder)`` of ``split`` (see the module for the layouts)."""
     root = Path(root)
-    aliases = [split] + (["valid"] if split == "val" else ["val"] if split == "valid" else [])
+    aliases = _split_aliases(split)
     candidates: list[Path] = []
     config = find_yolo_config(root)
     if config is not None:
@@ -297,16 +343,24 @@ def read_yolo(
     from the headers when the dataset is built."""
     root = Path(root)
     names = yolo_class_names(root)
-    image_dir, label_dir = yolo_split_dirs(root, split)
-    images = sorted(
-        (p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: tuple(natural_key(Path(part)) for part in p.relative_to(image_dir).parts),
-    )
+    listed = yolo_split_list(root, split)
+    if listed is None:
+        image_dir, label_dir = yolo_split_dirs(root, split)
+        images = sorted(
+            (p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
+            key=lambda p: tuple(
+                natural_key(Path(part)) for part in p.relative_to(image_dir).parts
+            ),
+        )
+        label_files = [label_dir / p.relative_to(image_dir).with_suffix(".txt") for p in images]
+    else:
+        # Listed images keep their order; names are relative to the data folder.
+        image_dir, (label_dir, images) = root, listed
+        label_files = [_labels_dir(p.parent, root) / (p.stem + ".txt") for p in images]
     counts = {"boxes of zero width or height": 0, "repeated label lines": 0}
     targets, sizes, rel_names = [], [], []
-    for img in images:
+    for img, label_file in zip(images, label_files, strict=True):
         rel = img.relative_to(image_dir)
-        label_file = label_dir / rel.with_suffix(".txt")
         h, w = image_size(
             img, f"image {rel.as_posix()!r}", root=image_dir, max_pixels=max_pixels, exif=exif
         )
