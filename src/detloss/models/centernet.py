@@ -20,16 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_shape
+from ._layers import conv_bn
 
 __all__ = ["CenterNet"]
-
-
-def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 class CenterNet(nn.Module):
@@ -71,13 +64,13 @@ class CenterNet(nn.Module):
         stages = []
         prev = 3
         for width, depth in zip(channels, depths, strict=True):
-            layers = [_conv_bn(prev, width, stride=2)]
-            layers += [_conv_bn(width, width) for _ in range(depth - 1)]
+            layers = [conv_bn(prev, width, stride=2)]
+            layers += [conv_bn(width, width) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*layers))
             prev = width
         self.stages = nn.ModuleList(stages)
         self.lateral = nn.ModuleList(nn.Conv2d(c, head_channels, 1) for c in channels[1:])
-        self.smooth = nn.ModuleList(_conv_bn(head_channels, head_channels) for _ in range(2))
+        self.smooth = nn.ModuleList(conv_bn(head_channels, head_channels) for _ in range(2))
 
         def head(out: int) -> nn.Sequential:
             return nn.Sequential(

@@ -30,16 +30,9 @@ from torch import Tensor, nn
 from .._checks import check_shape
 from ..anchors import ssd_priors
 from ..postprocess.ssd import ssd_detect
+from ._layers import conv_bn
 
 __all__ = ["SSD"]
-
-
-def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 class SSD(nn.Module):
@@ -105,8 +98,8 @@ class SSD(nn.Module):
         stages = []
         prev = 3
         for width, depth in zip(channels, depths, strict=True):
-            layers = [_conv_bn(prev, width, stride=2)]
-            layers += [_conv_bn(width, width) for _ in range(depth - 1)]
+            layers = [conv_bn(prev, width, stride=2)]
+            layers += [conv_bn(width, width) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*layers))
             prev = width
         self.stages = nn.ModuleList(stages)
@@ -137,7 +130,7 @@ class SSD(nn.Module):
         # A top-down path (as in FPN): the fine maps, shallow in a light backbone, get the
         # semantics of the coarse ones before their heads.
         self.lateral = nn.ModuleList(nn.Conv2d(w, head_channels, 1) for w in widths)
-        self.smooth = nn.ModuleList(_conv_bn(head_channels, head_channels) for _ in widths)
+        self.smooth = nn.ModuleList(conv_bn(head_channels, head_channels) for _ in widths)
         self.loc_heads = nn.ModuleList(
             nn.Conv2d(head_channels, a * 4, 3, padding=1) for a in per_cell
         )
