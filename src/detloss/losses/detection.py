@@ -537,8 +537,7 @@ def _layer_terms(
     b, m, _ = logits.shape
     num_classes = _num_classes(logits, opts.background)
     _check_matching(matching, b, m, padded["mask"].shape[1], "matching" + suffix)
-    if validate is None:
-        validate = logits.device.type == "cpu"
+    validate = should_validate(validate, logits)
     if validate:
         _validate(padded, matching, num_classes, opts.box_format)
     dtype = compute_dtype(logits, pred_boxes)

@@ -467,9 +467,6 @@ def multibox_loss(
     gt_boxes, labels, mask = padded["boxes"], padded["labels"], padded["mask"]
     if should_validate(validate, loc):
         check_finite(("loc", loc), ("conf", conf), ("priors", priors))
-    if validate is None:
-        validate = loc.device.type == "cpu"
-    if validate:
         real = labels[mask]
         if real.numel() and (bool(real.min() < 0) or bool(real.max() > num_classes - 2)):
             raise ValueError(
