@@ -1,7 +1,7 @@
 """Start-up cost: ``import detloss`` and ``detloss --help`` against ``import torch``.
 
 Each command runs in a fresh interpreter (``python -c "import torch"``,
-``python -c "import detloss"``, ``python -m detloss.cli --help``, the console script's
+``python -c "import detloss"``, ``python -m detloss.app.cli --help``, the console script's
 code path), the three alternated in every repeat after one untimed round that warms the
 file cache, so that each repeat compares neighbouring measurements. The baseline is
 ``import torch``: detloss needs it anyway, so the difference is what detloss adds. The goal
@@ -32,7 +32,7 @@ _SRC = Path(__file__).resolve().parent.parent / "src"
 COMMANDS = {
     "torch": ["-c", "import torch"],
     "detloss": ["-c", "import detloss"],
-    "help": ["-m", "detloss.cli", "--help"],
+    "help": ["-m", "detloss.app.cli", "--help"],
 }
 
 

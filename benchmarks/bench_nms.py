@@ -119,9 +119,7 @@ def make_sparse_boxes(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return boxes, torch.rand(n, generator=g), torch.randint(0, 80, (n,), generator=g)
 
 
-def run(
-    repeats: int = 5, quick: bool = False, threads: int | None = None
-) -> list[dict]:
+def run(repeats: int = 5, quick: bool = False, threads: int | None = None) -> list[dict]:
     """Rows for 1k clustered boxes at IoU 0.5 and 10k clustered and sparse boxes at IoU
     0.7, ``nms`` and ``batched_nms``, with 1 and 2 torch threads (or ``threads`` only)."""
     before = torch.get_num_threads()

@@ -230,9 +230,7 @@ def _pot_plus_target_update(problem: dict, iters: int) -> Tensor:
     full64, a64, b64, reg = problem["full64"], problem["a64"], problem["b64"], problem["reg"]
     plans = []
     for i in range(len(full64)):
-        _, log = ot.sinkhorn(
-            a64[i], b64[i], full64[i], reg, numItermax=iters, stopThr=0, log=True
-        )
+        _, log = ot.sinkhorn(a64[i], b64[i], full64[i], reg, numItermax=iters, stopThr=0, log=True)
         kernel = np.exp(-full64[i] / reg)
         u = log["u"]
         v = b64[i] / (kernel.T @ u)

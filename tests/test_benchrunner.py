@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
-from detloss import benchrunner
-from detloss.benchrunner import NOTES, PREAMBLE, replace_section
+from detloss.app import benchrunner
+from detloss.app.benchrunner import NOTES, PREAMBLE, replace_section
 
 CPU = "## CPU\n\nWritten on day 1.\n\n| bench_a | cpu row |"
 GPU = "## CUDA (Some GPU 80GB)\n\nWritten on day 2.\n\n| bench_a | gpu row |"

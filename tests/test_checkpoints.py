@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from detloss.cli import main
-from detloss.data.synthetic import CrowdSpec, make_crowds
-from detloss.train import (
+from detloss.app.cli import main
+from detloss.app.data.synthetic import CrowdSpec, make_crowds
+from detloss.app.train import (
     CheckpointError,
     NonFiniteLossError,
     PointTask,
@@ -79,7 +79,7 @@ def _all_finite(state: dict) -> bool:
 _WRITER = """
 import sys
 import torch
-from detloss.train import save_checkpoint
+from detloss.app.train import save_checkpoint
 big = torch.arange(2_000_000, dtype=torch.float32)
 for n in range(1000):
     print(n, flush=True)
@@ -249,7 +249,7 @@ def test_resume_of_a_finished_run_keeps_its_metrics_and_can_extend_it(finished, 
 
 
 def test_resume_with_a_checkpoint_of_another_task(finished, tmp_path):
-    from detloss.data.synthetic import ShapeSpec, make_shapes
+    from detloss.app.data.synthetic import ShapeSpec, make_shapes
 
     spec = ShapeSpec(image_size=32, size_range=(8.0, 14.0), count_range=(1, 2))
     make_shapes(tmp_path / "s" / "train", 4, spec, seed=0)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from detloss.cli import build_parser, main
+from detloss.app.cli import build_parser, main
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["eval"], ["predict"]])
@@ -30,16 +30,19 @@ def test_help(command, capsys):
 def test_help_as_a_program():
     # The console entry point runs the same parser.
     proc = subprocess.run(
-        [sys.executable, "-m", "detloss.cli", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "detloss.app.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0 and "demo" in proc.stdout
 
 
 def test_bench_is_handed_to_the_runner(monkeypatch):
-    import detloss.benchrunner
+    import detloss.app.benchrunner
 
     seen = []
-    monkeypatch.setattr(detloss.benchrunner, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(detloss.app.benchrunner, "main", lambda argv: seen.append(argv) or 0)
     assert main(["bench", "--quick", "--only", "bench_x"]) == 0
     assert seen == [["--quick", "--only", "bench_x"]]
 
@@ -47,7 +50,7 @@ def test_bench_is_handed_to_the_runner(monkeypatch):
 def test_bench_runs_each_script_in_its_own_process(tmp_path):
     # Two toy scripts: each sees a fresh interpreter (the module-level counter starts over),
     # a broken one is reported without stopping the other, and the notes survive.
-    from detloss import benchrunner
+    from detloss.app import benchrunner
 
     script = (
         "import os\n"
@@ -124,7 +127,7 @@ def test_quick_demo_then_eval(tmp_path, capsys):
 
 
 def test_train_command(tmp_path, capsys):
-    from detloss.data.synthetic import ShapeSpec, make_shapes
+    from detloss.app.data.synthetic import ShapeSpec, make_shapes
 
     spec = ShapeSpec(image_size=32, size_range=(8.0, 14.0), count_range=(1, 2))
     make_shapes(tmp_path / "d" / "train", 8, spec, seed=0)
@@ -176,7 +179,7 @@ def test_every_option_has_help_showing_its_default():
 def test_train_option_defaults_are_the_config_defaults():
     from dataclasses import fields
 
-    from detloss.train import TrainConfig
+    from detloss.app.train import TrainConfig
 
     args = build_parser().parse_args(["train", "--task", "points", "--data", "d"])
     defaults = {f.name: f.default for f in fields(TrainConfig)}
@@ -214,7 +217,7 @@ def test_usage_errors_are_one_line(capsys):
 
 @pytest.fixture(scope="module")
 def tiny_sets(tmp_path_factory):
-    from detloss.data.synthetic import CrowdSpec, ShapeSpec, make_crowds, make_shapes
+    from detloss.app.data.synthetic import CrowdSpec, ShapeSpec, make_crowds, make_shapes
 
     root = tmp_path_factory.mktemp("cli_sets")
     crowd = CrowdSpec(image_size=32, count_range=(2, 6), min_distance=4.0)
@@ -254,15 +257,30 @@ def test_user_errors_are_one_line_with_status_2(tiny_sets, tmp_path, capsys):
     capsys.readouterr()
     _one_line_error(
         capsys,
-        ["eval", "--checkpoint", str(tmp_path / "p" / "best.pt"), "--data",
-         str(tiny_sets / "shapes")],
+        [
+            "eval",
+            "--checkpoint",
+            str(tmp_path / "p" / "best.pt"),
+            "--data",
+            str(tiny_sets / "shapes"),
+        ],
         "is a points model",
         "boxes annotations (format coco)",
     )
     _one_line_error(
         capsys,
-        ["train", "--task", "boxes", "--data", str(tiny_sets / "shapes"), "--out",
-         str(tmp_path / "p"), "--resume", "--epochs", "1"],
+        [
+            "train",
+            "--task",
+            "boxes",
+            "--data",
+            str(tiny_sets / "shapes"),
+            "--out",
+            str(tmp_path / "p"),
+            "--resume",
+            "--epochs",
+            "1",
+        ],
         "is a points model, not a boxes one",
     )
     # --debug: the traceback instead.
@@ -289,8 +307,7 @@ def test_train_speaks_a_banner_a_line_per_epoch_and_the_best(tiny_sets, tmp_path
     assert captured.err == ""
     lines = captured.out.splitlines()
     assert lines[0] == (
-        f"[points] format points-json, train 4 images, val 2 images, 1 class, device cpu, "
-        f"out {out}"
+        f"[points] format points-json, train 4 images, val 2 images, 1 class, device cpu, out {out}"
     )
     assert lines[1].startswith("[points] epoch 1/2  loss ")
     assert lines[2].startswith("[points] epoch 2/2  loss ")
@@ -312,7 +329,7 @@ def test_point_precision_without_predictions_is_nan():
 
     import torch
 
-    from detloss.train import PointTask, TrainConfig, _fmt
+    from detloss.app.train import PointTask, TrainConfig, _fmt
 
     task = PointTask(TrainConfig(task="points"))
     metrics = task.metrics(
@@ -323,8 +340,8 @@ def test_point_precision_without_predictions_is_nan():
 
 
 def test_demo_reruns_into_its_folder(tmp_path, capsys):
-    from detloss.data.synthetic import CrowdSpec, ShapeSpec
-    from detloss.demo import DemoSettings, run_demo
+    from detloss.app.data.synthetic import CrowdSpec, ShapeSpec
+    from detloss.app.demo import DemoSettings, run_demo
 
     settings = DemoSettings(
         crowd_spec=CrowdSpec(image_size=32, count_range=(2, 6), min_distance=4.0),
@@ -342,8 +359,8 @@ def test_demo_reruns_into_its_folder(tmp_path, capsys):
 
 
 def test_format_names_are_the_readers():
-    from detloss.cli import FORMAT_NAMES
-    from detloss.data import FORMATS
+    from detloss.app.cli import FORMAT_NAMES
+    from detloss.app.data import FORMATS
 
     assert sorted(FORMAT_NAMES) == sorted(FORMATS)
 
@@ -430,7 +447,7 @@ def test_train_on_yolo(published_sets, tmp_path, capsys):
     assert {"last.pt", "best.pt", "metrics.csv", "loss_curves.png", "val_predictions.png"} <= {
         p.name for p in out.iterdir()
     }
-    from detloss.train import read_checkpoint
+    from detloss.app.train import read_checkpoint
 
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["categories"] == ["cat", "dog"] and ckpt["category_ids"] == [0, 1]

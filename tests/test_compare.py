@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from detloss.cli import main
-from detloss.compare import (
+from detloss.app.cli import main
+from detloss.app.compare import (
     OBJECTIVES,
     CompareSettings,
     build_objective,
@@ -17,7 +17,7 @@ from detloss.compare import (
     match_priors,
     run_compare,
 )
-from detloss.models import SSD
+from detloss.app.models import SSD
 
 pytest.importorskip("PIL")
 
@@ -84,7 +84,7 @@ def test_check_choices_one_line_errors() -> None:
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from detloss.data.synthetic import ShapeSpec, make_shapes
+    from detloss.app.data.synthetic import ShapeSpec, make_shapes
 
     root = tmp_path_factory.mktemp("shapes")
     spec = ShapeSpec(image_size=64, size_range=(10.0, 24.0), count_range=(1, 3))
@@ -165,7 +165,7 @@ def test_labels_beyond_the_detector_classes(
 
 @pytest.mark.parametrize("moves", [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)])
 def test_augment_moves_boxes_with_pixels(moves: tuple[int, int, int]) -> None:
-    from detloss.compare import _augment
+    from detloss.app.compare import _augment
 
     image = torch.zeros(1, 3, 32, 32)
     image[0, :, 4:10, 20:30] = 1.0  # rows 4..9, columns 20..29

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from detloss.data._common import AnnotationError
-from detloss.data.coco import CocoDetection
-from detloss.data.collate import RandomHorizontalFlip, collate_detection, pad_images
-from detloss.data.points import PointDataset
-from detloss.data.synthetic import (
+from detloss.app.data._common import AnnotationError
+from detloss.app.data.coco import CocoDetection
+from detloss.app.data.collate import RandomHorizontalFlip, collate_detection, pad_images
+from detloss.app.data.points import PointDataset
+from detloss.app.data.synthetic import (
     SHAPE_CLASSES,
     CrowdSpec,
     ShapeSpec,

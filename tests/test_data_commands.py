@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from detloss.cli import main
-from detloss.data import CocoDetection, PointDataset, open_split
-from detloss.data.convert import write_coco, write_points_json
+from detloss.app.cli import main
+from detloss.app.data import CocoDetection, PointDataset, open_split
+from detloss.app.data.convert import write_coco, write_points_json
 from test_data_formats import image, sht_mat, text, voc_xml
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from scipy.io import savemat
 
-from detloss.data import (
+from detloss.app.data import (
     AnnotatedImages,
     AnnotationError,
     available_splits,
@@ -22,8 +22,8 @@ from detloss.data import (
     open_split,
     split_dataset,
 )
-from detloss.data.voc import VOC_CLASSES, parse_voc_xml
-from detloss.data.yolo import parse_simple_yaml, yolo_class_names
+from detloss.app.data.voc import VOC_CLASSES, parse_voc_xml
+from detloss.app.data.yolo import parse_simple_yaml, yolo_class_names
 
 H, W = 20, 30
 
@@ -461,8 +461,8 @@ def test_split_dataset_is_deterministic_and_complete():
 
 
 def test_open_train_val(shanghaitech):
-    from detloss.data import format_kind, open_train_val
-    from detloss.data.collate import RandomHorizontalFlip
+    from detloss.app.data import format_kind, open_train_val
+    from detloss.app.data.collate import RandomHorizontalFlip
 
     for k in (3, 4, 5):
         image(shanghaitech / "train_data/images" / f"IMG_{k}.jpg")

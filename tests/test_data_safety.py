@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from detloss.data._common import DEFAULT_MAX_PIXELS, AnnotationError, load_image, read_json
-from detloss.data.coco import CocoDetection
-from detloss.data.points import PointDataset
+from detloss.app.data._common import DEFAULT_MAX_PIXELS, AnnotationError, load_image, read_json
+from detloss.app.data.coco import CocoDetection
+from detloss.app.data.points import PointDataset
 
 
 def _png(path: Path, h: int = 20, w: int = 30) -> Path:

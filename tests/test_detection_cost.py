@@ -33,7 +33,9 @@ def separate_terms(logits, boxes, labels, targets, weights, fmt, l1_fmt, kind):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("fmt, l1_fmt", [("xyxy", "xyxy"), ("cxcywh", "cxcywh"), ("xyxy", "cxcywh")])
+@pytest.mark.parametrize(
+    "fmt, l1_fmt", [("xyxy", "xyxy"), ("cxcywh", "cxcywh"), ("xyxy", "cxcywh")]
+)
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid", "focal"])
 @pytest.mark.parametrize("weights", [(1.0, 5.0, 2.0), (0.0, 1.7, 3.1), (2.5, 0.0, 0.3)])
 def test_equals_the_weighted_sum_of_the_terms(dtype, fmt, l1_fmt, kind, weights):
@@ -45,9 +47,16 @@ def test_equals_the_weighted_sum_of_the_terms(dtype, fmt, l1_fmt, kind, weights)
     targets[1, :2] = 0
     labels = torch.randint(0, 6, (3, 7), generator=g)
     fused = detection_cost(
-        logits, boxes, labels, targets,
-        cost_class=weights[0], cost_bbox=weights[1], cost_giou=weights[2],
-        box_format=fmt, l1_format=l1_fmt, class_cost_kind=kind,
+        logits,
+        boxes,
+        labels,
+        targets,
+        cost_class=weights[0],
+        cost_bbox=weights[1],
+        cost_giou=weights[2],
+        box_format=fmt,
+        l1_format=l1_fmt,
+        class_cost_kind=kind,
     )
     expected = separate_terms(logits, boxes, labels, targets, weights, fmt, l1_fmt, kind)
     assert torch.equal(fused, expected)
@@ -80,7 +89,13 @@ def test_gradients_flow_through_every_term():
         leaves = [t.clone().requires_grad_() for t in inputs]
         if fn is None:
             total = separate_terms(
-                leaves[0], leaves[1], labels, leaves[2], (1.0, 5.0, 2.0), "cxcywh", "cxcywh",
+                leaves[0],
+                leaves[1],
+                labels,
+                leaves[2],
+                (1.0, 5.0, 2.0),
+                "cxcywh",
+                "cxcywh",
                 "softmax",
             )
         else:

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import detloss.train as train_module
+import detloss.app.train as train_module
 from _distributed import run_distributed
-from detloss.cli import main
-from detloss.data.synthetic import CrowdSpec, make_crowds
-from detloss.train import TrainConfig, read_checkpoint, train
+from detloss.app.cli import main
+from detloss.app.data.synthetic import CrowdSpec, make_crowds
+from detloss.app.train import TrainConfig, read_checkpoint, train
 
 SPEC = CrowdSpec(image_size=48, count_range=(4, 12), min_distance=6.0)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from detloss.models.centernet import CenterNet
-from detloss.models.p2pnet import (
+from detloss.app.models.centernet import CenterNet
+from detloss.app.models.p2pnet import (
     VGG16_CHANNELS,
     VGG16_DEPTHS,
     P2PNet,

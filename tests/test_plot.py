@@ -1,4 +1,4 @@
-"""detloss.plot: which marks are hits, false positives and misses; labels that do not
+"""detloss.app.plot: which marks are hits, false positives and misses; labels that do not
 overlap; outlines that contrast with the image; matplotlib imported only when drawing."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch
 
-from detloss.plot import classify_boxes, classify_points
+from detloss.app.plot import classify_boxes, classify_points
 
 pytest.importorskip("matplotlib")
 
 
 def test_import_does_not_load_matplotlib():
-    code = "import sys, detloss.plot; print('matplotlib' in sys.modules)"
+    code = "import sys, detloss.app.plot; print('matplotlib' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
@@ -63,7 +63,7 @@ def _extents_overlap(extents) -> bool:
 
 
 def test_labels_do_not_overlap():
-    from detloss.plot import _LabelPlacer, _pyplot
+    from detloss.app.plot import _LabelPlacer, _pyplot
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(3, 3))
@@ -82,7 +82,7 @@ def test_labels_do_not_overlap():
 
 
 def test_outline_contrasts_with_the_image():
-    from detloss.plot import _outline
+    from detloss.app.plot import _outline
 
     dark = torch.zeros(3, 8, 8)
     light = torch.ones(3, 8, 8)
@@ -105,7 +105,7 @@ def _boxes_sample():
 
 
 def test_plot_boxes_and_points_write_pictures(tmp_path):
-    from detloss.plot import draw_predictions, plot_boxes, plot_losses, plot_points
+    from detloss.app.plot import draw_predictions, plot_boxes, plot_losses, plot_points
 
     image, target, pred = _boxes_sample()
     out = plot_boxes([(image, target)], [pred], ["cat", "dog"], tmp_path / "b.png", title="t")
@@ -130,7 +130,7 @@ def test_plot_boxes_and_points_write_pictures(tmp_path):
 
 
 def test_palette_moves_away_from_the_image_colour():
-    from detloss.plot import COLORS, palette
+    from detloss.app.plot import COLORS, palette
 
     grey = torch.full((3, 8, 8), 0.5)
     assert palette([grey])["hit"][0] == COLORS["hit"]

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from detloss.cli import main
-from detloss.data import AnnotationError
-from detloss.train import (
+from detloss.app.cli import main
+from detloss.app.data import AnnotationError
+from detloss.app.train import (
     TrainConfig,
     build_task,
     list_images,
@@ -48,7 +48,7 @@ def _checkpoint(path: Path, task: str, categories=None, category_ids=None) -> Pa
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
-    from detloss.data.synthetic import CrowdSpec, ShapeSpec, make_crowds, make_shapes
+    from detloss.app.data.synthetic import CrowdSpec, ShapeSpec, make_crowds, make_shapes
 
     root = tmp_path_factory.mktemp("predict")
     make_crowds(root / "crowds", 3, CrowdSpec(image_size=32, count_range=(2, 6), min_distance=4.0))

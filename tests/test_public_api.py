@@ -1,3 +1,4 @@
+import importlib
 import subprocess
 import sys
 
@@ -62,8 +63,8 @@ HEAVY_MODULES = (
     "scipy",
     "numba",
     "torch._dynamo",
-    "detloss.models",
-    "detloss.data",
+    "detloss.app.models",
+    "detloss.app.data",
     "PIL",
     "matplotlib",
 )
@@ -88,7 +89,7 @@ def test_import_detloss_loads_no_heavy_module():
     ``import detloss`` (and ``detloss --help``) cost about what ``import torch`` costs."""
     assert _loaded_after("import detloss, detloss.losses, detloss.match") == []
     help_code = (
-        "import contextlib, io\nfrom detloss.cli import main\n"
+        "import contextlib, io\nfrom detloss.app.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "    main(['--help'])"
     )
@@ -99,9 +100,10 @@ def test_import_detloss_loads_no_heavy_module():
 
 def test_lazy_subpackages_load_on_attribute_access():
     code = "import detloss\nmodels = detloss.models\ndata = detloss.data\nprint(models.CenterNet)"
-    assert {"detloss.models", "detloss.data"} <= set(_loaded_after(code))
+    assert {"detloss.app.models", "detloss.app.data"} <= set(_loaded_after(code))
     assert "models" in dir(detloss) and "data" in dir(detloss)
-    assert detloss.models.CenterNet.__name__ == "CenterNet"
+    assert detloss.models is importlib.import_module("detloss.app.models")
+    assert detloss.data is importlib.import_module("detloss.app.data")
     try:
         detloss.no_such_name  # noqa: B018
     except AttributeError as err:

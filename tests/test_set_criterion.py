@@ -115,13 +115,22 @@ def ref_criterion(outputs, targets, num_classes, eos=0.1, focal_alpha=None):
     focal = focal_alpha is not None
     main = {k: v for k, v in outputs.items() if k not in ("aux_outputs", "enc_outputs")}
     losses = ref_layer(
-        main, targets, ref_matcher(main, targets, focal), num_classes, eos, num_boxes,
-        focal_alpha, True, "",
+        main,
+        targets,
+        ref_matcher(main, targets, focal),
+        num_classes,
+        eos,
+        num_boxes,
+        focal_alpha,
+        True,
+        "",
     )
     for i, layer in enumerate(outputs.get("aux_outputs", [])):
         pairs = ref_matcher(layer, targets, focal)
         losses.update(
-            ref_layer(layer, targets, pairs, num_classes, eos, num_boxes, focal_alpha, False, f"_{i}")
+            ref_layer(
+                layer, targets, pairs, num_classes, eos, num_boxes, focal_alpha, False, f"_{i}"
+            )
         )
     if "enc_outputs" in outputs:
         binary = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
@@ -147,8 +156,9 @@ def random_batch(seed: int, queries: int, counts: list[int], logits_per_query: i
 
     def layer() -> dict:
         return {
-            "pred_logits": torch.randn(len(counts), queries, logits_per_query, generator=g,
-                                       dtype=torch.float64).requires_grad_(),
+            "pred_logits": torch.randn(
+                len(counts), queries, logits_per_query, generator=g, dtype=torch.float64
+            ).requires_grad_(),
             "pred_boxes": torch.stack([random_boxes(queries, g) for _ in counts]).requires_grad_(),
         }
 
@@ -220,8 +230,11 @@ def test_set_criterion_default_terms_gradients_and_exports():
         ["loss_ce", "class_error", "loss_bbox", "loss_giou"]
         + [f"{k}_{i}" for i in range(2) for k in ("loss_ce", "loss_bbox", "loss_giou")]
     )
-    weighted = sum(losses[k] * criterion.weight_dict.get(k.rsplit("_", 1)[0], 1.0)
-                   for k in losses if k != "class_error")
+    weighted = sum(
+        losses[k] * criterion.weight_dict.get(k.rsplit("_", 1)[0], 1.0)
+        for k in losses
+        if k != "class_error"
+    )
     weighted.backward()
     for tensor in (outputs["pred_logits"], outputs["pred_boxes"]):
         assert tensor.grad is not None and torch.isfinite(tensor.grad).all()
@@ -230,8 +243,9 @@ def test_set_criterion_default_terms_gradients_and_exports():
 
 def test_set_criterion_empty_batch_is_finite():
     outputs, targets = random_batch(5, 4, [0, 0], 4, 1)
-    losses = SetCriterion(3, HungarianMatcher(box_format="cxcywh"), {}, 0.1,
-                          ["labels", "boxes", "cardinality"])(outputs, targets)
+    losses = SetCriterion(
+        3, HungarianMatcher(box_format="cxcywh"), {}, 0.1, ["labels", "boxes", "cardinality"]
+    )(outputs, targets)
     assert float(losses["loss_bbox"].detach()) == 0.0 and float(losses["class_error"]) == 100.0
     assert all(torch.isfinite(v) for v in losses.values())
 
@@ -266,8 +280,12 @@ def test_detection_loss_targets_normaliser_divides_by_target_boxes():
     _, by_targets = DetectionLoss(matcher, loc_normalizer="targets", **kwargs)(
         outputs, targets, return_terms=True
     )
-    assert float(by_targets["l1"].detach()) == pytest.approx(float(matched["l1"].detach()) * 5 / 10, rel=1e-12)
-    assert float(by_targets["cls"].detach()) == pytest.approx(float(matched["cls"].detach()), rel=1e-12)
+    assert float(by_targets["l1"].detach()) == pytest.approx(
+        float(matched["l1"].detach()) * 5 / 10, rel=1e-12
+    )
+    assert float(by_targets["cls"].detach()) == pytest.approx(
+        float(matched["cls"].detach()), rel=1e-12
+    )
     reference = ref_criterion(outputs, targets, num_classes=3)
     assert float(by_targets["l1"].detach()) == pytest.approx(reference["loss_bbox"], rel=1e-9)
     with pytest.raises(ValueError, match="loc_normalizer"):

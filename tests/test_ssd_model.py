@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detloss.anchors import encode_boxes, ssd_priors
-from detloss.models import SSD
+from detloss.app.models import SSD
 
 
 def test_outputs_and_priors_match_the_feature_maps() -> None:
@@ -24,7 +24,9 @@ def test_outputs_and_priors_match_the_feature_maps() -> None:
 
 
 def test_priors_are_those_of_ssd_priors() -> None:
-    model = SSD(2, image_size=128, min_sizes=(20.0, 40.0), max_sizes=None, aspect_ratios=((2,), (3,)))
+    model = SSD(
+        2, image_size=128, min_sizes=(20.0, 40.0), max_sizes=None, aspect_ratios=((2,), (3,))
+    )
     # The last two of four stages: strides 8 and 16.
     expected = ssd_priors(128, (16, 8), (8.0, 16.0), (20.0, 40.0), None, ((2,), (3,)))
     assert model.feature_maps == (16, 8)

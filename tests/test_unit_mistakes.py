@@ -47,13 +47,16 @@ def test_inverted_xyxy_targets_warn_once_with_the_box_and_a_hint(monkeypatch):
     once per process, instead of raising."""
     monkeypatch.setattr(detloss._checks, "_WARNED", set())
     outputs = detr_outputs(2)
-    outputs["pred_boxes"] = torch.cat((outputs["pred_boxes"][..., :2],
-                                       outputs["pred_boxes"][..., :2] + 0.1), -1)
+    outputs["pred_boxes"] = torch.cat(
+        (outputs["pred_boxes"][..., :2], outputs["pred_boxes"][..., :2] + 0.1), -1
+    )
     # cxcywh boxes (centre 0.5, 0.5, size 0.2 x 0.3) read as xyxy: x2 = 0.2 < x1 = 0.5.
     targets = [
         {"boxes": torch.tensor([[0.1, 0.1, 0.3, 0.4]]), "labels": torch.tensor([0])},
-        {"boxes": torch.tensor([[0.1, 0.1, 0.3, 0.4], [0.5, 0.5, 0.2, 0.3]]),
-         "labels": torch.tensor([0, 1])},
+        {
+            "boxes": torch.tensor([[0.1, 0.1, 0.3, 0.4], [0.5, 0.5, 0.2, 0.3]]),
+            "labels": torch.tensor([0, 1]),
+        },
     ]
     expected = r"x2 < x1 .* box \[1, 1\] = \[0.5, 0.5, 0.2, 0.3\].*cxcywh"
     with pytest.warns(UserWarning, match=expected):

@@ -3,9 +3,10 @@
 Matching (:mod:`detloss.match`), losses (:mod:`detloss.losses`), targets
 (:mod:`detloss.heatmap`, :mod:`detloss.anchors`), decoding (:mod:`detloss.postprocess`)
 and metrics (:mod:`detloss.metrics`) for DETR-, SSD-, CenterNet- and P2PNet-style
-detectors. The most used names are re-exported here; :mod:`detloss.models` holds small
-reference detectors, and :mod:`detloss.data` (needs Pillow, the ``demo`` extra) the
-synthetic data generator and the COCO / point-annotation readers.
+detectors. The most used names are re-exported here. The application built on them lives
+in :mod:`detloss.app` (trainer, CLI, demo); its reference detectors and dataset readers are
+also reachable as ``detloss.models`` and ``detloss.data`` (the readers need Pillow, the
+``demo`` extra).
 
 ``import detloss`` costs little more than ``import torch``: the models, the data readers,
 scipy, Numba and ``torch._dynamo`` are imported on first use.
@@ -75,9 +76,9 @@ from .postprocess import batched_nms, centernet_decode, decode_points, nms, ssd_
 
 __version__ = "0.1.0"
 
-# Subpackages imported when first used as ``detloss.NAME`` (PEP 562): building the models'
-# modules and the data readers is not needed to compute a loss.
-_LAZY_SUBMODULES = ("data", "models")
+# The application's reference models and data readers, reachable as ``detloss.models`` and
+# ``detloss.data`` and imported when first used (PEP 562): computing a loss needs neither.
+_LAZY_SUBMODULES = {"data": "detloss.app.data", "models": "detloss.app.models"}
 
 __all__ = [
     "ALRPLoss",
@@ -156,7 +157,7 @@ __all__ = [
 
 def __getattr__(name: str) -> ModuleType:
     if name in _LAZY_SUBMODULES:
-        module = importlib.import_module(f"{__name__}.{name}")
+        module = importlib.import_module(_LAZY_SUBMODULES[name])
         globals()[name] = module
         return module
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

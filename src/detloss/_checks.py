@@ -124,9 +124,7 @@ def check_finite(
     All tensors are scanned with one host synchronisation; call it only when validating
     (see :func:`should_validate`). The message gives the first bad value and its index.
     """
-    items = [
-        (item[0], _as_tensor(item[1]), item[2] if len(item) > 2 else None) for item in named
-    ]
+    items = [(item[0], _as_tensor(item[1]), item[2] if len(item) > 2 else None) for item in named]
     items = [
         (name, x, mask)
         for name, x, mask in items
@@ -157,9 +155,7 @@ def _as_tensor(x: object) -> object:
     return x
 
 
-def named_list_entries(
-    items: object, keys: Sequence[str], name: str
-) -> list[tuple[str, object]]:
+def named_list_entries(items: object, keys: Sequence[str], name: str) -> list[tuple[str, object]]:
     """:func:`named_entries` of each dict in a list (``name[i]['key']``), e.g. per-image
     predictions; anything that is not a list of dicts gives nothing."""
     if not isinstance(items, Sequence) or isinstance(items, str):
@@ -199,6 +195,8 @@ def _masked_finite(x: Tensor, mask: Tensor | None, allow_posinf: bool = False) -
     if allow_posinf:
         ok = ok | (x == torch.inf)
     return ok if mask is None else ok | ~_leading(mask, x)
+
+
 #: How far past 1 a normalised coordinate may go (rounding, boxes touching the border)
 #: before it reads as a pixel coordinate.
 NORMALIZED_SLACK = 0.01

@@ -203,8 +203,7 @@ def _coco_inputs(
         g = t_boxes.shape[0]
         if g != t_labels.shape[0]:
             raise ValueError(
-                f"{tname}: expected boxes and labels of one length, got "
-                f"{g} and {t_labels.shape[0]}"
+                f"{tname}: expected boxes and labels of one length, got {g} and {t_labels.shape[0]}"
             )
         for column, value in zip(columns, (boxes, scores, labels, t_boxes, t_labels), strict=False):
             column.append(value)

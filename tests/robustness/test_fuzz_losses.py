@@ -442,7 +442,9 @@ def test_centernet_loss_nonfinite_predictions():
     predictions["heatmap"][0, 0, 3, 3] = math.nan
     err = rejection(lambda: centernet_loss(predictions, targets))
     assert isinstance(err, ValueError)
-    assert str(err) == "predictions['heatmap']: expected finite values, got nan at index [0, 0, 3, 3]"
+    assert (
+        str(err) == "predictions['heatmap']: expected finite values, got nan at index [0, 0, 3, 3]"
+    )
     assert torch.isnan(centernet_loss(predictions, targets, validate=False))
 
 

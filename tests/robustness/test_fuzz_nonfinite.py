@@ -235,9 +235,9 @@ TABLE: dict[str, Case] = {
     ),
     "SetCriterion": Case(
         lambda **kw: sum(
-            L.SetCriterion(
-                2, M.HungarianMatcher(box_format="cxcywh"), {"loss_ce": 1.0}
-            )(**kw).values()
+            L.SetCriterion(2, M.HungarianMatcher(box_format="cxcywh"), {"loss_ce": 1.0})(
+                **kw
+            ).values()
         ),
         lambda: {"outputs": _det_outputs(), "targets": _det_targets()},
     ),

@@ -135,7 +135,9 @@ class SetCriterion(nn.Module):
             if name == "masks":
                 raise ValueError("losses: 'masks' (segmentation) is not supported by detloss")
             if name not in SET_CRITERION_LOSSES:
-                raise ValueError(f"losses: expected names among {SET_CRITERION_LOSSES}, got {name!r}")
+                raise ValueError(
+                    f"losses: expected names among {SET_CRITERION_LOSSES}, got {name!r}"
+                )
         if focal_alpha is not None and not 0 <= focal_alpha <= 1:
             raise ValueError(f"focal_alpha must be in [0, 1] or None, got {focal_alpha}")
         matcher_format = getattr(matcher, "box_format", "cxcywh")

@@ -67,7 +67,13 @@ def sigmoid_focal_loss(
     out = output_dtype(inputs)
     x = inputs.to(compute_dtype(inputs))
     t = targets.to(x.dtype)
-    if _FUSED and gamma >= 1 and x.requires_grad and not t.requires_grad and torch.is_grad_enabled():
+    if (
+        _FUSED
+        and gamma >= 1
+        and x.requires_grad
+        and not t.requires_grad
+        and torch.is_grad_enabled()
+    ):
         ce = _FocalLoss.apply(x, t, alpha, float(gamma))
     else:
         ce = _focal(x, t, alpha, gamma)[0]

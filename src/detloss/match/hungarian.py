@@ -200,9 +200,7 @@ def _solve_on_host(
     device = cost.device
     if cost.dtype not in _KERNEL_DTYPES:
         cost = cost.double()
-    cost_np, pmask_np, tmask_np = (
-        _host_array(t) for t in (cost, pred_mask, target_mask)
-    )
+    cost_np, pmask_np, tmask_np = (_host_array(t) for t in (cost, pred_mask, target_mask))
     result = np.empty((b, m), dtype=np.int64)
     status = np.empty(b, dtype=np.int64)
     if b > 1 and m * n * b >= _SPLIT_MIN_ENTRIES and torch.get_num_threads() > 1:

@@ -124,8 +124,11 @@ def combine(
             raise TypeError(f"matchings[{i}] must be a Matching, got {type(item).__name__}")
     # No device synchronisation to spare here otherwise: a plan is checked on the CPU only.
     check_finite(
-        *((f"matchings[{i}].plan", item.plan) for i, item in enumerate(matchings)
-          if item.plan is not None and should_validate(None, item.plan))
+        *(
+            (f"matchings[{i}].plan", item.plan)
+            for i, item in enumerate(matchings)
+            if item.plan is not None and should_validate(None, item.plan)
+        )
     )
     first = matchings[0]
     for i, item in enumerate(matchings[1:], start=1):

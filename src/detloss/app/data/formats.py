@@ -178,7 +178,7 @@ def open_split(
             ``one_based`` for the MATLAB formats, ``exif``, ``classes`` for VOC, ...).
 
     Returns:
-        An :class:`~detloss.data.base.AnnotatedImages`: items ``image float32[3, H, W]``
+        An :class:`~detloss.app.data.base.AnnotatedImages`: items ``image float32[3, H, W]``
         in [0, 1] and ``target`` ``{"points": [n, 2], "labels": [n]}`` or ``{"boxes":
         [n, 4] xyxy, "labels": [n]}`` (VOC adds ``"ignore": bool[n]``); ``.format``,
         ``.kind``, ``.categories``, ``.num_classes``.

@@ -168,7 +168,7 @@ def read_voc(
     exif: bool = False,
 ) -> AnnotatedImages:
     """The ``split`` (``ImageSets/Main/<split>.txt``) of a VOC folder as
-    :class:`~detloss.data.base.AnnotatedImages` of boxes with an ``"ignore"`` flag per box
+    :class:`~detloss.app.data.base.AnnotatedImages` of boxes with an ``"ignore"`` flag per box
     (see the module for the conventions)."""
     root = Path(root)
     listing = root / "ImageSets" / "Main" / f"{split}.txt"

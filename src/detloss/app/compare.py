@@ -1,7 +1,7 @@
 """Four training objectives on one SSD-style detector, compared side by side.
 
 ``detloss compare`` (and the last step of ``detloss demo``) trains the same
-:class:`~detloss.models.SSD`, from the same initial weights, on the same images, with the
+:class:`~detloss.app.models.SSD`, from the same initial weights, on the same images, with the
 same schedule and seed, under each objective of :data:`OBJECTIVES`:
 
 * ``multibox``: :class:`~detloss.losses.ssd.MultiBoxLoss` (max-IoU matching at 0.5 with
@@ -43,15 +43,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
-from .anchors import decode_boxes, encode_boxes
-from .batching import pad_targets
-from .boxes import box_convert, box_iou
-from .losses.detection import detection_loss
-from .losses.ranking import ap_loss
-from .losses.regression import smooth_l1_loss
-from .losses.ssd import MultiBoxLoss
-from .match import Matching, hungarian, max_iou, sinkhorn
-from .metrics import coco_box_ap
+from ..anchors import decode_boxes, encode_boxes
+from ..batching import pad_targets
+from ..boxes import box_convert, box_iou
+from ..losses.detection import detection_loss
+from ..losses.ranking import ap_loss
+from ..losses.regression import smooth_l1_loss
+from ..losses.ssd import MultiBoxLoss
+from ..match import Matching, hungarian, max_iou, sinkhorn
+from ..metrics import coco_box_ap
 from .models.ssd import SSD
 
 __all__ = [
@@ -448,7 +448,9 @@ def _evaluate(model: SSD, objective: Objective, test: _Images, batch: int = 32) 
         for k, d in enumerate(dets):
             w, h = test.sizes[start + k].tolist()
             scale = torch.tensor([w, h, w, h], dtype=d["boxes"].dtype)
-            preds.append({"boxes": d["boxes"] * scale, "scores": d["scores"], "labels": d["labels"]})
+            preds.append(
+                {"boxes": d["boxes"] * scale, "scores": d["scores"], "labels": d["labels"]}
+            )
     model.train()
     coco = coco_box_ap(preds, test.pixel_targets, max_detections=100)
     return {"box_ap50": float(coco["ap50"]), "box_ap": float(coco["ap"])}  # type: ignore[arg-type]
@@ -485,7 +487,7 @@ def run_compare(
 ) -> dict[str, dict[str, float]]:
     """Train every objective on ``data_dir/train``, evaluate on ``data_dir/test``.
 
-    ``data_format`` is any box format of :mod:`detloss.data` (``coco``, ``yolo``, ``voc``),
+    ``data_format`` is any box format of :mod:`detloss.app.data` (``coco``, ``yolo``, ``voc``),
     detected from the folder's layout when None.
 
     Writes ``out_dir/metrics.json`` (the key ``"compare"`` added to what is there),
@@ -508,7 +510,11 @@ def run_compare(
         data_format = detect_format(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train, classes, _ = _load_split(
-        data_dir, "train", settings.image_size, num_classes, settings.max_train_images,
+        data_dir,
+        "train",
+        settings.image_size,
+        num_classes,
+        settings.max_train_images,
         data_format,
     )
     test, _, _ = _load_split(
@@ -683,10 +689,14 @@ def plot_matchings(
                 x0, y0, x1, y1 = prior_boxes[p].tolist()
                 alpha = float(mass[p].clamp(0, 1))
                 ax.add_patch(
-                    Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=1.2, alpha=alpha)
+                    Rectangle(
+                        (x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=1.2, alpha=alpha
+                    )
                 )
             x0, y0, x1, y1 = gt[j].tolist()
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=2.5, ls="--"))
+            ax.add_patch(
+                Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=2.5, ls="--")
+            )
         ax.set_xlim(0, image_size)
         ax.set_ylim(image_size, 0)
         ax.set_xticks([])

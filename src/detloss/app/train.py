@@ -2,16 +2,16 @@
 
 Two tasks share one loop:
 
-* ``points``: :class:`~detloss.models.P2PNet` trained with
+* ``points``: :class:`~detloss.app.models.P2PNet` trained with
   :class:`~detloss.losses.points.PointLoss`, decoded by
   :func:`~detloss.postprocess.points.decode_points`, scored by point F1 at a distance
   threshold and counting MAE / RMSE;
-* ``boxes``: the CenterNet-style :class:`~detloss.models.CenterNet` trained with
+* ``boxes``: the CenterNet-style :class:`~detloss.app.models.CenterNet` trained with
   :class:`~detloss.losses.centernet.CenterNetLoss` on
   :func:`~detloss.heatmap.centernet_targets`, decoded by
   :func:`~detloss.postprocess.centernet.centernet_decode`, scored by COCO box AP.
 
-Data: any folder :func:`detloss.data.open_train_val` reads (our points JSON, COCO,
+Data: any folder :func:`detloss.app.data.open_train_val` reads (our points JSON, COCO,
 ShanghaiTech, UCF-QNRF, JHU-Crowd++, NWPU-Crowd, YOLO, Pascal VOC), its format detected
 from the layout unless named (``format``); without a validation split, ``val_fraction``
 carves one from the training split.
@@ -55,12 +55,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from ..metrics import coco_box_ap, count_metrics, point_metrics, voc_box_ap
 from .data._common import DEFAULT_MAX_PIXELS
 from .data.base import AnnotatedImages
 from .data.coco import CocoDetection
 from .data.collate import RandomHorizontalFlip, collate_detection, pad_images
 from .data.points import PointDataset
-from .metrics import coco_box_ap, count_metrics, point_metrics, voc_box_ap
 from .models.centernet import CenterNet
 from .models.p2pnet import P2PNet, TwoStageFinetune
 
@@ -121,9 +121,9 @@ class TrainConfig:
 
     Attributes:
         task: ``"points"`` or ``"boxes"``.
-        data: the data folder, in any format of :data:`detloss.data.FORMATS`.
+        data: the data folder, in any format of :data:`detloss.app.data.FORMATS`.
         format: its format's name; None detects it from the layout
-            (:func:`detloss.data.detect_format`). The format's kind (points or boxes) must
+            (:func:`detloss.app.data.detect_format`). The format's kind (points or boxes) must
             be ``task``'s.
         out: output directory (checkpoints, ``history.json``, ``metrics.json``,
             ``metrics.csv``, pictures).
@@ -259,7 +259,7 @@ class PointTask:
     name = "points"
 
     def __init__(self, cfg: TrainConfig, num_classes: int = 1) -> None:
-        from .losses.points import PointLoss
+        from ..losses.points import PointLoss
 
         self.cfg = cfg
         self.criterion = PointLoss(
@@ -301,7 +301,7 @@ class PointTask:
     ) -> list[dict[str, Tensor]]:
         """``{"points": [n, 2], "scores": [n]}`` per image, probability above
         ``score_threshold`` (default: the config's)."""
-        from .postprocess.points import decode_points
+        from ..postprocess.points import decode_points
 
         threshold = self.cfg.score_threshold if score_threshold is None else score_threshold
         return decode_points(outputs["pred_points"], outputs["pred_logits"], threshold)
@@ -336,7 +336,7 @@ class BoxTask:
     main_metric = "box_ap50"
 
     def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
-        from .losses.centernet import CenterNetLoss
+        from ..losses.centernet import CenterNetLoss
 
         self.cfg = cfg
         self.num_classes = num_classes
@@ -356,7 +356,7 @@ class BoxTask:
     def loss(
         self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        from .heatmap import centernet_targets
+        from ..heatmap import centernet_targets
 
         heat = outputs["heatmap"]
         boxes = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
@@ -373,7 +373,7 @@ class BoxTask:
     ) -> list[dict[str, Tensor]]:
         """``{"boxes": [n, 4] xyxy, "scores": [n], "labels": [n]}`` per image: the top
         ``max_detections`` peaks with a positive score (at least ``score_threshold``)."""
-        from .postprocess.centernet import centernet_decode
+        from ..postprocess.centernet import centernet_decode
 
         boxes, scores, labels = centernet_decode(
             outputs["heatmap"],
@@ -470,6 +470,7 @@ def open_training_data(cfg: TrainConfig) -> tuple[Dataset, Dataset, AnnotatedIma
             f"task: --task {cfg.task} trains on {_KIND_WORDS[cfg.task]}, but {str(data)!r} "
             f"holds {_KIND_WORDS[kind]} (format {fmt}): the data of the other task"
         )
+
     def empty(ds: AnnotatedImages, split: str) -> ValueError:
         return ValueError(f"the {split!r} split is empty: {ds.source} lists no images")
 
@@ -548,7 +549,7 @@ def predict_loader(
     amp: bool = False,
 ) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
     """Predictions and targets (on the CPU) of every image of ``loader`` (a loader of
-    ``(images, targets)`` batches, as :func:`~detloss.data.collate_detection` makes)."""
+    ``(images, targets)`` batches, as :func:`~detloss.app.data.collate_detection` makes)."""
     was_training = model.training
     model.eval()
     preds: list[dict[str, Tensor]] = []
@@ -664,8 +665,11 @@ def predict(
                 f"{list(images.shape)}"
             )
         tensors = list(images) if images.ndim == 4 else [images]
-    elif isinstance(images, Sequence) and not isinstance(images, str) and images and all(
-        isinstance(i, Tensor) for i in images
+    elif (
+        isinstance(images, Sequence)
+        and not isinstance(images, str)
+        and images
+        and all(isinstance(i, Tensor) for i in images)
     ):
         tensors = list(images)  # type: ignore[arg-type]
     files = list_images(images) if tensors is None else []  # type: ignore[arg-type]
@@ -1026,7 +1030,13 @@ def _is_peer_failure(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(
         word in text
-        for word in ("timed out", "timeout", "connection reset", "connection closed", "pair closure")
+        for word in (
+            "timed out",
+            "timeout",
+            "connection reset",
+            "connection closed",
+            "pair closure",
+        )
     )
 
 
@@ -1071,7 +1081,11 @@ def _prepare(cfg: TrainConfig) -> _Run:
                 (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         # Temporary files of a write that was killed half-way.
-        for stale in [*out.glob(".*.pt.*.tmp"), *out.glob(".*.json.*.tmp"), *out.glob(".*.csv.*.tmp")]:
+        for stale in [
+            *out.glob(".*.pt.*.tmp"),
+            *out.glob(".*.json.*.tmp"),
+            *out.glob(".*.csv.*.tmp"),
+        ]:
             stale.unlink(missing_ok=True)
     num_classes = base.num_classes if cfg.task == "boxes" else 1
     task = build_task(cfg, num_classes)
@@ -1270,9 +1284,7 @@ def _restore(run: _Run, log: Callable[[str], None]) -> bool:
             continue
         missing = sorted(set(_RESUME_KEYS) - set(candidate))
         if missing:
-            problems.append(
-                f"checkpoint {str(path)!r} cannot be resumed (no {', '.join(missing)})"
-            )
+            problems.append(f"checkpoint {str(path)!r} cannot be resumed (no {', '.join(missing)})")
             continue
         ckpt = candidate
         break
@@ -1388,7 +1400,9 @@ def _nonfinite_message(
     where = f"at epoch {epoch + 1}, step {step + 1} of {len(run.train_loader)}"
     if not bool(torch.isfinite(loss)):
         bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
-        what = f"non-finite loss ({float(loss.detach())}" + (f"; terms {', '.join(bad)})" if bad else ")")
+        what = f"non-finite loss ({float(loss.detach())}" + (
+            f"; terms {', '.join(bad)})" if bad else ")"
+        )
     elif norm is not None and not bool(torch.isfinite(norm)):
         what = f"non-finite gradient (norm {float(norm.detach())})"
     else:

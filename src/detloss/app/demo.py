@@ -5,12 +5,12 @@
    the same settings.
 2. Trains the tiny P2PNet with :class:`~detloss.losses.points.PointLoss` and the tiny
    CenterNet-style detector with :class:`~detloss.losses.centernet.CenterNetLoss`, using
-   :func:`detloss.train.train` (progress bars, per-epoch validation, checkpoints).
+   :func:`detloss.app.train.train` (progress bars, per-epoch validation, checkpoints).
 3. Evaluates both on held-out test images, prints a results table against the goals,
    and writes ``runs/demo/metrics.json`` plus pictures: predictions against ground
    truth (points and boxes), the loss curves, and one P2PNet matching.
 4. Trains the small SSD under four objectives on the shapes and compares them
-   (:func:`detloss.compare.run_compare`: the ``"compare"`` key, ``compare.png``,
+   (:func:`detloss.app.compare.run_compare`: the ``"compare"`` key, ``compare.png``,
    ``matchings.png``).
 
 Every number is printed as measured, goals met or not.
@@ -32,7 +32,7 @@ from .data.synthetic import SHAPE_CLASSES, CrowdSpec, ShapeSpec, make_crowds, ma
 from .plot import plot_boxes, plot_losses, plot_matching, plot_points
 from .train import TrainConfig, _fmt, _json_safe, load_dataset, predict_loader, train
 
-# The pictures are drawn by detloss.plot; its functions stay importable from here.
+# The pictures are drawn by detloss.app.plot; its functions stay importable from here.
 __all__ = [
     "GOALS",
     "DemoSettings",
@@ -132,7 +132,9 @@ def run_demo(
     t_data = time.perf_counter() - t0
 
     if quick:
-        print("[demo] --quick: toy sizes that check the pipeline; they are not meant to meet the goals")
+        print(
+            "[demo] --quick: toy sizes that check the pipeline; they are not meant to meet the goals"
+        )
     # The demo owns its output folder: a rerun replaces the previous results.
     base = TrainConfig(
         seed=settings.seed,

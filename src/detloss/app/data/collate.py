@@ -51,8 +51,8 @@ class RandomHorizontalFlip:
     """Flip an image and its ``points`` / ``boxes`` (xyxy) left-right with probability ``p``.
 
     Draws from ``torch``'s global generator (or ``generator``), so a seeded run is
-    reproducible. Works as the ``transform`` of :class:`~detloss.data.PointDataset` and
-    :class:`~detloss.data.CocoDetection`.
+    reproducible. Works as the ``transform`` of :class:`~detloss.app.data.PointDataset` and
+    :class:`~detloss.app.data.CocoDetection`.
     """
 
     def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:

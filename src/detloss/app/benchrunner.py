@@ -36,7 +36,7 @@ __all__ = ["main"]
 
 def _find_benchmarks(explicit: str | None) -> Path:
     candidates = [Path(explicit)] if explicit else []
-    candidates += [Path.cwd() / "benchmarks", Path(__file__).resolve().parents[2] / "benchmarks"]
+    candidates += [Path.cwd() / "benchmarks"]
     for path in candidates:
         if path.is_dir() and any(path.glob("bench_*.py")):
             return path

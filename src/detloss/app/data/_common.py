@@ -209,7 +209,7 @@ def _pil():
         from PIL import Image
     except ImportError as err:  # pragma: no cover - pillow is a demo dependency
         raise ImportError(
-            "detloss.data needs Pillow to read images: pip install 'detloss[demo]'"
+            "detloss.app.data needs Pillow to read images: pip install 'detloss[demo]'"
         ) from err
     return Image
 

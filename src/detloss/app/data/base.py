@@ -1,5 +1,5 @@
 """The dataset type every reader returns: images named relative to one folder, with their
-points or boxes, read through the hardened loading of :mod:`detloss.data._common`."""
+points or boxes, read through the hardened loading of :mod:`detloss.app.data._common`."""
 
 from __future__ import annotations
 

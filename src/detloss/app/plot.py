@@ -1,7 +1,7 @@
 """Pictures of detections, training curves and matchings (needs matplotlib).
 
 Every function writes a PNG and returns its path; matplotlib is imported only when one is
-called (with its non-interactive ``Agg`` backend), so ``import detloss.plot`` is cheap.
+called (with its non-interactive ``Agg`` backend), so ``import detloss.app.plot`` is cheap.
 
 * :func:`plot_points`: point predictions against annotated points, each drawn as a hit
   (a prediction matched one-to-one to an annotation within ``threshold`` pixels, the
@@ -99,7 +99,7 @@ def _pyplot():
         import matplotlib
     except ImportError as err:  # pragma: no cover - matplotlib is a demo dependency
         raise ImportError(
-            "detloss.plot needs matplotlib: pip install 'detloss[demo]' (or matplotlib)"
+            "detloss.app.plot needs matplotlib: pip install 'detloss[demo]' (or matplotlib)"
         ) from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -150,7 +150,7 @@ def classify_boxes(
     """``(pred_hit bool[N], target_hit bool[M])`` by COCO's rule: detections in
     decreasing score each take the unmatched annotated box of their class with the
     highest IoU, if it is at least ``iou_threshold``. Boxes are ``[N, 4]`` xyxy."""
-    from .boxes import box_iou
+    from ..boxes import box_iou
 
     n, m = len(boxes), len(target_boxes)
     pred_hit = np.zeros(n, dtype=bool)
@@ -547,7 +547,7 @@ def plot_losses(
     a validation metric per epoch (right axis), one panel per run.
 
     Args:
-        histories: per run, the ``history`` :func:`detloss.train.train` returns (records
+        histories: per run, the ``history`` :func:`detloss.app.train.train` returns (records
             with ``"epoch"``, ``"step_loss"`` and, when evaluated, ``"val"``).
         path: the PNG to write.
         titles: one title per panel.
@@ -601,7 +601,7 @@ def plot_matching(
     """One P2PNet matching on an image of ``dataset`` (``(image, {"points"})`` items):
     each annotated point joined by a line to the proposal the exact one-to-one matching
     of :func:`detloss.match_points` assigns to it."""
-    from .match.points import match_points
+    from ..match.points import match_points
 
     plt = _pyplot()
     image, target = dataset[index]  # type: ignore[index]
@@ -643,7 +643,7 @@ def draw_predictions(
     """One picture per image of its detections (points, or boxes above
     ``score_threshold`` labelled with class and score): ``out_dir/<name>.png``.
 
-    ``images`` are files (read through :func:`detloss.train.read_image`) or tensors;
+    ``images`` are files (read through :func:`detloss.app.train.read_image`) or tensors;
     ``names`` default to the files' names (``image_<k>`` for tensors).
     """
     from .train import read_image

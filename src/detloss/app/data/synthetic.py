@@ -1,16 +1,16 @@
 """Deterministic synthetic data sets written as real files.
 
 Two generators, each writing PNG images plus annotations in the formats that
-:mod:`detloss.data` reads back, so a synthetic set exercises exactly the code path of a
+:mod:`detloss.app.data` reads back, so a synthetic set exercises exactly the code path of a
 user's own data:
 
 * :func:`make_crowds` -- point annotations. Heads are soft blobs of varying radius,
   contrast and colour on textured backgrounds, placed uniformly or in clusters, from 0 to
   ``max_count`` per image; the annotation of a head is its blob centre (sub-pixel).
-  Written as ``images/*.png`` plus ``points.json`` (see :mod:`detloss.data.points`).
+  Written as ``images/*.png`` plus ``points.json`` (see :mod:`detloss.app.data.points`).
 * :func:`make_shapes` -- boxes. Filled or outlined circles, squares, triangles and crosses
   of varied sizes and colours, overlapping, among clutter strokes that are not objects.
-  Written as ``images/*.png`` plus COCO ``instances.json`` (see :mod:`detloss.data.coco`).
+  Written as ``images/*.png`` plus COCO ``instances.json`` (see :mod:`detloss.app.data.coco`).
 
 Pixel coordinates follow the continuous convention used everywhere in detloss: the
 image spans ``[0, W] x [0, H]`` and pixel ``(i, j)`` covers ``[j, j + 1] x [i, i + 1]``,
@@ -49,7 +49,7 @@ def _require_pil():
         from PIL import Image, ImageDraw
     except ImportError as err:  # pragma: no cover - pillow is a demo dependency
         raise ImportError(
-            "detloss.data needs Pillow to read and write images: pip install 'detloss[demo]'"
+            "detloss.app.data needs Pillow to read and write images: pip install 'detloss[demo]'"
         ) from err
     return Image, ImageDraw
 

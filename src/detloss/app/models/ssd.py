@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_shape
-from ..anchors import ssd_priors
-from ..postprocess.ssd import ssd_detect
+from ..._checks import check_shape
+from ...anchors import ssd_priors
+from ...postprocess.ssd import ssd_detect
 from ._layers import conv_bn
 
 __all__ = ["SSD"]
@@ -121,9 +121,7 @@ class SSD(nn.Module):
             aspect_ratios,
         )
         self.register_buffer("priors", priors, persistent=False)
-        per_cell = [
-            1 + (max_sizes is not None) + 2 * len(aspect_ratios[k]) for k in range(levels)
-        ]
+        per_cell = [1 + (max_sizes is not None) + 2 * len(aspect_ratios[k]) for k in range(levels)]
         self.boxes_per_cell = tuple(per_cell)
         self.feature_maps = tuple(feature_maps)
         widths = list(channels)[self.first_level :]
@@ -151,7 +149,9 @@ class SSD(nn.Module):
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """``images: Tensor[B, 3, S, S]`` with ``S = image_size`` ->
         ``{"loc": Tensor[B, P, 4], "conf": Tensor[B, P, C + 1]}``."""
-        check_shape(images, "images", ndim=4, expected=f"[B, 3, {self.image_size}, {self.image_size}]")
+        check_shape(
+            images, "images", ndim=4, expected=f"[B, 3, {self.image_size}, {self.image_size}]"
+        )
         if tuple(images.shape[1:]) != (3, self.image_size, self.image_size):
             raise ValueError(
                 f"images: expected shape [B, 3, {self.image_size}, {self.image_size}] "

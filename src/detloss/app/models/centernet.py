@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_shape
+from ..._checks import check_shape
 from ._layers import conv_bn
 
 __all__ = ["CenterNet"]

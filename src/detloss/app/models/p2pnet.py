@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_shape
-from ..points import anchor_points
+from ..._checks import check_choice, check_shape
+from ...points import anchor_points
 
 __all__ = [
     "VGG16_CHANNELS",
@@ -45,6 +45,7 @@ HEADS = ("sigmoid", "softmax")
 
 #: The smallest image side P2PNet accepts: its backbone's stride.
 _MIN_SIZE = 16
+
 
 class VGGBackbone(nn.Module):
     """VGG-style convolution stack with batch norm, as five stages at strides 1..16.

@@ -238,7 +238,7 @@ read_shanghaitech.__doc__ = """ShanghaiTech part A or B: ``root`` holds ``train_
 ``test_data/``; ``split`` is ``"train"`` or ``"test"``. Points from
 ``ground-truth/GT_IMG_k.mat``'s ``image_info[0, 0][0, 0][0]``, shifted by -0.5 from
 MATLAB's 1-based pixel centres unless ``one_based=False``. Returns
-:class:`~detloss.data.base.AnnotatedImages` of points."""
+:class:`~detloss.app.data.base.AnnotatedImages` of points."""
 
 read_ucf_qnrf = _mat_reader(
     "ucf-qnrf",

@@ -1,14 +1,14 @@
 """Command line: ``detloss demo | train | eval | bench``.
 
 * ``detloss demo``: generate the synthetic sets, train both reference detectors, evaluate
-  on held-out images, write ``runs/demo/`` (see :mod:`detloss.demo`).
+  on held-out images, write ``runs/demo/`` (see :mod:`detloss.app.demo`).
 * ``detloss train --task points|boxes --data DIR``: train on a folder of splits (see
-  :mod:`detloss.train`); under ``torchrun`` it runs DDP.
+  :mod:`detloss.app.train`); under ``torchrun`` it runs DDP.
 * ``detloss eval --checkpoint PATH --data DIR``: the metrics of a checkpoint on a split.
 * ``detloss predict --checkpoint PATH --images DIR_OR_FILES --out FILE.json``: detections
   as COCO results (boxes) or a points JSON, and optionally pictures.
 * ``detloss compare``: one SSD trained under four objectives, side by side (see
-  :mod:`detloss.compare`).
+  :mod:`detloss.app.compare`).
 * ``detloss bench``: the benchmark suite.
 """
 
@@ -24,7 +24,7 @@ from typing import NoReturn
 __all__ = ["build_parser", "main"]
 
 TASKS = ("points", "boxes")
-#: The names of detloss.data.FORMATS, written here so that --help needs no torch import
+#: The names of detloss.app.data.FORMATS, written here so that --help needs no torch import
 #: (a test checks that the two agree).
 FORMAT_NAMES = (
     "points-json",
@@ -72,9 +72,7 @@ def _rank() -> int:
 
 
 def _add_debug(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--debug", action="store_true", help="show the full traceback of an error"
-    )
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
 
 
 def _add_format(p: argparse.ArgumentParser) -> None:
@@ -125,9 +123,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per step and process")
     p.add_argument("--lr", type=float, default=2e-3, help="one-cycle peak learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    p.add_argument(
-        "--model", choices=("tiny", "full"), default="tiny", help="model width"
-    )
+    p.add_argument("--model", choices=("tiny", "full"), default="tiny", help="model width")
     p.add_argument(
         "--backbone-weights",
         default=None,
@@ -184,9 +180,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no progress bar (also off when stderr is not a terminal)",
     )
-    p.add_argument(
-        "--head", choices=("sigmoid", "softmax"), default="sigmoid", help="P2PNet head"
-    )
+    p.add_argument("--head", choices=("sigmoid", "softmax"), default="sigmoid", help="P2PNet head")
     p.add_argument("--loc-weight", type=float, default=0.05, help="PointLoss localisation weight")
     p.add_argument("--neg-weight", type=float, default=0.5, help="PointLoss background weight")
     p.add_argument("--tau", type=float, default=0.2, help="PointLoss matching distance weight")

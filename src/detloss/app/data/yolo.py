@@ -234,9 +234,7 @@ def yolo_split_list(root: str | Path, split: str) -> tuple[Path, list[Path]] | N
             continue
         listing = root / value
         if Path(value).is_absolute() or not listing.resolve().is_relative_to(root.resolve()):
-            raise AnnotationError(
-                f"{config}: '{key}': {value!r} is outside the data folder {root}"
-            )
+            raise AnnotationError(f"{config}: '{key}': {value!r} is outside the data folder {root}")
         images = []
         for n, line in enumerate(read_text(listing).splitlines(), start=1):
             name = line.strip()
@@ -338,7 +336,7 @@ def read_yolo(
     transform: Transform | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> AnnotatedImages:
-    """The ``split`` of a YOLO folder as :class:`~detloss.data.base.AnnotatedImages` of
+    """The ``split`` of a YOLO folder as :class:`~detloss.app.data.base.AnnotatedImages` of
     boxes (``xyxy`` pixels; see the module for the layout and rules). Image sizes are read
     from the headers when the dataset is built."""
     root = Path(root)
@@ -348,9 +346,7 @@ def read_yolo(
         image_dir, label_dir = yolo_split_dirs(root, split)
         images = sorted(
             (p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
-            key=lambda p: tuple(
-                natural_key(Path(part)) for part in p.relative_to(image_dir).parts
-            ),
+            key=lambda p: tuple(natural_key(Path(part)) for part in p.relative_to(image_dir).parts),
         )
         label_files = [label_dir / p.relative_to(image_dir).with_suffix(".txt") for p in images]
     else:

@@ -43,7 +43,12 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "write check_<split>.png with a few annotated images.",
     )
     check.add_argument("--data", required=True, help="the data folder")
-    check.add_argument("--format", choices=formats, default=None, help="the folder's format (None: detected from its layout)")
+    check.add_argument(
+        "--format",
+        choices=formats,
+        default=None,
+        help="the folder's format (None: detected from its layout)",
+    )
     check.add_argument(
         "--split", action="append", default=None, help="only this split (repeatable)"
     )
@@ -67,10 +72,13 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "OUT/<split>/images + points.json (--to points-json) or instances.json (--to coco).",
     )
     convert.add_argument("--data", required=True, help="the data folder")
-    convert.add_argument("--format", choices=formats, default=None, help="the folder's format (None: detected from its layout)")
     convert.add_argument(
-        "--to", required=True, choices=CONVERT_TARGETS, help="the output format"
+        "--format",
+        choices=formats,
+        default=None,
+        help="the folder's format (None: detected from its layout)",
     )
+    convert.add_argument("--to", required=True, choices=CONVERT_TARGETS, help="the output format")
     convert.add_argument("--out", required=True, help="output folder")
     convert.add_argument(
         "--split", action="append", default=None, help="only this split (repeatable)"
