@@ -11,9 +11,8 @@ import torch.distributed as dist
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _compiled import CPU_PATHS, use_compiled
+from _compiled import PATHS, use_path
 from _distributed import run_distributed
-from detloss.losses import ranking
 from detloss.losses.ranking import (
     ALRPLoss,
     APLoss,
@@ -30,9 +29,9 @@ from detloss.losses.ranking import (
 
 
 # Every test runs with the compiled CPU loops and with the NumPy path.
-@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+@pytest.fixture(scope="module", autouse=True, params=PATHS)
 def cpu_path(request):
-    yield from use_compiled(ranking, request.param)
+    yield from use_path(request.param)
 
 
 # ---------------------------------------------------------------- references

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _compiled import CPU_PATHS, use_compiled
+from _compiled import PATHS, use_path
 from detloss.metrics import COCO_IOU_THRESHOLDS, coco_box_ap
 
 pycocotools = pytest.importorskip("pycocotools")
@@ -39,9 +39,9 @@ STATS = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+@pytest.fixture(scope="module", autouse=True, params=PATHS)
 def cpu_path(request):
-    yield from use_compiled(metrics_module, request.param)
+    yield from use_path(request.param)
 
 
 def _xywh(box: list[float]) -> list[float]:

@@ -6,17 +6,17 @@ import importlib
 import pytest
 import torch
 
-from _compiled import CPU_PATHS, use_compiled
+from _compiled import PATHS, use_path
 from detloss.boxes import box_convert
 from detloss.costs import box_l1_cost, class_cost, detection_cost, giou_cost, weighted_cost
 
 costs_module = importlib.import_module("detloss.costs")
 
 
-@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+@pytest.fixture(scope="module", autouse=True, params=PATHS)
 def cpu_path(request):
     """Every test on the compiled box terms and on the torch path."""
-    yield from use_compiled(costs_module, request.param)
+    yield from use_path(request.param)
 
 
 def separate_terms(logits, boxes, labels, targets, weights, fmt, l1_fmt, kind):

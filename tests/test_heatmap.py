@@ -5,15 +5,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _compiled import CPU_PATHS, use_compiled
-from detloss import heatmap as heatmap_module
+from _compiled import PATHS, use_path
+from detloss._kernels import reference_path
 from detloss.heatmap import centernet_targets, draw_gaussians, gaussian_kernel, gaussian_radius
 
 
 # Every test runs with the compiled CPU drawing and with the torch path.
-@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+@pytest.fixture(scope="module", autouse=True, params=PATHS)
 def cpu_path(request):
-    yield from use_compiled(heatmap_module, request.param)
+    yield from use_path(request.param)
 
 
 # ----------------------------------------------------------------------------------------
@@ -311,9 +311,9 @@ def test_compiled_and_torch_drawing_agree(dtype, monkeypatch):
     start = torch.randn(3, 50, 60, generator=g, dtype=dtype)
     start[0, 10, 10] = math.nan
     maps = []
-    for compiled in (True, False):
-        monkeypatch.setattr(heatmap_module, "_COMPILED", compiled)
-        maps.append(draw_gaussians(start.clone(), centers, radii, labels, validate=False))
+    for forced in (False, True):
+        with reference_path(forced):
+            maps.append(draw_gaussians(start.clone(), centers, radii, labels, validate=False))
     compiled, fallback = maps[0].nan_to_num(7.0), maps[1].nan_to_num(7.0)
     if dtype == torch.float32:
         assert torch.equal(compiled, fallback)

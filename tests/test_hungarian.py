@@ -8,16 +8,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
-from _compiled import CPU_PATHS, use_compiled
+from _compiled import PATHS, use_path
 from detloss.match import hungarian
 
 hungarian_module = importlib.import_module("detloss.match.hungarian")
 
 
-@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+@pytest.fixture(scope="module", autouse=True, params=PATHS)
 def cpu_path(request):
     """Every test on the compiled batch solver and on the scipy path."""
-    yield from use_compiled(hungarian_module, request.param)
+    yield from use_path(request.param)
 
 
 def brute_force_cost(cost: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""The GPU assignment solver (``detloss.match._assignment_kernel``) against scipy.
+"""The GPU assignment solver (``detloss._kernels.assignment_cuda``) against scipy.
 
 The kernel's logic is checked on the CPU under Triton's interpreter
 (tests/interpreted/assignment_kernel.py, skipped where Triton is not installed); the

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _compiled import CPU_PATHS, use_compiled
+from _compiled import PATHS, use_path
 from detloss.anchors import decode_boxes, ssd_priors
 from detloss.boxes import box_iou
 from detloss.postprocess.nms import batched_nms, nms
@@ -16,10 +16,10 @@ from detloss.postprocess.ssd import ssd_detect
 nms_module = importlib.import_module("detloss.postprocess.nms")
 
 
-@pytest.fixture(scope="module", autouse=True, params=CPU_PATHS)
+@pytest.fixture(scope="module", autouse=True, params=PATHS)
 def cpu_path(request):
     """Every test on both CPU paths: the compiled loop and the torch one (accelerators)."""
-    yield from use_compiled(nms_module, request.param)
+    yield from use_path(request.param)
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,8 @@ from detloss.losses.ranking import (
 
 numba = pytest.importorskip("numba")
 
-from detloss._numba import jit  # noqa: E402  (needs numba)
-from detloss.losses import _ranking_kernel as kernel  # noqa: E402
+from detloss._kernels import ranking_cpu as kernel  # noqa: E402
+from detloss._kernels._numba import jit  # noqa: E402  (needs numba)
 
 
 def random_bounds(rng: np.random.Generator, case: int) -> np.ndarray:

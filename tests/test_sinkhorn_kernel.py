@@ -1,4 +1,4 @@
-"""The fused Sinkhorn block (``detloss.match._sinkhorn_kernel``, Triton): its logic under
+"""The fused Sinkhorn block (``detloss._kernels.sinkhorn_cuda``, Triton): its logic under
 Triton's interpreter on the CPU (tests/interpreted/sinkhorn_kernel.py, in a child process;
 skipped where Triton is not installed), its size rule, and on CUDA the compiled kernel
 against the CPU and against the torch path on the GPU.
@@ -14,6 +14,7 @@ import torch
 from _device_cases import move
 from _sinkhorn_cases import F64, make_problem, quiet, sinkhorn_module, solver_after
 from _triton import run_interpreted
+from detloss._kernels import reference_path
 
 
 def test_kernel_under_triton_interpreter():
@@ -22,7 +23,7 @@ def test_kernel_under_triton_interpreter():
 
 def test_size_rule():
     pytest.importorskip("triton")
-    from detloss.match import _sinkhorn_kernel as interpreted
+    from detloss._kernels import sinkhorn_cuda as interpreted
 
     supports = interpreted.supports
     meta = {"device": "meta"}
@@ -37,7 +38,7 @@ def test_size_rule():
 def test_cpu_never_imports_triton(monkeypatch):
     # The CPU path keeps the torch iterations and works without triton.
     monkeypatch.setitem(sys.modules, "triton", None)  # import triton raises ImportError
-    monkeypatch.delitem(sys.modules, "detloss.match._sinkhorn_kernel", raising=False)
+    monkeypatch.delitem(sys.modules, "detloss._kernels.sinkhorn_cuda", raising=False)
     assert sinkhorn_module._fused_block(torch.ones(2, 3, 4)) is None
     m = quiet(**make_problem(2), max_iter=5)
     assert torch.isfinite(m.plan).all()
@@ -71,7 +72,7 @@ CUDA_CASES = [
 @pytest.mark.parametrize("tol", [0.0, 1e-4])
 def test_cuda_fused_equals_cpu_and_torch_path(monkeypatch, make, options, tol):
     pytest.importorskip("triton")
-    from detloss.match import _sinkhorn_kernel
+    from detloss._kernels import sinkhorn_cuda as _sinkhorn_kernel
 
     problem = make(5)
     dtype = problem["cost"].dtype
@@ -89,8 +90,8 @@ def test_cuda_fused_equals_cpu_and_torch_path(monkeypatch, make, options, tol):
     fused = quiet(**move(problem, "cuda"), **options)
     assert calls, "the fused block did not run"
     cpu = quiet(**problem, **options)
-    monkeypatch.setattr(sinkhorn_module, "_FUSED", False)
-    torch_path = quiet(**move(problem, "cuda"), **options)
+    with reference_path():
+        torch_path = quiet(**move(problem, "cuda"), **options)
     tolerances = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {}
     for want in (cpu, torch_path):
         torch.testing.assert_close(fused.plan.cpu(), want.plan.cpu(), **tolerances)

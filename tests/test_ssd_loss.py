@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from _distributed import run_distributed
+from detloss._kernels import reference_path
 from detloss.anchors import ssd_priors
 from detloss.batching import pad_targets
 from detloss.boxes import box_convert, box_iou
@@ -38,12 +39,11 @@ def one_thread():
 
 
 @pytest.fixture(params=["sparse", "dense"])
-def path(request, monkeypatch):
+def path(request):
     """Run a test through both implementations of the loss terms (the CPU one gathers
     the selected priors, the accelerator one masks every prior)."""
-    if request.param == "dense":
-        monkeypatch.setattr(ssd_module, "_SPARSE_DEVICES", ())
-    return request.param
+    with reference_path(request.param == "dense"):
+        yield request.param
 
 
 # --- the slow reference: the original SSD formulation, one image at a time -------------------

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_shape, compute_dtype, shape_str
-from ._optional import optional_module
+from ._kernels import fast_path
 from .boxes import BOX_FORMATS, EPS, _to_xyxy, box_convert, generalized_box_iou
 from .points import pairwise_distance
 
@@ -220,20 +220,13 @@ def detection_cost(
     return total
 
 
-#: Whether CPU costs add their box terms in ``_cost_kernel``'s compiled loop where Numba
-#: is installed (tests switch it off to check the torch path).
-_COMPILED = True
-
-
 def _compiled_kernel(boxes: Tensor, *others: Tensor) -> ModuleType | None:
     """The compiled box terms for float32 / float64 CPU inputs outside autograd, or None."""
-    if not _COMPILED or boxes.device.type != "cpu":
-        return None
     if boxes.dtype not in (torch.float32, torch.float64):
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in (boxes, *others)):
         return None
-    return optional_module(f"{__package__}._cost_kernel")
+    return fast_path("detection_cost", boxes.device)
 
 
 def _add_box_terms_compiled(

@@ -8,7 +8,7 @@ the output grid is the input divided by ``stride``, so an object whose centre is
 
 Every function is vectorised over objects (and over images for :func:`centernet_targets`):
 no Python loop visits an object. On the CPU, float32 and float64 maps are drawn by a
-compiled loop where Numba is installed (``detloss._heatmap_kernel``), with the same
+compiled loop where Numba is installed (``detloss._kernels.gaussians_cpu``), with the same
 numbers. The only host synchronisations are the optional value checks
 (``validate=True``) and one small read of the radius histogram that sizes the drawing
 windows (torch path).
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_shape, check_tensor, compute_dtype, output_dtype, shape_str
-from ._optional import optional_module
+from ._kernels import fast_path
 from .batching import as_padded
 
 __all__ = [
@@ -279,18 +279,14 @@ def _draw_window(
     flat.scatter_reduce_(0, index.reshape(-1), values.reshape(-1), "amax", include_self=True)
 
 
-#: Whether CPU maps are drawn by ``_heatmap_kernel`` where Numba is installed (tests
-#: switch it off to check the torch path).
-_COMPILED = True
 _COMPILED_DTYPES = (torch.float32, torch.float64)
 
 
 def _compiled_kernel(flat: Tensor) -> ModuleType | None:
     """The compiled drawing loop for a CPU float32 / float64 map outside autograd, or None."""
-    usable = flat.device.type == "cpu" and flat.dtype in _COMPILED_DTYPES
-    if not (_COMPILED and usable) or flat.requires_grad:
+    if flat.dtype not in _COMPILED_DTYPES or flat.requires_grad:
         return None
-    return optional_module(f"{__package__}._heatmap_kernel")
+    return fast_path("gaussians", flat.device)
 
 
 def _scatter_gaussians(

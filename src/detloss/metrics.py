@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_finite, named_list_entries
-from ._optional import optional_module
+from ._kernels import fast_path
 
 __all__ = [
     "COCO_IOU_THRESHOLDS",
@@ -105,10 +105,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / union, 0.0)
 
-
-#: Whether CPU evaluation runs the matching and accumulation through ``_coco_kernel``
-#: where Numba is installed (tests switch it off to check the NumPy path).
-_COMPILED = True
 
 #: COCO's object-size ranges (pycocotools ``Params.areaRng``): all, small, medium, large.
 _AREA_RANGES = np.array([[0, 1e5**2], [0, 32**2], [32**2, 96**2], [96**2, 1e5**2]], dtype=float)
@@ -273,7 +269,7 @@ def _match_numpy(
     matched: np.ndarray,
     matched_ignored: np.ndarray,
 ) -> None:
-    """COCO's greedy matching (the rule of ``_coco_kernel.match``). Scanning the regular
+    """COCO's greedy matching (the rule of ``_kernels.coco_eval_cpu.match``). Scanning the regular
     ground truths and then the ignored ones, replacing the best so far on ``>=``, ends on
     the last one of highest IoU (at least the capped threshold) among the free regular
     ones, else among the free ignored ones (crowds are always free).
@@ -331,7 +327,7 @@ def _accumulate_numpy(
     precision: np.ndarray,
     recall: np.ndarray,
 ) -> None:
-    """COCO's ``accumulate`` (the rule of ``_coco_kernel.accumulate``), as pycocotools
+    """COCO's ``accumulate`` (the rule of ``_kernels.coco_eval_cpu.accumulate``), as pycocotools
     writes it: vectorised over the detections of a class, a loop over thresholds."""
     eps = np.spacing(1)
     for k in range(len(class_start) - 1):
@@ -360,7 +356,7 @@ def _accumulate_numpy(
 
 def _coco_kernel() -> ModuleType | None:
     """The compiled matching and accumulation, or None (Numba missing or switched off)."""
-    return optional_module(f"{__package__}._coco_kernel") if _COMPILED else None
+    return fast_path("coco_eval", "cpu")
 
 
 def _summarize(
@@ -417,7 +413,7 @@ def coco_box_ap(
 
     Only the (image, class) cells that hold both detections and ground truth are
     matched; on the CPU with Numba installed matching and accumulation are one compiled
-    loop each (``detloss._coco_kernel``).
+    loop each (``detloss._kernels.coco_eval_cpu``).
 
     NaN or inf in a box, score or area is a ValueError naming it.
     """

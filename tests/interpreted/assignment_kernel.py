@@ -1,4 +1,4 @@
-"""``detloss.match._assignment_kernel`` under Triton's interpreter, against scipy.
+"""``detloss._kernels.assignment_cuda`` under Triton's interpreter, against scipy.
 
 Run by tests/test_hungarian_device.py in a child process with ``TRITON_INTERPRET=1``.
 Optimal assignments can tie, so the checks compare optimal totals, computed in float64
@@ -20,7 +20,7 @@ from scipy.optimize import linear_sum_assignment
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("run under TRITON_INTERPRET=1 (see tests/_triton.py)", allow_module_level=True)
 
-from detloss.match import _assignment_kernel
+from detloss._kernels import assignment_cuda as _assignment_kernel
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The fused Sinkhorn block (``detloss.match._sinkhorn_kernel``) under Triton's interpreter,
+"""The fused Sinkhorn block (``detloss._kernels.sinkhorn_cuda``) under Triton's interpreter,
 against the torch path of ``_Solver.scaling_block``.
 
 Run by tests/test_sinkhorn_kernel.py in a child process with ``TRITON_INTERPRET=1``, on
@@ -28,7 +28,7 @@ from _sinkhorn_cases import (
     solver_after,
     tolerances,
 )
-from detloss.match import _sinkhorn_kernel
+from detloss._kernels import sinkhorn_cuda as _sinkhorn_kernel
 from detloss.match.sinkhorn import _Solver
 
 

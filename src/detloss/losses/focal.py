@@ -16,6 +16,7 @@ from .._checks import (
     shape_str,
     should_validate,
 )
+from .._kernels import fast_path_enabled
 from ._reduction import reduce_loss
 
 __all__ = ["SigmoidFocalLoss", "sigmoid_focal_loss"]
@@ -68,22 +69,16 @@ def sigmoid_focal_loss(
     x = inputs.to(compute_dtype(inputs))
     t = targets.to(x.dtype)
     if (
-        _FUSED
-        and gamma >= 1
+        gamma >= 1
         and x.requires_grad
         and not t.requires_grad
         and torch.is_grad_enabled()
+        and fast_path_enabled("focal_backward", x.device)
     ):
         ce = _FocalLoss.apply(x, t, alpha, float(gamma))
     else:
         ce = _focal(x, t, alpha, gamma)[0]
     return reduce_loss(ce, reduction).to(out)
-
-
-#: Whether the inputs' gradient comes from the hand-derived backward of ``_FocalLoss``
-#: (gamma >= 1, targets without gradient); False differentiates the formula with
-#: autograd everywhere (tests compare the two).
-_FUSED = True
 
 
 def _focal(

@@ -15,7 +15,7 @@ updates from the same ranges read the other way round: O((P + N) log(P + N)) tim
 O(P + N) memory for the same numbers as the loops (see ``docs/ap_loss.md``). On the CPU
 the negatives are not even sorted: each is placed in its gap between the positives' zone
 ends through a uniform grid, O(N + P log P), by compiled loops where Numba is installed
-(``_ranking_kernel``; AP-Loss and aLRP run there entirely). Rank & Sort also compares the
+(``detloss._kernels.ranking_cpu``; AP-Loss and aLRP run there entirely). Rank & Sort also compares the
 positives by their targets: O(P log P) with Fenwick trees in the compiled path, a dense,
 chunked O(P^2) otherwise.
 """
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from .._checks import check_tensor, compute_dtype, output_dtype, shape_str
-from .._optional import optional_module
+from .._kernels import fast_path
 from ..distributed import is_distributed
 
 __all__ = [
@@ -194,17 +194,10 @@ def _zone_coefficients(
     return steps[0, :size], steps[1, :size]
 
 
-#: Whether CPU problems use the compiled loops of ``_ranking_kernel`` where Numba is
-#: installed (tests switch it off to check the NumPy path).
-_COMPILED = True
-
-
 def _compiled_kernel(x: Tensor) -> ModuleType | None:
-    """The compiled CPU loops (``_ranking_kernel``) for a problem on ``x``'s device, or
+    """The compiled CPU loops (``detloss._kernels.ranking_cpu``) for a problem on ``x``'s device, or
     None: not the CPU, Numba missing, or switched off."""
-    if not _COMPILED or x.device.type != "cpu":
-        return None
-    return optional_module(f"{__package__}._ranking_kernel")
+    return fast_path("ranking", x.device)
 
 
 #: Grid cells per zone boundary when locating negatives among the boundaries (CPU path).
@@ -824,7 +817,7 @@ class ALRPLoss(nn.Module):
 def _sorting_terms(
     x: Tensor, t: Tensor, current: Tensor, delta: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Rank & Sort's sorting terms (see ``_ranking_kernel.sorting_terms``) by comparing
+    """Rank & Sort's sorting terms (see ``detloss._kernels.ranking_cpu.sorting_terms``) by comparing
     every pair of positives, by score and by target: dense, a block of rows at a time."""
     p = t.numel()
     sorting_error = torch.empty_like(t)

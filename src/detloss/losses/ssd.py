@@ -23,6 +23,7 @@ from .._checks import (
     shape_str,
     should_validate,
 )
+from .._kernels import fast_path_enabled
 from ..anchors import _check_ssd_inputs, _check_variances, encode_boxes
 from ..boxes import box_convert
 from ..distributed import normalizer
@@ -269,14 +270,6 @@ def _match(priors: Tensor, boxes: Tensor, mask: Tensor, threshold: float, sparse
     return torch.where(forced >= 0, forced, assigned)
 
 
-#: Devices that take the host-friendly strategies: distinct prior intervals, an index-free
-#: maximum in the matching, a top-k for the mining and loss terms evaluated on the selected
-#: priors only (gathered with ``nonzero``). Each needs a host synchronisation, which costs
-#: nothing on the CPU. Elsewhere everything is computed densely and masked, in the same
-#: arithmetic, without synchronising (apart from the shared-best-prior check).
-_SPARSE_DEVICES = ("cpu",)
-
-
 def _dense_terms(
     loc: Tensor,
     conf: Tensor,
@@ -481,7 +474,11 @@ def multibox_loss(
     with torch.no_grad():
         prior_boxes = priors.detach().to(dtype)
         gt = gt_boxes.detach().to(dtype)
-        sparse = loc.device.type in _SPARSE_DEVICES
+        # The host-friendly strategies (distinct prior intervals, an index-free maximum,
+        # a top-k mining and loss terms on the selected priors gathered with ``nonzero``)
+        # each synchronise, which costs nothing on the CPU; elsewhere everything is dense
+        # and masked, in the same arithmetic.
+        sparse = fast_path_enabled("max_iou_sparse", loc.device)
         assigned = _match(
             box_convert(prior_boxes, "cxcywh", "xyxy"), gt, mask, overlap_threshold, sparse
         )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor
 
 from .._checks import check_shape, check_tensor, shape_str
 
-__all__ = ["broadcast_value", "kernel_device", "prepare_cost"]
+__all__ = ["broadcast_value", "prepare_cost"]
 
 
 def broadcast_value(
@@ -74,9 +72,3 @@ def prepare_cost(
     target_mask = _mask(target_mask, "target_mask", (b, n), cost.device)
     pred_mask = _mask(pred_mask, "pred_mask", (b, m), cost.device)
     return cost, target_mask, pred_mask, unbatched
-
-
-def kernel_device(device: torch.device) -> contextlib.AbstractContextManager:
-    """Make ``device`` the current CUDA device, where Triton launches its kernels; nothing
-    for other devices (Triton's interpreter runs on CPU tensors)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()

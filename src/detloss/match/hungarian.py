@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice
-from .._optional import host_step, optional_module
+from .._kernels import fast_path
+from .._optional import host_step
 from ._common import prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 
@@ -59,7 +60,7 @@ SOLVERS = ("auto", "scipy", "triton")
 
 def _triton_kernel() -> ModuleType | None:
     """The device solver's module, or None where Triton is not installed."""
-    return optional_module(f"{__package__}._assignment_kernel")
+    return fast_path("assignment", "cuda")
 
 
 def gpu_solver_fits(device: torch.device, m: int, n: int) -> bool:
@@ -172,9 +173,6 @@ def solve_on_gpu(cost: Tensor, target_mask: Tensor, pred_mask: Tensor) -> tuple[
     return pred_to_target.masked_fill(~pred_mask, IGNORED), unsolved
 
 
-#: Whether host problems use the compiled batch solver of ``_lap_kernel`` where Numba is
-#: installed (tests switch it off to check the scipy path).
-_COMPILED = True
 #: The cost dtypes the compiled solver reads directly (others go to float64 first).
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 #: From this many cost entries on, and where torch may use more than one thread, a batch
@@ -185,7 +183,7 @@ _SPLIT_MIN_ENTRIES = 4_000_000
 
 def _lap_kernel() -> ModuleType | None:
     """The compiled batch solver, or None: Numba missing or switched off."""
-    return optional_module(f"{__package__}._lap_kernel") if _COMPILED else None
+    return fast_path("assignment", "cpu")
 
 
 def _solve_on_host(

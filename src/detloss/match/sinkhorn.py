@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_tensor, compute_dtype, shape_str
-from .._optional import optional_module
+from .._kernels import fast_path
 from ._common import broadcast_value, prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 from .modules import BoxCostMatcher
@@ -45,9 +45,6 @@ class SinkhornConvergenceWarning(UserWarning):
 _FLOOR = {torch.float32: -67.0, torch.float64: -400.0}
 _RANGE = {torch.float32: 20.0, torch.float64: 150.0}
 _BMM_MIN_ENTRIES = 1 << 16
-# On CUDA a scaling block runs as one Triton kernel (``_sinkhorn_kernel``) where
-# ``_fused_block`` allows; False keeps every device on the torch path (to compare them).
-_FUSED = True
 
 
 # -- argument checks --------------------------------------------------------------------------
@@ -92,11 +89,6 @@ def background_column(
     return broadcast_value(value, (b, m), dtype, device, "background_cost", "[B, M]")
 
 
-#: Whether a CPU plan's row argmax runs as the compiled loop of ``_row_argmax_kernel``
-#: where Numba is installed (same results as ``torch.argmax``; tests switch it off).
-_COMPILED_ARGMAX = True
-
-
 def plan_to_assignment(plan: Tensor, row_valid: Tensor) -> Tensor:
     """``pred_to_target`` of a ``[B, M, N + 1]`` plan: each row's argmax (the first of tied
     maxima), the last column read as background (``-1``), rows outside ``row_valid``
@@ -116,10 +108,9 @@ def plan_to_assignment(plan: Tensor, row_valid: Tensor) -> Tensor:
 
 def _argmax_kernel(plan: Tensor) -> ModuleType | None:
     """The compiled row argmax where it applies to ``plan``, else None (``torch.argmax``)."""
-    usable = plan.device.type == "cpu" and plan.dtype in (torch.float32, torch.float64)
-    if not (_COMPILED_ARGMAX and usable and plan.numel()):
+    if plan.dtype not in (torch.float32, torch.float64) or not plan.numel():
         return None
-    return optional_module(f"{__package__}._row_argmax_kernel")
+    return fast_path("row_argmax", plan.device)
 
 
 # -- the solver ---------------------------------------------------------------------------------
@@ -130,12 +121,12 @@ def _fused_block(kernel_t: Tensor) -> ModuleType | None:
     else None (the torch path): a CUDA device of compute capability 7.0 or later (what
     Triton compiles for; not ROCm, untested), ``triton`` importable, and a float32 or
     float64 kernel with ``N + 1 <= 512`` and ``M * (N + 1) <= 2^22`` per image
-    (``_sinkhorn_kernel.supports``). The CPU never imports triton."""
-    if not _FUSED or kernel_t.device.type != "cuda" or torch.version.hip is not None:
+    (``detloss._kernels.sinkhorn_cuda.supports``). The CPU never imports triton."""
+    if kernel_t.device.type != "cuda" or torch.version.hip is not None:
         return None
     if torch.cuda.get_device_capability(kernel_t.device) < (7, 0):
         return None
-    kernel = optional_module(f"{__package__}._sinkhorn_kernel")
+    kernel = fast_path("sinkhorn_scaling", kernel_t.device)
     return kernel if kernel is not None and kernel.supports(kernel_t) else None
 
 

@@ -14,7 +14,7 @@ torchvision's: integer boxes with IoU 1/10 are suppressed at threshold 0.1 in fl
 index order (a stable sort), so the result is deterministic.
 
 Implementation: on the CPU, where Numba is installed, one compiled loop
-(``_nms_kernel``): scores ordered once by a radix sort, each kept box tested against the
+(``detloss._kernels.nms_cpu``): scores ordered once by a radix sort, each kept box tested against the
 boxes behind it in a vectorised loop from which suppressed boxes are dropped as they
 accumulate, groups one after another. Elsewhere (accelerators, or Numba missing)
 candidates are sorted by (group, score) and laid out as a padded ``[groups, K]`` table;
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_shape, check_tensor, shape_str, should_validate
-from .._optional import optional_module
+from .._kernels import fast_path
 
 __all__ = ["batched_nms", "nms"]
 
@@ -44,17 +44,11 @@ _SCAN_PAIRS = 1 << 24
 _CPU_PAIRS = 1 << 18
 _DEVICE_PAIRS = 1 << 24
 
-#: Whether CPU boxes go through the compiled loop of ``_nms_kernel`` where Numba is
-#: installed (tests switch it off to check the torch path).
-_COMPILED = True
-
 
 def _compiled_kernel(boxes: Tensor) -> ModuleType | None:
     """The compiled suppression loop for CPU boxes, or None (another device, Numba
     missing, or switched off)."""
-    if not _COMPILED or boxes.device.type != "cpu":
-        return None
-    return optional_module(f"{__package__}._nms_kernel")
+    return fast_path("nms", boxes.device)
 
 
 def _host_arrays(boxes: Tensor, scores: Tensor) -> tuple[np.ndarray, np.ndarray]:

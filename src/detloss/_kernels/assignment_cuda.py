@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import kernel_device
+from . import kernel_device
 
 __all__ = ["MAX_COLUMNS", "solve_on_device"]
 

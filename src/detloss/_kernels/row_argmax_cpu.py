@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._numba import jit
+from ._numba import jit
 
 __all__ = ["row_argmax"]
 

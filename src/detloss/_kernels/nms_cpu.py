@@ -26,7 +26,7 @@ import functools
 
 import numpy as np
 
-from .._numba import jit
+from ._numba import jit
 
 __all__ = ["batched_nms", "nms"]
 

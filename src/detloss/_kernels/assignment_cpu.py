@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._numba import jit
+from ._numba import jit
 
 __all__ = ["INFEASIBLE", "NEGATIVE_INFINITY", "NOT_A_NUMBER", "solve_batch"]
 

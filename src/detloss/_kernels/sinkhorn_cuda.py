@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import kernel_device
+from . import kernel_device
 
 __all__ = ["MAX_ENTRIES", "MAX_ROWS", "scaling_block", "supports"]
 

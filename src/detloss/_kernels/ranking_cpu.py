@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._numba import jit
+from ._numba import jit
 
 __all__ = ["alrp_loss", "ap_loss", "bin_negatives", "sorting_terms", "spread_into"]
 
