@@ -23,7 +23,7 @@ def test_every_registered_module_exists():
 
 
 def test_unknown_name_is_an_error_listing_the_known_ones():
-    with pytest.raises(KeyError, match="no fast path named 'nope'.*'nms'"):
+    with pytest.raises(KeyError, match=r"no fast path named 'nope'.*'nms'"):
         fast_path("nope", "cpu")
 
 
