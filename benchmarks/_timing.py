@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import statistics
 import time
 from collections.abc import Callable
@@ -77,5 +79,27 @@ def print_rows(rows: list[dict]) -> None:
             continue
         print(f"{row['name']:40s} {'baseline':9s} {summary(row['baseline_s'])}")
         print(f"{'':40s} {'detloss':9s} {summary(row['ours_s'])}")
-        ratio = statistics.median(row["baseline_s"]) / statistics.median(row["ours_s"])
-        print(f"{'':40s} {'speed-up':9s} {ratio:9.2f}x  {row.get('note', '')}")
+        ratios = sorted(b / o for b, o in zip(row["baseline_s"], row["ours_s"]))
+        spread = f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}"
+        print(f"{'':40s} {'speed-up':9s} {spread}x (paired min / median / max)")
+        print(f"{'':40s} {row.get('note', '')}")
+
+
+def bench_main(run: Callable[..., list[dict]], doc: str | None) -> None:
+    """The command line every benchmark script shares: ``--quick``, ``--repeats`` (default:
+    ``run``'s), ``--device`` and ``--threads`` (torch intra-op threads, set before ``run``),
+    then ``run`` called with the options its signature takes and its rows printed with
+    min / median / max and the median ratio."""
+    parameters = inspect.signature(run).parameters
+    default_repeats = parameters["repeats"].default if "repeats" in parameters else 5
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help="a small problem, a few seconds")
+    parser.add_argument("--repeats", type=int, default=default_repeats)
+    parser.add_argument("--device", default="cpu", help="e.g. cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}")
+    options = {"quick": args.quick, "device": args.device, "threads": args.threads}
+    print_rows(run(args.repeats, **{k: v for k, v in options.items() if k in parameters}))

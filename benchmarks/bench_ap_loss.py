@@ -14,11 +14,9 @@ Run: ``python benchmarks/bench_ap_loss.py [--quick] [--repeats R] [--device cuda
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from _timing import device_sync, print_rows, time_pair
+from _timing import bench_main, device_sync, time_pair
 from detloss.losses.ranking import alrp_loss, ap_loss, rank_sort_loss
 
 
@@ -196,14 +194,5 @@ def run(repeats: int = 5, quick: bool = False, device: str = "cpu") -> list[dict
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu", help="e.g. cuda")
-    args = parser.parse_args()
-    print_rows(run(args.repeats, args.quick, args.device))
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__)

@@ -12,13 +12,11 @@ Run: ``python benchmarks/bench_centernet.py [--quick] [--repeats N] [--threads T
 
 from __future__ import annotations
 
-import argparse
 import math
-import statistics
 
 import torch
 
-from _timing import device_sync, time_pair
+from _timing import bench_main, device_sync, time_pair
 from detloss.heatmap import centernet_targets, draw_gaussians, gaussian_radius
 
 STRIDE = 4
@@ -201,25 +199,5 @@ def run(
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small problem, a few seconds")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu", help="e.g. cuda")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    args = parser.parse_args()
-    rows = run(args.repeats, quick=args.quick, device=args.device, threads=args.threads)
-    print(f"{'name':<20} {'':>8} {'min ms':>9} {'median ms':>10} {'max ms':>9}")
-    for row in rows:
-        for label in ("baseline", "ours"):
-            t = row[f"{label}_s"]
-            print(
-                f"{row['name']:<20} {label:>8} {min(t) * 1e3:9.2f} "
-                f"{statistics.median(t) * 1e3:10.2f} {max(t) * 1e3:9.2f}"
-            )
-        speedup = statistics.median(row["baseline_s"]) / statistics.median(row["ours_s"])
-        print(f"  speed-up (median) {speedup:.1f}x  [{row['note']}]")
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__)

@@ -15,7 +15,6 @@ Run: ``python benchmarks/bench_coco.py [--quick] [--repeats R] [--threads T]``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 
@@ -24,7 +23,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from _timing import print_rows, time_pair
+from _timing import bench_main, time_pair
 from detloss.metrics import coco_box_ap
 
 KEYS = (
@@ -165,14 +164,5 @@ def run(repeats: int = 5, quick: bool = False, threads: int | None = None) -> li
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    print_rows(run(args.repeats, args.quick, args.threads))
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__)

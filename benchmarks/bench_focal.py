@@ -14,13 +14,11 @@ Run: ``python benchmarks/bench_focal.py [--quick] [--repeats R] [--threads T]``.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from _timing import device_sync, print_rows, time_pair
+from _timing import bench_main, device_sync, time_pair
 from detloss.losses.focal import sigmoid_focal_loss
 
 # (name, shape): DETR-style queries by classes, and a dense RetinaNet-style level set.
@@ -115,18 +113,5 @@ def run(
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller tensors")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu", help="e.g. cuda")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}")
-    print_rows(run(args.repeats, quick=args.quick, device=args.device))
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__)

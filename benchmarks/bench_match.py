@@ -28,7 +28,6 @@ Run: ``python benchmarks/bench_match.py [--quick] [--repeats R] [--device cuda]
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from _timing import device_sync, print_rows, time_pair
+from _timing import bench_main, device_sync, time_pair
 from detloss import DetectionLoss
 from detloss.match import HungarianMatcher, hungarian
 
@@ -339,15 +338,5 @@ def _detr_rows(repeats: int, quick: bool, device: str) -> list[dict]:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--device", default="cpu", help="e.g. cuda")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    args = parser.parse_args()
-    print_rows(run(args.repeats, args.quick, args.device, args.threads))
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__)

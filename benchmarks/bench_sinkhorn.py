@@ -32,7 +32,6 @@ Run: ``python benchmarks/bench_sinkhorn.py [--quick] [--repeats R] [--device cud
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import warnings
@@ -41,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from _timing import device_sync, print_rows, time_calls, time_pair
+from _timing import bench_main, device_sync, time_calls, time_pair
 from detloss.anchors import ssd_priors
 from detloss.boxes import box_convert, box_iou
 from detloss.match.sinkhorn import sinkhorn
@@ -326,19 +325,5 @@ def run(
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="B = 2 instead of 16")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu", help="e.g. cuda")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}")
-    rows = run(args.repeats, quick=args.quick, device=args.device)
-    print_rows(rows)
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__)

@@ -8,14 +8,11 @@ on the host and moved to the device, where both sides run. Run as
 
 from __future__ import annotations
 
-import argparse
-import statistics
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from _timing import device_sync, time_pair
+from _timing import bench_main, device_sync, time_pair
 from detloss.anchors import encode_boxes, ssd_priors
 from detloss.boxes import box_convert, box_iou
 from detloss.losses.ssd import multibox_loss
@@ -128,25 +125,5 @@ def run(repeats: int = 5, quick: bool = False, device: str = "cpu") -> list[dict
     ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="B = 4 instead of 32")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu", help="e.g. cuda")
-    args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}")
-    print(f"{'case':<48} {'baseline min/med/max (ms)':>28} {'ours min/med/max (ms)':>26} speed-up")
-    for row in run(args.repeats, quick=args.quick, device=args.device):
-        b = [1e3 * t for t in row["baseline_s"]]
-        o = [1e3 * t for t in row["ours_s"]]
-        fmt = "{:.1f}/{:.1f}/{:.1f}"
-        print(
-            f"{row['name']:<48} {fmt.format(min(b), statistics.median(b), max(b)):>28} "
-            f"{fmt.format(min(o), statistics.median(o), max(o)):>26} "
-            f"{statistics.median(b) / statistics.median(o):7.2f}x"
-        )
-        print(f"  {row['note']}")
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__)

@@ -20,7 +20,6 @@ Run: ``python benchmarks/bench_worst_case.py [--quick] [--repeats R]`` (``--quic
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import time
@@ -28,7 +27,7 @@ import time
 import torch
 from torch import Tensor
 
-from _timing import time_pair
+from _timing import bench_main, time_pair
 from detloss.anchors import ssd_priors
 from detloss.boxes import box_convert, box_iou
 from detloss.losses import ssd as ssd_module
@@ -130,25 +129,5 @@ def run(repeats: int = 3, quick: bool = False, device: str = "cpu") -> list[dict
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    for row in run(args.repeats, args.quick):
-        if "ours_s" in row:
-            ratios = sorted(b / o for b, o in zip(row["baseline_s"], row["ours_s"], strict=True))
-            print(
-                f"{row['name']}: baseline {statistics.median(row['baseline_s']):.3f} s, ours "
-                f"{statistics.median(row['ours_s']):.3f} s, ratio min/median/max "
-                f"{ratios[0]:.1f} / {statistics.median(ratios):.1f} / {ratios[-1]:.1f}; "
-                f"{row['note']}"
-            )
-        else:
-            print(f"{row['name']}: {row['note']}")
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(run, __doc__)
