@@ -504,3 +504,80 @@ def test_yolo_splits_listed_in_txt_files(yolo):
     text(yolo / "data.yaml", "train: ../train.txt\nnames: [cat, dog]\n")
     with pytest.raises(AnnotationError, match="outside the data folder"):
         open_split(yolo, "train")
+
+
+def test_yolo_splits_given_as_a_yaml_list(yolo):
+    # Ultralytics' data.yaml may give a split as a list of folders or .txt files, read in
+    # order and concatenated; names are then relative to the data folder.
+    image(yolo / "extra/images/e.jpg")
+    text(yolo / "extra/labels/e.txt", "1 0.5 0.5 1 1\n")
+    text(yolo / "more.txt", "images/val/d.jpg\n")
+    text(
+        yolo / "data.yaml",
+        "train: [extra/images, images/train, more.txt]\nval:\n  - images/val\nnames: [cat, dog]\n",
+    )
+    assert available_splits(yolo) == ["train", "val"]
+    ds = open_split(yolo, "train")
+    assert ds.names == [
+        "extra/images/e.jpg",
+        "images/train/a.jpg",
+        "images/train/b.jpg",
+        "images/train/c.png",
+        "images/val/d.jpg",
+    ]
+    assert ds.source.name == "data.yaml"
+    assert [len(ds[i][1]["boxes"]) for i in range(len(ds))] == [1, 2, 0, 0, 1]
+    torch.testing.assert_close(ds[0][1]["boxes"], torch.tensor([[0.0, 0.0, 30.0, 20.0]]))
+    torch.testing.assert_close(
+        ds[1][1]["boxes"], torch.tensor([[12.0, 6.0, 18.0, 14.0], [3.0, 2.0, 9.0, 4.0]])
+    )
+    assert open_split(yolo, "val").names == ["images/val/d.jpg"]  # a block list of one
+
+
+@pytest.mark.parametrize(
+    ("entries", "error", "message"),
+    [
+        (
+            "[images/train, ../outside]",
+            AnnotationError,
+            r"'train' item 1: '\.\./outside' is outside the data folder",
+        ),
+        ("[images/train, /etc]", AnnotationError, r"'train' item 1: '/etc' is absolute"),
+        (
+            "[../list.txt]",
+            AnnotationError,
+            r"'train' item 0: '\.\./list\.txt' is outside the data folder",
+        ),
+        (
+            "[images/train, images/nope]",
+            FileNotFoundError,
+            r"'train' item 1: folder 'images/nope' not found",
+        ),
+        (
+            "[images/train, 3]",
+            AnnotationError,
+            r"'train' item 1: expected a folder or a \.txt file",
+        ),
+        ("[images/train, images/train]", AnnotationError, r"names the same image file"),
+    ],
+)
+def test_yolo_list_split_errors(yolo, entries, error, message):
+    outside = yolo.parent / "outside"
+    image(outside / "x.jpg")
+    text(yolo.parent / "list.txt", "outside/x.jpg\n")
+    text(yolo / "data.yaml", f"train: {entries}\nnames: [cat, dog]\n")
+    with pytest.raises(
+        error, match=r"data\.yaml: " + message if "same" not in message else message
+    ):
+        open_split(yolo, "train")
+
+
+def test_yolo_list_split_symlink_leaving_the_folder(yolo):
+    outside = yolo.parent / "elsewhere"
+    image(outside / "x.jpg")
+    (yolo / "linked").symlink_to(outside, target_is_directory=True)
+    text(yolo / "data.yaml", "train: [images/train, linked]\nnames: [cat, dog]\n")
+    with pytest.raises(
+        AnnotationError, match=r"data\.yaml: 'train' item 1: 'linked' is outside the data folder"
+    ):
+        open_split(yolo, "train")

@@ -31,7 +31,7 @@ from .coco import CocoDetection
 from .crowd import read_jhu_crowd, read_nwpu_crowd, read_shanghaitech, read_ucf_qnrf
 from .points import PointDataset
 from .voc import read_voc
-from .yolo import find_yolo_config, read_yolo, yolo_split_dirs, yolo_split_list
+from .yolo import find_yolo_config, read_yolo, yolo_split
 
 __all__ = [
     "FORMATS",
@@ -145,11 +145,8 @@ def available_splits(root: str | Path, format: str | None = None) -> list[str]:
         return [s for s in ("train", "val", "trainval", "test") if (main / f"{s}.txt").is_file()]
     splits = []
     for s in ("train", "val", "test"):
-        if yolo_split_list(root, s) is not None:
-            splits.append(s)
-            continue
         try:
-            yolo_split_dirs(root, s)
+            yolo_split(root, s)
         except FileNotFoundError:
             continue
         splits.append(s)
