@@ -17,6 +17,7 @@ from scipy.io import savemat
 from detloss.app.data import (
     AnnotatedImages,
     AnnotationError,
+    RandomHorizontalFlip,
     available_splits,
     detect_format,
     open_split,
@@ -24,6 +25,7 @@ from detloss.app.data import (
 )
 from detloss.app.data.voc import VOC_CLASSES, parse_voc_xml
 from detloss.app.data.yolo import parse_simple_yaml, yolo_class_names
+from detloss.batching import pad_targets
 
 H, W = 20, 30
 
@@ -171,6 +173,66 @@ def test_jhu_crowd(tmp_path):
         open_split(root, "train")
 
 
+def test_jhu_crowd_head_boxes_occlusion_and_blur(tmp_path):
+    root = tmp_path / "jhu"
+    image(root / "train/images/0001.jpg")
+    # x y w h o b; a head without a box (w = h = 0), one just outside the image (clipped,
+    # its size kept), one far outside (dropped with its values) and one repeated (dropped)
+    text(
+        root / "train/gt/0001.txt",
+        "10 5 4 6 1 0\n2 3 0 0 3 1\n30.5 8 5 7 2 0\n80 8 9 9 1 1\n10 5 8 8 2 1\n",
+    )
+    image(root / "train/images/0002.jpg")
+    text(root / "train/gt/0002.txt", "\n")
+    with pytest.warns(
+        UserWarning, match=r"gt: dropped 1 points outside their image, 1 repeated points"
+    ):
+        ds = open_split(root, "train")
+    _, t = ds[0]
+    assert sorted(t) == ["blur", "labels", "occlusion", "points", "sizes"]
+    assert t["points"].tolist() == [[10.0, 5.0], [2.0, 3.0], [30.0, 8.0]]
+    assert t["sizes"].dtype == torch.float32
+    assert t["sizes"].tolist() == [[4.0, 6.0], [0.0, 0.0], [5.0, 7.0]]
+    assert t["occlusion"].dtype == torch.int64 and t["occlusion"].tolist() == [1, 3, 2]
+    assert t["blur"].dtype == torch.bool and t["blur"].tolist() == [False, True, False]
+    assert t["labels"].tolist() == [0, 0, 0]
+    _, empty = ds[1]
+    assert empty["sizes"].shape == (0, 2) and empty["occlusion"].shape == (0,)
+    assert empty["blur"].shape == (0,) and empty["points"].shape == (0, 2)
+    # kept repeats keep their own values
+    with pytest.warns(UserWarning, match=r"kept 1 repeated points"):
+        kept = open_split(root, "train", keep_duplicates=True)
+    assert kept[0][1]["sizes"].tolist()[-1] == [8.0, 8.0]
+    # a flip moves the points and leaves the per-head values as they are
+    flipped = RandomHorizontalFlip(p=1.0)(*ds[0])[1]
+    assert flipped["points"][:, 0].tolist() == [20.0, 28.0, 0.0]
+    assert torch.equal(flipped["sizes"], t["sizes"])
+    # points-only consumers: the batch pads every key alike
+    batch = pad_targets([ds[0][1], ds[1][1]])
+    assert batch["points"].shape == (2, 3, 2) and batch["sizes"].shape == (2, 3, 2)
+    assert batch["mask"].sum().item() == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("1 2 3 4 1", r"expected 6 numbers 'x y w h o b', got '1 2 3 4 1'"),
+        ("1 2 a 4 1 0", r"expected 6 numbers 'x y w h o b', got '1 2 a 4 1 0'"),
+        ("1 2 nan 4 1 0", r"expected 6 numbers 'x y w h o b'"),
+        ("1 2 -3 4 1 0", r"negative head box width or height, got '1 2 -3 4 1 0'"),
+        ("1 2 3 4 1.5 0", r"expected a whole occlusion level o >= 0 and a blur flag b"),
+        ("1 2 3 4 1 2", r"expected a whole occlusion level o >= 0 and a blur flag b"),
+    ],
+)
+def test_jhu_crowd_malformed_line(tmp_path, line, message):
+    root = tmp_path / "jhu"
+    image(root / "val/images/7.jpg")
+    text(root / "val/gt/7.txt", "1 1 2 2 1 0\n\n" + line + "\n")
+    with pytest.raises(AnnotationError, match=r"gt/7\.txt: line 3: " + message) as err:
+        open_split(root, "val")
+    assert "\n" not in str(err.value)
+
+
 # ----------------------------------------------------------------------------- NWPU-Crowd
 
 
@@ -191,7 +253,7 @@ def test_nwpu_crowd(tmp_path):
     text(root / "jsons/0002.json", '{"points": [[1]]}')
     with pytest.raises(
         AnnotationError,
-        match=r"0002\.json: 'points', point 0: expected \[x, y\] numbers, got \[1\]",
+        match=r"0002\.json: 'points', point 0: expected \[x, y\] with finite numbers, got \[1\]",
     ):
         open_split(root, "train")
     text(root / "jsons/0002.json", '{"points": [], "points": []}')

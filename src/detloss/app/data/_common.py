@@ -12,6 +12,7 @@ The guarantees (documented in docs/data.md):
 
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 import stat
@@ -27,7 +28,9 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "AnnotationError",
     "check_image_name",
+    "check_points",
     "image_size",
+    "is_number",
     "load_image",
     "open_regular_file",
     "read_json",
@@ -128,6 +131,41 @@ def read_json(path: Path) -> object:
         ) from None
     except ValueError as err:  # JSONDecodeError, and the integer digit limit
         raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float from a parsed file (``True`` is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_points(value: object, where: str) -> list:
+    """``value`` itself when it is a list of ``[x, y]`` pairs of finite numbers.
+
+    Raises:
+        AnnotationError: anything else; ``where`` names the record (``"f.json: image
+            'a.png'"``), and a bad pair is named by its index.
+
+    Example:
+        >>> check_points([[1, 2.5]], "f.json: image 'a.png'")
+        [[1, 2.5]]
+        >>> check_points([[1]], "f.json: image 'a.png'")
+        Traceback (most recent call last):
+        ...
+        detloss.app.data._common.AnnotationError: f.json: image 'a.png', point 0: expected [x, y] with finite numbers, got [1]
+    """
+    if not isinstance(value, list):
+        raise AnnotationError(
+            f"{where}: expected a list of [x, y] points, got {type(value).__name__}"
+        )
+    for k, p in enumerate(value):
+        if not (isinstance(p, list) and len(p) == 2 and all(is_number(v) for v in p)):
+            raise AnnotationError(
+                f"{where}, point {k}: expected [x, y] with finite numbers, got {p!r}"
+            )
+    return value
 
 
 # ----------------------------------------------------------------------------- image paths

@@ -206,9 +206,18 @@ class AnnotatedImages(Dataset):
         )
 
 
-def points_target(points: Sequence[Sequence[float]] | Tensor) -> dict[str, Tensor]:
+def points_target(
+    points: Sequence[Sequence[float]] | Tensor, **per_point: Tensor
+) -> dict[str, Tensor]:
+    """``{"points": float32[n, 2], "labels": int64[n] (zeros), **per_point}``; every
+    ``per_point`` value has one row per point (e.g. JHU-Crowd++'s ``sizes``).
+
+    Example:
+        >>> points_target([[1.0, 2.0]])
+        {'points': tensor([[1., 2.]]), 'labels': tensor([0])}
+    """
     pts = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
-    return {"points": pts, "labels": torch.zeros(len(pts), dtype=torch.int64)}
+    return {"points": pts, "labels": torch.zeros(len(pts), dtype=torch.int64), **per_point}
 
 
 def boxes_target(
@@ -221,20 +230,3 @@ def boxes_target(
     if ignore is not None:
         target["ignore"] = torch.tensor(list(ignore), dtype=torch.bool)
     return target
-
-
-def fit_points(
-    points: list[list[float]], height: int, width: int, tolerance: float
-) -> tuple[list[list[float]], int]:
-    """Clip points within ``tolerance`` pixels of the image into it; drop the others.
-
-    Returns ``(kept points, number dropped)``.
-    """
-    kept: list[list[float]] = []
-    dropped = 0
-    for x, y in points:
-        if -tolerance <= x <= width + tolerance and -tolerance <= y <= height + tolerance:
-            kept.append([min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))])
-        else:
-            dropped += 1
-    return kept, dropped

@@ -19,21 +19,16 @@ error.
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ._common import DEFAULT_MAX_PIXELS, AnnotationError, read_json, unique_rows
+from ._common import DEFAULT_MAX_PIXELS, AnnotationError, check_points, read_json, unique_rows
 from .base import AnnotatedImages, Transform, points_target
 
 __all__ = ["PointDataset", "load_point_annotations"]
-
-
-def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def load_point_annotations(path: str | Path) -> dict[str, Tensor]:
@@ -54,16 +49,7 @@ def load_point_annotations(path: str | Path) -> dict[str, Tensor]:
         )
     out: dict[str, Tensor] = {}
     for name, pts in data.items():
-        if not isinstance(pts, list):
-            raise AnnotationError(
-                f"{path}: image {name!r}: expected a list of [x, y] points, got {type(pts).__name__}"
-            )
-        for k, p in enumerate(pts):
-            if not (isinstance(p, list) and len(p) == 2 and all(_number(v) for v in p)):
-                raise AnnotationError(
-                    f"{path}: image {name!r}, point {k}: expected [x, y] with finite numbers, "
-                    f"got {p!r}"
-                )
+        for k, p in enumerate(check_points(pts, f"{path}: image {name!r}")):
             if p[0] < 0 or p[1] < 0:
                 raise AnnotationError(
                     f"{path}: image {name!r}, point {k}: outside the image, got {p!r} "
