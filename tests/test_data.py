@@ -365,3 +365,44 @@ def test_flip_points_and_boxes():
     assert same is image and t0 is target
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 2"):
         RandomHorizontalFlip(p=2)
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def _public_objects():
+    import importlib
+    import pkgutil
+
+    import detloss.app.data as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        yield module.__name__, module
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if getattr(obj, "__module__", None) == module.__name__:
+                yield f"{module.__name__}.{name}", obj
+
+
+def test_every_public_reader_and_function_has_a_running_example():
+    """Every public function and class of detloss.app.data documents its shapes with an
+    ``Example:`` section whose doctest lines run (on folders they make with tempfile)."""
+    import doctest
+    import inspect
+
+    finder = doctest.DocTestFinder(recurse=False)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    missing = []
+    for name, obj in _public_objects():
+        if inspect.ismodule(obj) or not (inspect.isfunction(obj) or inspect.isclass(obj)):
+            continue
+        tests = [
+            t for t in finder.find(obj, name, globs=vars(inspect.getmodule(obj))) if t.examples
+        ]
+        if not tests or "Example:" not in (obj.__doc__ or ""):
+            missing.append(name)
+        for test in tests:
+            runner.run(test)
+    assert runner.failures == 0, f"{runner.failures} doctest failures (see the output above)"
+    assert missing == []

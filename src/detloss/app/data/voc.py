@@ -36,14 +36,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.etree import ElementTree
 
-from ._common import (
-    DEFAULT_MAX_PIXELS,
-    AnnotationError,
-    check_image_name,
-    open_regular_file,
-    warn_dropped,
-)
-from .base import AnnotatedImages, Transform, boxes_target
+from ._common import AnnotationError, check_image_name, open_regular_file
+from ._reader import ParsedSplit, ReadOptions, Repeats, split_reader
+from .base import boxes_target
 from .crowd import natural_key
 
 __all__ = ["VOC_CLASSES", "parse_voc_xml", "read_voc", "voc_class_names"]
@@ -156,21 +151,9 @@ def voc_class_names(root: str | Path) -> list[str]:
     return sorted(names)
 
 
-def read_voc(
-    root: str | Path,
-    split: str = "train",
-    *,
-    classes: Sequence[str] | None = None,
-    tolerance: float = 1.0,
-    keep_duplicates: bool = False,
-    transform: Transform | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    exif: bool = False,
-) -> AnnotatedImages:
-    """The ``split`` (``ImageSets/Main/<split>.txt``) of a VOC folder as
-    :class:`~detloss.app.data.base.AnnotatedImages` of boxes with an ``"ignore"`` flag per box
-    (see the module for the conventions)."""
-    root = Path(root)
+def _parse_voc(
+    root: Path, split: str, options: ReadOptions, *, classes: Sequence[str] | None = None
+) -> ParsedSplit:
     listing = root / "ImageSets" / "Main" / f"{split}.txt"
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: split {split!r} not found for voc")
@@ -179,16 +162,18 @@ def read_voc(
     names = list(classes) if classes is not None else voc_class_names(root)
     label_of = {n: k for k, n in enumerate(names)}
     image_dir = root / "JPEGImages"
-    counts = {"boxes of zero width or height": 0, "repeated objects": 0}
+    zero_size = 0
+    repeats = Repeats(options.keep_duplicates)
+    tolerance = options.tolerance
     files, targets, sizes, wheres = [], [], [], []
-    for ident, ann in zip(ids, parsed):
+    for i, (ident, ann) in enumerate(zip(ids, parsed)):
         xml = root / "Annotations" / f"{ident}.xml"
         file = f"{ident}.jpg"
         if not (image_dir / file).exists() and ann["filename"]:
             named = check_image_name(ann["filename"], f"{xml}: <filename>")
             file = named if (image_dir / named).exists() else file
         w, h = ann["width"], ann["height"]
-        boxes, labels, ignore, seen = [], [], [], set()
+        boxes, labels, ignore = [], [], []
         for k, obj in enumerate(ann["objects"]):
             where = f"{xml}: object {k} ({obj['name']!r})"
             if obj["name"] not in label_of:
@@ -207,14 +192,10 @@ def read_voc(
                     )
                 x0, x1 = min(max(x0, 0.0), w), min(max(x1, 0.0), w)
                 y0, y1 = min(max(y0, 0.0), h), min(max(y1, 0.0), h)
-            key = (obj["name"], obj["difficult"], x0, y0, x1, y1)
-            if key in seen:
-                counts["repeated objects"] += 1
-                if not keep_duplicates:
-                    continue
-            seen.add(key)
+            if repeats.skip((i, obj["name"], obj["difficult"], x0, y0, x1, y1)):
+                continue
             if x1 <= x0 or y1 <= y0:
-                counts["boxes of zero width or height"] += 1
+                zero_size += 1
                 continue
             boxes.append([x0, y0, x1, y1])
             labels.append(label_of[obj["name"]])
@@ -223,20 +204,60 @@ def read_voc(
         targets.append(boxes_target(boxes, labels, ignore))
         sizes.append((h, w) if w > 0 and h > 0 else None)
         wheres.append(f"image {ident!r} ({xml.name})")
-    if keep_duplicates:
-        counts["repeated objects (kept)"] = counts.pop("repeated objects")
-    warn_dropped(listing, counts)
-    return AnnotatedImages(
+    return ParsedSplit(
         image_dir,
         files,
         targets,
         kind="boxes",
         categories=names,
         source=root / "Annotations",
-        wheres=wheres,
+        dropped={"boxes of zero width or height": zero_size},
+        repeats=repeats,
+        repeated="repeated objects",
+        warn_source=listing,
         sizes=sizes,
-        transform=transform,
-        max_pixels=max_pixels,
-        exif=exif,
-        format="voc",
+        wheres=wheres,
     )
+
+
+read_voc = split_reader(
+    "voc",
+    _parse_voc,
+    doc="""The ``split`` (``ImageSets/Main/<split>.txt``: ``train``, ``val``, ``trainval``,
+    ``test``) of a VOC folder, with an ``"ignore"`` flag per box (see the module for the
+    conventions).
+
+    Args:
+        root: the folder holding ``Annotations/``, ``JPEGImages/`` and ``ImageSets/``.
+        split: the split's name.
+        classes: the class names in label order (default: see the module).
+        tolerance: how far (pixels) a box may reach outside its image before it is an
+            error; boxes within it are clipped (default 1).
+        keep_duplicates: keep exactly repeated objects (default: drop them, counted).
+        transform: optional ``(image, target) -> (image, target)`` applied to every item.
+        max_pixels: pixel budget of one image, checked from its header before decoding.
+        exif: apply EXIF orientation tags (default ``False``: the stored pixels).
+
+    Returns:
+        :class:`~detloss.app.data.base.AnnotatedImages` of boxes: items ``(image
+        float32[3, H, W], {"boxes": float32[n, 4] (xyxy, pixels), "labels": int64[n],
+        "ignore": bool[n]})``.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        ...     (root / sub).mkdir(parents=True)
+        >>> Image.new("RGB", (30, 20)).save(root / "JPEGImages/a.jpg")
+        >>> _ = (root / "Annotations/a.xml").write_text(
+        ...     "<annotation><size><width>30</width><height>20</height></size><object>"
+        ...     "<name>dog</name><difficult>1</difficult><bndbox><xmin>1</xmin><ymin>2</ymin>"
+        ...     "<xmax>10</xmax><ymax>20</ymax></bndbox></object></annotation>")
+        >>> _ = (root / "ImageSets/Main/train.txt").write_text("a\\n")
+        >>> _, target = read_voc(root, "train")[0]
+        >>> target["boxes"].tolist(), target["labels"].tolist(), target["ignore"].tolist()
+        ([[0.0, 1.0, 10.0, 20.0]], [11], [True])
+""",
+)

@@ -33,9 +33,10 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-from ._common import DEFAULT_MAX_PIXELS, AnnotationError, image_size, read_text, warn_dropped
+from ._common import AnnotationError, image_size, read_text
+from ._reader import ParsedSplit, ReadOptions, Repeats, split_reader
 from ._yaml import parse_simple_yaml
-from .base import AnnotatedImages, Transform, boxes_target
+from .base import boxes_target
 from .crowd import IMAGE_SUFFIXES, natural_key
 
 __all__ = [
@@ -284,64 +285,88 @@ def _parse_line(line: str, label_file: Path, n: int, num_classes: int, tolerance
     return int(cls), box
 
 
-def read_yolo(
-    root: str | Path,
-    split: str = "train",
-    *,
-    tolerance: float = 1e-3,
-    keep_duplicates: bool = False,
-    exif: bool = True,
-    transform: Transform | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-) -> AnnotatedImages:
-    """The ``split`` of a YOLO folder as :class:`~detloss.app.data.base.AnnotatedImages` of
-    boxes (``xyxy`` pixels; see the module for the layout and rules). Image sizes are read
-    from the headers when the dataset is built."""
-    root = Path(root)
+def _parse_yolo(root: Path, split: str, options: ReadOptions) -> ParsedSplit:
     names = yolo_class_names(root)
     image_dir, source, images, label_files = yolo_split(root, split)
-    counts = {"boxes of zero width or height": 0, "repeated label lines": 0}
+    zero_size = 0
+    repeats = Repeats(options.keep_duplicates)
     targets, sizes, rel_names = [], [], []
-    for img, label_file in zip(images, label_files, strict=True):
+    for i, (img, label_file) in enumerate(zip(images, label_files, strict=True)):
         rel = img.relative_to(image_dir)
         h, w = image_size(
-            img, f"image {rel.as_posix()!r}", root=image_dir, max_pixels=max_pixels, exif=exif
+            img,
+            f"image {rel.as_posix()!r}",
+            root=image_dir,
+            max_pixels=options.max_pixels,
+            exif=options.exif,
         )
-        boxes, labels, seen = [], [], set()
+        boxes, labels = [], []
         if label_file.exists():
             for n, line in enumerate(read_text(label_file).splitlines(), start=1):
                 if not line.strip():
                     continue
-                cls, box = _parse_line(line, label_file, n, len(names), tolerance)
-                key = (cls, *box)
-                if key in seen:
-                    counts["repeated label lines"] += 1
-                    if not keep_duplicates:
-                        continue
-                seen.add(key)
+                cls, box = _parse_line(line, label_file, n, len(names), options.tolerance)
+                if repeats.skip((i, cls, *box)):
+                    continue
                 x0, y0 = min(max(box[0], 0.0), 1.0) * w, min(max(box[1], 0.0), 1.0) * h
                 x1, y1 = min(max(box[2], 0.0), 1.0) * w, min(max(box[3], 0.0), 1.0) * h
                 if x1 <= x0 or y1 <= y0:
-                    counts["boxes of zero width or height"] += 1
+                    zero_size += 1
                     continue
                 boxes.append([x0, y0, x1, y1])
                 labels.append(cls)
         targets.append(boxes_target(boxes, labels))
         sizes.append((h, w))
         rel_names.append(rel.as_posix())
-    if keep_duplicates:
-        counts["repeated label lines (kept)"] = counts.pop("repeated label lines")
-    warn_dropped(source, counts)
-    return AnnotatedImages(
+    return ParsedSplit(
         image_dir,
         rel_names,
         targets,
         kind="boxes",
         categories=names,
         source=source,
+        dropped={"boxes of zero width or height": zero_size},
+        repeats=repeats,
+        repeated="repeated label lines",
         sizes=sizes,
-        transform=transform,
-        max_pixels=max_pixels,
-        exif=exif,
-        format="yolo",
     )
+
+
+read_yolo = split_reader(
+    "yolo",
+    _parse_yolo,
+    tolerance=1e-3,
+    exif=True,
+    doc="""The ``split`` of a YOLO folder (see the module for the layouts and rules; the
+    split is found by :func:`yolo_split`). Image sizes are read from the headers when the
+    dataset is built.
+
+    Args:
+        root: the data folder (holding ``data.yaml``, or ``images/`` and ``labels/``).
+        split: ``"train"``, ``"val"`` (or ``"valid"``), ``"test"``.
+        tolerance: how far (normalised units) a coordinate may lie outside ``[0, 1]``
+            before it is an error (default 0.001); boxes within it are clipped.
+        keep_duplicates: keep exactly repeated label lines (default: drop them, counted).
+        transform: optional ``(image, target) -> (image, target)`` applied to every item.
+        max_pixels: pixel budget of one image, checked from its header before decoding.
+        exif: apply EXIF orientation tags (default ``True``, as Ultralytics does).
+
+    Returns:
+        :class:`~detloss.app.data.base.AnnotatedImages` of boxes: items ``(image
+        float32[3, H, W], {"boxes": float32[n, 4] (xyxy, pixels), "labels": int64[n]})``.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for sub in ("images/train", "labels/train"):
+        ...     (root / sub).mkdir(parents=True)
+        >>> Image.new("RGB", (30, 20)).save(root / "images/train/a.jpg")
+        >>> _ = (root / "labels/train/a.txt").write_text("1 0.5 0.5 0.2 0.4\\n")
+        >>> _ = (root / "classes.txt").write_text("cat\\ndog\\n")
+        >>> ds = read_yolo(root, "train")
+        >>> ds.categories, ds[0][1]["boxes"].tolist(), ds[0][1]["labels"].tolist()
+        (['cat', 'dog'], [[12.0, 6.0, 18.0, 14.0]], [1])
+""",
+)
