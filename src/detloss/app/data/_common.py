@@ -35,6 +35,7 @@ __all__ = [
     "open_regular_file",
     "read_json",
     "read_text",
+    "require_pil",
     "unique_rows",
     "warn_dropped",
 ]
@@ -242,14 +243,15 @@ def open_regular_file(
 # ----------------------------------------------------------------------------- images
 
 
-def _pil():
+def require_pil():
+    """``(PIL.Image, PIL.ImageDraw)``, or an ``ImportError`` saying how to install Pillow."""
     try:
-        from PIL import Image
+        from PIL import Image, ImageDraw
     except ImportError as err:  # pragma: no cover - pillow is a demo dependency
         raise ImportError(
-            "detloss.app.data needs Pillow to read images: pip install 'detloss[demo]'"
+            "detloss.app.data needs Pillow to read and write images: pip install 'detloss[demo]'"
         ) from err
-    return Image
+    return Image, ImageDraw
 
 
 def _exif_orientation(img) -> int:
@@ -267,7 +269,7 @@ class _OpenImage:
         self.path, self.root, self.where, self.max_pixels = Path(path), root, where, max_pixels
 
     def __enter__(self):
-        Image = _pil()
+        Image, _ = require_pil()
         from PIL import UnidentifiedImageError
 
         self.file = open_regular_file(self.path, self.root, self.where)

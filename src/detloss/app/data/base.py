@@ -18,7 +18,7 @@ from ._common import (
     load_image,
 )
 
-__all__ = ["AnnotatedImages", "Transform"]
+__all__ = ["AnnotatedImages", "AnnotationFileDataset", "Transform"]
 
 Transform = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
 
@@ -204,6 +204,52 @@ class AnnotatedImages(Dataset):
             f"{type(self).__name__}(format={self.format!r}, kind={self.kind!r}, "
             f"images={len(self)}, classes={self.num_classes}, source='{self.source}')"
         )
+
+
+class AnnotationFileDataset(AnnotatedImages):
+    """Images in one folder described by one annotation file (our points JSON, COCO JSON).
+
+    A subclass sets :attr:`format` and implements :meth:`parse`, which reads
+    :attr:`annotation_file` and returns the remaining arguments of
+    :class:`AnnotatedImages` (``names``, ``targets``, ``kind``, ``categories`` and, where
+    the file has them, ``wheres`` and ``sizes``). ``parse_options`` (e.g. COCO's
+    ``tolerance``) go to :meth:`parse`; ``check_images`` reads every image header now.
+    The image folder is checked before the annotation file is parsed.
+    """
+
+    format_name = ""
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        annotation_file: str | Path,
+        transform: Transform | None = None,
+        *,
+        check_images: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        exif: bool = False,
+        keep_duplicates: bool = False,
+        **parse_options: object,
+    ) -> None:
+        self.annotation_file = Path(annotation_file)
+        if not Path(image_dir).is_dir():
+            raise FileNotFoundError(f"{image_dir}: image directory not found")
+        fields = self.parse(keep_duplicates=keep_duplicates, **parse_options)
+        super().__init__(
+            image_dir,
+            **fields,
+            source=self.annotation_file,
+            transform=transform,
+            max_pixels=max_pixels,
+            exif=exif,
+            format=self.format_name,
+        )
+        if check_images:
+            self.check_images()
+
+    def parse(self, *, keep_duplicates: bool) -> dict:
+        """The arguments of :class:`AnnotatedImages` read from :attr:`annotation_file`."""
+        raise NotImplementedError
 
 
 def points_target(

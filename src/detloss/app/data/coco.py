@@ -40,13 +40,12 @@ from pathlib import Path
 from torch import Tensor
 
 from ._common import (
-    DEFAULT_MAX_PIXELS,
     AnnotationError,
     check_image_name,
     read_json,
     warn_dropped,
 )
-from .base import AnnotatedImages, Transform, boxes_target
+from .base import AnnotationFileDataset, boxes_target
 
 __all__ = ["CocoDetection", "load_coco_annotations"]
 
@@ -203,7 +202,7 @@ def load_coco_annotations(
     return images, targets, cat_ids, [names[c] for c in cat_ids]
 
 
-class CocoDetection(AnnotatedImages):
+class CocoDetection(AnnotationFileDataset):
     """Images with COCO box annotations, as ``(image, target)`` pairs.
 
     Args:
@@ -226,39 +225,20 @@ class CocoDetection(AnnotatedImages):
     naming the same file are an error.
     """
 
-    def __init__(
-        self,
-        image_dir: str | Path,
-        annotation_file: str | Path,
-        transform: Transform | None = None,
-        *,
-        tolerance: float = 1.0,
-        check_images: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        exif: bool = False,
-        keep_duplicates: bool = False,
-    ) -> None:
-        self.annotation_file = Path(annotation_file)
-        if not Path(image_dir).is_dir():
-            raise FileNotFoundError(f"{image_dir}: image directory not found")
+    format_name = "coco"
+
+    def parse(self, *, keep_duplicates: bool, tolerance: float = 1.0) -> dict:
+        """Read the COCO file (see :func:`load_coco_annotations`)."""
         images, self.targets, self.category_ids, categories = load_coco_annotations(
             self.annotation_file, tolerance, keep_duplicates=keep_duplicates
         )
         self.images = images
         self.image_ids = [img["id"] for img in images]
-        super().__init__(
-            image_dir,
-            [img["file_name"] for img in images],
-            [self.targets[i] for i in self.image_ids],
-            kind="boxes",
-            categories=categories,
-            source=self.annotation_file,
-            wheres=[f"image id {img['id']} ({img['file_name']!r})" for img in images],
-            sizes=[(img["height"], img["width"]) for img in images],
-            transform=transform,
-            max_pixels=max_pixels,
-            exif=exif,
-            format="coco",
-        )
-        if check_images:
-            self.check_images()
+        return {
+            "names": [img["file_name"] for img in images],
+            "targets": [self.targets[i] for i in self.image_ids],
+            "kind": "boxes",
+            "categories": categories,
+            "wheres": [f"image id {img['id']} ({img['file_name']!r})" for img in images],
+            "sizes": [(img["height"], img["width"]) for img in images],
+        }

@@ -34,66 +34,44 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         description="Check a data folder in any supported format, or convert it.",
     )
     sub = data.add_subparsers(dest="data_command", required=True, help="what to do")
-    formats = sorted(FORMATS)
-
     check = sub.add_parser(
         "check",
         help="count images, annotations, classes and problems per split; draw samples",
         description="Open every split as training would; print counts and problems and "
         "write check_<split>.png with a few annotated images.",
     )
-    check.add_argument("--data", required=True, help="the data folder")
-    check.add_argument(
-        "--format",
-        choices=formats,
-        default=None,
-        help="the folder's format (None: detected from its layout)",
-    )
-    check.add_argument(
-        "--split", action="append", default=None, help="only this split (repeatable)"
-    )
-    check.add_argument(
-        "--out",
-        default=None,
-        help="folder for the pictures and check.json (None: runs/data-check)",
-    )
-    check.add_argument("--samples", type=int, default=8, help="images drawn per split")
-    check.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="pixel budget of one image",
-    )
-
     convert = sub.add_parser(
         "convert",
         help="write a data folder as points JSON or COCO JSON",
         description="Write every split (or --split) of a data folder as "
         "OUT/<split>/images + points.json (--to points-json) or instances.json (--to coco).",
     )
-    convert.add_argument("--data", required=True, help="the data folder")
-    convert.add_argument(
-        "--format",
-        choices=formats,
-        default=None,
-        help="the folder's format (None: detected from its layout)",
-    )
-    convert.add_argument("--to", required=True, choices=CONVERT_TARGETS, help="the output format")
-    convert.add_argument("--out", required=True, help="output folder")
-    convert.add_argument(
-        "--split", action="append", default=None, help="only this split (repeatable)"
-    )
-    convert.add_argument("--no-images", action="store_true", help="write the annotations only")
-    convert.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="pixel budget of one image",
-    )
     for command in (check, convert):
+        command.add_argument("--data", required=True, help="the data folder")
+        command.add_argument(
+            "--format",
+            choices=sorted(FORMATS),
+            default=None,
+            help="the folder's format (None: detected from its layout)",
+        )
+        command.add_argument(
+            "--split", action="append", default=None, help="only this split (repeatable)"
+        )
+        command.add_argument(
+            "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget of one image"
+        )
         command.add_argument(
             "--debug", action="store_true", help="show the full traceback of an error"
         )
+    check.add_argument(
+        "--out",
+        default=None,
+        help="folder for the pictures and check.json (None: runs/data-check)",
+    )
+    check.add_argument("--samples", type=int, default=8, help="images drawn per split")
+    convert.add_argument("--to", required=True, choices=CONVERT_TARGETS, help="the output format")
+    convert.add_argument("--out", required=True, help="output folder")
+    convert.add_argument("--no-images", action="store_true", help="write the annotations only")
     return data
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ._common import DEFAULT_MAX_PIXELS, AnnotationError, check_points, read_json, unique_rows
-from .base import AnnotatedImages, Transform, points_target
+from ._common import AnnotationError, check_points, read_json, unique_rows
+from .base import AnnotationFileDataset, points_target
 
 __all__ = ["PointDataset", "load_point_annotations"]
 
@@ -59,7 +59,7 @@ def load_point_annotations(path: str | Path) -> dict[str, Tensor]:
     return out
 
 
-class PointDataset(AnnotatedImages):
+class PointDataset(AnnotationFileDataset):
     """Images with point annotations, as ``(image, target)`` pairs.
 
     Args:
@@ -86,20 +86,10 @@ class PointDataset(AnnotatedImages):
     image size when the image is read, or at construction with ``check_images``).
     """
 
-    def __init__(
-        self,
-        image_dir: str | Path,
-        annotation_file: str | Path,
-        transform: Transform | None = None,
-        *,
-        check_images: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        exif: bool = False,
-        keep_duplicates: bool = False,
-    ) -> None:
-        self.annotation_file = Path(annotation_file)
-        if not Path(image_dir).is_dir():
-            raise FileNotFoundError(f"{image_dir}: image directory not found")
+    format_name = "points-json"
+
+    def parse(self, *, keep_duplicates: bool) -> dict:
+        """Read the points, dropping (or keeping) repeats with one counting warning."""
         raw = load_point_annotations(self.annotation_file)
         repeated = 0
         for name, pts in raw.items():
@@ -114,23 +104,15 @@ class PointDataset(AnnotatedImages):
                 f"{self.annotation_file}: {repeated} repeated points (same image, same "
                 f"coordinates) {how}",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self.annotations = raw
-        super().__init__(
-            image_dir,
-            list(raw),
-            [points_target(p) for p in raw.values()],
-            kind="points",
-            categories=["point"],
-            source=self.annotation_file,
-            transform=transform,
-            max_pixels=max_pixels,
-            exif=exif,
-            format="points-json",
-        )
-        if check_images:
-            self.check_images()
+        return {
+            "names": list(raw),
+            "targets": [points_target(p) for p in raw.values()],
+            "kind": "points",
+            "categories": ["point"],
+        }
 
     def counts(self) -> Tensor:
         """``int64[len(self)]``: the number of points of every image."""
