@@ -83,6 +83,18 @@ def load_coco_annotations(
     Raises:
         FileNotFoundError: no such file.
         AnnotationError (a ``ValueError``): the message names the file and the record.
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "instances.json"
+        >>> _ = path.write_text(json.dumps({
+        ...     "images": [{"id": 5, "file_name": "a.jpg", "width": 30, "height": 20}],
+        ...     "annotations": [{"image_id": 5, "category_id": 90, "bbox": [2, 3, 10, 4]}],
+        ...     "categories": [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}]}))
+        >>> images, targets, category_ids, names = load_coco_annotations(path)
+        >>> targets[5]["boxes"].tolist(), targets[5]["labels"].tolist(), names
+        ([[2.0, 3.0, 12.0, 7.0]], [1], ['person', 'toothbrush'])
     """
     path = Path(path)
     data = read_json(path)
@@ -223,6 +235,17 @@ class CocoDetection(AnnotationFileDataset):
     ``{"boxes": float32[n, 4] (xyxy, pixels), "labels": int64[n]}``. ``image_ids[i]`` is
     the COCO id of item ``i``; ``categories`` the names in label order. Two image records
     naming the same file are an error.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from detloss.app.data import ShapeSpec, make_shapes
+        >>> root = Path(tempfile.mkdtemp())
+        >>> path = make_shapes(root, 2, ShapeSpec(image_size=32, count_range=(1, 1), size_range=(8, 12)))
+        >>> ds = CocoDetection(root / "images", path)
+        >>> image, target = ds[0]
+        >>> image.shape, target["boxes"].shape, ds.image_ids, ds.categories[:2]
+        (torch.Size([3, 32, 32]), torch.Size([1, 4]), [1, 2], ['circle', 'square'])
     """
 
     format_name = "coco"

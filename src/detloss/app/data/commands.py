@@ -27,7 +27,19 @@ _PALETTE = (
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``data check`` and ``data convert`` on the CLI's subparsers."""
+    """Register ``data check`` and ``data convert`` on the CLI's subparsers.
+
+    Returns:
+        The ``data`` parser (its subcommands set ``data_command``).
+
+    Example:
+        >>> import argparse
+        >>> parser = argparse.ArgumentParser(prog="detloss")
+        >>> _ = add_data_parser(parser.add_subparsers(dest="command"))
+        >>> args = parser.parse_args(["data", "convert", "--data", "d", "--to", "coco", "--out", "o"])
+        >>> args.data_command, args.to, args.split, args.no_images
+        ('convert', 'coco', None, False)
+    """
     data = subparsers.add_parser(
         "data",
         help="check a data folder or convert it (detloss data check|convert --help)",
@@ -76,7 +88,23 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def run_data(args: argparse.Namespace) -> int:
-    """The handler of ``detloss data ...``: the exit status."""
+    """The handler of ``detloss data ...``: the exit status.
+
+    Example:
+        >>> import argparse, tempfile
+        >>> from pathlib import Path
+        >>> from detloss.app.data import CrowdSpec, make_crowds
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = make_crowds(root / "data/train", 2, CrowdSpec(image_size=32, count_range=(1, 2)))
+        >>> parser = argparse.ArgumentParser(prog="detloss")
+        >>> _ = add_data_parser(parser.add_subparsers(dest="command"))
+        >>> args = parser.parse_args(["data", "convert", "--data", str(root / "data"), "--to",
+        ...                           "points-json", "--out", str(root / "out")])
+        >>> run_data(args) # doctest: +ELLIPSIS
+        /...: format points-json (detected)
+        [train] 2 images, ... points -> /.../out/train/points.json
+        0
+    """
     if args.data_command == "check":
         return check_data(
             args.data,
@@ -121,6 +149,18 @@ def check_data(
     """Check every split of ``data``; writes ``out/check.json`` and ``out/check_<split>.png``.
 
     Returns 0 when no split has a problem, 1 otherwise.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from detloss.app.data import ShapeSpec, make_shapes
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = make_shapes(root / "data/val", 2, ShapeSpec(image_size=32, size_range=(8, 12)))
+        >>> lines = []
+        >>> check_data(root / "data", out=root / "check", samples=2, print_fn=lines.append)
+        0
+        >>> lines[0].endswith("format coco (detected)"), lines[-2], sorted(p.name for p in (root / "check").iterdir())
+        (True, '[val] 0 problems', ['check.json', 'check_val.png'])
     """
     root = Path(data)
     detected = format is None
@@ -202,7 +242,22 @@ def _print_split(split: str, entry: dict, print_fn) -> None:
 def draw_samples(ds: AnnotatedImages, path: str | Path, samples: int = 8, tile: int = 256) -> Path:
     """A grid of up to ``samples`` images (spread over the split) with their points
     (dots) or boxes (rectangles coloured by class; ignored boxes grey), as the reader
-    returns them -- the frame training sees."""
+    returns them -- the frame training sees.
+
+    Returns:
+        ``path``, the PNG written.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from detloss.app.data import CrowdSpec, make_crowds, open_split
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = make_crowds(root / "train", 3, CrowdSpec(image_size=32, count_range=(2, 5)))
+        >>> picture = draw_samples(open_split(root, "train"), root / "grid.png", samples=3, tile=64)
+        >>> Image.open(picture).size  # 3 tiles of 64 pixels in a row
+        (192, 64)
+    """
     from PIL import Image, ImageDraw
 
     n = min(samples, len(ds))
@@ -259,7 +314,19 @@ def convert_data(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     print_fn=print,
 ) -> int:
-    """Write every split (or ``splits``) of ``data`` under ``out/<split>/``; returns 0."""
+    """Write every split (or ``splits``) of ``data`` under ``out/<split>/``; returns 0.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from detloss.app.data import CrowdSpec, make_crowds, open_split
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = make_crowds(root / "data/train", 2, CrowdSpec(image_size=32, count_range=(1, 1)))
+        >>> convert_data(root / "data", "points-json", root / "out", print_fn=lambda line: None)
+        0
+        >>> open_split(root / "out", "train").num_annotations().tolist()
+        [1, 1]
+    """
     root = Path(data)
     detected = format is None
     format = format or detect_format(root)

@@ -145,7 +145,18 @@ def write_coco(ds: AnnotatedImages, out: str | Path, copy_images: bool = True) -
 
 
 def write_split(ds: AnnotatedImages, out: str | Path, to: str, copy_images: bool = True) -> Path:
-    """:func:`write_coco` or :func:`write_points_json` by name (``to``)."""
+    """:func:`write_coco` or :func:`write_points_json` by name (``to``).
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> from detloss.app.data import CrowdSpec, make_crowds, open_split
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = make_crowds(root / "data/train", 1, CrowdSpec(image_size=32, count_range=(2, 2)))
+        >>> path = write_split(open_split(root / "data", "train"), root / "out/train", "points-json")
+        >>> path.relative_to(root).as_posix(), [len(p) for p in json.loads(path.read_text()).values()]
+        ('out/train/points.json', [2])
+    """
     if to == "coco":
         return write_coco(ds, out, copy_images)
     if to == "points-json":

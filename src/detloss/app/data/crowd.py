@@ -34,8 +34,8 @@ from torch import Tensor
 
 from ._common import (
     AnnotationError,
+    ImageAccess,
     check_points,
-    image_size,
     open_regular_file,
     read_json,
     read_text,
@@ -134,11 +134,9 @@ def _points_split(
     outside = 0
     repeats = Repeats(options.keep_duplicates)
     targets, sizes = [], []
+    access = ImageAccess(image_dir, options.max_pixels, options.exif)
     for i, (path, found) in enumerate(zip(images, rows, strict=True)):
-        where = f"image {path.name!r} of {source}"
-        h, w = image_size(
-            path, where, root=image_dir, max_pixels=options.max_pixels, exif=options.exif
-        )
+        h, w = access.size(path, f"image {path.name!r} of {source}")
         kept, dropped = _fit_points(found, h, w, options.tolerance)
         outside += dropped
         keep = [k for k, p in enumerate(kept["points"].tolist()) if not repeats.skip((i, *p))]

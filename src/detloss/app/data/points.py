@@ -39,6 +39,14 @@ def load_point_annotations(path: str | Path) -> dict[str, Tensor]:
         AnnotationError (a ``ValueError``): invalid JSON, a top level that is not an
             object, or a record that is not a list of ``[x, y]`` pairs of finite numbers
             with ``x, y >= 0``; the message names the file, the image and the point.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "points.json"
+        >>> _ = path.write_text('{"a.jpg": [[12.5, 40], [97.25, 13]], "b.jpg": []}')
+        >>> {name: pts.shape for name, pts in load_point_annotations(path).items()}
+        {'a.jpg': torch.Size([2, 2]), 'b.jpg': torch.Size([0, 2])}
     """
     path = Path(path)
     data = read_json(path)
@@ -84,6 +92,16 @@ class PointDataset(AnnotationFileDataset):
     Raises ``AnnotationError`` (a ``ValueError``) naming the file and the record for a
     malformed file, an unreadable image, or a point outside its image (checked against the
     image size when the image is read, or at construction with ``check_images``).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from detloss.app.data import CrowdSpec, make_crowds
+        >>> root = Path(tempfile.mkdtemp())
+        >>> path = make_crowds(root, 2, CrowdSpec(image_size=32, count_range=(3, 3)))
+        >>> ds = PointDataset(root / "images", path, check_images=True)
+        >>> ds.counts().tolist(), ds[0][1]["points"].shape
+        ([3, 3], torch.Size([3, 2]))
     """
 
     format_name = "points-json"

@@ -72,7 +72,18 @@ def _number(node: ElementTree.Element, tag: str, path: Path, where: str) -> floa
 def parse_voc_xml(path: str | Path) -> dict:
     """One VOC annotation file -> ``{"filename", "width", "height", "objects": [{"name",
     "difficult", "box": [xmin, ymin, xmax, ymax] as written}]}``; every failure is an
-    :class:`AnnotationError` naming the file and, where known, the object."""
+    :class:`AnnotationError` naming the file and, where known, the object.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> xml = Path(tempfile.mkdtemp()) / "a.xml"
+        >>> _ = xml.write_text("<annotation><filename>a.jpg</filename><size><width>30</width>"
+        ...     "<height>20</height></size><object><name>cat</name><bndbox><xmin>1</xmin>"
+        ...     "<ymin>2</ymin><xmax>10</xmax><ymax>20</ymax></bndbox></object></annotation>")
+        >>> parse_voc_xml(xml)["objects"]
+        [{'name': 'cat', 'difficult': False, 'box': [1.0, 2.0, 10.0, 20.0]}]
+    """
     path = Path(path)
     with open_regular_file(path, what="annotation file") as f:
         raw = f.read(_MAX_XML_BYTES + 1)
@@ -136,7 +147,16 @@ def _read_ids(listing: Path) -> list[str]:
 def voc_class_names(root: str | Path) -> list[str]:
     """The class names of a VOC folder in label order: ``classes.txt`` / ``labels.txt``,
     else VOC's 20 classes when every name in ``Annotations/`` is one of them, else all those
-    names sorted. Decided from the whole folder, so every split has the same labels."""
+    names sorted. Decided from the whole folder, so every split has the same labels.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "classes.txt").write_text("cat\\ndog\\n")
+        >>> voc_class_names(root)
+        ['cat', 'dog']
+    """
     from ._common import read_text
 
     root = Path(root)

@@ -33,7 +33,7 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-from ._common import AnnotationError, image_size, read_text
+from ._common import AnnotationError, ImageAccess, read_text
 from ._reader import ParsedSplit, ReadOptions, Repeats, split_reader
 from ._yaml import parse_simple_yaml
 from .base import boxes_target
@@ -52,6 +52,19 @@ CONFIG_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
 
 
 def find_yolo_config(root: Path) -> Path | None:
+    """The dataset file of a YOLO folder: the first of ``data.yaml``, ``data.yml``,
+    ``dataset.yaml``, ``dataset.yml`` in ``root``; ``None`` when there is none.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> find_yolo_config(root) is None
+        True
+        >>> _ = (root / "dataset.yaml").write_text("names: [cat]\\n")
+        >>> find_yolo_config(root).name
+        'dataset.yaml'
+    """
     for name in CONFIG_NAMES:
         if (root / name).is_file():
             return root / name
@@ -59,7 +72,16 @@ def find_yolo_config(root: Path) -> Path | None:
 
 
 def yolo_class_names(root: str | Path) -> list[str]:
-    """The class names of a YOLO folder, in class-index order (see the module)."""
+    """The class names of a YOLO folder, in class-index order (see the module).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "data.yaml").write_text("names:\\n  0: cat\\n  1: dog\\n")
+        >>> yolo_class_names(root)
+        ['cat', 'dog']
+    """
     root = Path(root)
     config = find_yolo_config(root)
     if config is not None:
@@ -103,7 +125,15 @@ def _split_aliases(split: str) -> list[str]:
 
 
 class YoloSplit(NamedTuple):
-    """The images of one YOLO split and their label files (a missing one: no objects)."""
+    """The images of one YOLO split and their label files (a missing one: no objects).
+
+    Example:
+        >>> from pathlib import Path
+        >>> split = YoloSplit(Path("d/images/train"), Path("d/labels/train"), [Path("d/images/train/a.jpg")],
+        ...                   [Path("d/labels/train/a.txt")])
+        >>> split.image_dir.name, len(split.images)
+        ('train', 1)
+    """
 
     image_dir: Path  #: the folder the image names are relative to
     source: Path  #: named in warnings: the label folder, the list file or data.yaml
@@ -291,15 +321,10 @@ def _parse_yolo(root: Path, split: str, options: ReadOptions) -> ParsedSplit:
     zero_size = 0
     repeats = Repeats(options.keep_duplicates)
     targets, sizes, rel_names = [], [], []
+    access = ImageAccess(image_dir, options.max_pixels, options.exif)
     for i, (img, label_file) in enumerate(zip(images, label_files, strict=True)):
         rel = img.relative_to(image_dir)
-        h, w = image_size(
-            img,
-            f"image {rel.as_posix()!r}",
-            root=image_dir,
-            max_pixels=options.max_pixels,
-            exif=options.exif,
-        )
+        h, w = access.size(img, f"image {rel.as_posix()!r}")
         boxes, labels = [], []
         if label_file.exists():
             for n, line in enumerate(read_text(label_file).splitlines(), start=1):
