@@ -92,10 +92,8 @@ def run_data(args: argparse.Namespace) -> int:
 
     Example:
         >>> import argparse, tempfile
-        >>> from pathlib import Path
-        >>> from detloss.app.data import CrowdSpec, make_crowds
-        >>> root = Path(tempfile.mkdtemp())
-        >>> _ = make_crowds(root / "data/train", 2, CrowdSpec(image_size=32, count_range=(1, 2)))
+        >>> from detloss.app.data import make_crowds
+        >>> root = make_crowds(f"{tempfile.mkdtemp()}/data/train", 2).parents[2]
         >>> parser = argparse.ArgumentParser(prog="detloss")
         >>> _ = add_data_parser(parser.add_subparsers(dest="command"))
         >>> args = parser.parse_args(["data", "convert", "--data", str(root / "data"), "--to",
@@ -152,10 +150,9 @@ def check_data(
 
     Example:
         >>> import tempfile
-        >>> from pathlib import Path
         >>> from detloss.app.data import ShapeSpec, make_shapes
-        >>> root = Path(tempfile.mkdtemp())
-        >>> _ = make_shapes(root / "data/val", 2, ShapeSpec(image_size=32, size_range=(8, 12)))
+        >>> spec = ShapeSpec(image_size=32, size_range=(8, 12))
+        >>> root = make_shapes(f"{tempfile.mkdtemp()}/data/val", 2, spec).parents[2]
         >>> lines = []
         >>> check_data(root / "data", out=root / "check", samples=2, print_fn=lines.append)
         0
@@ -249,11 +246,9 @@ def draw_samples(ds: AnnotatedImages, path: str | Path, samples: int = 8, tile: 
 
     Example:
         >>> import tempfile
-        >>> from pathlib import Path
         >>> from PIL import Image
-        >>> from detloss.app.data import CrowdSpec, make_crowds, open_split
-        >>> root = Path(tempfile.mkdtemp())
-        >>> _ = make_crowds(root / "train", 3, CrowdSpec(image_size=32, count_range=(2, 5)))
+        >>> from detloss.app.data import make_crowds, open_split
+        >>> root = make_crowds(f"{tempfile.mkdtemp()}/train", 3).parents[1]
         >>> picture = draw_samples(open_split(root, "train"), root / "grid.png", samples=3, tile=64)
         >>> Image.open(picture).size  # 3 tiles of 64 pixels in a row
         (192, 64)
@@ -318,10 +313,9 @@ def convert_data(
 
     Example:
         >>> import tempfile
-        >>> from pathlib import Path
         >>> from detloss.app.data import CrowdSpec, make_crowds, open_split
-        >>> root = Path(tempfile.mkdtemp())
-        >>> _ = make_crowds(root / "data/train", 2, CrowdSpec(image_size=32, count_range=(1, 1)))
+        >>> spec = CrowdSpec(image_size=32, count_range=(1, 1))
+        >>> root = make_crowds(f"{tempfile.mkdtemp()}/data/train", 2, spec).parents[2]
         >>> convert_data(root / "data", "points-json", root / "out", print_fn=lambda line: None)
         0
         >>> open_split(root / "out", "train").num_annotations().tolist()

@@ -216,6 +216,12 @@ _READER_OPTIONS_DOC = """
         exif: apply EXIF orientation tags (default ``False``: the stored pixels, the frame
             the annotation tools used)."""
 
+_POINTS_RETURNS = """
+    Returns:
+        :class:`~detloss.app.data.base.AnnotatedImages` of points: items ``(image
+        float32[3, H, W], {"points": float32[n, 2], "labels": int64[n]})``.
+"""
+
 read_shanghaitech = split_reader(
     "shanghaitech",
     _mat_parser(
@@ -241,11 +247,9 @@ read_shanghaitech = split_reader(
     + """
         one_based: the ``.mat`` points are MATLAB's 1-based pixel centres (default); shift
             them by -0.5 into detloss's frame.
-
-    Returns:
-        :class:`~detloss.app.data.base.AnnotatedImages` of points: items ``(image
-        float32[3, H, W], {"points": float32[n, 2], "labels": int64[n]})``.
-
+"""
+    + _POINTS_RETURNS
+    + """
     Example:
         >>> import tempfile
         >>> from pathlib import Path
@@ -286,11 +290,9 @@ read_ucf_qnrf = split_reader(
     + _READER_OPTIONS_DOC
     + """
         one_based: see :func:`read_shanghaitech`.
-
-    Returns:
-        :class:`~detloss.app.data.base.AnnotatedImages` of points: items ``(image
-        float32[3, H, W], {"points": float32[n, 2], "labels": int64[n]})``.
-
+"""
+    + _POINTS_RETURNS
+    + """
     Example:
         >>> import tempfile
         >>> from pathlib import Path
@@ -445,11 +447,9 @@ read_nwpu_crowd = split_reader(
 """
     + _READER_OPTIONS_DOC
     + """
-
-    Returns:
-        :class:`~detloss.app.data.base.AnnotatedImages` of points: items ``(image
-        float32[3, H, W], {"points": float32[n, 2], "labels": int64[n]})``.
-
+"""
+    + _POINTS_RETURNS
+    + """
     Example:
         >>> import json, tempfile
         >>> from pathlib import Path

@@ -99,11 +99,9 @@ def detect_format(root: str | Path) -> str:
 
     Example:
         >>> import tempfile
-        >>> from pathlib import Path
-        >>> from detloss.app.data import CrowdSpec, make_crowds
-        >>> root = Path(tempfile.mkdtemp())
-        >>> _ = make_crowds(root / "train", 2, CrowdSpec(image_size=32, count_range=(0, 4)))
-        >>> detect_format(root)
+        >>> from detloss.app.data import make_crowds
+        >>> points_json = make_crowds(f"{tempfile.mkdtemp()}/train", 1)
+        >>> detect_format(points_json.parents[1])
         'points-json'
     """
     root = Path(root)
@@ -148,12 +146,11 @@ def available_splits(root: str | Path, format: str | None = None) -> list[str]:
         ``list[str]``, the usual names (``train``, ``val``, ``test``) first.
 
     Example:
-        >>> import tempfile
-        >>> from pathlib import Path
+        >>> from tempfile import mkdtemp
         >>> from detloss.app.data import ShapeSpec, make_shapes
-        >>> root = Path(tempfile.mkdtemp())
+        >>> root = mkdtemp()
         >>> for split in ("val", "train"):
-        ...     _ = make_shapes(root / split, 1, ShapeSpec(image_size=32, size_range=(8, 12)))
+        ...     _ = make_shapes(f"{root}/{split}", 1, ShapeSpec(image_size=32, size_range=(8, 12)))
         >>> available_splits(root)
         ['train', 'val']
     """
@@ -213,10 +210,9 @@ def open_split(
 
     Example:
         >>> import tempfile
-        >>> from pathlib import Path
         >>> from detloss.app.data import CrowdSpec, make_crowds
-        >>> root = Path(tempfile.mkdtemp())
-        >>> _ = make_crowds(root / "train", 3, CrowdSpec(image_size=32, count_range=(2, 2)))
+        >>> spec = CrowdSpec(image_size=32, count_range=(2, 2))
+        >>> root = make_crowds(f"{tempfile.mkdtemp()}/train", 3, spec).parents[1]
         >>> ds = open_split(root, "train")
         >>> ds.format, ds.kind, len(ds)
         ('points-json', 'points', 3)
@@ -280,11 +276,9 @@ def open_train_val(
             (the message suggests one).
 
     Example:
-        >>> import tempfile
-        >>> from pathlib import Path
-        >>> from detloss.app.data import CrowdSpec, make_crowds
-        >>> root = Path(tempfile.mkdtemp())
-        >>> _ = make_crowds(root / "train", 5, CrowdSpec(image_size=32, count_range=(0, 3)))
+        >>> from tempfile import mkdtemp
+        >>> from detloss.app.data import make_crowds
+        >>> root = make_crowds(mkdtemp() + "/train", 5).parents[1]
         >>> train, val, base = open_train_val(root, val_fraction=0.2, seed=0)
         >>> len(train), len(val), base.kind
         (4, 1, 'points')

@@ -153,6 +153,9 @@ def voc_class_names(root: str | Path) -> list[str]:
         >>> import tempfile
         >>> from pathlib import Path
         >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "Annotations").mkdir()  # no names beyond VOC's: its 20 classes
+        >>> voc_class_names(root)[:3], len(voc_class_names(root))
+        (['aeroplane', 'bicycle', 'bird'], 20)
         >>> _ = (root / "classes.txt").write_text("cat\\ndog\\n")
         >>> voc_class_names(root)
         ['cat', 'dog']

@@ -385,11 +385,12 @@ read_yolo = split_reader(
         >>> from pathlib import Path
         >>> from PIL import Image
         >>> root = Path(tempfile.mkdtemp())
-        >>> for sub in ("images/train", "labels/train"):
-        ...     (root / sub).mkdir(parents=True)
+        >>> files = {"classes.txt": "cat\\ndog\\n", "labels/train/a.txt": "1 0.5 0.5 0.2 0.4\\n"}
+        >>> for name, content in files.items():
+        ...     (root / name).parent.mkdir(parents=True, exist_ok=True)
+        ...     _ = (root / name).write_text(content)
+        >>> (root / "images/train").mkdir(parents=True)
         >>> Image.new("RGB", (30, 20)).save(root / "images/train/a.jpg")
-        >>> _ = (root / "labels/train/a.txt").write_text("1 0.5 0.5 0.2 0.4\\n")
-        >>> _ = (root / "classes.txt").write_text("cat\\ndog\\n")
         >>> ds = read_yolo(root, "train")
         >>> ds.categories, ds[0][1]["boxes"].tolist(), ds[0][1]["labels"].tolist()
         (['cat', 'dog'], [[12.0, 6.0, 18.0, 14.0]], [1])
