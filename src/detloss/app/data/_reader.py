@@ -11,6 +11,7 @@ checks the options, warns once about what the parser dropped, and returns
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -133,6 +134,13 @@ def split_reader(
             format=format,
         )
 
+    # help() and IDEs show the format's own options in place of **format_options.
+    shared = inspect.signature(read).parameters.values()
+    own = inspect.signature(parse).parameters.values()
+    read.__signature__ = inspect.signature(read).replace(  # type: ignore[attr-defined]
+        parameters=[p for p in shared if p.kind is not p.VAR_KEYWORD]
+        + [p for p in own if p.kind is p.KEYWORD_ONLY]
+    )
     read.__name__ = read.__qualname__ = "read_" + format.replace("-", "_")
     read.__doc__ = doc
     read.__module__ = parse.__module__
