@@ -365,3 +365,58 @@ def test_flip_points_and_boxes():
     assert same is image and t0 is target
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 2"):
         RandomHorizontalFlip(p=2)
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def _public_objects():
+    """``(name, object)`` for the functions and classes that the public modules of
+    detloss.app.data list in ``__all__`` (exceptions aside)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import detloss.app.data as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if getattr(obj, "__module__", None) != module.__name__:
+                continue  # documented where it is defined
+            if inspect.isclass(obj) and issubclass(obj, Exception):
+                continue
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                yield f"{module.__name__}.{name}", obj
+
+
+def test_every_public_reader_and_function_has_a_running_example(tmp_path, monkeypatch):
+    """Every public function and class of detloss.app.data documents its shapes with an
+    ``Example:`` section whose doctest lines run (on folders they make with tempfile),
+    as do the helpers of the private modules that have one."""
+    import doctest
+    import importlib
+    import inspect
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the examples' folders
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    missing, tests = [], []
+    for name, obj in _public_objects():
+        found = [
+            t for t in finder.find(obj, name, globs=vars(inspect.getmodule(obj))) if t.examples
+        ]
+        if not found or "Example:" not in (obj.__doc__ or ""):
+            missing.append(name)
+        tests += found
+    for private in ("_common", "_reader", "_yaml"):
+        module = importlib.import_module(f"detloss.app.data.{private}")
+        tests += [t for t in finder.find(module) if t.examples]
+    for test in {t.name: t for t in tests}.values():
+        runner.run(test)
+    assert runner.failures == 0, f"{runner.failures} doctest failures (see the output above)"
+    assert missing == []

@@ -246,3 +246,26 @@ def test_random_boxes_and_points_round_trip_bit_for_bit(tmp_path):
     assert torch.equal(points[0][1]["points"], expected)
     back = PointDataset(tmp_path / "pj/images", write_points_json(points, tmp_path / "pj"))
     assert torch.equal(back[0][1]["points"], expected)
+
+
+def test_jhu_convert_to_points_json_drops_head_values_with_a_count(tmp_path):
+    root = tmp_path / "jhu"
+    image(root / "train/images/0001.jpg")
+    text(root / "train/gt/0001.txt", "10 5 4 6 1 0\n2 3 0 0 3 1\n")
+    image(root / "train/images/0002.jpg")
+    text(root / "train/gt/0002.txt", "1 1 2 2 2 0\n")
+    ds = open_split(root, "train")
+    with pytest.warns(
+        UserWarning,
+        match=r"points\.json: dropped the per-point 'sizes', 'occlusion', 'blur' of 3 points "
+        r"\(points JSON holds \[x, y\] only\)",
+    ):
+        path = write_points_json(ds, tmp_path / "out")
+    back = PointDataset(tmp_path / "out/images", path)
+    assert back.names == ds.names
+    for i in range(len(ds)):
+        assert torch.equal(back[i][0], ds[i][0])
+        assert torch.equal(back[i][1]["points"], ds[i][1]["points"])
+    with pytest.warns(UserWarning, match=r"dropped the per-point 'sizes'.* of 3 points"):
+        assert main(["data", "convert", "--data", str(root), "--to", "points-json",
+                     "--out", str(tmp_path / "cli")]) == 0  # fmt: skip

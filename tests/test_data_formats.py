@@ -17,6 +17,7 @@ from scipy.io import savemat
 from detloss.app.data import (
     AnnotatedImages,
     AnnotationError,
+    RandomHorizontalFlip,
     available_splits,
     detect_format,
     open_split,
@@ -24,6 +25,7 @@ from detloss.app.data import (
 )
 from detloss.app.data.voc import VOC_CLASSES, parse_voc_xml
 from detloss.app.data.yolo import parse_simple_yaml, yolo_class_names
+from detloss.batching import pad_targets
 
 H, W = 20, 30
 
@@ -171,6 +173,66 @@ def test_jhu_crowd(tmp_path):
         open_split(root, "train")
 
 
+def test_jhu_crowd_head_boxes_occlusion_and_blur(tmp_path):
+    root = tmp_path / "jhu"
+    image(root / "train/images/0001.jpg")
+    # x y w h o b; a head without a box (w = h = 0), one just outside the image (clipped,
+    # its size kept), one far outside (dropped with its values) and one repeated (dropped)
+    text(
+        root / "train/gt/0001.txt",
+        "10 5 4 6 1 0\n2 3 0 0 3 1\n30.5 8 5 7 2 0\n80 8 9 9 1 1\n10 5 8 8 2 1\n",
+    )
+    image(root / "train/images/0002.jpg")
+    text(root / "train/gt/0002.txt", "\n")
+    with pytest.warns(
+        UserWarning, match=r"gt: dropped 1 points outside their image, 1 repeated points"
+    ):
+        ds = open_split(root, "train")
+    _, t = ds[0]
+    assert sorted(t) == ["blur", "labels", "occlusion", "points", "sizes"]
+    assert t["points"].tolist() == [[10.0, 5.0], [2.0, 3.0], [30.0, 8.0]]
+    assert t["sizes"].dtype == torch.float32
+    assert t["sizes"].tolist() == [[4.0, 6.0], [0.0, 0.0], [5.0, 7.0]]
+    assert t["occlusion"].dtype == torch.int64 and t["occlusion"].tolist() == [1, 3, 2]
+    assert t["blur"].dtype == torch.bool and t["blur"].tolist() == [False, True, False]
+    assert t["labels"].tolist() == [0, 0, 0]
+    _, empty = ds[1]
+    assert empty["sizes"].shape == (0, 2) and empty["occlusion"].shape == (0,)
+    assert empty["blur"].shape == (0,) and empty["points"].shape == (0, 2)
+    # kept repeats keep their own values
+    with pytest.warns(UserWarning, match=r"kept 1 repeated points"):
+        kept = open_split(root, "train", keep_duplicates=True)
+    assert kept[0][1]["sizes"].tolist()[-1] == [8.0, 8.0]
+    # a flip moves the points and leaves the per-head values as they are
+    flipped = RandomHorizontalFlip(p=1.0)(*ds[0])[1]
+    assert flipped["points"][:, 0].tolist() == [20.0, 28.0, 0.0]
+    assert torch.equal(flipped["sizes"], t["sizes"])
+    # points-only consumers: the batch pads every key alike
+    batch = pad_targets([ds[0][1], ds[1][1]])
+    assert batch["points"].shape == (2, 3, 2) and batch["sizes"].shape == (2, 3, 2)
+    assert batch["mask"].sum().item() == 3
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("1 2 3 4 1", r"expected 6 numbers 'x y w h o b', got '1 2 3 4 1'"),
+        ("1 2 a 4 1 0", r"expected 6 numbers 'x y w h o b', got '1 2 a 4 1 0'"),
+        ("1 2 nan 4 1 0", r"expected 6 numbers 'x y w h o b'"),
+        ("1 2 -3 4 1 0", r"negative head box width or height, got '1 2 -3 4 1 0'"),
+        ("1 2 3 4 1.5 0", r"expected a whole occlusion level o >= 0 and a blur flag b"),
+        ("1 2 3 4 1 2", r"expected a whole occlusion level o >= 0 and a blur flag b"),
+    ],
+)
+def test_jhu_crowd_malformed_line(tmp_path, line, message):
+    root = tmp_path / "jhu"
+    image(root / "val/images/7.jpg")
+    text(root / "val/gt/7.txt", "1 1 2 2 1 0\n\n" + line + "\n")
+    with pytest.raises(AnnotationError, match=r"gt/7\.txt: line 3: " + message) as err:
+        open_split(root, "val")
+    assert "\n" not in str(err.value)
+
+
 # ----------------------------------------------------------------------------- NWPU-Crowd
 
 
@@ -191,7 +253,7 @@ def test_nwpu_crowd(tmp_path):
     text(root / "jsons/0002.json", '{"points": [[1]]}')
     with pytest.raises(
         AnnotationError,
-        match=r"0002\.json: 'points', point 0: expected \[x, y\] numbers, got \[1\]",
+        match=r"0002\.json: 'points', point 0: expected \[x, y\] with finite numbers, got \[1\]",
     ):
         open_split(root, "train")
     text(root / "jsons/0002.json", '{"points": [], "points": []}')
@@ -503,4 +565,81 @@ def test_yolo_splits_listed_in_txt_files(yolo):
         open_split(yolo, "train")
     text(yolo / "data.yaml", "train: ../train.txt\nnames: [cat, dog]\n")
     with pytest.raises(AnnotationError, match="outside the data folder"):
+        open_split(yolo, "train")
+
+
+def test_yolo_splits_given_as_a_yaml_list(yolo):
+    # Ultralytics' data.yaml may give a split as a list of folders or .txt files, read in
+    # order and concatenated; names are then relative to the data folder.
+    image(yolo / "extra/images/e.jpg")
+    text(yolo / "extra/labels/e.txt", "1 0.5 0.5 1 1\n")
+    text(yolo / "more.txt", "images/val/d.jpg\n")
+    text(
+        yolo / "data.yaml",
+        "train: [extra/images, images/train, more.txt]\nval:\n  - images/val\nnames: [cat, dog]\n",
+    )
+    assert available_splits(yolo) == ["train", "val"]
+    ds = open_split(yolo, "train")
+    assert ds.names == [
+        "extra/images/e.jpg",
+        "images/train/a.jpg",
+        "images/train/b.jpg",
+        "images/train/c.png",
+        "images/val/d.jpg",
+    ]
+    assert ds.source.name == "data.yaml"
+    assert [len(ds[i][1]["boxes"]) for i in range(len(ds))] == [1, 2, 0, 0, 1]
+    torch.testing.assert_close(ds[0][1]["boxes"], torch.tensor([[0.0, 0.0, 30.0, 20.0]]))
+    torch.testing.assert_close(
+        ds[1][1]["boxes"], torch.tensor([[12.0, 6.0, 18.0, 14.0], [3.0, 2.0, 9.0, 4.0]])
+    )
+    assert open_split(yolo, "val").names == ["images/val/d.jpg"]  # a block list of one
+
+
+@pytest.mark.parametrize(
+    ("entries", "error", "message"),
+    [
+        (
+            "[images/train, ../outside]",
+            AnnotationError,
+            r"'train' item 1: '\.\./outside' is outside the data folder",
+        ),
+        ("[images/train, /etc]", AnnotationError, r"'train' item 1: '/etc' is absolute"),
+        (
+            "[../list.txt]",
+            AnnotationError,
+            r"'train' item 0: '\.\./list\.txt' is outside the data folder",
+        ),
+        (
+            "[images/train, images/nope]",
+            FileNotFoundError,
+            r"'train' item 1: folder 'images/nope' not found",
+        ),
+        (
+            "[images/train, 3]",
+            AnnotationError,
+            r"'train' item 1: expected a folder or a \.txt file",
+        ),
+        ("[images/train, images/train]", AnnotationError, r"names the same image file"),
+    ],
+)
+def test_yolo_list_split_errors(yolo, entries, error, message):
+    outside = yolo.parent / "outside"
+    image(outside / "x.jpg")
+    text(yolo.parent / "list.txt", "outside/x.jpg\n")
+    text(yolo / "data.yaml", f"train: {entries}\nnames: [cat, dog]\n")
+    with pytest.raises(
+        error, match=r"data\.yaml: " + message if "same" not in message else message
+    ):
+        open_split(yolo, "train")
+
+
+def test_yolo_list_split_symlink_leaving_the_folder(yolo):
+    outside = yolo.parent / "elsewhere"
+    image(outside / "x.jpg")
+    (yolo / "linked").symlink_to(outside, target_is_directory=True)
+    text(yolo / "data.yaml", "train: [images/train, linked]\nnames: [cat, dog]\n")
+    with pytest.raises(
+        AnnotationError, match=r"data\.yaml: 'train' item 1: 'linked' is outside the data folder"
+    ):
         open_split(yolo, "train")

@@ -12,10 +12,12 @@ The guarantees (documented in docs/data.md):
 
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,12 +28,15 @@ from torch import Tensor
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "AnnotationError",
+    "ImageAccess",
     "check_image_name",
-    "image_size",
+    "check_points",
+    "is_number",
     "load_image",
     "open_regular_file",
     "read_json",
     "read_text",
+    "require_pil",
     "unique_rows",
     "warn_dropped",
 ]
@@ -130,6 +135,41 @@ def read_json(path: Path) -> object:
         raise AnnotationError(f"{path}: not valid JSON ({err})") from None
 
 
+# ----------------------------------------------------------------------------- records
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is a finite int or float from a parsed file (``True`` is not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_points(value: object, where: str) -> list:
+    """``value`` itself when it is a list of ``[x, y]`` pairs of finite numbers.
+
+    Raises:
+        AnnotationError: anything else; ``where`` names the record (``"f.json: image
+            'a.png'"``), and a bad pair is named by its index.
+
+    Example:
+        >>> check_points([[1, 2.5]], "f.json: image 'a.png'")
+        [[1, 2.5]]
+        >>> check_points([[1]], "f.json: image 'a.png'")
+        Traceback (most recent call last):
+        ...
+        detloss.app.data._common.AnnotationError: f.json: image 'a.png', point 0: expected [x, y] with finite numbers, got [1]
+    """
+    if not isinstance(value, list):
+        raise AnnotationError(
+            f"{where}: expected a list of [x, y] points, got {type(value).__name__}"
+        )
+    for k, p in enumerate(value):
+        if not (isinstance(p, list) and len(p) == 2 and all(is_number(v) for v in p)):
+            raise AnnotationError(
+                f"{where}, point {k}: expected [x, y] with finite numbers, got {p!r}"
+            )
+    return value
+
+
 # ----------------------------------------------------------------------------- image paths
 
 
@@ -204,14 +244,15 @@ def open_regular_file(
 # ----------------------------------------------------------------------------- images
 
 
-def _pil():
+def require_pil():
+    """``(PIL.Image, PIL.ImageDraw)``, or an ``ImportError`` saying how to install Pillow."""
     try:
-        from PIL import Image
+        from PIL import Image, ImageDraw
     except ImportError as err:  # pragma: no cover - pillow is a demo dependency
         raise ImportError(
-            "detloss.app.data needs Pillow to read images: pip install 'detloss[demo]'"
+            "detloss.app.data needs Pillow to read and write images: pip install 'detloss[demo]'"
         ) from err
-    return Image
+    return Image, ImageDraw
 
 
 def _exif_orientation(img) -> int:
@@ -229,7 +270,7 @@ class _OpenImage:
         self.path, self.root, self.where, self.max_pixels = Path(path), root, where, max_pixels
 
     def __enter__(self):
-        Image = _pil()
+        Image, _ = require_pil()
         from PIL import UnidentifiedImageError
 
         self.file = open_regular_file(self.path, self.root, self.where)
@@ -264,22 +305,6 @@ class _OpenImage:
         self.file.close()
 
 
-def image_size(
-    path: Path,
-    where: str,
-    *,
-    root: Path | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    exif: bool = False,
-) -> tuple[int, int]:
-    """``(height, width)`` from the image header only (after the EXIF rotation if ``exif``)."""
-    with _OpenImage(path, root, where, max_pixels) as img:
-        w, h = img.size
-        if exif and _exif_orientation(img) in _TRANSPOSING_ORIENTATIONS:
-            w, h = h, w
-    return h, w
-
-
 def exif_orientation(path: Path, where: str, *, root: Path | None = None) -> int:
     """The EXIF orientation tag of an image (1 when absent), read from the header."""
     with _OpenImage(path, root, where, None) as img:
@@ -301,6 +326,66 @@ def _to_float_rgb(img) -> np.ndarray:
     return np.repeat(gray[:, :, None], 3, axis=2)
 
 
+@dataclass(frozen=True)
+class ImageAccess:
+    """How a dataset opens its images: confined to a folder, within a pixel budget, in the
+    stored or the EXIF-rotated frame. Paths, file types and the budget are checked from
+    the header before any pixel is decoded; every failure is one :class:`AnnotationError`
+    naming the image and ``where`` (the record that names it).
+
+    Attributes:
+        root: when given, the resolved file must lie inside this folder.
+        max_pixels: refuse images with more pixels than this (checked from the header,
+            before decoding); ``None``: no budget beyond Pillow's own limit.
+        exif: rotate and flip by the EXIF orientation tag (the frame photo viewers show);
+            ``False``: the stored pixels, as COCO tools and MATLAB read them.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> Image.new("L", (30, 20), 255).save(folder / "a.png")
+        >>> access = ImageAccess(root=folder, max_pixels=1000)
+        >>> access.size(folder / "a.png", "image 'a.png'")
+        (20, 30)
+        >>> image = access.load(folder / "a.png", "image 'a.png'")
+        >>> image.shape, image.dtype, float(image.max())
+        (torch.Size([3, 20, 30]), torch.float32, 1.0)
+    """
+
+    root: Path | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    exif: bool = False
+
+    def size(self, path: Path, where: str) -> tuple[int, int]:
+        """``(height, width)`` from the image header only (after the EXIF rotation if
+        :attr:`exif`)."""
+        with _OpenImage(path, self.root, where, self.max_pixels) as img:
+            w, h = img.size
+            if self.exif and _exif_orientation(img) in _TRANSPOSING_ORIENTATIONS:
+                w, h = h, w
+        return h, w
+
+    def load(self, path: Path, where: str) -> Tensor:
+        """An RGB image as ``float32[3, H, W]`` in [0, 1]. 8-bit images are divided by
+        255, 16-bit grayscale by 65535; grayscale and palette images are repeated to
+        three channels."""
+        from PIL import Image, ImageOps
+
+        with _OpenImage(path, self.root, where, self.max_pixels) as img:
+            try:
+                if self.exif:
+                    img = ImageOps.exif_transpose(img)
+                pixels = _to_float_rgb(img)
+            except Image.DecompressionBombError as err:
+                raise AnnotationError(f"{path}: image too large ({where}): {err}") from None
+            except (OSError, ValueError, SyntaxError) as err:
+                raise AnnotationError(f"{path}: unreadable image ({where}): {err}") from None
+        image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+        return image.float().div_(255.0) if image.dtype == torch.uint8 else image
+
+
 def load_image(
     path: Path,
     where: str,
@@ -309,33 +394,19 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     exif: bool = False,
 ) -> Tensor:
-    """An RGB image as ``float32[3, H, W]`` in [0, 1]; ``where`` names the record in errors.
+    """An RGB image as ``float32[3, H, W]`` in [0, 1] (see :class:`ImageAccess`, whose
+    attributes the keywords are); ``where`` names the record in errors.
 
-    Args:
-        path: the image file.
-        where: the record that names it, for error messages.
-        root: when given, the resolved file must lie inside this folder.
-        max_pixels: refuse images with more pixels than this (checked from the header,
-            before decoding); ``None``: no budget beyond Pillow's own limit.
-        exif: rotate and flip by the EXIF orientation tag (the frame photo viewers show);
-            ``False``: the stored pixels, as COCO tools and MATLAB read them.
-
-    8-bit images are divided by 255, 16-bit grayscale by 65535; grayscale and palette
-    images are repeated to three channels.
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> path = Path(tempfile.mkdtemp()) / "a.png"
+        >>> Image.new("RGB", (3, 2), (255, 0, 0)).save(path)
+        >>> load_image(path, "test")[:, 0, 0].tolist()
+        [1.0, 0.0, 0.0]
     """
-    from PIL import Image, ImageOps
-
-    with _OpenImage(path, root, where, max_pixels) as img:
-        try:
-            if exif:
-                img = ImageOps.exif_transpose(img)
-            pixels = _to_float_rgb(img)
-        except Image.DecompressionBombError as err:
-            raise AnnotationError(f"{path}: image too large ({where}): {err}") from None
-        except (OSError, ValueError, SyntaxError) as err:
-            raise AnnotationError(f"{path}: unreadable image ({where}): {err}") from None
-    image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
-    return image.float().div_(255.0) if image.dtype == torch.uint8 else image
+    return ImageAccess(root, max_pixels, exif).load(path, where)
 
 
 # ----------------------------------------------------------------------------- counting

@@ -13,12 +13,11 @@ from torch.utils.data import Dataset
 from ._common import (
     DEFAULT_MAX_PIXELS,
     AnnotationError,
+    ImageAccess,
     check_image_name,
-    image_size,
-    load_image,
 )
 
-__all__ = ["AnnotatedImages", "Transform"]
+__all__ = ["AnnotatedImages", "AnnotationFileDataset", "Transform"]
 
 Transform = Callable[[Tensor, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
 
@@ -51,6 +50,25 @@ class AnnotatedImages(Dataset):
     Raises:
         AnnotationError: an image name that is not a relative path inside ``image_dir``,
             or one image file listed by two records.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import torch
+        >>> from PIL import Image
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (30, 20)).save(folder / "a.png")
+        >>> target = {"points": torch.tensor([[3.0, 4.0]]), "labels": torch.tensor([0])}
+        >>> ds = AnnotatedImages(folder, ["a.png"], [target], kind="points", categories=["person"],
+        ...                      source=folder / "points.json")
+        >>> image, item = ds[0]
+        >>> image.shape, item["points"].tolist(), ds.num_annotations().tolist()
+        (torch.Size([3, 20, 30]), [[3.0, 4.0]], [1])
+        >>> AnnotatedImages(folder, ["../a.png"], [target], kind="points", categories=["person"],
+        ...                 source="points.json")
+        Traceback (most recent call last):
+        ...
+        detloss.app.data._common.AnnotationError: points.json: image '../a.png': image path '../a.png' leaves the image folder; expected a path inside it
     """
 
     def __init__(
@@ -89,6 +107,7 @@ class AnnotatedImages(Dataset):
         self.transform = transform
         self.max_pixels = max_pixels
         self.exif = exif
+        self.access = ImageAccess(self.image_dir, max_pixels, exif)
         self._wheres = list(wheres) if wheres is not None else None
         self.sizes: list[tuple[int, int] | None] = (
             list(sizes) if sizes is not None else [None] * len(names)
@@ -136,13 +155,7 @@ class AnnotatedImages(Dataset):
     def read_size(self, index: int) -> tuple[int, int]:
         """``(height, width)`` of image ``index`` from its header (path, type and pixel
         budget checked as when it is read)."""
-        return image_size(
-            self.image_path(index),
-            self._context(index),
-            root=self.image_dir,
-            max_pixels=self.max_pixels,
-            exif=self.exif,
-        )
+        return self.access.size(self.image_path(index), self._context(index))
 
     def _check_frame(self, index: int, hw: tuple[int, int]) -> None:
         declared = self.sizes[index]
@@ -186,13 +199,7 @@ class AnnotatedImages(Dataset):
         return len(self.names)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        image = load_image(
-            self.image_path(index),
-            self._context(index),
-            root=self.image_dir,
-            max_pixels=self.max_pixels,
-            exif=self.exif,
-        )
+        image = self.access.load(self.image_path(index), self._context(index))
         self._check_frame(index, (image.shape[1], image.shape[2]))
         target = {k: v.clone() for k, v in self.target_list[index].items()}
         if self.transform is not None:
@@ -206,9 +213,81 @@ class AnnotatedImages(Dataset):
         )
 
 
-def points_target(points: Sequence[Sequence[float]] | Tensor) -> dict[str, Tensor]:
+class AnnotationFileDataset(AnnotatedImages):
+    """Images in one folder described by one annotation file (our points JSON, COCO JSON).
+
+    A subclass sets :attr:`format` and implements :meth:`parse`, which reads
+    :attr:`annotation_file` and returns the remaining arguments of
+    :class:`AnnotatedImages` (``names``, ``targets``, ``kind``, ``categories`` and, where
+    the file has them, ``wheres`` and ``sizes``). ``parse_options`` (e.g. COCO's
+    ``tolerance``) go to :meth:`parse`; ``check_images`` reads every image header now.
+    The image folder is checked before the annotation file is parsed.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> class Listed(AnnotationFileDataset):  # a file naming one image per line, no objects
+        ...     format_name = "listed"
+        ...     def parse(self, *, keep_duplicates):
+        ...         names = self.annotation_file.read_text().split()
+        ...         return {"names": names, "targets": [points_target([]) for _ in names],
+        ...                 "kind": "points", "categories": ["person"]}
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (8, 6)).save(folder / "a.png")
+        >>> _ = (folder / "list.txt").write_text("a.png\\n")
+        >>> ds = Listed(folder, folder / "list.txt", check_images=True)
+        >>> ds.format, ds.names, ds[0][1]["points"].shape
+        ('listed', ['a.png'], torch.Size([0, 2]))
+    """
+
+    format_name = ""
+
+    def __init__(
+        self,
+        image_dir: str | Path,
+        annotation_file: str | Path,
+        transform: Transform | None = None,
+        *,
+        check_images: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        exif: bool = False,
+        keep_duplicates: bool = False,
+        **parse_options: object,
+    ) -> None:
+        self.annotation_file = Path(annotation_file)
+        if not Path(image_dir).is_dir():
+            raise FileNotFoundError(f"{image_dir}: image directory not found")
+        fields = self.parse(keep_duplicates=keep_duplicates, **parse_options)
+        super().__init__(
+            image_dir,
+            **fields,
+            source=self.annotation_file,
+            transform=transform,
+            max_pixels=max_pixels,
+            exif=exif,
+            format=self.format_name,
+        )
+        if check_images:
+            self.check_images()
+
+    def parse(self, *, keep_duplicates: bool) -> dict:
+        """The arguments of :class:`AnnotatedImages` read from :attr:`annotation_file`."""
+        raise NotImplementedError
+
+
+def points_target(
+    points: Sequence[Sequence[float]] | Tensor, **per_point: Tensor
+) -> dict[str, Tensor]:
+    """``{"points": float32[n, 2], "labels": int64[n] (zeros), **per_point}``; every
+    ``per_point`` value has one row per point (e.g. JHU-Crowd++'s ``sizes``).
+
+    Example:
+        >>> points_target([[1.0, 2.0]])
+        {'points': tensor([[1., 2.]]), 'labels': tensor([0])}
+    """
     pts = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
-    return {"points": pts, "labels": torch.zeros(len(pts), dtype=torch.int64)}
+    return {"points": pts, "labels": torch.zeros(len(pts), dtype=torch.int64), **per_point}
 
 
 def boxes_target(
@@ -221,20 +300,3 @@ def boxes_target(
     if ignore is not None:
         target["ignore"] = torch.tensor(list(ignore), dtype=torch.bool)
     return target
-
-
-def fit_points(
-    points: list[list[float]], height: int, width: int, tolerance: float
-) -> tuple[list[list[float]], int]:
-    """Clip points within ``tolerance`` pixels of the image into it; drop the others.
-
-    Returns ``(kept points, number dropped)``.
-    """
-    kept: list[list[float]] = []
-    dropped = 0
-    for x, y in points:
-        if -tolerance <= x <= width + tolerance and -tolerance <= y <= height + tolerance:
-            kept.append([min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height))])
-        else:
-            dropped += 1
-    return kept, dropped

@@ -40,13 +40,12 @@ from pathlib import Path
 from torch import Tensor
 
 from ._common import (
-    DEFAULT_MAX_PIXELS,
     AnnotationError,
     check_image_name,
     read_json,
     warn_dropped,
 )
-from .base import AnnotatedImages, Transform, boxes_target
+from .base import AnnotationFileDataset, boxes_target
 
 __all__ = ["CocoDetection", "load_coco_annotations"]
 
@@ -84,6 +83,18 @@ def load_coco_annotations(
     Raises:
         FileNotFoundError: no such file.
         AnnotationError (a ``ValueError``): the message names the file and the record.
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "instances.json"
+        >>> _ = path.write_text(json.dumps({
+        ...     "images": [{"id": 5, "file_name": "a.jpg", "width": 30, "height": 20}],
+        ...     "annotations": [{"image_id": 5, "category_id": 90, "bbox": [2, 3, 10, 4]}],
+        ...     "categories": [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}]}))
+        >>> images, targets, category_ids, names = load_coco_annotations(path)
+        >>> targets[5]["boxes"].tolist(), targets[5]["labels"].tolist(), names
+        ([[2.0, 3.0, 12.0, 7.0]], [1], ['person', 'toothbrush'])
     """
     path = Path(path)
     data = read_json(path)
@@ -203,7 +214,7 @@ def load_coco_annotations(
     return images, targets, cat_ids, [names[c] for c in cat_ids]
 
 
-class CocoDetection(AnnotatedImages):
+class CocoDetection(AnnotationFileDataset):
     """Images with COCO box annotations, as ``(image, target)`` pairs.
 
     Args:
@@ -224,41 +235,33 @@ class CocoDetection(AnnotatedImages):
     ``{"boxes": float32[n, 4] (xyxy, pixels), "labels": int64[n]}``. ``image_ids[i]`` is
     the COCO id of item ``i``; ``categories`` the names in label order. Two image records
     naming the same file are an error.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from detloss.app.data import ShapeSpec, make_shapes
+        >>> root = Path(tempfile.mkdtemp())
+        >>> path = make_shapes(root, 2, ShapeSpec(image_size=32, count_range=(1, 1), size_range=(8, 12)))
+        >>> ds = CocoDetection(root / "images", path)
+        >>> image, target = ds[0]
+        >>> image.shape, target["boxes"].shape, ds.image_ids, ds.categories[:2]
+        (torch.Size([3, 32, 32]), torch.Size([1, 4]), [1, 2], ['circle', 'square'])
     """
 
-    def __init__(
-        self,
-        image_dir: str | Path,
-        annotation_file: str | Path,
-        transform: Transform | None = None,
-        *,
-        tolerance: float = 1.0,
-        check_images: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        exif: bool = False,
-        keep_duplicates: bool = False,
-    ) -> None:
-        self.annotation_file = Path(annotation_file)
-        if not Path(image_dir).is_dir():
-            raise FileNotFoundError(f"{image_dir}: image directory not found")
+    format_name = "coco"
+
+    def parse(self, *, keep_duplicates: bool, tolerance: float = 1.0) -> dict:
+        """Read the COCO file (see :func:`load_coco_annotations`)."""
         images, self.targets, self.category_ids, categories = load_coco_annotations(
             self.annotation_file, tolerance, keep_duplicates=keep_duplicates
         )
         self.images = images
         self.image_ids = [img["id"] for img in images]
-        super().__init__(
-            image_dir,
-            [img["file_name"] for img in images],
-            [self.targets[i] for i in self.image_ids],
-            kind="boxes",
-            categories=categories,
-            source=self.annotation_file,
-            wheres=[f"image id {img['id']} ({img['file_name']!r})" for img in images],
-            sizes=[(img["height"], img["width"]) for img in images],
-            transform=transform,
-            max_pixels=max_pixels,
-            exif=exif,
-            format="coco",
-        )
-        if check_images:
-            self.check_images()
+        return {
+            "names": [img["file_name"] for img in images],
+            "targets": [self.targets[i] for i in self.image_ids],
+            "kind": "boxes",
+            "categories": categories,
+            "wheres": [f"image id {img['id']} ({img['file_name']!r})" for img in images],
+            "sizes": [(img["height"], img["width"]) for img in images],
+        }

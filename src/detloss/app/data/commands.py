@@ -27,78 +27,82 @@ _PALETTE = (
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``data check`` and ``data convert`` on the CLI's subparsers."""
+    """Register ``data check`` and ``data convert`` on the CLI's subparsers.
+
+    Returns:
+        The ``data`` parser (its subcommands set ``data_command``).
+
+    Example:
+        >>> import argparse
+        >>> parser = argparse.ArgumentParser(prog="detloss")
+        >>> _ = add_data_parser(parser.add_subparsers(dest="command"))
+        >>> args = parser.parse_args(["data", "convert", "--data", "d", "--to", "coco", "--out", "o"])
+        >>> args.data_command, args.to, args.split, args.no_images
+        ('convert', 'coco', None, False)
+    """
     data = subparsers.add_parser(
         "data",
         help="check a data folder or convert it (detloss data check|convert --help)",
         description="Check a data folder in any supported format, or convert it.",
     )
     sub = data.add_subparsers(dest="data_command", required=True, help="what to do")
-    formats = sorted(FORMATS)
-
     check = sub.add_parser(
         "check",
         help="count images, annotations, classes and problems per split; draw samples",
         description="Open every split as training would; print counts and problems and "
         "write check_<split>.png with a few annotated images.",
     )
-    check.add_argument("--data", required=True, help="the data folder")
-    check.add_argument(
-        "--format",
-        choices=formats,
-        default=None,
-        help="the folder's format (None: detected from its layout)",
-    )
-    check.add_argument(
-        "--split", action="append", default=None, help="only this split (repeatable)"
-    )
-    check.add_argument(
-        "--out",
-        default=None,
-        help="folder for the pictures and check.json (None: runs/data-check)",
-    )
-    check.add_argument("--samples", type=int, default=8, help="images drawn per split")
-    check.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="pixel budget of one image",
-    )
-
     convert = sub.add_parser(
         "convert",
         help="write a data folder as points JSON or COCO JSON",
         description="Write every split (or --split) of a data folder as "
         "OUT/<split>/images + points.json (--to points-json) or instances.json (--to coco).",
     )
-    convert.add_argument("--data", required=True, help="the data folder")
-    convert.add_argument(
-        "--format",
-        choices=formats,
-        default=None,
-        help="the folder's format (None: detected from its layout)",
-    )
-    convert.add_argument("--to", required=True, choices=CONVERT_TARGETS, help="the output format")
-    convert.add_argument("--out", required=True, help="output folder")
-    convert.add_argument(
-        "--split", action="append", default=None, help="only this split (repeatable)"
-    )
-    convert.add_argument("--no-images", action="store_true", help="write the annotations only")
-    convert.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="pixel budget of one image",
-    )
     for command in (check, convert):
+        command.add_argument("--data", required=True, help="the data folder")
+        command.add_argument(
+            "--format",
+            choices=sorted(FORMATS),
+            default=None,
+            help="the folder's format (None: detected from its layout)",
+        )
+        command.add_argument(
+            "--split", action="append", default=None, help="only this split (repeatable)"
+        )
+        command.add_argument(
+            "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="pixel budget of one image"
+        )
         command.add_argument(
             "--debug", action="store_true", help="show the full traceback of an error"
         )
+    check.add_argument(
+        "--out",
+        default=None,
+        help="folder for the pictures and check.json (None: runs/data-check)",
+    )
+    check.add_argument("--samples", type=int, default=8, help="images drawn per split")
+    convert.add_argument("--to", required=True, choices=CONVERT_TARGETS, help="the output format")
+    convert.add_argument("--out", required=True, help="output folder")
+    convert.add_argument("--no-images", action="store_true", help="write the annotations only")
     return data
 
 
 def run_data(args: argparse.Namespace) -> int:
-    """The handler of ``detloss data ...``: the exit status."""
+    """The handler of ``detloss data ...``: the exit status.
+
+    Example:
+        >>> import argparse, tempfile
+        >>> from detloss.app.data import make_crowds
+        >>> root = make_crowds(f"{tempfile.mkdtemp()}/data/train", 2).parents[2]
+        >>> parser = argparse.ArgumentParser(prog="detloss")
+        >>> _ = add_data_parser(parser.add_subparsers(dest="command"))
+        >>> args = parser.parse_args(["data", "convert", "--data", str(root / "data"), "--to",
+        ...                           "points-json", "--out", str(root / "out")])
+        >>> run_data(args) # doctest: +ELLIPSIS
+        /...: format points-json (detected)
+        [train] 2 images, ... points -> /.../out/train/points.json
+        0
+    """
     if args.data_command == "check":
         return check_data(
             args.data,
@@ -143,6 +147,17 @@ def check_data(
     """Check every split of ``data``; writes ``out/check.json`` and ``out/check_<split>.png``.
 
     Returns 0 when no split has a problem, 1 otherwise.
+
+    Example:
+        >>> import tempfile
+        >>> from detloss.app.data import ShapeSpec, make_shapes
+        >>> spec = ShapeSpec(image_size=32, size_range=(8, 12))
+        >>> root = make_shapes(f"{tempfile.mkdtemp()}/data/val", 2, spec).parents[2]
+        >>> lines = []
+        >>> check_data(root / "data", out=root / "check", samples=2, print_fn=lines.append)
+        0
+        >>> lines[0].endswith("format coco (detected)"), lines[-2], sorted(p.name for p in (root / "check").iterdir())
+        (True, '[val] 0 problems', ['check.json', 'check_val.png'])
     """
     root = Path(data)
     detected = format is None
@@ -224,7 +239,20 @@ def _print_split(split: str, entry: dict, print_fn) -> None:
 def draw_samples(ds: AnnotatedImages, path: str | Path, samples: int = 8, tile: int = 256) -> Path:
     """A grid of up to ``samples`` images (spread over the split) with their points
     (dots) or boxes (rectangles coloured by class; ignored boxes grey), as the reader
-    returns them -- the frame training sees."""
+    returns them -- the frame training sees.
+
+    Returns:
+        ``path``, the PNG written.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> from detloss.app.data import make_crowds, open_split
+        >>> root = make_crowds(f"{tempfile.mkdtemp()}/train", 3).parents[1]
+        >>> picture = draw_samples(open_split(root, "train"), root / "grid.png", samples=3, tile=64)
+        >>> Image.open(picture).size  # 3 tiles of 64 pixels in a row
+        (192, 64)
+    """
     from PIL import Image, ImageDraw
 
     n = min(samples, len(ds))
@@ -281,7 +309,18 @@ def convert_data(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     print_fn=print,
 ) -> int:
-    """Write every split (or ``splits``) of ``data`` under ``out/<split>/``; returns 0."""
+    """Write every split (or ``splits``) of ``data`` under ``out/<split>/``; returns 0.
+
+    Example:
+        >>> import tempfile
+        >>> from detloss.app.data import CrowdSpec, make_crowds, open_split
+        >>> spec = CrowdSpec(image_size=32, count_range=(1, 1))
+        >>> root = make_crowds(f"{tempfile.mkdtemp()}/data/train", 2, spec).parents[2]
+        >>> convert_data(root / "data", "points-json", root / "out", print_fn=lambda line: None)
+        0
+        >>> open_split(root / "out", "train").num_annotations().tolist()
+        [1, 1]
+    """
     root = Path(data)
     detected = format is None
     format = format or detect_format(root)

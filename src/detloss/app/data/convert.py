@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 from ._common import exif_orientation, open_regular_file
@@ -47,34 +48,78 @@ def _write_json(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
-def write_points_json(ds: AnnotatedImages, out: str | Path, copy_images: bool = True) -> Path:
-    """``out/images/`` and ``out/points.json`` from a points dataset; returns the JSON path."""
-    if ds.kind != "points":
+def _prepare(ds: AnnotatedImages, out: str | Path, to: str, copy_images: bool) -> Path:
+    """Check that ``to`` holds the dataset's kind; create ``out`` (and copy the images)."""
+    holds, other = ("points", "coco") if to == "points-json" else ("boxes", "points-json")
+    if ds.kind != holds:
         raise ValueError(
-            f"points-json holds points; the {ds.format or 'given'} dataset has {ds.kind} "
-            "(convert it to coco)"
+            f"{to} holds {holds}; the {ds.format or 'given'} dataset has {ds.kind} "
+            f"(convert it to {other})"
         )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if copy_images:
         _copy_images(ds, out / "images")
+    return out
+
+
+def write_points_json(ds: AnnotatedImages, out: str | Path, copy_images: bool = True) -> Path:
+    """``out/images/`` and ``out/points.json`` from a points dataset; returns the JSON path.
+
+    Points JSON holds ``[x, y]`` only: per-point values beyond ``points`` and ``labels``
+    (JHU-Crowd++'s ``sizes``, ``occlusion`` and ``blur``) are dropped, with one warning
+    naming them and counting the points that had them.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from detloss.app.data import PointDataset
+        >>> src = Path(tempfile.mkdtemp())
+        >>> (src / "images").mkdir()
+        >>> Image.new("RGB", (8, 6)).save(src / "images/a.png")
+        >>> _ = (src / "points.json").write_text('{"a.png": [[1.5, 2.0]]}')
+        >>> path = write_points_json(PointDataset(src / "images", src / "points.json"), src / "out")
+        >>> path.read_text().split()
+        ['{', '"a.png":', '[', '[', '1.5,', '2.0', ']', ']', '}']
+    """
+    out = _prepare(ds, out, "points-json", copy_images)
     data = {name: t["points"].tolist() for name, t in zip(ds.names, ds.target_list)}
     _write_json(out / "points.json", data)
+    extra = [
+        k for k in (ds.target_list[0] if ds.target_list else {}) if k not in ("points", "labels")
+    ]
+    carrying = sum(len(t["points"]) for t in ds.target_list) if extra else 0
+    if carrying:
+        warnings.warn(
+            f"{out / 'points.json'}: dropped the per-point {', '.join(map(repr, extra))} of "
+            f"{carrying} points (points JSON holds [x, y] only)",
+            UserWarning,
+            stacklevel=2,
+        )
     return out / "points.json"
 
 
 def write_coco(ds: AnnotatedImages, out: str | Path, copy_images: bool = True) -> Path:
     """``out/images/`` and ``out/instances.json`` from a boxes dataset; returns the JSON
-    path. Category ids are ``label + 1``; an ``"ignore"`` flag is written as ``ignore: 1``."""
-    if ds.kind != "boxes":
-        raise ValueError(
-            f"coco holds boxes; the {ds.format or 'given'} dataset has {ds.kind} "
-            "(convert it to points-json)"
-        )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if copy_images:
-        _copy_images(ds, out / "images")
+    path. Category ids are ``label + 1``; an ``"ignore"`` flag is written as ``ignore: 1``.
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> import torch
+        >>> from PIL import Image
+        >>> from detloss.app.data import AnnotatedImages
+        >>> src = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (8, 6)).save(src / "a.png")
+        >>> target = {"boxes": torch.tensor([[1.0, 1.0, 4.0, 5.0]]), "labels": torch.tensor([0])}
+        >>> ds = AnnotatedImages(src, ["a.png"], [target], kind="boxes", categories=["cat"],
+        ...                      source=src)
+        >>> path = write_coco(ds, src / "out", copy_images=False)
+        >>> json.loads(path.read_text())["annotations"][0]["bbox"]
+        [1.0, 1.0, 3.0, 4.0]
+    """
+    out = _prepare(ds, out, "coco", copy_images)
     images, annotations = [], []
     for i, (name, t) in enumerate(zip(ds.names, ds.target_list)):
         h, w = ds.sizes[i] if ds.sizes[i] is not None else ds.read_size(i)
@@ -100,7 +145,18 @@ def write_coco(ds: AnnotatedImages, out: str | Path, copy_images: bool = True) -
 
 
 def write_split(ds: AnnotatedImages, out: str | Path, to: str, copy_images: bool = True) -> Path:
-    """:func:`write_coco` or :func:`write_points_json` by name (``to``)."""
+    """:func:`write_coco` or :func:`write_points_json` by name (``to``).
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> from detloss.app.data import CrowdSpec, make_crowds, open_split
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = make_crowds(root / "data/train", 1, CrowdSpec(image_size=32, count_range=(2, 2)))
+        >>> path = write_split(open_split(root / "data", "train"), root / "out/train", "points-json")
+        >>> path.relative_to(root).as_posix(), [len(p) for p in json.loads(path.read_text()).values()]
+        ('out/train/points.json', [2])
+    """
     if to == "coco":
         return write_coco(ds, out, copy_images)
     if to == "points-json":

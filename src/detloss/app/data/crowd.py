@@ -29,21 +29,25 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 from ._common import (
-    DEFAULT_MAX_PIXELS,
     AnnotationError,
-    image_size,
+    ImageAccess,
+    check_points,
     open_regular_file,
     read_json,
     read_text,
-    unique_rows,
-    warn_dropped,
 )
-from .base import AnnotatedImages, Transform, fit_points, points_target
+from ._reader import ParsedSplit, ReadOptions, Repeats, split_reader
+from .base import points_target
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "JHU_KEYS",
     "read_jhu_crowd",
+    "read_jhu_gt",
     "read_nwpu_crowd",
     "read_shanghaitech",
     "read_ucf_qnrf",
@@ -68,10 +72,6 @@ def natural_key(path: Path) -> tuple:
 
     parts = re.split(r"(\d+)", path.name)
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _finite_pairs(values: object, path: Path, what: str) -> list[list[float]]:
@@ -107,54 +107,57 @@ def load_mat(path: Path) -> dict:
             ) from None
 
 
-def _build(
+def _fit_points(
+    rows: dict[str, Tensor], height: int, width: int, tolerance: float
+) -> tuple[dict[str, Tensor], int]:
+    """Clip the points within ``tolerance`` pixels of the image into it and drop the others,
+    with their per-point values; returns ``(kept rows, number dropped)``."""
+    x, y = rows["points"].unbind(1)
+    inside = (x >= -tolerance) & (x <= width + tolerance)
+    inside &= (y >= -tolerance) & (y <= height + tolerance)
+    kept = {key: value[inside] for key, value in rows.items()}
+    x, y = kept["points"].unbind(1)
+    kept["points"] = torch.stack([x.clamp(0.0, width), y.clamp(0.0, height)], 1)
+    return kept, int((~inside).sum())
+
+
+def _points_split(
     image_dir: Path,
     images: Sequence[Path],
-    points: Sequence[list[list[float]]],
-    *,
+    rows: Sequence[dict[str, Tensor]],
     source: Path,
-    format: str,
-    tolerance: float,
-    keep_duplicates: bool,
-    transform: Transform | None,
-    max_pixels: int | None,
-    exif: bool = False,
-) -> AnnotatedImages:
-    counts = {"points outside their image": 0, "repeated points": 0}
-    targets = []
-    sizes = []
-    for path, pts in zip(images, points):
-        where = f"image {path.name!r} of {source}"
-        h, w = image_size(path, where, root=image_dir, max_pixels=max_pixels, exif=exif)
-        kept, outside = fit_points(pts, h, w, tolerance)
-        counts["points outside their image"] += outside
-        keep = unique_rows([tuple(p) for p in kept])
-        counts["repeated points"] += len(kept) - len(keep)
-        if not keep_duplicates:
-            kept = [kept[k] for k in keep]
-        targets.append(points_target(kept))
+    options: ReadOptions,
+) -> ParsedSplit:
+    """The parsed split of a crowd set: per image ``rows`` holds ``"points"``
+    (``float64[n, 2]``) and any per-point values (``[n, ...]``), fitted into the image
+    whose size is read from its header; repeated points counted (and dropped)."""
+    outside = 0
+    repeats = Repeats(options.keep_duplicates)
+    targets, sizes = [], []
+    access = ImageAccess(image_dir, options.max_pixels, options.exif)
+    for i, (path, found) in enumerate(zip(images, rows, strict=True)):
+        h, w = access.size(path, f"image {path.name!r} of {source}")
+        kept, dropped = _fit_points(found, h, w, options.tolerance)
+        outside += dropped
+        keep = [k for k, p in enumerate(kept["points"].tolist()) if not repeats.skip((i, *p))]
+        targets.append(points_target(**{key: value[keep] for key, value in kept.items()}))
         sizes.append((h, w))
-    if keep_duplicates:
-        counts["repeated points (kept)"] = counts.pop("repeated points")
-    warn_dropped(source, counts, stacklevel=4)
-    return AnnotatedImages(
+    return ParsedSplit(
         image_dir,
         [p.relative_to(image_dir).as_posix() for p in images],
         targets,
         kind="points",
         categories=["person"],
         source=source,
+        dropped={"points outside their image": outside},
+        repeats=repeats,
+        repeated="repeated points",
         sizes=sizes,
-        transform=transform,
-        max_pixels=max_pixels,
-        exif=exif,
-        format=format,
     )
 
 
-def _check_tolerance(tolerance: float) -> None:
-    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
-        raise ValueError(f"tolerance: expected a finite number >= 0, got {tolerance!r}")
+def _points_rows(points: list[list[float]], shift: float = 0.0) -> dict[str, Tensor]:
+    return {"points": torch.tensor(points, dtype=torch.float64).reshape(-1, 2) + shift}
 
 
 def _split_dir(root: Path, split: str, names: dict[str, str], format: str) -> Path:
@@ -168,163 +171,256 @@ def _split_dir(root: Path, split: str, names: dict[str, str], format: str) -> Pa
     return path
 
 
-def _mat_reader(
+def _mat_parser(
     format: str,
     split_names: dict[str, str],
     image_folder: Callable[[Path], Path],
     annotation_of: Callable[[Path, Path], Path],
-    points_of: Callable[[dict, Path], object],
+    points_of: Callable[[dict], object],
     record: str,
-):
-    def read(
-        root: str | Path,
-        split: str = "train",
-        *,
-        one_based: bool = True,
-        tolerance: float = 1.0,
-        keep_duplicates: bool = False,
-        transform: Transform | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        exif: bool = False,
-    ) -> AnnotatedImages:
-        _check_tolerance(tolerance)
-        split_dir = _split_dir(Path(root), split, split_names, format)
+) -> Callable[..., ParsedSplit]:
+    """The parser of a set with one MATLAB file of points per image."""
+
+    def parse(root: Path, split: str, options: ReadOptions, *, one_based: bool = True):
+        split_dir = _split_dir(root, split, split_names, format)
         image_dir = image_folder(split_dir)
         images = list_images(image_dir)
-        shift = MATLAB_SHIFT if one_based else 0.0
-        points = []
+        rows = []
         for img in images:
             ann = annotation_of(split_dir, img)
             data = load_mat(ann)
             try:
-                raw = points_of(data, ann)
+                raw = points_of(data)
             except (KeyError, IndexError, TypeError, ValueError):
                 raise AnnotationError(
                     f"{ann}: expected {record} holding an N x 2 array of (x, y) points"
                 ) from None
-            pts = _finite_pairs(raw, ann, record)
-            points.append([[x + shift, y + shift] for x, y in pts])
-        return _build(
-            image_dir,
-            images,
-            points,
-            source=split_dir,
-            format=format,
-            tolerance=tolerance,
-            keep_duplicates=keep_duplicates,
-            transform=transform,
-            max_pixels=max_pixels,
-            exif=exif,
-        )
+            rows.append(
+                _points_rows(_finite_pairs(raw, ann, record), MATLAB_SHIFT if one_based else 0.0)
+            )
+        return _points_split(image_dir, images, rows, split_dir, options)
 
-    return read
+    return parse
 
 
-read_shanghaitech = _mat_reader(
+_READER_OPTIONS_DOC = """
+    Args:
+        root: the data folder, as its authors distribute it.
+        split: the split's name.
+        tolerance: how far (pixels) a point may lie outside its image and be clipped into
+            it; points further out are dropped (default 1).
+        keep_duplicates: keep points repeated at the same coordinates of one image
+            (default: drop them); one warning per split counts both kinds.
+        transform: optional ``(image, target) -> (image, target)`` applied to every item.
+        max_pixels: pixel budget of one image, checked from its header before decoding.
+        exif: apply EXIF orientation tags (default ``False``: the stored pixels, the frame
+            the annotation tools used)."""
+
+_POINTS_RETURNS = """
+    Returns:
+        :class:`~detloss.app.data.base.AnnotatedImages` of points: items ``(image
+        float32[3, H, W], {"points": float32[n, 2], "labels": int64[n]})``.
+"""
+
+read_shanghaitech = split_reader(
     "shanghaitech",
-    {
-        "train": "train_data",
-        "test": "test_data",
-        "train_data": "train_data",
-        "test_data": "test_data",
-    },
-    lambda split_dir: split_dir / "images",
-    lambda split_dir, img: split_dir / "ground-truth" / f"GT_{img.stem}.mat",
-    lambda data, ann: data["image_info"][0, 0][0, 0][0],
-    "image_info[0, 0][0, 0][0]",
-)
-read_shanghaitech.__name__ = "read_shanghaitech"
-read_shanghaitech.__doc__ = """ShanghaiTech part A or B: ``root`` holds ``train_data/`` and
-``test_data/``; ``split`` is ``"train"`` or ``"test"``. Points from
-``ground-truth/GT_IMG_k.mat``'s ``image_info[0, 0][0, 0][0]``, shifted by -0.5 from
-MATLAB's 1-based pixel centres unless ``one_based=False``. Returns
-:class:`~detloss.app.data.base.AnnotatedImages` of points."""
+    _mat_parser(
+        "shanghaitech",
+        {
+            "train": "train_data",
+            "test": "test_data",
+            "train_data": "train_data",
+            "test_data": "test_data",
+        },
+        lambda split_dir: split_dir / "images",
+        lambda split_dir, img: split_dir / "ground-truth" / f"GT_{img.stem}.mat",
+        lambda data: data["image_info"][0, 0][0, 0][0],
+        "image_info[0, 0][0, 0][0]",
+    ),
+    doc="""ShanghaiTech part A or B: ``root`` holds ``train_data/`` and ``test_data/``;
+    ``split`` is ``"train"`` or ``"test"``.
 
-read_ucf_qnrf = _mat_reader(
+    Points come from ``ground-truth/GT_IMG_k.mat``'s ``image_info[0, 0][0, 0][0]``, shifted
+    by -0.5 from MATLAB's 1-based pixel centres unless ``one_based=False``.
+"""
+    + _READER_OPTIONS_DOC
+    + """
+        one_based: the ``.mat`` points are MATLAB's 1-based pixel centres (default); shift
+            them by -0.5 into detloss's frame.
+"""
+    + _POINTS_RETURNS
+    + """
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> from scipy.io import savemat
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for sub in ("images", "ground-truth"):
+        ...     (root / "train_data" / sub).mkdir(parents=True)
+        >>> Image.new("RGB", (30, 20)).save(root / "train_data/images/IMG_1.jpg")
+        >>> info = np.zeros((1, 1), dtype=[("location", object), ("number", object)])
+        >>> info[0, 0]["location"] = np.array([[1.0, 1.0], [12.5, 7.5]])
+        >>> cell = np.empty((1, 1), dtype=object)
+        >>> cell[0, 0] = info
+        >>> savemat(root / "train_data/ground-truth/GT_IMG_1.mat", {"image_info": cell})
+        >>> ds = read_shanghaitech(root, "train")
+        >>> ds[0][1]["points"].tolist()
+        [[0.5, 0.5], [12.0, 7.0]]
+""",
+)
+
+read_ucf_qnrf = split_reader(
     "ucf-qnrf",
-    {"train": "Train", "test": "Test"},
-    lambda split_dir: split_dir,
-    lambda split_dir, img: split_dir / f"{img.stem}_ann.mat",
-    lambda data, ann: data["annPoints"],
-    "'annPoints'",
+    _mat_parser(
+        "ucf-qnrf",
+        {"train": "Train", "test": "Test"},
+        lambda split_dir: split_dir,
+        lambda split_dir, img: split_dir / f"{img.stem}_ann.mat",
+        lambda data: data["annPoints"],
+        "'annPoints'",
+    ),
+    doc="""UCF-QNRF: ``root`` holds ``Train/`` and ``Test/``; ``split`` is ``"train"`` or
+    ``"test"``.
+
+    Points come from ``img_k_ann.mat``'s ``annPoints``, shifted by -0.5 from MATLAB's
+    1-based pixel centres unless ``one_based=False``.
+"""
+    + _READER_OPTIONS_DOC
+    + """
+        one_based: see :func:`read_shanghaitech`.
+"""
+    + _POINTS_RETURNS
+    + """
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from scipy.io import savemat
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "Train").mkdir()
+        >>> Image.new("RGB", (30, 20)).save(root / "Train/img_0001.jpg")
+        >>> savemat(root / "Train/img_0001_ann.mat", {"annPoints": [[3.0, 4.0]]})
+        >>> read_ucf_qnrf(root, "train", one_based=False)[0][1]["points"].tolist()
+        [[3.0, 4.0]]
+""",
 )
-read_ucf_qnrf.__name__ = "read_ucf_qnrf"
-read_ucf_qnrf.__doc__ = """UCF-QNRF: ``root`` holds ``Train/`` and ``Test/``; ``split`` is
-``"train"`` or ``"test"``. Points from ``img_k_ann.mat``'s ``annPoints``, shifted by -0.5
-from MATLAB's 1-based pixel centres unless ``one_based=False``."""
 
 
-def read_jhu_crowd(
-    root: str | Path,
-    split: str = "train",
-    *,
-    tolerance: float = 1.0,
-    keep_duplicates: bool = False,
-    transform: Transform | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    exif: bool = False,
-) -> AnnotatedImages:
-    """JHU-Crowd++: ``root/<split>/images/k.jpg`` with ``root/<split>/gt/k.txt``, one head
-    per line as ``x y w h o b`` (only ``x y`` are used; the six values are checked). An
-    empty ``gt`` file is an image without heads; a missing one is an error."""
-    _check_tolerance(tolerance)
+#: The per-head values of JHU-Crowd++ kept next to ``points`` in its targets.
+JHU_KEYS = ("sizes", "occlusion", "blur")
+
+
+def read_jhu_gt(path: str | Path) -> dict[str, Tensor]:
+    """One JHU-Crowd++ ``gt`` file, one head per line as ``x y w h o b``.
+
+    Returns:
+        ``{"points": float64[n, 2] (x, y), "sizes": float32[n, 2] (w, h of the head box,
+        pixels), "occlusion": int64[n] (o), "blur": bool[n] (b)}`` in file order. Heads
+        annotated with ``w = h = 0`` (no box drawn) keep their point, with size 0.
+
+    Raises:
+        AnnotationError: a line that is not six finite numbers, a negative ``w`` or
+            ``h``, an occlusion level that is not a whole number >= 0 or a blur flag that
+            is not 0 or 1; the one-line message names the file and the line.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> gt = Path(tempfile.mkdtemp()) / "0001.txt"
+        >>> _ = gt.write_text("10 5 4 6 1 0\\n12.5 7 0 0 3 1\\n")
+        >>> heads = read_jhu_gt(gt)
+        >>> heads["points"].tolist(), heads["sizes"].tolist()
+        ([[10.0, 5.0], [12.5, 7.0]], [[4.0, 6.0], [0.0, 0.0]])
+        >>> heads["occlusion"].tolist(), heads["blur"].tolist()
+        ([1, 3], [False, True])
+    """
+    path = Path(path)
+    heads = []
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        fields = line.replace(",", " ").split()
+        if not fields:
+            continue
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            values = []
+        if len(values) != 6 or not all(math.isfinite(v) for v in values):
+            raise AnnotationError(
+                f"{path}: line {n}: expected 6 numbers 'x y w h o b', got {line.strip()!r}"
+            )
+        _, _, w, h, occlusion, blur = values
+        if w < 0 or h < 0:
+            raise AnnotationError(
+                f"{path}: line {n}: negative head box width or height, got {line.strip()!r}"
+            )
+        if occlusion != int(occlusion) or occlusion < 0 or blur not in (0, 1):
+            raise AnnotationError(
+                f"{path}: line {n}: expected a whole occlusion level o >= 0 and a blur flag b "
+                f"of 0 or 1, got {line.strip()!r}"
+            )
+        heads.append(values)
+    table = torch.tensor(heads, dtype=torch.float64).reshape(-1, 6)
+    return {
+        "points": table[:, :2],
+        "sizes": table[:, 2:4].float(),
+        "occlusion": table[:, 4].long(),
+        "blur": table[:, 5].bool(),
+    }
+
+
+def _parse_jhu(root: Path, split: str, options: ReadOptions) -> ParsedSplit:
     split_dir = _split_dir(
-        Path(root), split, {"train": "train", "val": "val", "test": "test"}, "jhu-crowd"
+        root, split, {"train": "train", "val": "val", "test": "test"}, "jhu-crowd"
     )
     image_dir = split_dir / "images"
     images = list_images(image_dir)
-    points = []
-    for img in images:
-        gt = split_dir / "gt" / f"{img.stem}.txt"
-        pts = []
-        for n, line in enumerate(read_text(gt).splitlines(), start=1):
-            fields = line.replace(",", " ").split()
-            if not fields:
-                continue
-            try:
-                values = [float(v) for v in fields]
-            except ValueError:
-                values = []
-            if len(values) != 6 or not all(math.isfinite(v) for v in values):
-                raise AnnotationError(
-                    f"{gt}: line {n}: expected 6 numbers 'x y w h o b', got {line.strip()!r}"
-                )
-            pts.append(values[:2])
-        points.append(pts)
-    return _build(
-        image_dir,
-        images,
-        points,
-        source=split_dir / "gt",
-        format="jhu-crowd",
-        tolerance=tolerance,
-        keep_duplicates=keep_duplicates,
-        transform=transform,
-        max_pixels=max_pixels,
-        exif=exif,
-    )
+    rows = [read_jhu_gt(split_dir / "gt" / f"{img.stem}.txt") for img in images]
+    return _points_split(image_dir, images, rows, split_dir / "gt", options)
 
 
-def read_nwpu_crowd(
-    root: str | Path,
-    split: str = "train",
-    *,
-    tolerance: float = 1.0,
-    keep_duplicates: bool = False,
-    transform: Transform | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    exif: bool = False,
-) -> AnnotatedImages:
-    """NWPU-Crowd: the ids of ``root/<split>.txt`` (first field of each line), each with
-    ``root/images/<id>.jpg`` and ``root/jsons/<id>.json`` holding ``"points": [[x, y], ...]``.
-    The test split's annotations are not public: its missing JSON files are an error."""
-    _check_tolerance(tolerance)
-    root = Path(root)
+read_jhu_crowd = split_reader(
+    "jhu-crowd",
+    _parse_jhu,
+    doc="""JHU-Crowd++: ``root/<split>/images/k.jpg`` with ``root/<split>/gt/k.txt``, one
+    head per line as ``x y w h o b`` (head centre, head box width and height, occlusion
+    level, blur flag; read by :func:`read_jhu_gt`). An empty ``gt`` file is an image
+    without heads; a missing one is an error.
+"""
+    + _READER_OPTIONS_DOC
+    + """
+
+    Returns:
+        :class:`~detloss.app.data.base.AnnotatedImages` of points: items ``(image
+        float32[3, H, W], target)`` with ``target`` ``{"points": float32[n, 2], "labels":
+        int64[n], "sizes": float32[n, 2], "occlusion": int64[n], "blur": bool[n]}``
+        (``sizes`` is each head box's ``(w, h)`` in pixels; a point dropped or clipped
+        takes its values along). Consumers of points alone read ``points`` and
+        ``labels`` as for every other crowd set.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for sub in ("images", "gt"):
+        ...     (root / "train" / sub).mkdir(parents=True)
+        >>> Image.new("RGB", (30, 20)).save(root / "train/images/0001.jpg")
+        >>> _ = (root / "train/gt/0001.txt").write_text("10 5 4 6 1 0\\n")
+        >>> _, target = read_jhu_crowd(root, "train")[0]
+        >>> target["points"].tolist(), target["sizes"].tolist(), target["occlusion"].tolist()
+        ([[10.0, 5.0]], [[4.0, 6.0]], [1])
+""",
+)
+
+
+def _parse_nwpu(root: Path, split: str, options: ReadOptions) -> ParsedSplit:
     listing = root / f"{split}.txt"
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: split {split!r} not found for nwpu-crowd")
     image_dir = root / "images"
-    images, points = [], []
+    images, rows = [], []
     for n, line in enumerate(read_text(listing).splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -336,28 +432,35 @@ def read_nwpu_crowd(
         data = read_json(ann)
         if not isinstance(data, dict) or "points" not in data:
             raise AnnotationError(f"{ann}: expected an object with 'points': [[x, y], ...]")
-        raw = data["points"]
-        if not isinstance(raw, list):
-            raise AnnotationError(
-                f"{ann}: 'points': expected a list of [x, y], got {type(raw).__name__}"
-            )
-        for k, p in enumerate(raw):
-            if not (isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p)):
-                raise AnnotationError(
-                    f"{ann}: 'points', point {k}: expected [x, y] numbers, got {p!r}"
-                )
-        pts = _finite_pairs(raw, ann, "'points'")
         images.append(image_dir / f"{ident}.jpg")
-        points.append(pts)
-    return _build(
-        image_dir,
-        images,
-        points,
-        source=listing,
-        format="nwpu-crowd",
-        tolerance=tolerance,
-        keep_duplicates=keep_duplicates,
-        transform=transform,
-        max_pixels=max_pixels,
-        exif=exif,
-    )
+        rows.append(_points_rows(check_points(data["points"], f"{ann}: 'points'")))
+    return _points_split(image_dir, images, rows, listing, options)
+
+
+read_nwpu_crowd = split_reader(
+    "nwpu-crowd",
+    _parse_nwpu,
+    doc="""NWPU-Crowd: the ids of ``root/<split>.txt`` (first field of each line), each with
+    ``root/images/<id>.jpg`` and ``root/jsons/<id>.json`` holding ``"points": [[x, y],
+    ...]``. The test split's annotations are not public: its missing JSON files are an
+    error.
+"""
+    + _READER_OPTIONS_DOC
+    + """
+"""
+    + _POINTS_RETURNS
+    + """
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for sub in ("images", "jsons"):
+        ...     (root / sub).mkdir()
+        >>> Image.new("RGB", (30, 20)).save(root / "images/0001.jpg")
+        >>> _ = (root / "jsons/0001.json").write_text(json.dumps({"points": [[3.5, 4.5]]}))
+        >>> _ = (root / "train.txt").write_text("0001 1 1\\n")
+        >>> read_nwpu_crowd(root, "train")[0][1]["points"].tolist()
+        [[3.5, 4.5]]
+""",
+)

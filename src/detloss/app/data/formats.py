@@ -31,7 +31,7 @@ from .coco import CocoDetection
 from .crowd import read_jhu_crowd, read_nwpu_crowd, read_shanghaitech, read_ucf_qnrf
 from .points import PointDataset
 from .voc import read_voc
-from .yolo import find_yolo_config, read_yolo, yolo_split_dirs, yolo_split_list
+from .yolo import find_yolo_config, read_yolo, yolo_split
 
 __all__ = [
     "FORMATS",
@@ -74,7 +74,12 @@ def _check_format(format: str) -> str:
 
 
 def format_kind(format: str) -> str:
-    """``"points"`` or ``"boxes"``: what the items of ``format`` carry."""
+    """``"points"`` or ``"boxes"``: what the items of ``format`` carry.
+
+    Example:
+        >>> format_kind("jhu-crowd"), format_kind("voc")
+        ('points', 'boxes')
+    """
     return FORMATS[_check_format(format)][1]
 
 
@@ -88,6 +93,16 @@ def detect_format(root: str | Path) -> str:
     Raises:
         FileNotFoundError: ``root`` is not a folder.
         ValueError: no known layout; the message lists what was looked for.
+
+    Returns:
+        The name of one of :data:`FORMATS`.
+
+    Example:
+        >>> import tempfile
+        >>> from detloss.app.data import make_crowds
+        >>> points_json = make_crowds(f"{tempfile.mkdtemp()}/train", 1)
+        >>> detect_format(points_json.parents[1])
+        'points-json'
     """
     root = Path(root)
     if not root.is_dir():
@@ -125,7 +140,20 @@ def detect_format(root: str | Path) -> str:
 
 
 def available_splits(root: str | Path, format: str | None = None) -> list[str]:
-    """The split names of ``root`` that :func:`open_split` can open."""
+    """The split names of ``root`` that :func:`open_split` can open.
+
+    Returns:
+        ``list[str]``, the usual names (``train``, ``val``, ``test``) first.
+
+    Example:
+        >>> from tempfile import mkdtemp
+        >>> from detloss.app.data import ShapeSpec, make_shapes
+        >>> root = mkdtemp()
+        >>> for split in ("val", "train"):
+        ...     _ = make_shapes(f"{root}/{split}", 1, ShapeSpec(image_size=32, size_range=(8, 12)))
+        >>> available_splits(root)
+        ['train', 'val']
+    """
     root = Path(root)
     format = _check_format(format) if format is not None else detect_format(root)
     if format in ("points-json", "coco"):
@@ -145,11 +173,8 @@ def available_splits(root: str | Path, format: str | None = None) -> list[str]:
         return [s for s in ("train", "val", "trainval", "test") if (main / f"{s}.txt").is_file()]
     splits = []
     for s in ("train", "val", "test"):
-        if yolo_split_list(root, s) is not None:
-            splits.append(s)
-            continue
         try:
-            yolo_split_dirs(root, s)
+            yolo_split(root, s)
         except FileNotFoundError:
             continue
         splits.append(s)
@@ -182,6 +207,18 @@ def open_split(
         in [0, 1] and ``target`` ``{"points": [n, 2], "labels": [n]}`` or ``{"boxes":
         [n, 4] xyxy, "labels": [n]}`` (VOC adds ``"ignore": bool[n]``); ``.format``,
         ``.kind``, ``.categories``, ``.num_classes``.
+
+    Example:
+        >>> import tempfile
+        >>> from detloss.app.data import CrowdSpec, make_crowds
+        >>> spec = CrowdSpec(image_size=32, count_range=(2, 2))
+        >>> root = make_crowds(f"{tempfile.mkdtemp()}/train", 3, spec).parents[1]
+        >>> ds = open_split(root, "train")
+        >>> ds.format, ds.kind, len(ds)
+        ('points-json', 'points', 3)
+        >>> image, target = ds[0]
+        >>> image.shape, target["points"].shape, target["labels"].tolist()
+        (torch.Size([3, 32, 32]), torch.Size([2, 2]), [0, 0])
     """
     root = Path(root)
     format = _check_format(format) if format is not None else detect_format(root)
@@ -193,6 +230,14 @@ def split_dataset(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Sub
     """Carve ``(train, val)`` subsets from ``dataset``: ``round(fraction * n)`` items (at
     least one of each when ``n >= 2``) drawn by a seeded permutation, each part in the
     dataset's order. The same ``(n, fraction, seed)`` gives the same parts on any machine.
+
+    Returns:
+        ``(train, val)``: two :class:`torch.utils.data.Subset` of ``dataset``.
+
+    Example:
+        >>> train, val = split_dataset(list(range(10)), 0.2, seed=0)
+        >>> len(train), len(val), sorted(train.indices + val.indices) == list(range(10))
+        (8, 2, True)
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise ValueError(f"fraction: expected a number in (0, 1), got {fraction!r}")
@@ -229,6 +274,14 @@ def open_train_val(
     Raises:
         FileNotFoundError: ``val_split`` does not exist and no ``val_fraction`` was given
             (the message suggests one).
+
+    Example:
+        >>> from tempfile import mkdtemp
+        >>> from detloss.app.data import make_crowds
+        >>> root = make_crowds(mkdtemp() + "/train", 5).parents[1]
+        >>> train, val, base = open_train_val(root, val_fraction=0.2, seed=0)
+        >>> len(train), len(val), base.kind
+        (4, 1, 'points')
     """
     root = Path(root)
     format = _check_format(format) if format is not None else detect_format(root)

@@ -19,21 +19,16 @@ error.
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ._common import DEFAULT_MAX_PIXELS, AnnotationError, read_json, unique_rows
-from .base import AnnotatedImages, Transform, points_target
+from ._common import AnnotationError, check_points, read_json, unique_rows
+from .base import AnnotationFileDataset, points_target
 
 __all__ = ["PointDataset", "load_point_annotations"]
-
-
-def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def load_point_annotations(path: str | Path) -> dict[str, Tensor]:
@@ -44,6 +39,14 @@ def load_point_annotations(path: str | Path) -> dict[str, Tensor]:
         AnnotationError (a ``ValueError``): invalid JSON, a top level that is not an
             object, or a record that is not a list of ``[x, y]`` pairs of finite numbers
             with ``x, y >= 0``; the message names the file, the image and the point.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "points.json"
+        >>> _ = path.write_text('{"a.jpg": [[12.5, 40], [97.25, 13]], "b.jpg": []}')
+        >>> {name: pts.shape for name, pts in load_point_annotations(path).items()}
+        {'a.jpg': torch.Size([2, 2]), 'b.jpg': torch.Size([0, 2])}
     """
     path = Path(path)
     data = read_json(path)
@@ -54,16 +57,7 @@ def load_point_annotations(path: str | Path) -> dict[str, Tensor]:
         )
     out: dict[str, Tensor] = {}
     for name, pts in data.items():
-        if not isinstance(pts, list):
-            raise AnnotationError(
-                f"{path}: image {name!r}: expected a list of [x, y] points, got {type(pts).__name__}"
-            )
-        for k, p in enumerate(pts):
-            if not (isinstance(p, list) and len(p) == 2 and all(_number(v) for v in p)):
-                raise AnnotationError(
-                    f"{path}: image {name!r}, point {k}: expected [x, y] with finite numbers, "
-                    f"got {p!r}"
-                )
+        for k, p in enumerate(check_points(pts, f"{path}: image {name!r}")):
             if p[0] < 0 or p[1] < 0:
                 raise AnnotationError(
                     f"{path}: image {name!r}, point {k}: outside the image, got {p!r} "
@@ -73,7 +67,7 @@ def load_point_annotations(path: str | Path) -> dict[str, Tensor]:
     return out
 
 
-class PointDataset(AnnotatedImages):
+class PointDataset(AnnotationFileDataset):
     """Images with point annotations, as ``(image, target)`` pairs.
 
     Args:
@@ -98,22 +92,22 @@ class PointDataset(AnnotatedImages):
     Raises ``AnnotationError`` (a ``ValueError``) naming the file and the record for a
     malformed file, an unreadable image, or a point outside its image (checked against the
     image size when the image is read, or at construction with ``check_images``).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from detloss.app.data import CrowdSpec, make_crowds
+        >>> root = Path(tempfile.mkdtemp())
+        >>> path = make_crowds(root, 2, CrowdSpec(image_size=32, count_range=(3, 3)))
+        >>> ds = PointDataset(root / "images", path, check_images=True)
+        >>> ds.counts().tolist(), ds[0][1]["points"].shape
+        ([3, 3], torch.Size([3, 2]))
     """
 
-    def __init__(
-        self,
-        image_dir: str | Path,
-        annotation_file: str | Path,
-        transform: Transform | None = None,
-        *,
-        check_images: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        exif: bool = False,
-        keep_duplicates: bool = False,
-    ) -> None:
-        self.annotation_file = Path(annotation_file)
-        if not Path(image_dir).is_dir():
-            raise FileNotFoundError(f"{image_dir}: image directory not found")
+    format_name = "points-json"
+
+    def parse(self, *, keep_duplicates: bool) -> dict:
+        """Read the points, dropping (or keeping) repeats with one counting warning."""
         raw = load_point_annotations(self.annotation_file)
         repeated = 0
         for name, pts in raw.items():
@@ -128,23 +122,15 @@ class PointDataset(AnnotatedImages):
                 f"{self.annotation_file}: {repeated} repeated points (same image, same "
                 f"coordinates) {how}",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self.annotations = raw
-        super().__init__(
-            image_dir,
-            list(raw),
-            [points_target(p) for p in raw.values()],
-            kind="points",
-            categories=["point"],
-            source=self.annotation_file,
-            transform=transform,
-            max_pixels=max_pixels,
-            exif=exif,
-            format="points-json",
-        )
-        if check_images:
-            self.check_images()
+        return {
+            "names": list(raw),
+            "targets": [points_target(p) for p in raw.values()],
+            "kind": "points",
+            "categories": ["point"],
+        }
 
     def counts(self) -> Tensor:
         """``int64[len(self)]``: the number of points of every image."""

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ._common import require_pil
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -42,16 +44,6 @@ __all__ = [
 
 #: Category names of :func:`make_shapes`, in label order (COCO category ids are 1-based).
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
-
-
-def _require_pil():
-    try:
-        from PIL import Image, ImageDraw
-    except ImportError as err:  # pragma: no cover - pillow is a demo dependency
-        raise ImportError(
-            "detloss.app.data needs Pillow to read and write images: pip install 'detloss[demo]'"
-        ) from err
-    return Image, ImageDraw
 
 
 def _size(size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
@@ -115,7 +107,7 @@ def _run_jobs(fn, jobs: list[tuple], workers: int) -> list:
 
 
 def _write_crowd(images: Path, spec: CrowdSpec, seed: int, k: int) -> tuple[str, list]:
-    Image, _ = _require_pil()
+    Image, _ = require_pil()
     pixels, pts = render_crowd(np.random.default_rng([seed, k]), spec)
     name = f"crowd_{k:05d}.png"
     Image.fromarray(pixels).save(images / name)
@@ -125,7 +117,7 @@ def _write_crowd(images: Path, spec: CrowdSpec, seed: int, k: int) -> tuple[str,
 def _write_shapes(
     images: Path, spec: ShapeSpec, seed: int, k: int
 ) -> tuple[str, np.ndarray, np.ndarray]:
-    Image, _ = _require_pil()
+    Image, _ = require_pil()
     pixels, boxes, labels = render_shapes(np.random.default_rng([seed, k]), spec)
     name = f"shapes_{k:05d}.png"
     Image.fromarray(pixels).save(images / name)
@@ -149,6 +141,12 @@ class CrowdSpec:
         clustered_fraction: fraction of images whose heads are drawn in clusters.
         min_distance: minimum distance between two heads, in pixels.
         texture: background texture strength (0 = flat).
+
+    Example:
+        >>> import numpy as np
+        >>> pixels, points = render_crowd(np.random.default_rng(0), CrowdSpec(image_size=(24, 40), count_range=(5, 5)))
+        >>> pixels.shape, pixels.dtype, points.shape
+        ((24, 40, 3), dtype('uint8'), (5, 2))
     """
 
     image_size: int | tuple[int, int] = 128
@@ -222,7 +220,16 @@ def _place_points(
 
 
 def render_crowd(rng: np.random.Generator, spec: CrowdSpec) -> tuple[np.ndarray, np.ndarray]:
-    """One crowd image ``uint8[H, W, 3]`` and its head points ``float[n, 2]`` (x, y)."""
+    """One crowd image ``uint8[H, W, 3]`` and its head points ``float[n, 2]`` (x, y).
+
+    Example:
+        >>> import numpy as np
+        >>> spec = CrowdSpec(image_size=32, count_range=(4, 4))
+        >>> a, pa = render_crowd(np.random.default_rng(1), spec)
+        >>> b, pb = render_crowd(np.random.default_rng(1), spec)
+        >>> bool((a == b).all()), pa.shape, bool(((pa >= 0) & (pa <= 32)).all())
+        (True, (4, 2), True)
+    """
     h, w = _size(spec.image_size)
     lo, hi = spec.count_range
     count = int(rng.integers(lo, hi + 1))
@@ -261,43 +268,82 @@ def render_crowd(rng: np.random.Generator, spec: CrowdSpec) -> tuple[np.ndarray,
     return _to_uint8(img), pts
 
 
-def make_crowds(
-    root: str | Path,
-    num_images: int,
-    spec: CrowdSpec | None = None,
-    *,
-    seed: int = 0,
-    workers: int = 1,
-) -> Path:
-    """Write a synthetic crowd set: ``root/images/crowd_00000.png ...`` and ``root/points.json``.
+def _set_maker(
+    name: str,
+    spec_type: type,
+    write_image: Callable[..., tuple],
+    write_annotations: Callable[[Path, tuple[int, int], list[tuple]], Path],
+    doc: str,
+) -> Callable[..., Path]:
+    """``make(root, num_images, spec=None, *, seed=0, workers=1) -> Path``: draw and save
+    image ``k`` by ``write_image(images_dir, spec, seed, k)``, then write the annotations
+    of all of them by ``write_annotations(root, (height, width), drawn)``."""
 
+    def make(
+        root: str | Path,
+        num_images: int,
+        spec: object | None = None,
+        *,
+        seed: int = 0,
+        workers: int = 1,
+    ) -> Path:
+        require_pil()
+        if not isinstance(num_images, int) or num_images < 0:
+            raise ValueError(f"num_images must be a non-negative int, got {num_images!r}")
+        spec = spec or spec_type()
+        size = _size(spec.image_size)
+        lo, hi = spec.count_range
+        if not 0 <= lo <= hi:
+            raise ValueError(f"count_range: expected 0 <= min <= max, got {spec.count_range!r}")
+        root = Path(root)
+        images = root / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        jobs = [(images, spec, seed, k) for k in range(num_images)]
+        return write_annotations(root, size, _run_jobs(write_image, jobs, workers))
+
+    make.__name__ = make.__qualname__ = name
+    make.__doc__ = doc
+    return make
+
+
+_SET_ARGS = """
     Args:
         root: output directory (created).
         num_images: number of images.
-        spec: generator settings (:class:`CrowdSpec`).
+        spec: generator settings (:class:`{spec}`; default ``{spec}()``).
         seed: image ``k`` is drawn from ``numpy.random.default_rng([seed, k])``.
         workers: processes drawing images in parallel (the result does not depend on it).
+"""
 
+
+def _write_points_json(root: Path, size: tuple[int, int], drawn: list[tuple]) -> Path:
+    path = root / "points.json"
+    path.write_text(json.dumps(dict(drawn), indent=0))
+    return path
+
+
+make_crowds = _set_maker(
+    "make_crowds",
+    CrowdSpec,
+    _write_crowd,
+    _write_points_json,
+    """Write a synthetic crowd set: ``root/images/crowd_00000.png ...`` and
+    ``root/points.json``.
+"""
+    + _SET_ARGS.format(spec="CrowdSpec")
+    + """
     Returns:
         The path of ``points.json``: ``{"crowd_00000.png": [[x, y], ...], ...}`` with paths
         relative to ``root/images``.
-    """
-    _require_pil()
-    if not isinstance(num_images, int) or num_images < 0:
-        raise ValueError(f"num_images must be a non-negative int, got {num_images!r}")
-    spec = spec or CrowdSpec()
-    _size(spec.image_size)
-    lo, hi = spec.count_range
-    if not 0 <= lo <= hi:
-        raise ValueError(f"count_range: expected 0 <= min <= max, got {spec.count_range!r}")
-    root = Path(root)
-    images = root / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    jobs = [(images, spec, seed, k) for k in range(num_images)]
-    annotations = dict(_run_jobs(_write_crowd, jobs, workers))
-    path = root / "points.json"
-    path.write_text(json.dumps(annotations, indent=0))
-    return path
+
+    Example:
+        >>> import json, tempfile
+        >>> path = make_crowds(tempfile.mkdtemp(), 2, CrowdSpec(image_size=32, count_range=(1, 3)))
+        >>> points = json.loads(path.read_text())
+        >>> sorted(points), all(1 <= len(p) <= 3 for p in points.values())
+        (['crowd_00000.png', 'crowd_00001.png'], True)
+""",
+)
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -314,6 +360,12 @@ class ShapeSpec:
         max_overlap: largest IoU allowed between two objects' boxes.
         outline_fraction: fraction of objects drawn as outlines rather than filled.
         clutter: number range of clutter strokes (lines and specks that are not objects).
+
+    Example:
+        >>> import numpy as np
+        >>> pixels, boxes, labels = render_shapes(np.random.default_rng(0), ShapeSpec(image_size=64, count_range=(2, 2)))
+        >>> pixels.shape, boxes.shape, labels.shape
+        ((64, 64, 3), (2, 4), (2,))
     """
 
     image_size: int | tuple[int, int] = 128
@@ -364,8 +416,14 @@ def render_shapes(
 
     Drawn at twice the resolution and downsampled, so edges are anti-aliased and a box is
     the exact extent of the shape's geometry (outline width included).
+
+    Example:
+        >>> import numpy as np
+        >>> pixels, boxes, labels = render_shapes(np.random.default_rng(3), ShapeSpec(image_size=48))
+        >>> bool((boxes[:, 2:] > boxes[:, :2]).all()), [SHAPE_CLASSES[k] in SHAPE_CLASSES for k in labels][:1]
+        (True, [True])
     """
-    Image, ImageDraw = _require_pil()
+    Image, ImageDraw = require_pil()
     h, w = _size(spec.image_size)
     ss = 2  # supersampling factor
     bg = _to_uint8(_background(rng, h * ss, w * ss, 0.8))
@@ -432,43 +490,11 @@ def render_shapes(
     return pixels, box_arr, np.asarray(labels, dtype=np.int64)
 
 
-def make_shapes(
-    root: str | Path,
-    num_images: int,
-    spec: ShapeSpec | None = None,
-    *,
-    seed: int = 0,
-    workers: int = 1,
-) -> Path:
-    """Write a synthetic shapes set: ``root/images/shapes_00000.png ...`` and COCO
-    ``root/instances.json`` (categories :data:`SHAPE_CLASSES` with ids 1..4, boxes as
-    ``[x, y, w, h]``).
-
-    Args:
-        root: output directory (created).
-        num_images: number of images.
-        spec: generator settings (:class:`ShapeSpec`).
-        seed: image ``k`` is drawn from ``numpy.random.default_rng([seed, k])``.
-        workers: processes drawing images in parallel (the result does not depend on it).
-
-    Returns:
-        The path of ``instances.json``.
-    """
-    _require_pil()
-    if not isinstance(num_images, int) or num_images < 0:
-        raise ValueError(f"num_images must be a non-negative int, got {num_images!r}")
-    spec = spec or ShapeSpec()
-    h, w = _size(spec.image_size)
-    lo, hi = spec.count_range
-    if not 0 <= lo <= hi:
-        raise ValueError(f"count_range: expected 0 <= min <= max, got {spec.count_range!r}")
-    root = Path(root)
-    images_dir = root / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
+def _write_coco(root: Path, size: tuple[int, int], drawn: list[tuple]) -> Path:
+    h, w = size
     images: list[dict] = []
     annotations: list[dict] = []
-    jobs = [(images_dir, spec, seed, k) for k in range(num_images)]
-    for k, (name, boxes, labels) in enumerate(_run_jobs(_write_shapes, jobs, workers)):
+    for k, (name, boxes, labels) in enumerate(drawn):
         images.append({"id": k + 1, "file_name": name, "width": w, "height": h})
         for box, label in zip(boxes, labels, strict=True):
             x0, y0, x1, y1 = (round(float(v), 3) for v in box)
@@ -488,3 +514,27 @@ def make_shapes(
         json.dumps({"images": images, "annotations": annotations, "categories": categories})
     )
     return path
+
+
+make_shapes = _set_maker(
+    "make_shapes",
+    ShapeSpec,
+    _write_shapes,
+    _write_coco,
+    """Write a synthetic shapes set: ``root/images/shapes_00000.png ...`` and COCO
+    ``root/instances.json`` (categories :data:`SHAPE_CLASSES` with ids 1..4, boxes as
+    ``[x, y, w, h]``).
+"""
+    + _SET_ARGS.format(spec="ShapeSpec")
+    + """
+    Returns:
+        The path of ``instances.json``.
+
+    Example:
+        >>> import json, tempfile
+        >>> path = make_shapes(tempfile.mkdtemp(), 1, ShapeSpec(image_size=64, count_range=(2, 2)))
+        >>> coco = json.loads(path.read_text())
+        >>> coco["images"], len(coco["annotations"])
+        ([{'id': 1, 'file_name': 'shapes_00000.png', 'width': 64, 'height': 64}], 2)
+""",
+)

@@ -36,14 +36,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from xml.etree import ElementTree
 
-from ._common import (
-    DEFAULT_MAX_PIXELS,
-    AnnotationError,
-    check_image_name,
-    open_regular_file,
-    warn_dropped,
-)
-from .base import AnnotatedImages, Transform, boxes_target
+from ._common import AnnotationError, check_image_name, open_regular_file
+from ._reader import ParsedSplit, ReadOptions, Repeats, split_reader
+from .base import boxes_target
 from .crowd import natural_key
 
 __all__ = ["VOC_CLASSES", "parse_voc_xml", "read_voc", "voc_class_names"]
@@ -77,7 +72,18 @@ def _number(node: ElementTree.Element, tag: str, path: Path, where: str) -> floa
 def parse_voc_xml(path: str | Path) -> dict:
     """One VOC annotation file -> ``{"filename", "width", "height", "objects": [{"name",
     "difficult", "box": [xmin, ymin, xmax, ymax] as written}]}``; every failure is an
-    :class:`AnnotationError` naming the file and, where known, the object."""
+    :class:`AnnotationError` naming the file and, where known, the object.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> xml = Path(tempfile.mkdtemp()) / "a.xml"
+        >>> _ = xml.write_text("<annotation><filename>a.jpg</filename><size><width>30</width>"
+        ...     "<height>20</height></size><object><name>cat</name><bndbox><xmin>1</xmin>"
+        ...     "<ymin>2</ymin><xmax>10</xmax><ymax>20</ymax></bndbox></object></annotation>")
+        >>> parse_voc_xml(xml)["objects"]
+        [{'name': 'cat', 'difficult': False, 'box': [1.0, 2.0, 10.0, 20.0]}]
+    """
     path = Path(path)
     with open_regular_file(path, what="annotation file") as f:
         raw = f.read(_MAX_XML_BYTES + 1)
@@ -141,7 +147,19 @@ def _read_ids(listing: Path) -> list[str]:
 def voc_class_names(root: str | Path) -> list[str]:
     """The class names of a VOC folder in label order: ``classes.txt`` / ``labels.txt``,
     else VOC's 20 classes when every name in ``Annotations/`` is one of them, else all those
-    names sorted. Decided from the whole folder, so every split has the same labels."""
+    names sorted. Decided from the whole folder, so every split has the same labels.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "Annotations").mkdir()  # no names beyond VOC's: its 20 classes
+        >>> voc_class_names(root)[:3], len(voc_class_names(root))
+        (['aeroplane', 'bicycle', 'bird'], 20)
+        >>> _ = (root / "classes.txt").write_text("cat\\ndog\\n")
+        >>> voc_class_names(root)
+        ['cat', 'dog']
+    """
     from ._common import read_text
 
     root = Path(root)
@@ -156,21 +174,9 @@ def voc_class_names(root: str | Path) -> list[str]:
     return sorted(names)
 
 
-def read_voc(
-    root: str | Path,
-    split: str = "train",
-    *,
-    classes: Sequence[str] | None = None,
-    tolerance: float = 1.0,
-    keep_duplicates: bool = False,
-    transform: Transform | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    exif: bool = False,
-) -> AnnotatedImages:
-    """The ``split`` (``ImageSets/Main/<split>.txt``) of a VOC folder as
-    :class:`~detloss.app.data.base.AnnotatedImages` of boxes with an ``"ignore"`` flag per box
-    (see the module for the conventions)."""
-    root = Path(root)
+def _parse_voc(
+    root: Path, split: str, options: ReadOptions, *, classes: Sequence[str] | None = None
+) -> ParsedSplit:
     listing = root / "ImageSets" / "Main" / f"{split}.txt"
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: split {split!r} not found for voc")
@@ -179,16 +185,18 @@ def read_voc(
     names = list(classes) if classes is not None else voc_class_names(root)
     label_of = {n: k for k, n in enumerate(names)}
     image_dir = root / "JPEGImages"
-    counts = {"boxes of zero width or height": 0, "repeated objects": 0}
+    zero_size = 0
+    repeats = Repeats(options.keep_duplicates)
+    tolerance = options.tolerance
     files, targets, sizes, wheres = [], [], [], []
-    for ident, ann in zip(ids, parsed):
+    for i, (ident, ann) in enumerate(zip(ids, parsed)):
         xml = root / "Annotations" / f"{ident}.xml"
         file = f"{ident}.jpg"
         if not (image_dir / file).exists() and ann["filename"]:
             named = check_image_name(ann["filename"], f"{xml}: <filename>")
             file = named if (image_dir / named).exists() else file
         w, h = ann["width"], ann["height"]
-        boxes, labels, ignore, seen = [], [], [], set()
+        boxes, labels, ignore = [], [], []
         for k, obj in enumerate(ann["objects"]):
             where = f"{xml}: object {k} ({obj['name']!r})"
             if obj["name"] not in label_of:
@@ -207,14 +215,10 @@ def read_voc(
                     )
                 x0, x1 = min(max(x0, 0.0), w), min(max(x1, 0.0), w)
                 y0, y1 = min(max(y0, 0.0), h), min(max(y1, 0.0), h)
-            key = (obj["name"], obj["difficult"], x0, y0, x1, y1)
-            if key in seen:
-                counts["repeated objects"] += 1
-                if not keep_duplicates:
-                    continue
-            seen.add(key)
+            if repeats.skip((i, obj["name"], obj["difficult"], x0, y0, x1, y1)):
+                continue
             if x1 <= x0 or y1 <= y0:
-                counts["boxes of zero width or height"] += 1
+                zero_size += 1
                 continue
             boxes.append([x0, y0, x1, y1])
             labels.append(label_of[obj["name"]])
@@ -223,20 +227,60 @@ def read_voc(
         targets.append(boxes_target(boxes, labels, ignore))
         sizes.append((h, w) if w > 0 and h > 0 else None)
         wheres.append(f"image {ident!r} ({xml.name})")
-    if keep_duplicates:
-        counts["repeated objects (kept)"] = counts.pop("repeated objects")
-    warn_dropped(listing, counts)
-    return AnnotatedImages(
+    return ParsedSplit(
         image_dir,
         files,
         targets,
         kind="boxes",
         categories=names,
         source=root / "Annotations",
-        wheres=wheres,
+        dropped={"boxes of zero width or height": zero_size},
+        repeats=repeats,
+        repeated="repeated objects",
+        warn_source=listing,
         sizes=sizes,
-        transform=transform,
-        max_pixels=max_pixels,
-        exif=exif,
-        format="voc",
+        wheres=wheres,
     )
+
+
+read_voc = split_reader(
+    "voc",
+    _parse_voc,
+    doc="""The ``split`` (``ImageSets/Main/<split>.txt``: ``train``, ``val``, ``trainval``,
+    ``test``) of a VOC folder, with an ``"ignore"`` flag per box (see the module for the
+    conventions).
+
+    Args:
+        root: the folder holding ``Annotations/``, ``JPEGImages/`` and ``ImageSets/``.
+        split: the split's name.
+        classes: the class names in label order (default: see the module).
+        tolerance: how far (pixels) a box may reach outside its image before it is an
+            error; boxes within it are clipped (default 1).
+        keep_duplicates: keep exactly repeated objects (default: drop them, counted).
+        transform: optional ``(image, target) -> (image, target)`` applied to every item.
+        max_pixels: pixel budget of one image, checked from its header before decoding.
+        exif: apply EXIF orientation tags (default ``False``: the stored pixels).
+
+    Returns:
+        :class:`~detloss.app.data.base.AnnotatedImages` of boxes: items ``(image
+        float32[3, H, W], {"boxes": float32[n, 4] (xyxy, pixels), "labels": int64[n],
+        "ignore": bool[n]})``.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        ...     (root / sub).mkdir(parents=True)
+        >>> Image.new("RGB", (30, 20)).save(root / "JPEGImages/a.jpg")
+        >>> _ = (root / "Annotations/a.xml").write_text(
+        ...     "<annotation><size><width>30</width><height>20</height></size><object>"
+        ...     "<name>dog</name><difficult>1</difficult><bndbox><xmin>1</xmin><ymin>2</ymin>"
+        ...     "<xmax>10</xmax><ymax>20</ymax></bndbox></object></annotation>")
+        >>> _ = (root / "ImageSets/Main/train.txt").write_text("a\\n")
+        >>> _, target = read_voc(root, "train")[0]
+        >>> target["boxes"].tolist(), target["labels"].tolist(), target["ignore"].tolist()
+        ([[0.0, 1.0, 10.0, 20.0]], [11], [True])
+""",
+)

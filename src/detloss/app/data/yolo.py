@@ -7,8 +7,10 @@ Layout, one of::
 
 or the folders named by ``train:`` / ``val:`` / ``test:`` in ``root/data.yaml``, or a
 ``.txt`` file named there that lists one image path per line, relative to ``root`` (as
-Ultralytics' ``coco.yaml`` does with ``train2017.txt``); the labels of an image are found by
-replacing the last ``images`` folder of its path by ``labels``.
+Ultralytics' ``coco.yaml`` does with ``train2017.txt``), or a YAML list of such folders and
+files (``train: [images/a, images/b]``), read in order and concatenated; nothing named
+there may lie outside ``root``. The labels of an image are found by replacing the last
+``images`` folder of its path by ``labels``.
 Each label line is ``class cx cy w h`` with the centre and size normalised by the image's
 width and height; a line ``class x1 y1 x2 y2 ...`` (a polygon) is read as its bounding box.
 Class names come from ``names:`` in ``data.yaml`` (a list or an ``index: name`` mapping,
@@ -29,147 +31,40 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
-from ._common import DEFAULT_MAX_PIXELS, AnnotationError, image_size, read_text, warn_dropped
-from .base import AnnotatedImages, Transform, boxes_target
+from ._common import AnnotationError, ImageAccess, read_text
+from ._reader import ParsedSplit, ReadOptions, Repeats, split_reader
+from ._yaml import parse_simple_yaml
+from .base import boxes_target
 from .crowd import IMAGE_SUFFIXES, natural_key
 
 __all__ = [
+    "YoloSplit",
     "find_yolo_config",
     "parse_simple_yaml",
     "read_yolo",
     "yolo_class_names",
-    "yolo_split_dirs",
-    "yolo_split_list",
+    "yolo_split",
 ]
 
 CONFIG_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
 
 
-# ----------------------------------------------------------------------------- tiny YAML
-
-
-def _strip_comment(line: str) -> str:
-    quote = ""
-    for k, ch in enumerate(line):
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (k == 0 or line[k - 1] in " \t"):
-            return line[:k]
-    return line
-
-
-def _scalar(text: str) -> object:
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    if text in ("", "~", "null"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _split_flow(body: str) -> list[str]:
-    parts, quote, current = [], "", ""
-    for ch in body:
-        if quote:
-            current += ch
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-            current += ch
-        elif ch == ",":
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    if current.strip():
-        parts.append(current)
-    return parts
-
-
-def _value(text: str, where: str) -> object:
-    text = text.strip()
-    if text.startswith("["):
-        if not text.endswith("]"):
-            raise AnnotationError(f"{where}: unterminated list {text!r}")
-        return [_scalar(p) for p in _split_flow(text[1:-1])]
-    if text.startswith("{"):
-        if not text.endswith("}"):
-            raise AnnotationError(f"{where}: unterminated mapping {text!r}")
-        out = {}
-        for p in _split_flow(text[1:-1]):
-            key, sep, val = p.partition(":")
-            if not sep:
-                raise AnnotationError(f"{where}: expected 'key: value' in {text!r}")
-            out[_scalar(key)] = _scalar(val)
-        return out
-    return _scalar(text)
-
-
-def parse_simple_yaml(path: str | Path) -> dict[str, object]:
-    """The subset of YAML that dataset files use: top-level ``key: value`` pairs whose
-    values are scalars, flow lists / mappings (``[a, b]``, ``{0: a}``), or one level of
-    block list (``- a``) or block mapping (``0: a``) items.
-
-    Raises:
-        AnnotationError: anything else, naming the file and line.
-    """
-    path = Path(path)
-    out: dict[str, object] = {}
-    block: str | None = None
-    for n, raw in enumerate(read_text(path, "dataset file").splitlines(), start=1):
-        line = _strip_comment(raw).rstrip()
-        stripped = line.strip()
-        where = f"{path}: line {n}"
-        if not stripped or stripped in ("---", "..."):
-            continue
-        if line[0] in " \t":
-            if block is None:
-                raise AnnotationError(f"{where}: unexpected indented line {raw.strip()!r}")
-            current = out[block]
-            if stripped.startswith("- ") or stripped == "-":
-                if current is None:
-                    current = out[block] = []
-                if not isinstance(current, list):
-                    raise AnnotationError(f"{where}: a list item inside a mapping")
-                current.append(_value(stripped[1:], where))
-            else:
-                key, sep, val = stripped.partition(":")
-                if not sep:
-                    raise AnnotationError(f"{where}: expected 'key: value', got {stripped!r}")
-                if current is None:
-                    current = out[block] = {}
-                if not isinstance(current, dict):
-                    raise AnnotationError(f"{where}: a mapping item inside a list")
-                current[_scalar(key)] = _value(val, where)
-            continue
-        key, sep, val = stripped.partition(":")
-        if not sep or not key.strip():
-            raise AnnotationError(f"{where}: expected 'key: value', got {stripped!r}")
-        key = str(_scalar(key))
-        if key in out:
-            raise AnnotationError(f"{where}: key {key!r} appears twice")
-        if val.strip():
-            out[key] = _value(val, where)
-            block = None
-        else:
-            out[key] = None
-            block = key
-    return out
-
-
 def find_yolo_config(root: Path) -> Path | None:
+    """The dataset file of a YOLO folder: the first of ``data.yaml``, ``data.yml``,
+    ``dataset.yaml``, ``dataset.yml`` in ``root``; ``None`` when there is none.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> find_yolo_config(root) is None
+        True
+        >>> _ = (root / "dataset.yaml").write_text("names: [cat]\\n")
+        >>> find_yolo_config(root).name
+        'dataset.yaml'
+    """
     for name in CONFIG_NAMES:
         if (root / name).is_file():
             return root / name
@@ -177,7 +72,16 @@ def find_yolo_config(root: Path) -> Path | None:
 
 
 def yolo_class_names(root: str | Path) -> list[str]:
-    """The class names of a YOLO folder, in class-index order (see the module)."""
+    """The class names of a YOLO folder, in class-index order (see the module).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "data.yaml").write_text("names:\\n  0: cat\\n  1: dog\\n")
+        >>> yolo_class_names(root)
+        ['cat', 'dog']
+    """
     root = Path(root)
     config = find_yolo_config(root)
     if config is not None:
@@ -207,7 +111,8 @@ def yolo_class_names(root: str | Path) -> list[str]:
 # ----------------------------------------------------------------------------- layout
 
 
-def _labels_dir(image_dir: Path, root: Path) -> Path:
+def _labels_dir(image_dir: Path) -> Path:
+    """The label folder of an image folder: its last ``images`` part replaced by ``labels``."""
     parts = list(image_dir.parts)
     for k in range(len(parts) - 1, -1, -1):
         if parts[k] == "images":
@@ -219,61 +124,145 @@ def _split_aliases(split: str) -> list[str]:
     return [split] + (["valid"] if split == "val" else ["val"] if split == "valid" else [])
 
 
-def yolo_split_list(root: str | Path, split: str) -> tuple[Path, list[Path]] | None:
-    """``(list file, image paths)`` where ``data.yaml`` names a ``.txt`` file listing the
-    images of ``split``; None where it names a folder or nothing. Every listed path must stay
-    inside ``root``."""
-    root = Path(root)
-    config = find_yolo_config(root)
-    if config is None:
-        return None
-    data = parse_simple_yaml(config)
-    for key in _split_aliases(split):
-        value = data.get(key)
-        if not (isinstance(value, str) and value.endswith(".txt")):
+class YoloSplit(NamedTuple):
+    """The images of one YOLO split and their label files (a missing one: no objects).
+
+    Example:
+        >>> from pathlib import Path
+        >>> split = YoloSplit(Path("d/images/train"), Path("d/labels/train"), [Path("d/images/train/a.jpg")],
+        ...                   [Path("d/labels/train/a.txt")])
+        >>> split.image_dir.name, len(split.images)
+        ('train', 1)
+    """
+
+    image_dir: Path  #: the folder the image names are relative to
+    source: Path  #: named in warnings: the label folder, the list file or data.yaml
+    images: list[Path]
+    label_files: list[Path]
+
+
+def _folder_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The images below ``folder`` in natural order, and their label files."""
+    label_dir = _labels_dir(folder)
+    images = sorted(
+        (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: tuple(natural_key(Path(part)) for part in p.relative_to(folder).parts),
+    )
+    return images, [label_dir / p.relative_to(folder).with_suffix(".txt") for p in images]
+
+
+def _listed_images(root: Path, listing: Path) -> tuple[list[Path], list[Path]]:
+    """The images a ``.txt`` file lists (relative to ``root``, in listed order) and their
+    label files."""
+    images = []
+    for n, line in enumerate(read_text(listing).splitlines(), start=1):
+        name = line.strip()
+        if not name:
             continue
-        listing = root / value
-        if Path(value).is_absolute() or not listing.resolve().is_relative_to(root.resolve()):
-            raise AnnotationError(f"{config}: '{key}': {value!r} is outside the data folder {root}")
-        images = []
-        for n, line in enumerate(read_text(listing).splitlines(), start=1):
-            name = line.strip()
-            if not name:
-                continue
-            path = Path(name)
-            if path.is_absolute() or ".." in path.parts:
-                raise AnnotationError(
-                    f"{listing}: line {n}: image path {name!r} leaves the data folder {root}"
+        path = Path(name)
+        if path.is_absolute() or ".." in path.parts:
+            raise AnnotationError(
+                f"{listing}: line {n}: image path {name!r} leaves the data folder {root}"
+            )
+        images.append(root / path)
+    return images, [_labels_dir(p.parent) / (p.stem + ".txt") for p in images]
+
+
+def _list_file(root: Path, value: str, where: str) -> Path:
+    """The ``.txt`` file a ``data.yaml`` entry names, which must lie inside ``root``."""
+    listing = root / value
+    if Path(value).is_absolute() or not listing.resolve().is_relative_to(root.resolve()):
+        raise AnnotationError(f"{where}: {value!r} is outside the data folder {root}")
+    return listing
+
+
+def _folder_candidates(root: Path, value: str, base: object, where: str) -> list[Path]:
+    """Where a folder named in ``data.yaml`` may be: relative to ``root``, to its ``path:``
+    entry, or (Roboflow's ``../train/images``) with leading ``../`` removed."""
+    rel = Path(value)
+    if rel.is_absolute():
+        raise AnnotationError(f"{where}: {value!r} is absolute; expected a folder inside {root}")
+    candidates = [root / rel]
+    if isinstance(base, str) and base and not Path(base).is_absolute():
+        candidates.append(root / base / rel)
+    stripped = value
+    while stripped.startswith("../"):
+        stripped = stripped[3:]
+    return [*candidates, root / stripped]
+
+
+def _split_of_list(root: Path, config: Path, key: str, entries: list, base: object) -> YoloSplit:
+    """A split given as a YAML list of folders and ``.txt`` files, read in order."""
+    images: list[Path] = []
+    label_files: list[Path] = []
+    real_root = root.resolve()
+    for k, entry in enumerate(entries):
+        where = f"{config}: '{key}' item {k}"
+        if not (isinstance(entry, str) and entry):
+            raise AnnotationError(
+                f"{where}: expected a folder or a .txt file inside {root}, got {entry!r}"
+            )
+        if entry.endswith(".txt"):
+            found = _listed_images(root, _list_file(root, entry, where))
+        else:
+            candidates = _folder_candidates(root, entry, base, where)
+            folder = next((c for c in candidates if c.is_dir()), None)
+            if folder is None:
+                raise FileNotFoundError(
+                    f"{where}: folder {entry!r} not found (looked for "
+                    f"{[str(c.relative_to(root)) for c in candidates]})"
                 )
-            images.append(root / path)
-        return listing, images
-    return None
+            if not folder.resolve().is_relative_to(real_root):
+                raise AnnotationError(f"{where}: {entry!r} is outside the data folder {root}")
+            found = _folder_images(folder)
+        images += found[0]
+        label_files += found[1]
+    return YoloSplit(root, config, images, label_files)
 
 
-def yolo_split_dirs(root: str | Path, split: str) -> tuple[Path, Path]:
-    """``(image folder, label folder)`` of ``split`` (see the module for the layouts)."""
+def yolo_split(root: str | Path, split: str) -> YoloSplit:
+    """The images and label files of ``split`` (see the module for the layouts).
+
+    ``data.yaml`` may name the split by a folder, a ``.txt`` file listing image paths, or a
+    YAML list of either (read in order and concatenated); without it the folders
+    ``images/<split>`` and ``<split>/images`` are looked for. With a list or a ``.txt``
+    file, the image names are relative to ``root``; with one folder, to that folder.
+
+    Raises:
+        AnnotationError: a folder or file named in ``data.yaml`` lies outside ``root``
+            (the message names ``data.yaml`` and the key), or a listed image path leaves it.
+        FileNotFoundError: no such split.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for folder in ("images/a", "images/b"):
+        ...     (root / folder).mkdir(parents=True)
+        ...     (root / folder / "x.jpg").touch()
+        >>> _ = (root / "data.yaml").write_text("train: [images/b, images/a]\\nnames: [cat]\\n")
+        >>> s = yolo_split(root, "train")
+        >>> [p.relative_to(root).as_posix() for p in s.images]
+        ['images/b/x.jpg', 'images/a/x.jpg']
+        >>> [p.relative_to(root).as_posix() for p in s.label_files]
+        ['labels/b/x.txt', 'labels/a/x.txt']
+    """
     root = Path(root)
     aliases = _split_aliases(split)
-    candidates: list[Path] = []
     config = find_yolo_config(root)
-    if config is not None:
-        data = parse_simple_yaml(config)
-        base = data.get("path")
-        for key in aliases:
-            value = data.get(key)
-            if isinstance(value, str) and value:
-                rel = Path(value)
-                if rel.is_absolute():
-                    raise AnnotationError(
-                        f"{config}: '{key}': {value!r} is absolute; expected a folder inside {root}"
-                    )
-                candidates.append(root / rel)
-                if isinstance(base, str) and base and not Path(base).is_absolute():
-                    candidates.append(root / base / rel)
-                stripped = value
-                while stripped.startswith("../"):
-                    stripped = stripped[3:]
-                candidates.append(root / stripped)
+    data = parse_simple_yaml(config) if config is not None else {}
+    for key in aliases:
+        value = data.get(key)
+        if isinstance(value, list):
+            return _split_of_list(root, config, key, value, data.get("path"))  # type: ignore[arg-type]
+        if isinstance(value, str) and value.endswith(".txt"):
+            listing = _list_file(root, value, f"{config}: '{key}'")
+            return YoloSplit(root, listing, *_listed_images(root, listing))
+    candidates: list[Path] = []
+    for key in aliases:
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            candidates += _folder_candidates(root, value, data.get("path"), f"{config}: '{key}'")
     for key in aliases:
         candidates += [root / "images" / key, root / key / "images"]
     real_root = root.resolve()
@@ -281,7 +270,7 @@ def yolo_split_dirs(root: str | Path, split: str) -> tuple[Path, Path]:
         if folder.is_dir():
             if not folder.resolve().is_relative_to(real_root):
                 raise AnnotationError(f"{folder}: split folder outside the data folder {root}")
-            return folder, _labels_dir(folder, root)
+            return YoloSplit(folder, _labels_dir(folder), *_folder_images(folder))
     raise FileNotFoundError(
         f"{root}: split {split!r} not found for yolo (looked for "
         f"{[str(c.relative_to(root)) if c.is_relative_to(root) else str(c) for c in candidates]})"
@@ -326,75 +315,84 @@ def _parse_line(line: str, label_file: Path, n: int, num_classes: int, tolerance
     return int(cls), box
 
 
-def read_yolo(
-    root: str | Path,
-    split: str = "train",
-    *,
-    tolerance: float = 1e-3,
-    keep_duplicates: bool = False,
-    exif: bool = True,
-    transform: Transform | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-) -> AnnotatedImages:
-    """The ``split`` of a YOLO folder as :class:`~detloss.app.data.base.AnnotatedImages` of
-    boxes (``xyxy`` pixels; see the module for the layout and rules). Image sizes are read
-    from the headers when the dataset is built."""
-    root = Path(root)
+def _parse_yolo(root: Path, split: str, options: ReadOptions) -> ParsedSplit:
     names = yolo_class_names(root)
-    listed = yolo_split_list(root, split)
-    if listed is None:
-        image_dir, label_dir = yolo_split_dirs(root, split)
-        images = sorted(
-            (p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
-            key=lambda p: tuple(natural_key(Path(part)) for part in p.relative_to(image_dir).parts),
-        )
-        label_files = [label_dir / p.relative_to(image_dir).with_suffix(".txt") for p in images]
-    else:
-        # Listed images keep their order; names are relative to the data folder.
-        image_dir, (label_dir, images) = root, listed
-        label_files = [_labels_dir(p.parent, root) / (p.stem + ".txt") for p in images]
-    counts = {"boxes of zero width or height": 0, "repeated label lines": 0}
+    image_dir, source, images, label_files = yolo_split(root, split)
+    zero_size = 0
+    repeats = Repeats(options.keep_duplicates)
     targets, sizes, rel_names = [], [], []
-    for img, label_file in zip(images, label_files, strict=True):
+    access = ImageAccess(image_dir, options.max_pixels, options.exif)
+    for i, (img, label_file) in enumerate(zip(images, label_files, strict=True)):
         rel = img.relative_to(image_dir)
-        h, w = image_size(
-            img, f"image {rel.as_posix()!r}", root=image_dir, max_pixels=max_pixels, exif=exif
-        )
-        boxes, labels, seen = [], [], set()
+        h, w = access.size(img, f"image {rel.as_posix()!r}")
+        boxes, labels = [], []
         if label_file.exists():
             for n, line in enumerate(read_text(label_file).splitlines(), start=1):
                 if not line.strip():
                     continue
-                cls, box = _parse_line(line, label_file, n, len(names), tolerance)
-                key = (cls, *box)
-                if key in seen:
-                    counts["repeated label lines"] += 1
-                    if not keep_duplicates:
-                        continue
-                seen.add(key)
+                cls, box = _parse_line(line, label_file, n, len(names), options.tolerance)
+                if repeats.skip((i, cls, *box)):
+                    continue
                 x0, y0 = min(max(box[0], 0.0), 1.0) * w, min(max(box[1], 0.0), 1.0) * h
                 x1, y1 = min(max(box[2], 0.0), 1.0) * w, min(max(box[3], 0.0), 1.0) * h
                 if x1 <= x0 or y1 <= y0:
-                    counts["boxes of zero width or height"] += 1
+                    zero_size += 1
                     continue
                 boxes.append([x0, y0, x1, y1])
                 labels.append(cls)
         targets.append(boxes_target(boxes, labels))
         sizes.append((h, w))
         rel_names.append(rel.as_posix())
-    if keep_duplicates:
-        counts["repeated label lines (kept)"] = counts.pop("repeated label lines")
-    warn_dropped(label_dir, counts)
-    return AnnotatedImages(
+    return ParsedSplit(
         image_dir,
         rel_names,
         targets,
         kind="boxes",
         categories=names,
-        source=label_dir,
+        source=source,
+        dropped={"boxes of zero width or height": zero_size},
+        repeats=repeats,
+        repeated="repeated label lines",
         sizes=sizes,
-        transform=transform,
-        max_pixels=max_pixels,
-        exif=exif,
-        format="yolo",
     )
+
+
+read_yolo = split_reader(
+    "yolo",
+    _parse_yolo,
+    tolerance=1e-3,
+    exif=True,
+    doc="""The ``split`` of a YOLO folder (see the module for the layouts and rules; the
+    split is found by :func:`yolo_split`). Image sizes are read from the headers when the
+    dataset is built.
+
+    Args:
+        root: the data folder (holding ``data.yaml``, or ``images/`` and ``labels/``).
+        split: ``"train"``, ``"val"`` (or ``"valid"``), ``"test"``.
+        tolerance: how far (normalised units) a coordinate may lie outside ``[0, 1]``
+            before it is an error (default 0.001); boxes within it are clipped.
+        keep_duplicates: keep exactly repeated label lines (default: drop them, counted).
+        transform: optional ``(image, target) -> (image, target)`` applied to every item.
+        max_pixels: pixel budget of one image, checked from its header before decoding.
+        exif: apply EXIF orientation tags (default ``True``, as Ultralytics does).
+
+    Returns:
+        :class:`~detloss.app.data.base.AnnotatedImages` of boxes: items ``(image
+        float32[3, H, W], {"boxes": float32[n, 4] (xyxy, pixels), "labels": int64[n]})``.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> files = {"classes.txt": "cat\\ndog\\n", "labels/train/a.txt": "1 0.5 0.5 0.2 0.4\\n"}
+        >>> for name, content in files.items():
+        ...     (root / name).parent.mkdir(parents=True, exist_ok=True)
+        ...     _ = (root / name).write_text(content)
+        >>> (root / "images/train").mkdir(parents=True)
+        >>> Image.new("RGB", (30, 20)).save(root / "images/train/a.jpg")
+        >>> ds = read_yolo(root, "train")
+        >>> ds.categories, ds[0][1]["boxes"].tolist(), ds[0][1]["labels"].tolist()
+        (['cat', 'dog'], [[12.0, 6.0, 18.0, 14.0]], [1])
+""",
+)
