@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from detloss.app.data.synthetic import CrowdSpec, ShapeSpec, make_crowds, make_shapes
-from detloss.app.train import CheckpointError, TrainConfig, load_checkpoint, read_checkpoint, train
+from detloss.app.training.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
+from detloss.app.training.config import TrainConfig
+from detloss.app.training.loop import train
 
 CROWDS = CrowdSpec(image_size=64, count_range=(10, 40), min_distance=6.0)
 SHAPES = ShapeSpec(image_size=64, size_range=(14.0, 26.0), count_range=(1, 3))
@@ -146,7 +148,7 @@ def test_ddp_on_two_cpu_processes(data, tmp_path):
 
 
 def test_point_task_regression_head_learning_rate():
-    from detloss.app.train import build_task
+    from detloss.app.training.tasks import build_task
 
     task = build_task(TrainConfig(task="points", lr=1e-3, reg_lr_scale=0.1))
     model = task.build_model(task.model_kwargs())

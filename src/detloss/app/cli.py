@@ -3,7 +3,7 @@
 * ``detloss demo``: generate the synthetic sets, train both reference detectors, evaluate
   on held-out images, write ``runs/demo/`` (see :mod:`detloss.app.demo`).
 * ``detloss train --task points|boxes --data DIR``: train on a folder of splits (see
-  :mod:`detloss.app.train`); under ``torchrun`` it runs DDP.
+  :mod:`detloss.app.training`); under ``torchrun`` it runs DDP.
 * ``detloss eval --checkpoint PATH --data DIR``: the metrics of a checkpoint on a split.
 * ``detloss predict --checkpoint PATH --images DIR_OR_FILES --out FILE.json``: detections
   as COCO results (boxes) or a points JSON, and optionally pictures.
@@ -303,47 +303,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, _json_safe, train
+    from dataclasses import fields
 
+    from .training.config import TrainConfig
+    from .training.formatting import json_safe
+    from .training.loop import train
+
+    # The options are TrainConfig's fields by name; the --no-* switches are negated.
+    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     cfg = TrainConfig(
-        task=args.task,
-        data=args.data,
-        format=args.format,
-        out=args.out,
-        train_split=args.train_split,
-        val_split=args.val_split,
-        val_fraction=args.val_fraction,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        model=args.model,
-        backbone_weights=args.backbone_weights,
-        freeze_epochs=args.freeze_epochs,
-        device=args.device,
+        **options,
         amp=not args.no_amp,
-        seed=args.seed,
-        workers=args.workers,
-        threads=args.threads,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        skip_nonfinite=args.skip_nonfinite,
-        dist_timeout=args.dist_timeout,
-        max_train_images=args.max_train_images,
-        max_val_images=args.max_val_images,
         flip=not args.no_flip,
         progress=not args.no_progress,
-        head=args.head,
-        loc_weight=args.loc_weight,
-        neg_weight=args.neg_weight,
-        tau=args.tau,
-        point_threshold=args.point_threshold,
         plots=not args.no_plots,
-        tensorboard=args.tensorboard,
     )
     result = train(cfg)
     if _rank() == 0:
-        print(json.dumps(_json_safe(result["metrics"]), indent=1))
+        print(json.dumps(json_safe(result["metrics"]), indent=1))
     return 0
 
 
@@ -355,7 +332,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     from .data.collate import collate_detection
     from .data.formats import detect_format, format_kind, open_split, split_dataset
-    from .train import _json_safe, evaluate, load_checkpoint
+    from .training.checkpoints import load_checkpoint
+    from .training.evaluation import evaluate
+    from .training.formatting import json_safe
 
     model, task, _ = load_checkpoint(args.checkpoint, args.device)
     if not Path(args.data).is_dir():
@@ -378,14 +357,16 @@ def _eval(args: argparse.Namespace) -> int:
     )
     loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_detection)
     metrics = evaluate(model, task, loader, torch.device(args.device))
-    print(json.dumps(_json_safe(metrics), indent=1))
+    print(json.dumps(json_safe(metrics), indent=1))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .train import list_images, load_checkpoint, predict, predictions_json
+    from .training.checkpoints import load_checkpoint
+    from .training.evaluation import list_images, predict, predictions_json
+    from .training.formatting import write_text_atomic
 
     model, task, ckpt = load_checkpoint(args.checkpoint, args.device)
     files = list_images(args.images)
@@ -405,9 +386,7 @@ def _predict(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise IsADirectoryError(f"out: {args.out!r} is a folder; expected a .json file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(predictions_json(preds, names, ckpt, image_ids)))  # type: ignore[arg-type]
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(predictions_json(preds, names, ckpt, image_ids)))  # type: ignore[arg-type]
     found = sum(len(p["scores"]) for p in preds)  # type: ignore[index, union-attr]
     what = "points" if task.name == "points" else "boxes"
     print(f"[predict] {len(files)} images, {found} {what}: {out}")
@@ -498,7 +477,8 @@ def _data(args: argparse.Namespace) -> int:
 
 def _user_error_status(exc: BaseException) -> int | None:
     """The exit status of an error to report in one line; None for a bug (traceback)."""
-    from .train import NonFiniteLossError, PeerTimeoutError
+    from .training.ddp import PeerTimeoutError
+    from .training.loop import NonFiniteLossError
 
     if isinstance(exc, PeerTimeoutError):
         return 1

@@ -279,7 +279,7 @@ def _load_split(
     data_format: str = "coco",
 ) -> tuple[_Images, int, list[str]]:
     from .data import format_kind, open_split
-    from .train import load_dataset
+    from .training.data import load_dataset
 
     if data_format == "coco":
         ds = load_dataset("boxes", data, split, limit=limit)

@@ -5,7 +5,7 @@
    the same settings.
 2. Trains the tiny P2PNet with :class:`~detloss.losses.points.PointLoss` and the tiny
    CenterNet-style detector with :class:`~detloss.losses.centernet.CenterNetLoss`, using
-   :func:`detloss.app.train.train` (progress bars, per-epoch validation, checkpoints).
+   :func:`detloss.app.training.loop.train` (progress bars, per-epoch validation, checkpoints).
 3. Evaluates both on held-out test images, prints a results table against the goals,
    and writes ``runs/demo/metrics.json`` plus pictures: predictions against ground
    truth (points and boxes), the loss curves, and one P2PNet matching.
@@ -30,7 +30,11 @@ from torch.utils.data import DataLoader
 from .data.collate import collate_detection
 from .data.synthetic import SHAPE_CLASSES, CrowdSpec, ShapeSpec, make_crowds, make_shapes
 from .plot import plot_boxes, plot_losses, plot_matching, plot_points
-from .train import TrainConfig, _fmt, _json_safe, load_dataset, predict_loader, train
+from .training.config import TrainConfig
+from .training.data import load_dataset
+from .training.evaluation import predict_loader
+from .training.formatting import format_value, json_safe
+from .training.loop import train
 
 # The pictures are drawn by detloss.app.plot; its functions stay importable from here.
 __all__ = [
@@ -222,7 +226,7 @@ def run_demo(
     for key, op, goal in GOALS:
         goals[key] = {"goal": f"{op} {goal:g}", "met": _check(metrics[key], op, goal)}
     (out_dir / "metrics.json").write_text(
-        json.dumps(_json_safe({**metrics, "goals": goals}), indent=1, default=_json_default)
+        json.dumps(json_safe({**metrics, "goals": goals}), indent=1, default=_json_default)
     )
     _print_table(metrics, goals, out_dir)
     # The SSD objectives side by side, on the same shapes; adds "compare" to metrics.json.
@@ -268,7 +272,7 @@ def _print_table(metrics: dict[str, float], goals: dict[str, dict], out_dir: Pat
         if key in goals:
             status = "met" if goals[key]["met"] else "MISSED"
         value = metrics[key]
-        shown = f"{value:.4f}" if value == value else _fmt(value)  # NaN: "n/a"
+        shown = f"{value:.4f}" if value == value else format_value(value)  # NaN: "n/a"
         print(f"{label:<28}{shown:>10}  {goal:<8} {status}")
     print("-" * 56)
     print(

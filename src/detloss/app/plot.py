@@ -547,7 +547,7 @@ def plot_losses(
     a validation metric per epoch (right axis), one panel per run.
 
     Args:
-        histories: per run, the ``history`` :func:`detloss.app.train.train` returns (records
+        histories: per run, the ``history`` :func:`detloss.app.training.loop.train` returns (records
             with ``"epoch"``, ``"step_loss"`` and, when evaluated, ``"val"``).
         path: the PNG to write.
         titles: one title per panel.
@@ -643,10 +643,10 @@ def draw_predictions(
     """One picture per image of its detections (points, or boxes above
     ``score_threshold`` labelled with class and score): ``out_dir/<name>.png``.
 
-    ``images`` are files (read through :func:`detloss.app.train.read_image`) or tensors;
+    ``images`` are files (read through :func:`detloss.app.training.evaluation.read_image`) or tensors;
     ``names`` default to the files' names (``image_<k>`` for tensors).
     """
-    from .train import read_image
+    from .training.evaluation import read_image
 
     plt = _pyplot()
     out_dir = Path(out_dir)

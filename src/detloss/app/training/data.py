@@ -1,0 +1,108 @@
+"""The datasets of a training run: the splits of ``cfg.data`` read through the data
+readers (:mod:`detloss.app.data`), with the task's transforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset, Subset
+
+from ..data.base import AnnotatedImages
+from ..data.coco import CocoDetection
+from ..data.collate import RandomHorizontalFlip
+from ..data.points import PointDataset
+from .config import TrainConfig
+
+__all__ = ["ANNOTATION_FILES", "base_dataset", "load_dataset", "open_training_data"]
+
+ANNOTATION_FILES = {"points": "points.json", "boxes": "instances.json"}
+
+
+def load_dataset(
+    task: str, data: str | Path, split: str, *, flip: bool = False, limit: int | None = None
+) -> Dataset:
+    """The dataset of ``data/split`` for ``task`` (first ``limit`` images if given)."""
+    root = Path(data) / split
+    ann = root / ANNOTATION_FILES[task]
+    if not Path(data).is_dir():
+        raise FileNotFoundError(f"data: no such folder {str(data)!r}")
+    if not ann.is_file():
+        other = next((f for t, f in ANNOTATION_FILES.items() if t != task), "")
+        hint = (
+            f" (it holds {other}: the data of the other task)" if (root / other).is_file() else ""
+        )
+        raise FileNotFoundError(
+            f"the {split!r} split of the {task} task needs {ann}, which does not exist{hint}"
+        )
+    transform = RandomHorizontalFlip() if flip else None
+    ds: Dataset
+    if task == "points":
+        ds = PointDataset(root / "images", ann, transform)
+    else:
+        ds = CocoDetection(root / "images", ann, transform)
+    if len(ds) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"the {split!r} split is empty: {ann} lists no images")
+    if limit is not None and limit < len(ds):  # type: ignore[arg-type]
+        ds = Subset(ds, range(limit))
+    return ds
+
+
+def base_dataset(ds: Dataset) -> Dataset:
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return ds
+
+
+_KIND_WORDS = {"points": "point annotations", "boxes": "box annotations"}
+
+
+def open_training_data(cfg: TrainConfig) -> tuple[Dataset, Dataset, AnnotatedImages, str]:
+    """``(train, val, base, format)`` of ``cfg.data`` as :func:`train` reads it.
+
+    The format is ``cfg.format`` or detected; its kind must be ``cfg.task``'s. ``base`` is
+    the opened training split (categories, number of classes). Errors are one line:
+    :class:`FileNotFoundError` (no folder, no validation split: the message lists the
+    folder's splits and suggests ``val_fraction``) or :class:`ValueError` (unknown layout,
+    another task's data, an empty split).
+    """
+    from ..data.formats import detect_format, format_kind, open_split, open_train_val
+
+    data = Path(cfg.data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"data: no such folder {str(data)!r}")
+    fmt = cfg.format or detect_format(data)
+    kind = format_kind(fmt)
+    if kind != cfg.task:
+        raise ValueError(
+            f"task: --task {cfg.task} trains on {_KIND_WORDS[cfg.task]}, but {str(data)!r} "
+            f"holds {_KIND_WORDS[kind]} (format {fmt}): the data of the other task"
+        )
+
+    def empty(ds: AnnotatedImages, split: str) -> ValueError:
+        return ValueError(f"the {split!r} split is empty: {ds.source} lists no images")
+
+    try:
+        train_ds, val_ds, base = open_train_val(
+            data,
+            fmt,
+            train_split=cfg.train_split,
+            val_split=cfg.val_split,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            train_transform=RandomHorizontalFlip() if cfg.flip else None,
+        )
+    except FileNotFoundError:
+        # An empty training split says more than a missing validation split.
+        train_only = open_split(data, cfg.train_split, fmt)
+        if len(train_only) == 0:
+            raise empty(train_only, cfg.train_split) from None
+        raise
+    if len(base) == 0:
+        raise empty(base, cfg.train_split)
+    if len(val_ds) == 0:  # type: ignore[arg-type]
+        raise empty(base_dataset(val_ds), cfg.val_split)  # type: ignore[arg-type]
+    if cfg.max_train_images is not None and cfg.max_train_images < len(train_ds):  # type: ignore[arg-type]
+        train_ds = Subset(train_ds, range(cfg.max_train_images))
+    if cfg.max_val_images is not None and cfg.max_val_images < len(val_ds):  # type: ignore[arg-type]
+        val_ds = Subset(val_ds, range(cfg.max_val_images))
+    return train_ds, val_ds, base, fmt
