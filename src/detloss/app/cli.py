@@ -36,6 +36,10 @@ FORMAT_NAMES = (
     "yolo",
     "voc",
 )
+#: detloss.app.training.objectives.OBJECTIVES and config.BOX_DETECTORS, written here for
+#: the same reason (a test checks that they agree).
+OBJECTIVE_NAMES = ("multibox", "hungarian", "sinkhorn", "ap_loss")
+BOX_DETECTORS = ("centernet", "ssd")
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -98,6 +102,26 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     # The defaults are TrainConfig's, written here so that --help needs no torch import
     # (a test checks that the two agree).
     p.add_argument("--task", choices=TASKS, required=True, help="what to train")
+    p.add_argument(
+        "--detector",
+        choices=BOX_DETECTORS,
+        default="centernet",
+        help="the box detector (--task boxes): the CenterNet-style one with CenterNetLoss, "
+        "or the SSD-style one under --objective",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVE_NAMES,
+        default=None,
+        help="the SSD's training objective, as detloss compare trains it (--detector ssd; "
+        "None: multibox)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=128,
+        help="the SSD's square input side: images are resized to it (--detector ssd)",
+    )
     p.add_argument(
         "--data",
         required=True,
@@ -325,36 +349,27 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import torch
     from torch.utils.data import DataLoader
 
     from .data.collate import collate_detection
-    from .data.formats import detect_format, format_kind, open_split, split_dataset
+    from .data.formats import split_dataset
     from .training.checkpoints import load_checkpoint
+    from .training.data import open_task_split, with_input_size
     from .training.evaluation import evaluate
     from .training.formatting import json_safe
 
     model, task, _ = load_checkpoint(args.checkpoint, args.device)
-    if not Path(args.data).is_dir():
-        raise FileNotFoundError(f"data: no such folder {args.data!r}")
-    fmt = args.format or detect_format(args.data)
-    kind = format_kind(fmt)
-    if kind != task.name:
-        raise ValueError(
-            f"checkpoint {args.checkpoint!r} is a {task.name} model, but {args.data!r} "
-            f"holds {kind} annotations (format {fmt}): data of the other task"
-        )
-    ds = open_split(args.data, args.split, fmt)
-    if len(ds) == 0:
-        raise ValueError(f"the {args.split!r} split is empty: {ds.source} lists no images")
+    who = f"checkpoint {args.checkpoint!r} is a {task.name} model trained on"
+    ds, fmt = open_task_split(task.name, args.data, args.split, args.format, who=who)
     if args.val_fraction is not None:
         _, ds = split_dataset(ds, args.val_fraction, args.seed)  # type: ignore[assignment]
     print(
         f"[eval] format {fmt}, {args.split} {len(ds)} images, checkpoint {args.checkpoint}",
         file=sys.stderr,
     )
+    ds = with_input_size(ds, task.input_size)
     loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_detection)
     metrics = evaluate(model, task, loader, torch.device(args.device))
     print(json.dumps(json_safe(metrics), indent=1))

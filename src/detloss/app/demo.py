@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 
 from .data.collate import collate_detection
 from .data.synthetic import SHAPE_CLASSES, CrowdSpec, ShapeSpec, make_crowds, make_shapes
-from .plot import plot_boxes, plot_losses, plot_matching, plot_points
+from .figures import plot_losses, plot_matching
+from .plot import plot_boxes, plot_points
 from .training.config import TrainConfig
 from .training.data import load_dataset
 from .training.evaluation import predict_loader

@@ -6,9 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ["DEFAULT_DIST_TIMEOUT", "RUN_FILES", "TASKS", "TrainConfig"]
+__all__ = ["BOX_DETECTORS", "DEFAULT_DIST_TIMEOUT", "RUN_FILES", "TASKS", "TrainConfig"]
 
 TASKS = ("points", "boxes")
+#: The detectors of the ``boxes`` task: the CenterNet-style one (the default) and the
+#: SSD-style one, trained under an objective of
+#: :data:`~detloss.app.training.objectives.OBJECTIVES`.
+BOX_DETECTORS = ("centernet", "ssd")
 #: The files a run writes into its output folder (``--overwrite`` removes these only).
 RUN_FILES = (
     "last.pt",
@@ -29,6 +33,12 @@ class TrainConfig:
 
     Attributes:
         task: ``"points"`` or ``"boxes"``.
+        detector: the ``boxes`` task's detector, ``"centernet"`` or ``"ssd"``.
+        objective: the SSD's training objective, one of
+            :data:`~detloss.app.training.objectives.OBJECTIVES` (None: ``"multibox"``);
+            only with ``detector="ssd"``.
+        image_size: the SSD's square input side in pixels: every image is resized to it
+            (and its detections scaled back).
         data: the data folder, in any format of :data:`detloss.app.data.FORMATS`.
         format: its format's name; None detects it from the layout
             (:func:`detloss.app.data.detect_format`). The format's kind (points or boxes) must
@@ -84,6 +94,9 @@ class TrainConfig:
     """
 
     task: str = "points"
+    detector: str = "centernet"
+    objective: str | None = None
+    image_size: int = 128
     data: str | Path = "data"
     format: str | None = None
     out: str | Path = "runs/train"
@@ -132,6 +145,7 @@ class TrainConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.model not in ("tiny", "full"):
             raise ValueError(f"model must be 'tiny' or 'full', got {self.model!r}")
+        self._check_detector()
         for name in ("epochs", "batch_size", "eval_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -151,6 +165,34 @@ class TrainConfig:
                     f"format must be one of {sorted(FORMATS)} (or None: detected), "
                     f"got {self.format!r}"
                 )
+
+    def _check_detector(self) -> None:
+        from .objectives import OBJECTIVES
+
+        if self.detector not in BOX_DETECTORS:
+            raise ValueError(f"detector must be one of {BOX_DETECTORS}, got {self.detector!r}")
+        if self.detector == "ssd":
+            if self.task != "boxes":
+                raise ValueError(
+                    f"detector: --detector ssd detects boxes; --task {self.task} trains "
+                    "P2PNet (drop --detector, or use --task boxes)"
+                )
+            if self.model != "tiny":
+                raise ValueError(
+                    f"model: the SSD detector has one size, 'tiny'; got --model {self.model}"
+                )
+            if self.objective is not None and self.objective not in OBJECTIVES:
+                raise ValueError(
+                    f"objective must be one of {OBJECTIVES} (or None: multibox), "
+                    f"got {self.objective!r}"
+                )
+            if isinstance(self.image_size, bool) or int(self.image_size) < 16:
+                raise ValueError(f"image_size must be an int >= 16, got {self.image_size!r}")
+        elif self.objective is not None:
+            raise ValueError(
+                f"objective: --objective {self.objective} needs --task boxes --detector ssd "
+                "(P2PNet and CenterNet have one loss each)"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, object]) -> TrainConfig:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from ..data._common import DEFAULT_MAX_PIXELS
 from ..data.collate import pad_images
-from .tasks import Task
+from .tasks import Task, resize_image
 
 __all__ = [
     "ImageSource",
@@ -23,6 +23,23 @@ __all__ = [
     "predictions_json",
     "read_image",
 ]
+
+
+def _detect(
+    model: nn.Module,
+    task: Task,
+    images: Tensor,
+    device: torch.device,
+    amp: bool,
+    score_threshold: float | None = None,
+) -> list[dict[str, Tensor]]:
+    """The task's decoded detections of a batch ``Tensor[B, 3, H, W]``, on the CPU."""
+    with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
+        outputs = model(images.to(device))
+    # Decoding runs in float32 whatever the autocast dtype of the heads.
+    outputs = {k: v.float() for k, v in outputs.items()}
+    decoded = task.decode(outputs, score_threshold)
+    return [{k: v.cpu() for k, v in p.items()} for p in decoded]
 
 
 @torch.no_grad()
@@ -40,11 +57,7 @@ def predict_loader(
     preds: list[dict[str, Tensor]] = []
     targets: list[dict[str, Tensor]] = []
     for images, tgts in loader:
-        images = images.to(device)
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            outputs = model(images)
-        outputs = {k: v.float() for k, v in outputs.items()}
-        preds += [{k: v.cpu() for k, v in p.items()} for p in task.decode(outputs)]
+        preds += _detect(model, task, images, device, amp)
         targets += [dict(t) for t in tgts]
     model.train(was_training)
     return preds, targets
@@ -127,7 +140,9 @@ def predict(
             default the checkpoint's ``score_threshold``; boxes: score at least it,
             default every decoded peak with a positive score).
         batch_size: images per forward pass (images of different sizes are zero-padded
-            at the right and bottom; detections in the padding are dropped).
+            at the right and bottom; detections in the padding are dropped). A detector
+            of a fixed input (SSD) sees each image resized to it; its boxes are scaled
+            back to the image.
 
     Returns:
         One dict per image, on the CPU, in pixel coordinates of that image: points
@@ -168,14 +183,15 @@ def predict(
                 batch = tensors[start : start + batch_size]
             else:
                 batch = [read_image(f, max_pixels) for f in files[start : start + batch_size]]
-            stacked = pad_images(batch).to(dev)
-            with torch.autocast(dev.type, enabled=amp and dev.type == "cuda"):
-                outputs = model(stacked)
-            outputs = {k: v.float() for k, v in outputs.items()}
-            decoded = task.decode(outputs, score_threshold)
+            size = task.input_size
+            inputs = batch if size is None else [resize_image(i, size) for i in batch]
+            decoded = _detect(model, task, pad_images(inputs), dev, amp, score_threshold)
             for image, pred in zip(batch, decoded, strict=True):
-                pred = {k: v.cpu() for k, v in pred.items()}
-                preds.append(_inside(pred, image.shape[-2], image.shape[-1]))
+                height, width = image.shape[-2:]
+                if size is not None:  # back from the detector's square input
+                    scale = torch.tensor([width / size, height / size] * 2)
+                    pred["boxes"] = pred["boxes"] * scale
+                preds.append(_inside(pred, height, width))
     finally:
         model.train(was_training)
     return preds

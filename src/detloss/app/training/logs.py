@@ -105,10 +105,10 @@ def draw_progress(run: TrainingRun, preds: list[dict[str, Tensor]] | None) -> No
             file=sys.stderr,
         )
         return
-    from .. import plot
+    from .. import figures, plot
 
     task = run.task
-    plot.plot_losses(
+    figures.plot_losses(
         [run.history],
         run.out / "loss_curves.png",
         titles=[f"{run.cfg.task}: {type(run.model).__name__} on {run.cfg.data}"],

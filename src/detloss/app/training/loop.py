@@ -197,8 +197,14 @@ def _dataset_sizes(run: TrainingRun) -> str:
         val = f"val {n_val} images ({cfg.val_fraction:g} of {cfg.train_split})"
     else:
         val = f"{cfg.val_split} {n_val} images"
+    detector = ""
+    if cfg.task == "boxes" and cfg.detector != "centernet":
+        detector = (
+            f"{cfg.detector} detector ({cfg.objective or 'multibox'} objective, "
+            f"{cfg.image_size} px input), "
+        )
     return (
-        f"format {run.data_format}, {cfg.train_split} {n_train} images, {val}, "
+        f"{detector}format {run.data_format}, {cfg.train_split} {n_train} images, {val}, "
         f"{classes}, device {run.device}{procs}, out {run.out}"
     )
 

@@ -79,6 +79,8 @@ def gather_rng_states(run: TrainingRun) -> list[dict[str, object]] | None:
 def checkpoint_state(
     run: TrainingRun, epoch: int, rng: list[dict[str, object]]
 ) -> dict[str, object]:
+    """What ``last.pt`` / ``best.pt`` hold after ``epoch`` epochs: tensors and plain
+    containers only (``rng``: every rank's random states, from :func:`gather_rng_states`)."""
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(run.cfg).items()}
     return {
         "model": run.model.state_dict(),
@@ -161,6 +163,13 @@ def restore_run(run: TrainingRun, log: Callable[[str], None]) -> bool:
         raise CheckpointError(
             f"resume: checkpoint {str(path)!r} is a {made.get('task')} model, "
             f"not a {run.cfg.task} one"
+        )
+    made_with = (made.get("detector", "centernet"), made.get("objective"))
+    if run.cfg.task == "boxes" and made_with != (run.cfg.detector, run.cfg.objective):
+        raise CheckpointError(
+            f"resume: checkpoint {str(path)!r} was trained with detector {made_with[0]}, "
+            f"objective {made_with[1]}; this run asks for detector {run.cfg.detector}, "
+            f"objective {run.cfg.objective}"
         )
     if int(ckpt.get("num_classes", 1)) != run.num_classes:
         raise CheckpointError(

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data.collate import collate_detection
 from ..models.p2pnet import TwoStageFinetune
 from .config import RUN_FILES, TrainConfig
-from .data import open_training_data
+from .data import open_training_data, with_input_size
 from .ddp import PeerWatch, setup_distributed
 from .logs import tensorboard_writer_class
 from .tasks import Task, build_task
@@ -113,6 +113,8 @@ def prepare_run(cfg: TrainConfig) -> TrainingRun:
             stale.unlink(missing_ok=True)
     num_classes = base.num_classes if cfg.task == "boxes" else 1
     task = build_task(cfg, num_classes)
+    train_ds = with_input_size(train_ds, task.input_size)
+    val_ds = with_input_size(val_ds, task.input_size)
     model_kwargs = task.model_kwargs()
     model = task.build_model(model_kwargs).to(device)
 
