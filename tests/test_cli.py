@@ -265,7 +265,7 @@ def test_user_errors_are_one_line_with_status_2(tiny_sets, tmp_path, capsys):
             str(tiny_sets / "shapes"),
         ],
         "is a points model",
-        "boxes annotations (format coco)",
+        "box annotations (format coco)",
     )
     _one_line_error(
         capsys,
@@ -365,6 +365,15 @@ def test_format_names_are_the_readers():
     from detloss.app.data import FORMATS
 
     assert sorted(FORMAT_NAMES) == sorted(FORMATS)
+
+
+def test_detector_and_objective_names_are_the_trainers():
+    from detloss.app.cli import BOX_DETECTORS, OBJECTIVE_NAMES
+    from detloss.app.training.config import BOX_DETECTORS as CONFIG_DETECTORS
+    from detloss.app.training.objectives import OBJECTIVES
+
+    assert OBJECTIVE_NAMES == OBJECTIVES
+    assert BOX_DETECTORS == CONFIG_DETECTORS
 
 
 def _jpg(path, seed: int, size: int = 32):

@@ -1,14 +1,17 @@
-"""Command line: ``detloss demo | train | eval | bench``.
+"""Command line: ``detloss demo | train | eval | predict | compare | data | bench``.
 
 * ``detloss demo``: generate the synthetic sets, train both reference detectors, evaluate
   on held-out images, write ``runs/demo/`` (see :mod:`detloss.app.demo`).
-* ``detloss train --task points|boxes --data DIR``: train on a folder of splits (see
-  :mod:`detloss.app.training`); under ``torchrun`` it runs DDP.
+* ``detloss train --task points|boxes [--detector ssd --objective NAME] --data DIR``:
+  train on a folder of splits (see :mod:`detloss.app.training`); under ``torchrun`` it
+  runs DDP.
 * ``detloss eval --checkpoint PATH --data DIR``: the metrics of a checkpoint on a split.
 * ``detloss predict --checkpoint PATH --images DIR_OR_FILES --out FILE.json``: detections
   as COCO results (boxes) or a points JSON, and optionally pictures.
 * ``detloss compare``: one SSD trained under four objectives, side by side (see
   :mod:`detloss.app.compare`).
+* ``detloss data check | convert``: inspect or convert a data folder (see
+  :mod:`detloss.app.data.commands`).
 * ``detloss bench``: the benchmark suite.
 """
 
@@ -98,6 +101,10 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_val_fraction(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--val-fraction", type=_fraction, default=None, help=help)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     # The defaults are TrainConfig's, written here so that --help needs no torch import
     # (a test checks that the two agree).
@@ -136,12 +143,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--train-split", default="train", help="training split")
     p.add_argument("--val-split", default="val", help="validation split")
-    p.add_argument(
-        "--val-fraction",
-        type=_fraction,
-        default=None,
-        help="carve the validation set from the training split (this fraction of its "
-        "images, drawn by --seed) instead of reading --val-split",
+    _add_val_fraction(
+        p,
+        "carve the validation set from the training split (this fraction of its images, "
+        "drawn by --seed) instead of reading --val-split",
     )
     p.add_argument("--epochs", type=int, default=20, help="epochs (with --resume: extends)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step and process")
@@ -233,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="synthetic data, train P2PNet and CenterNet, evaluate, write runs/demo/",
+        help="synthetic data, train P2PNet, CenterNet and the SSD objectives, evaluate, "
+        "write runs/demo/",
         description="Generate the synthetic sets (if missing), train the tiny P2PNet with "
         "PointLoss and the tiny CenterNet with CenterNetLoss on the CPU, evaluate on "
         "held-out images and write metrics.json and pictures. A rerun replaces the "
@@ -254,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a reference detector on your data",
-        description="Train P2PNet (--task points) or the CenterNet-style detector "
-        "(--task boxes). Launch with torchrun for DDP.",
+        description="Train P2PNet (--task points), the CenterNet-style detector (--task "
+        "boxes) or the SSD-style detector under one objective of detloss compare (--task boxes "
+        "--detector ssd --objective NAME). Launch with torchrun for DDP.",
     )
     _add_train_options(train)
 
@@ -268,12 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="data folder (as for train)")
     _add_format(ev)
     ev.add_argument("--split", default="test", help="split to evaluate")
-    ev.add_argument(
-        "--val-fraction",
-        type=_fraction,
-        default=None,
-        help="evaluate the validation part carved from --split with this fraction and "
-        "--seed, as train --val-fraction carved it",
+    _add_val_fraction(
+        ev,
+        "evaluate the validation part carved from --split with this fraction and --seed, "
+        "as train --val-fraction carved it",
     )
     ev.add_argument("--seed", type=int, default=0, help="seed of --val-fraction's draw")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")

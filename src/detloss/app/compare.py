@@ -393,7 +393,7 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         default="data/demo/shapes",
-        help="COCO folder with train/ and test/ (<split>/images/, <split>/instances.json)",
+        help="box data folder (COCO, YOLO or VOC; see docs/data.md) with train and test splits",
     )
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument(

@@ -32,7 +32,7 @@ from .data.synthetic import SHAPE_CLASSES, CrowdSpec, ShapeSpec, make_crowds, ma
 from .figures import plot_losses, plot_matching
 from .plot import plot_boxes, plot_points
 from .training.config import TrainConfig
-from .training.data import load_dataset
+from .training.data import open_task_split
 from .training.evaluation import predict_loader
 from .training.formatting import format_value, json_safe
 from .training.loop import train
@@ -103,7 +103,8 @@ def _generate(
 
 
 def _loader(task: str, data: Path, split: str) -> DataLoader:
-    return DataLoader(load_dataset(task, data, split), batch_size=16, collate_fn=collate_detection)
+    dataset, _ = open_task_split(task, data, split)
+    return DataLoader(dataset, batch_size=16, collate_fn=collate_detection)
 
 
 def _check(value: float, op: str, goal: float) -> bool:
@@ -149,32 +150,25 @@ def run_demo(
         device="cpu",
         overwrite=True,
     )
-    t0 = time.perf_counter()
-    points_run = train(
-        replace(
-            base,
-            task="points",
-            data=str(crowds),
-            out=str(out_dir / "points"),
-            epochs=settings.point_epochs,
-            lr=settings.point_lr,
-            batch_size=settings.point_batch,
+    runs, seconds = {}, {}
+    for task, data, epochs, lr, batch in (
+        ("points", crowds, settings.point_epochs, settings.point_lr, settings.point_batch),
+        ("boxes", shapes, settings.box_epochs, settings.box_lr, settings.box_batch),
+    ):
+        t0 = time.perf_counter()
+        runs[task] = train(
+            replace(
+                base,
+                task=task,
+                data=str(data),
+                out=str(out_dir / task),
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch,
+            )
         )
-    )
-    t_points = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    boxes_run = train(
-        replace(
-            base,
-            task="boxes",
-            data=str(shapes),
-            out=str(out_dir / "boxes"),
-            epochs=settings.box_epochs,
-            lr=settings.box_lr,
-            batch_size=settings.box_batch,
-        )
-    )
-    t_boxes = time.perf_counter() - t0
+        seconds[task] = time.perf_counter() - t0
+    points_run, boxes_run = runs["points"], runs["boxes"]
 
     # Held-out test images, never seen in training or model selection.
     device = torch.device("cpu")
@@ -189,8 +183,8 @@ def run_demo(
     metrics["test_images_points"] = float(len(p_targets))
     metrics["test_images_boxes"] = float(len(b_targets))
     metrics["seconds_data"] = round(t_data, 1)
-    metrics["seconds_train_points"] = round(t_points, 1)
-    metrics["seconds_train_boxes"] = round(t_boxes, 1)
+    metrics["seconds_train_points"] = round(seconds["points"], 1)
+    metrics["seconds_train_boxes"] = round(seconds["boxes"], 1)
 
     if plots:
         t0 = time.perf_counter()

@@ -231,6 +231,8 @@ class LabelPlacer:
 
     def place(self) -> list:
         """Place every pending label; returns their final window extents."""
+        if not self.pending:
+            return list(self.placed)
         self.fig.canvas.draw()  # type: ignore[attr-defined]
         renderer = self.fig.canvas.get_renderer()  # type: ignore[attr-defined]
         for ax, label, candidates in self.pending:
@@ -301,7 +303,34 @@ def _layout(fig, title: str | None) -> None:
     fig.tight_layout(rect=(0, 0, 1, 1 - (0.2 * lines + 0.08) / height))
 
 
+def _panels(samples, preds, count: int, columns: int, roles: Sequence[str], draw):
+    """A grid of the first ``count`` samples, ``draw(ax, placer, image, pred, target,
+    colors)`` drawing each panel and returning its title; ``roles`` are the marks a
+    judged panel shows (a panel without target shows bare predictions).
+    -> ``(plt, fig, placer, shared palette or None, judged)``."""
+    plt = pyplot()
+    items = _samples(samples, count)
+    palettes, shared = _palettes(items)
+    fig, axes = _grid(plt, len(items), columns)
+    placer = LabelPlacer(fig)
+    judged = any(t is not None for _, t in items)
+    shown = roles if judged else ("prediction",)
+    for ax, (image, target), pred, colors in zip(axes, items, preds, palettes, strict=False):
+        show_image(ax, image)
+        text = draw(ax, placer, image, pred, target, colors)
+        ax.set_title(text + ("" if shared else _color_line(colors, shown)), fontsize=9)
+    return plt, fig, placer, (palettes[0] if shared and palettes else None), judged
+
+
+def _finish(plt, fig, placer: LabelPlacer, title: str | None, legend: str, path) -> Path:
+    """Lay out the panels under ``title`` and ``legend``, place the labels, save."""
+    _layout(fig, (title + "\n" if title else "") + legend)
+    placer.place()
+    return save_figure(fig, plt, path)
+
+
 def save_figure(fig, plt, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (its folder made) at 110 dpi, close it -> ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -381,25 +410,19 @@ def plot_points(
 
     Hits are green dots, false positives red crosses, missed annotations yellow rings.
     """
-    plt = pyplot()
-    items = _samples(samples, count)
-    palettes, shared = _palettes(items)
-    fig, axes = _grid(plt, len(items), columns)
-    judged = any(t is not None for _, t in items)
-    roles = ("hit", "false_positive", "miss") if judged else ("prediction",)
-    for ax, (image, target), pred, colors in zip(axes, items, preds, palettes, strict=False):
-        show_image(ax, image)
-        text = _draw_points_on(ax, image, pred, target, threshold, colors)
-        ax.set_title(text + ("" if shared else _color_line(colors, roles)), fontsize=9)
-    named = palettes[0] if shared and palettes else None
+
+    def draw(ax, placer, image, pred, target, colors) -> str:
+        return _draw_points_on(ax, image, pred, target, threshold, colors)
+
+    roles = ("hit", "false_positive", "miss")
+    plt, fig, placer, named, judged = _panels(samples, preds, count, columns, roles, draw)
     legend = (
         f"hits within {threshold:g} px ({_name(named, 'hit')}dots), false positives "
         f"({_name(named, 'false_positive')}x), missed annotations ({_name(named, 'miss')}rings)"
         if judged
         else f"predicted points ({_name(named, 'prediction')}x)"
     )
-    _layout(fig, (title + "\n" if title else "") + legend)
-    return save_figure(fig, plt, path)
+    return _finish(plt, fig, placer, title, legend, path)
 
 
 def _draw_boxes_on(
@@ -503,20 +526,14 @@ def plot_boxes(
     detection found are yellow and labelled ``MISSED``. Detections: dashed boxes labelled
     ``<class> <score>`` (above the box), green when correct and red when false.
     """
-    plt = pyplot()
-    items = _samples(samples, count)
-    palettes, shared = _palettes(items)
-    fig, axes = _grid(plt, len(items), columns)
-    placer = LabelPlacer(fig)
-    judged = any(t is not None for _, t in items)
-    roles = ("truth", "miss", "hit", "false_positive") if judged else ("prediction",)
-    for ax, (image, target), pred, colors in zip(axes, items, preds, palettes, strict=False):
-        show_image(ax, image)
-        text = _draw_boxes_on(
+
+    def draw(ax, placer, image, pred, target, colors) -> str:
+        return _draw_boxes_on(
             ax, placer, image, pred, target, categories, score_threshold, iou_threshold, colors
         )
-        ax.set_title(text + ("" if shared else _color_line(colors, roles)), fontsize=9)
-    named = palettes[0] if shared and palettes else None
+
+    roles = ("truth", "miss", "hit", "false_positive")
+    plt, fig, placer, named, judged = _panels(samples, preds, count, columns, roles, draw)
     legend = (
         f"ground truth (solid, 'GT'; {_name(named, 'truth')}found, {_name(named, 'miss')}"
         f"missed), detections > {score_threshold:g} (dashed; {_name(named, 'hit')}correct at "
@@ -524,9 +541,7 @@ def plot_boxes(
         if judged
         else f"detections > {score_threshold:g} (dashed {_name(named, 'prediction')})"
     )
-    _layout(fig, (title + "\n" if title else "") + legend)
-    placer.place()
-    return save_figure(fig, plt, path)
+    return _finish(plt, fig, placer, title, legend, path)
 
 
 def draw_predictions(
