@@ -33,13 +33,15 @@ from .training.evaluation import (
     predictions_json,
     read_image,
 )
+from .training.logs import PLOTTED_VAL_IMAGES
 from .training.loop import NonFiniteLossError, train
 from .training.run import seed_everything
-from .training.tasks import BoxTask, PointTask, Task, build_task
+from .training.tasks import BoxTask, PointTask, SsdTask, Task, build_task
 
 __all__ = [
     "ANNOTATION_FILES",
     "DEFAULT_DIST_TIMEOUT",
+    "PLOTTED_VAL_IMAGES",
     "RUN_FILES",
     "TASKS",
     "BoxTask",
@@ -48,6 +50,7 @@ __all__ = [
     "NonFiniteLossError",
     "PeerTimeoutError",
     "PointTask",
+    "SsdTask",
     "Task",
     "TrainConfig",
     "build_task",
