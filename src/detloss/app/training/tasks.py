@@ -232,6 +232,9 @@ class SsdTask:
 
     name = "boxes"
     main_metric = "box_ap50"
+    #: Detections kept per image, and candidates per class entering NMS, as in the
+    #: original SSD (COCO's evaluation then keeps ``max_detections`` per class).
+    top_k = 200
 
     def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
         self.cfg = cfg
@@ -273,7 +276,7 @@ class SsdTask:
         self, outputs: Mapping[str, Tensor], score_threshold: float | None = None
     ) -> list[dict[str, Tensor]]:
         """``{"boxes": [n, 4] xyxy in input pixels, "scores": [n], "labels": [n]}`` per
-        image: the ``max_detections`` best after per-class NMS, probability above
+        image: the :attr:`top_k` best after per-class NMS, probability above
         ``score_threshold`` (default: the objective's)."""
         from ...postprocess.ssd import ssd_detect
 
@@ -285,7 +288,7 @@ class SsdTask:
             self.objective.detection_logits(outputs["conf"]),
             self._priors_on(outputs["loc"].device),
             conf_threshold=threshold,
-            top_k=self.cfg.max_detections,
+            top_k=self.top_k,
             variances=self.variances,
         )
         side = float(self.input_size)  # type: ignore[arg-type]
