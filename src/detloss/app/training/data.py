@@ -3,15 +3,14 @@ readers (:mod:`detloss.app.data`), with the task's transforms."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from ..data.base import AnnotatedImages
-from ..data.coco import CocoDetection
 from ..data.collate import RandomHorizontalFlip
-from ..data.points import PointDataset
 from .config import TrainConfig
 
 __all__ = [
@@ -31,30 +30,12 @@ ANNOTATION_FILES = {"points": "points.json", "boxes": "instances.json"}
 def load_dataset(
     task: str, data: str | Path, split: str, *, flip: bool = False, limit: int | None = None
 ) -> Dataset:
-    """The dataset of ``data/split`` for ``task`` (first ``limit`` images if given)."""
-    root = Path(data) / split
-    ann = root / ANNOTATION_FILES[task]
-    if not Path(data).is_dir():
-        raise FileNotFoundError(f"data: no such folder {str(data)!r}")
-    if not ann.is_file():
-        other = next((f for t, f in ANNOTATION_FILES.items() if t != task), "")
-        hint = (
-            f" (it holds {other}: the data of the other task)" if (root / other).is_file() else ""
-        )
-        raise FileNotFoundError(
-            f"the {split!r} split of the {task} task needs {ann}, which does not exist{hint}"
-        )
+    """The ``split`` of ``data`` in our own layouts (``points-json`` for points, ``coco``
+    for boxes), with random flips if ``flip``, its first ``limit`` images if given.
+    :func:`open_task_split` reads every format."""
+    fmt = "points-json" if task == "points" else "coco"
     transform = RandomHorizontalFlip() if flip else None
-    ds: Dataset
-    if task == "points":
-        ds = PointDataset(root / "images", ann, transform)
-    else:
-        ds = CocoDetection(root / "images", ann, transform)
-    if len(ds) == 0:  # type: ignore[arg-type]
-        raise ValueError(f"the {split!r} split is empty: {ann} lists no images")
-    if limit is not None and limit < len(ds):  # type: ignore[arg-type]
-        ds = Subset(ds, range(limit))
-    return ds
+    return open_task_split(task, data, split, fmt, limit=limit, transform=transform)[0]
 
 
 def base_dataset(ds: Dataset) -> Dataset:
@@ -97,14 +78,16 @@ def open_task_split(
     *,
     who: str | None = None,
     limit: int | None = None,
+    transform: Callable | None = None,
 ) -> tuple[AnnotatedImages | Subset, str]:
     """``(dataset, format)``: the ``split`` of ``data`` in any format of the data readers,
     checked to hold ``task``'s annotations (:func:`check_task_format`, ``who`` starting
-    its error) and not to be empty; its first ``limit`` images if given."""
+    its error) and not to be empty; its first ``limit`` images if given, each through
+    ``transform`` (``(image, target) -> (image, target)``) if given."""
     from ..data.formats import open_split
 
     fmt = check_task_format(task, data, format, who or f"{task}: expected")
-    ds = open_split(data, split, fmt)
+    ds = open_split(data, split, fmt, transform=transform)
     if len(ds) == 0:
         raise _empty(ds, split)
     if limit is not None and limit < len(ds):
