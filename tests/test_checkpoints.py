@@ -17,17 +17,16 @@ import torch
 
 from detloss.app.cli import main
 from detloss.app.data.synthetic import CrowdSpec, make_crowds
-from detloss.app.train import (
+from detloss.app.training.checkpoints import (
     CheckpointError,
-    NonFiniteLossError,
-    PointTask,
-    TrainConfig,
-    _json_safe,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
-    train,
 )
+from detloss.app.training.config import TrainConfig
+from detloss.app.training.formatting import json_safe
+from detloss.app.training.loop import NonFiniteLossError, train
+from detloss.app.training.tasks import PointTask
 
 SPEC = CrowdSpec(image_size=48, count_range=(4, 12), min_distance=6.0)
 
@@ -79,7 +78,7 @@ def _all_finite(state: dict) -> bool:
 _WRITER = """
 import sys
 import torch
-from detloss.app.train import save_checkpoint
+from detloss.app.training.checkpoints import save_checkpoint
 big = torch.arange(2_000_000, dtype=torch.float32)
 for n in range(1000):
     print(n, flush=True)
@@ -237,7 +236,7 @@ def test_resume_of_a_finished_run_keeps_its_metrics_and_can_extend_it(finished, 
     lines: list[str] = []
     result = train(cfg, log=lines.append)
     assert (out / "metrics.json").read_text() == before
-    assert json.loads(before) == json.loads(json.dumps(_json_safe(result["metrics"])))
+    assert json.loads(before) == json.loads(json.dumps(json_safe(result["metrics"])))
     assert any("finished its 2 epochs" in line for line in lines)
     assert any("best:" in line and "best.pt" in line for line in lines)
     # --epochs 3 extends it by one epoch.

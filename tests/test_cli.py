@@ -179,7 +179,7 @@ def test_every_option_has_help_showing_its_default():
 def test_train_option_defaults_are_the_config_defaults():
     from dataclasses import fields
 
-    from detloss.app.train import TrainConfig
+    from detloss.app.training.config import TrainConfig
 
     args = build_parser().parse_args(["train", "--task", "points", "--data", "d"])
     defaults = {f.name: f.default for f in fields(TrainConfig)}
@@ -265,7 +265,7 @@ def test_user_errors_are_one_line_with_status_2(tiny_sets, tmp_path, capsys):
             str(tiny_sets / "shapes"),
         ],
         "is a points model",
-        "boxes annotations (format coco)",
+        "box annotations (format coco)",
     )
     _one_line_error(
         capsys,
@@ -329,14 +329,16 @@ def test_point_precision_without_predictions_is_nan():
 
     import torch
 
-    from detloss.app.train import PointTask, TrainConfig, _fmt
+    from detloss.app.training.config import TrainConfig
+    from detloss.app.training.formatting import format_value
+    from detloss.app.training.tasks import PointTask
 
     task = PointTask(TrainConfig(task="points"))
     metrics = task.metrics(
         [{"points": torch.zeros(0, 2)}], [{"points": torch.tensor([[1.0, 2.0]])}]
     )
     assert math.isnan(metrics["point_precision@4px"]) and metrics["point_recall@4px"] == 0.0
-    assert _fmt(metrics["point_precision@4px"]) == "n/a"
+    assert format_value(metrics["point_precision@4px"]) == "n/a"
 
 
 def test_demo_reruns_into_its_folder(tmp_path, capsys):
@@ -363,6 +365,15 @@ def test_format_names_are_the_readers():
     from detloss.app.data import FORMATS
 
     assert sorted(FORMAT_NAMES) == sorted(FORMATS)
+
+
+def test_detector_and_objective_names_are_the_trainers():
+    from detloss.app.cli import BOX_DETECTORS, OBJECTIVE_NAMES
+    from detloss.app.training.config import BOX_DETECTORS as CONFIG_DETECTORS
+    from detloss.app.training.objectives import OBJECTIVES
+
+    assert OBJECTIVE_NAMES == OBJECTIVES
+    assert BOX_DETECTORS == CONFIG_DETECTORS
 
 
 def _jpg(path, seed: int, size: int = 32):
@@ -447,7 +458,7 @@ def test_train_on_yolo(published_sets, tmp_path, capsys):
     assert {"last.pt", "best.pt", "metrics.csv", "loss_curves.png", "val_predictions.png"} <= {
         p.name for p in out.iterdir()
     }
-    from detloss.app.train import read_checkpoint
+    from detloss.app.training.checkpoints import read_checkpoint
 
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["categories"] == ["cat", "dog"] and ckpt["category_ids"] == [0, 1]

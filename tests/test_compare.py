@@ -9,15 +9,14 @@ import pytest
 import torch
 
 from detloss.app.cli import main
-from detloss.app.compare import (
+from detloss.app.compare import CompareSettings, run_compare
+from detloss.app.models import SSD
+from detloss.app.training.objectives import (
     OBJECTIVES,
-    CompareSettings,
     build_objective,
     check_choices,
     match_priors,
-    run_compare,
 )
-from detloss.app.models import SSD
 
 pytest.importorskip("PIL")
 
@@ -165,12 +164,12 @@ def test_labels_beyond_the_detector_classes(
 
 @pytest.mark.parametrize("moves", [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)])
 def test_augment_moves_boxes_with_pixels(moves: tuple[int, int, int]) -> None:
-    from detloss.app.compare import _augment
+    from detloss.app.compare import mirror_batch
 
     image = torch.zeros(1, 3, 32, 32)
     image[0, :, 4:10, 20:30] = 1.0  # rows 4..9, columns 20..29
     box = torch.tensor([[20, 4, 30, 10]], dtype=torch.float32) / 32
-    out = _augment(image, [{"boxes": box, "labels": torch.tensor([0])}], torch.tensor([moves]))
+    out = mirror_batch(image, [{"boxes": box, "labels": torch.tensor([0])}], torch.tensor([moves]))
     rows, cols = image[0, 0].nonzero(as_tuple=True)
     expected = torch.stack([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]).float() / 32
     torch.testing.assert_close(out[0]["boxes"][0], expected)
@@ -205,5 +204,5 @@ def test_compare_reads_other_box_formats(tmp_path: Path) -> None:
     )  # fmt: skip
     assert list(results) == ["multibox"]
     assert "4 training and 2 test images, 2 classes" in lines[0]
-    with pytest.raises(ValueError, match="holds points"):
+    with pytest.raises(ValueError, match="holds point annotations"):
         run_compare(data, tmp_path / "r2", settings=settings, data_format="points-json")

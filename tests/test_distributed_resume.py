@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import detloss.app.train as train_module
+import detloss.app.training.loop as loop_module
 from _distributed import run_distributed
 from detloss.app.cli import main
 from detloss.app.data.synthetic import CrowdSpec, make_crowds
-from detloss.app.train import TrainConfig, read_checkpoint, train
+from detloss.app.training.checkpoints import read_checkpoint
+from detloss.app.training.config import TrainConfig
+from detloss.app.training.loop import train
 
 SPEC = CrowdSpec(image_size=48, count_range=(4, 12), min_distance=6.0)
 
@@ -44,14 +46,14 @@ def _worker(rank: int, world: int, data: str, out: str, resume: bool, stop_at: i
     if stop_at >= 0:
         # Stop every rank at the start of an epoch, after the previous one was saved:
         # what a kill between epochs leaves.
-        original = train_module._train_epoch
+        original = loop_module.train_epoch
 
         def stopping(run, epoch):
             if epoch == stop_at:
                 raise _Stop
             return original(run, epoch)
 
-        train_module._train_epoch = stopping
+        loop_module.train_epoch = stopping
     # Random flips on: each rank draws its own, from its own generator state.
     cfg = TrainConfig(
         task="points", data=data, out=out, epochs=3, batch_size=2, max_val_images=2,

@@ -63,13 +63,13 @@ def _extents_overlap(extents) -> bool:
 
 
 def test_labels_do_not_overlap():
-    from detloss.app.plot import _LabelPlacer, _pyplot
+    from detloss.app.plot import LabelPlacer, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(3, 3))
     ax.set_xlim(0, 64)
     ax.set_ylim(64, 0)
-    placer = _LabelPlacer(fig)
+    placer = LabelPlacer(fig)
     # Twelve labels anchored at nearly the same place: each must find its own room.
     for k in range(12):
         x = 20.0 + 0.5 * k
@@ -82,12 +82,12 @@ def test_labels_do_not_overlap():
 
 
 def test_outline_contrasts_with_the_image():
-    from detloss.app.plot import _outline
+    from detloss.app.plot import outline_effect
 
     dark = torch.zeros(3, 8, 8)
     light = torch.ones(3, 8, 8)
-    assert _outline(dark)[0]._gc["foreground"] == "white"
-    assert _outline(light)[0]._gc["foreground"] == "black"
+    assert outline_effect(dark)[0]._gc["foreground"] == "white"
+    assert outline_effect(light)[0]._gc["foreground"] == "black"
 
 
 def _boxes_sample():
@@ -105,7 +105,8 @@ def _boxes_sample():
 
 
 def test_plot_boxes_and_points_write_pictures(tmp_path):
-    from detloss.app.plot import draw_predictions, plot_boxes, plot_losses, plot_points
+    from detloss.app.figures import plot_losses
+    from detloss.app.plot import draw_predictions, plot_boxes, plot_points
 
     image, target, pred = _boxes_sample()
     out = plot_boxes([(image, target)], [pred], ["cat", "dog"], tmp_path / "b.png", title="t")

@@ -14,14 +14,10 @@ from PIL import Image
 
 from detloss.app.cli import main
 from detloss.app.data import AnnotationError
-from detloss.app.train import (
-    TrainConfig,
-    build_task,
-    list_images,
-    load_checkpoint,
-    predict,
-    save_checkpoint,
-)
+from detloss.app.training.checkpoints import load_checkpoint, save_checkpoint
+from detloss.app.training.config import TrainConfig
+from detloss.app.training.evaluation import list_images, predict
+from detloss.app.training.tasks import build_task
 
 
 def _checkpoint(path: Path, task: str, categories=None, category_ids=None) -> Path:

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from detloss.app.data.synthetic import CrowdSpec, ShapeSpec, make_crowds, make_shapes
-from detloss.app.train import CheckpointError, TrainConfig, load_checkpoint, read_checkpoint, train
+from detloss.app.training.checkpoints import CheckpointError, load_checkpoint, read_checkpoint
+from detloss.app.training.config import TrainConfig
+from detloss.app.training.loop import train
 
 CROWDS = CrowdSpec(image_size=64, count_range=(10, 40), min_distance=6.0)
 SHAPES = ShapeSpec(image_size=64, size_range=(14.0, 26.0), count_range=(1, 3))
@@ -146,7 +148,7 @@ def test_ddp_on_two_cpu_processes(data, tmp_path):
 
 
 def test_point_task_regression_head_learning_rate():
-    from detloss.app.train import build_task
+    from detloss.app.training.tasks import build_task
 
     task = build_task(TrainConfig(task="points", lr=1e-3, reg_lr_scale=0.1))
     model = task.build_model(task.model_kwargs())
@@ -154,3 +156,92 @@ def test_point_task_regression_head_learning_rate():
     assert [g["lr"] for g in groups] == [pytest.approx(1e-3), pytest.approx(1e-4)]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.reg_head.parameters()}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+# ----------------------------------------------------------------------------- SSD objectives
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory) -> Path:
+    """16 training and 4 validation images of 48 pixels, one or two shapes each."""
+    root = tmp_path_factory.mktemp("ssd")
+    spec = ShapeSpec(image_size=48, size_range=(10.0, 20.0), count_range=(1, 2))
+    make_shapes(root / "train", 16, spec, seed=0)
+    make_shapes(root / "val", 4, spec, seed=1)
+    return root
+
+
+@pytest.mark.parametrize("objective", ["multibox", "hungarian", "sinkhorn", "ap_loss"])
+def test_ssd_objective_trains_through_the_cli(small_shapes, tmp_path, capsys, objective):
+    from detloss.app.cli import main
+
+    out = tmp_path / objective
+    argv = ["train", "--task", "boxes", "--detector", "ssd", "--objective", objective,
+            "--data", str(small_shapes), "--out", str(out), "--epochs", "2",
+            "--batch-size", "4", "--image-size", "32", "--lr", "3e-3", "--threads", "1",
+            "--no-plots", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith(f"[boxes] ssd detector ({objective} objective, 32 px input)")
+    history = json.loads((out / "history.json").read_text())
+    losses = [rec["train"]["loss"] for rec in history]
+    assert losses[1] < losses[0], losses
+    made = read_checkpoint(out / "last.pt")["config"]
+    assert (made["detector"], made["objective"], made["image_size"]) == ("ssd", objective, 32)
+
+    # eval and predict read the detector, objective and input size from the checkpoint.
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(small_shapes),
+                 "--split", "val"]) == 0  # fmt: skip
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"box_ap", "box_ap50", "box_ap75", "box_voc_ap50"}
+    assert metrics["box_ap50"] == pytest.approx(history[-1]["val"]["box_ap50"])
+    predictions = out / "predictions.json"
+    assert main(["predict", "--checkpoint", str(out / "last.pt"), "--images",
+                 str(small_shapes / "val" / "images"), "--out", str(predictions)]) == 0  # fmt: skip
+    results = json.loads(predictions.read_text())
+    assert results and all(0 <= r["bbox"][0] <= 48 and 0 <= r["bbox"][1] <= 48 for r in results)
+
+
+def test_ssd_predictions_are_scaled_back_to_each_image():
+    from detloss.app.training.evaluation import predict
+    from detloss.app.training.tasks import build_task
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(task="boxes", detector="ssd", objective="hungarian", image_size=32)
+    task = build_task(cfg, num_classes=2)
+    model = task.build_model(task.model_kwargs()).eval()
+    square = torch.rand(3, 32, 32)
+    # Twice as wide, each column repeated: a bilinear resize to 32 x 32 gives ``square``
+    # back exactly, so the boxes must be the square image's, x coordinates doubled.
+    wide = square.repeat_interleave(2, dim=-1)
+    on_square, on_wide = predict(model, task, [square, wide], score_threshold=0.0)
+    assert len(on_square["boxes"]) > 0
+    expected = on_square["boxes"] * torch.tensor([2.0, 1.0, 2.0, 1.0])
+    torch.testing.assert_close(on_wide["boxes"], expected)
+    torch.testing.assert_close(on_wide["scores"], on_square["scores"])
+
+
+def test_ssd_options_in_the_wrong_place_are_one_line_errors(small_shapes, tmp_path, capsys):
+    from detloss.app.cli import main
+
+    base = ["train", "--data", str(small_shapes), "--out", str(tmp_path / "x")]
+    cases = [
+        (["--task", "boxes", "--objective", "sinkhorn"], "needs --task boxes --detector ssd"),
+        (["--task", "points", "--detector", "ssd"], "--detector ssd detects boxes"),
+        (["--task", "boxes", "--detector", "ssd", "--model", "full"], "SSD detector has one"),
+        (["--task", "boxes", "--detector", "ssd", "--image-size", "8"], "image_size"),
+    ]
+    for extra, needle in cases:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_compare_runs_are_the_trainers_task():
+    from detloss.app.compare import CompareSettings, ssd_task
+    from detloss.app.training.tasks import SsdTask
+
+    task = ssd_task("sinkhorn", 3, CompareSettings(image_size=64))
+    assert isinstance(task, SsdTask)
+    assert (task.objective.name, task.input_size, task.num_classes) == ("sinkhorn", 64, 3)

@@ -1,14 +1,17 @@
-"""Command line: ``detloss demo | train | eval | bench``.
+"""Command line: ``detloss demo | train | eval | predict | compare | data | bench``.
 
 * ``detloss demo``: generate the synthetic sets, train both reference detectors, evaluate
   on held-out images, write ``runs/demo/`` (see :mod:`detloss.app.demo`).
-* ``detloss train --task points|boxes --data DIR``: train on a folder of splits (see
-  :mod:`detloss.app.train`); under ``torchrun`` it runs DDP.
+* ``detloss train --task points|boxes [--detector ssd --objective NAME] --data DIR``:
+  train on a folder of splits (see :mod:`detloss.app.training`); under ``torchrun`` it
+  runs DDP.
 * ``detloss eval --checkpoint PATH --data DIR``: the metrics of a checkpoint on a split.
 * ``detloss predict --checkpoint PATH --images DIR_OR_FILES --out FILE.json``: detections
   as COCO results (boxes) or a points JSON, and optionally pictures.
 * ``detloss compare``: one SSD trained under four objectives, side by side (see
   :mod:`detloss.app.compare`).
+* ``detloss data check | convert``: inspect or convert a data folder (see
+  :mod:`detloss.app.data.commands`).
 * ``detloss bench``: the benchmark suite.
 """
 
@@ -36,6 +39,10 @@ FORMAT_NAMES = (
     "yolo",
     "voc",
 )
+#: detloss.app.training.objectives.OBJECTIVES and config.BOX_DETECTORS, written here for
+#: the same reason (a test checks that they agree).
+OBJECTIVE_NAMES = ("multibox", "hungarian", "sinkhorn", "ap_loss")
+BOX_DETECTORS = ("centernet", "ssd")
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -94,10 +101,34 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _add_val_fraction(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--val-fraction", type=_fraction, default=None, help=help)
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     # The defaults are TrainConfig's, written here so that --help needs no torch import
     # (a test checks that the two agree).
     p.add_argument("--task", choices=TASKS, required=True, help="what to train")
+    p.add_argument(
+        "--detector",
+        choices=BOX_DETECTORS,
+        default="centernet",
+        help="the box detector (--task boxes): the CenterNet-style one with CenterNetLoss, "
+        "or the SSD-style one under --objective",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVE_NAMES,
+        default=None,
+        help="the SSD's training objective, as detloss compare trains it (--detector ssd; "
+        "None: multibox)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=128,
+        help="the SSD's square input side: images are resized to it (--detector ssd)",
+    )
     p.add_argument(
         "--data",
         required=True,
@@ -112,12 +143,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--train-split", default="train", help="training split")
     p.add_argument("--val-split", default="val", help="validation split")
-    p.add_argument(
-        "--val-fraction",
-        type=_fraction,
-        default=None,
-        help="carve the validation set from the training split (this fraction of its "
-        "images, drawn by --seed) instead of reading --val-split",
+    _add_val_fraction(
+        p,
+        "carve the validation set from the training split (this fraction of its images, "
+        "drawn by --seed) instead of reading --val-split",
     )
     p.add_argument("--epochs", type=int, default=20, help="epochs (with --resume: extends)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step and process")
@@ -209,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="synthetic data, train P2PNet and CenterNet, evaluate, write runs/demo/",
+        help="synthetic data, train P2PNet, CenterNet and the SSD objectives, evaluate, "
+        "write runs/demo/",
         description="Generate the synthetic sets (if missing), train the tiny P2PNet with "
         "PointLoss and the tiny CenterNet with CenterNetLoss on the CPU, evaluate on "
         "held-out images and write metrics.json and pictures. A rerun replaces the "
@@ -230,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train",
         help="train a reference detector on your data",
-        description="Train P2PNet (--task points) or the CenterNet-style detector "
-        "(--task boxes). Launch with torchrun for DDP.",
+        description="Train P2PNet (--task points), the CenterNet-style detector (--task "
+        "boxes) or the SSD-style detector under one objective of detloss compare (--task boxes "
+        "--detector ssd --objective NAME). Launch with torchrun for DDP.",
     )
     _add_train_options(train)
 
@@ -244,12 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="data folder (as for train)")
     _add_format(ev)
     ev.add_argument("--split", default="test", help="split to evaluate")
-    ev.add_argument(
-        "--val-fraction",
-        type=_fraction,
-        default=None,
-        help="evaluate the validation part carved from --split with this fraction and "
-        "--seed, as train --val-fraction carved it",
+    _add_val_fraction(
+        ev,
+        "evaluate the validation part carved from --split with this fraction and --seed, "
+        "as train --val-fraction carved it",
     )
     ev.add_argument("--seed", type=int, default=0, help="seed of --val-fraction's draw")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -303,89 +332,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, _json_safe, train
+    from dataclasses import fields
 
+    from .training.config import TrainConfig
+    from .training.formatting import json_safe
+    from .training.loop import train
+
+    # The options are TrainConfig's fields by name; the --no-* switches are negated.
+    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     cfg = TrainConfig(
-        task=args.task,
-        data=args.data,
-        format=args.format,
-        out=args.out,
-        train_split=args.train_split,
-        val_split=args.val_split,
-        val_fraction=args.val_fraction,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        model=args.model,
-        backbone_weights=args.backbone_weights,
-        freeze_epochs=args.freeze_epochs,
-        device=args.device,
+        **options,
         amp=not args.no_amp,
-        seed=args.seed,
-        workers=args.workers,
-        threads=args.threads,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        skip_nonfinite=args.skip_nonfinite,
-        dist_timeout=args.dist_timeout,
-        max_train_images=args.max_train_images,
-        max_val_images=args.max_val_images,
         flip=not args.no_flip,
         progress=not args.no_progress,
-        head=args.head,
-        loc_weight=args.loc_weight,
-        neg_weight=args.neg_weight,
-        tau=args.tau,
-        point_threshold=args.point_threshold,
         plots=not args.no_plots,
-        tensorboard=args.tensorboard,
     )
     result = train(cfg)
     if _rank() == 0:
-        print(json.dumps(_json_safe(result["metrics"]), indent=1))
+        print(json.dumps(json_safe(result["metrics"]), indent=1))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     import torch
     from torch.utils.data import DataLoader
 
     from .data.collate import collate_detection
-    from .data.formats import detect_format, format_kind, open_split, split_dataset
-    from .train import _json_safe, evaluate, load_checkpoint
+    from .data.formats import split_dataset
+    from .training.checkpoints import load_checkpoint
+    from .training.data import open_task_split, with_input_size
+    from .training.evaluation import evaluate
+    from .training.formatting import json_safe
 
     model, task, _ = load_checkpoint(args.checkpoint, args.device)
-    if not Path(args.data).is_dir():
-        raise FileNotFoundError(f"data: no such folder {args.data!r}")
-    fmt = args.format or detect_format(args.data)
-    kind = format_kind(fmt)
-    if kind != task.name:
-        raise ValueError(
-            f"checkpoint {args.checkpoint!r} is a {task.name} model, but {args.data!r} "
-            f"holds {kind} annotations (format {fmt}): data of the other task"
-        )
-    ds = open_split(args.data, args.split, fmt)
-    if len(ds) == 0:
-        raise ValueError(f"the {args.split!r} split is empty: {ds.source} lists no images")
+    who = f"checkpoint {args.checkpoint!r} is a {task.name} model trained on"
+    ds, fmt = open_task_split(task.name, args.data, args.split, args.format, who=who)
     if args.val_fraction is not None:
         _, ds = split_dataset(ds, args.val_fraction, args.seed)  # type: ignore[assignment]
     print(
         f"[eval] format {fmt}, {args.split} {len(ds)} images, checkpoint {args.checkpoint}",
         file=sys.stderr,
     )
+    ds = with_input_size(ds, task.input_size)
     loader = DataLoader(ds, batch_size=args.batch_size, collate_fn=collate_detection)
     metrics = evaluate(model, task, loader, torch.device(args.device))
-    print(json.dumps(_json_safe(metrics), indent=1))
+    print(json.dumps(json_safe(metrics), indent=1))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .train import list_images, load_checkpoint, predict, predictions_json
+    from .training.checkpoints import load_checkpoint
+    from .training.evaluation import list_images, predict, predictions_json
+    from .training.formatting import write_text_atomic
 
     model, task, ckpt = load_checkpoint(args.checkpoint, args.device)
     files = list_images(args.images)
@@ -405,9 +406,7 @@ def _predict(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise IsADirectoryError(f"out: {args.out!r} is a folder; expected a .json file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(predictions_json(preds, names, ckpt, image_ids)))  # type: ignore[arg-type]
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(predictions_json(preds, names, ckpt, image_ids)))  # type: ignore[arg-type]
     found = sum(len(p["scores"]) for p in preds)  # type: ignore[index, union-attr]
     what = "points" if task.name == "points" else "boxes"
     print(f"[predict] {len(files)} images, {found} {what}: {out}")
@@ -498,7 +497,8 @@ def _data(args: argparse.Namespace) -> int:
 
 def _user_error_status(exc: BaseException) -> int | None:
     """The exit status of an error to report in one line; None for a bug (traceback)."""
-    from .train import NonFiniteLossError, PeerTimeoutError
+    from .training.ddp import PeerTimeoutError
+    from .training.loop import NonFiniteLossError
 
     if isinstance(exc, PeerTimeoutError):
         return 1

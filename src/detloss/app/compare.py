@@ -2,25 +2,11 @@
 
 ``detloss compare`` (and the last step of ``detloss demo``) trains the same
 :class:`~detloss.app.models.SSD`, from the same initial weights, on the same images, with the
-same schedule and seed, under each objective of :data:`OBJECTIVES`:
-
-* ``multibox``: :class:`~detloss.losses.ssd.MultiBoxLoss` (max-IoU matching at 0.5 with
-  each object forced onto its best prior, Smooth-L1 on encoded offsets, 3:1 hard
-  negatives, divided by the positives);
-* ``hungarian``: the matched detection loss (:func:`~detloss.losses.detection.detection_loss`)
-  with an exact one-to-one :func:`~detloss.match.hungarian` matching of priors to objects
-  on the cost ``1 - IoU(prior, object)``, 3:1 hard negatives;
-* ``sinkhorn``: the same loss with the unbalanced :func:`~detloss.match.sinkhorn` plan on
-  the same cost, with a background cost (the optimal-transport detection loss's SSD
-  recipe), 3:1 hard negatives weighted by the plan;
-* ``ap_loss``: :func:`~detloss.losses.ranking.ap_loss` over every prior x class of the
-  batch (priors labelled by max-IoU: positive at 0.5, ignored between 0.4 and 0.5),
-  Smooth-L1 on the positives' offsets.
-
-Every objective localises the same way: Smooth-L1 (beta 1) on SSD's encoded offsets of
-the priors that answer for an object, weighted by the matching's plan (0/1 for the hard
-matchings) and divided by the plan's mass on objects. The objectives differ only in which
-priors answer for which object and in how the classification is trained.
+same schedule and seed, under each objective of
+:data:`~detloss.app.training.objectives.OBJECTIVES` (``multibox``, ``hungarian``,
+``sinkhorn``, ``ap_loss``; described there). Each run is built by the trainer's task code
+(:class:`~detloss.app.training.tasks.SsdTask`), so ``detloss train --detector ssd
+--objective NAME`` trains the same detector under the same objective.
 
 Each trained detector is evaluated on the held-out test split (COCO box AP); the results
 go to ``metrics.json`` under ``"compare"`` (other keys kept), with ``compare.png`` and
@@ -39,228 +25,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Subset
 
-from ..anchors import decode_boxes, encode_boxes
-from ..batching import pad_targets
-from ..boxes import box_convert, box_iou
-from ..losses.detection import detection_loss
-from ..losses.ranking import ap_loss
-from ..losses.regression import smooth_l1_loss
-from ..losses.ssd import MultiBoxLoss
-from ..match import Matching, hungarian, max_iou, sinkhorn
 from ..metrics import coco_box_ap
+from .figures import plot_compare, plot_matchings
 from .models.ssd import SSD
+from .training.config import TrainConfig
+from .training.data import base_dataset, open_task_split
+from .training.objectives import OBJECTIVES, check_choices
+from .training.tasks import SsdTask, resize_sample
 
 __all__ = [
     "COMPARE_GOALS",
-    "DETECTORS",
-    "OBJECTIVES",
+    "CompareImages",
     "CompareSettings",
-    "build_objective",
-    "check_choices",
+    "mirror_batch",
     "run_compare",
+    "ssd_task",
 ]
 
-#: The objectives :func:`run_compare` trains, in the order of the table.
-OBJECTIVES: tuple[str, ...] = ("multibox", "hungarian", "sinkhorn", "ap_loss")
-#: The detectors the objectives are defined for.
-DETECTORS: tuple[str, ...] = ("ssd",)
 #: Goals on the held-out test split: every objective's AP50, and the best one's.
 COMPARE_GOALS: dict[str, float] = {"each_box_ap50": 0.6, "best_box_ap50": 0.75}
-
-#: Sinkhorn settings of the ``sinkhorn`` objective (see docs/compare.md for the choice
-#: of ``reg``): the priors' marginal nearly hard, the objects' nearly free.
-SINKHORN_OPTIONS: dict[str, float] = {
-    "reg": 0.03,
-    "tau_pred": 1e3,
-    "tau_target": 1e-3,
-    "background_cost": 0.5,
-}
-
-Targets = Sequence[Mapping[str, Tensor]]
-
-
-def check_choices(objectives: Sequence[str], detector: str = "ssd") -> tuple[str, ...]:
-    """Validate the objective and detector names -> the objectives as a tuple.
-
-    Raises:
-        ValueError: one line naming the unknown value and the choices.
-    """
-    if detector not in DETECTORS:
-        raise ValueError(
-            f"--detector: unknown detector {detector!r}; choose from {', '.join(DETECTORS)}"
-        )
-    out = tuple(objectives)
-    for name in out:
-        if name not in OBJECTIVES:
-            raise ValueError(
-                f"--objective: unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}"
-            )
-    if not out:
-        raise ValueError(f"--objective: expected at least one of {', '.join(OBJECTIVES)}")
-    return out
-
-
-# ----------------------------------------------------------------------------- objectives
-
-
-def _padded(targets: Targets, device: torch.device) -> dict[str, Tensor]:
-    """``{"boxes": [B, N, 4], "labels": int64[B, N], "mask": bool[B, N]}``."""
-    return pad_targets(
-        [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets], device=device
-    )
-
-
-def prior_iou(priors: Tensor, boxes: Tensor) -> Tensor:
-    """IoU of the ``cxcywh`` priors ``[P, 4]`` with each image's ``xyxy`` objects
-    ``[B, N, 4]`` -> ``Tensor[B, P, N]``."""
-    prior_boxes = box_convert(priors, "cxcywh", "xyxy")
-    return box_iou(prior_boxes.expand(boxes.shape[0], -1, -1), boxes)
-
-
-def match_priors(method: str, priors: Tensor, padded: Mapping[str, Tensor]) -> Matching:
-    """The matching of priors to objects under ``method``: ``"max_iou"`` (SSD's rule at
-    0.5 with each object's best prior forced), ``"hungarian"`` (exact one-to-one on
-    ``1 - IoU``) or ``"sinkhorn"`` (the unbalanced plan of :data:`SINKHORN_OPTIONS` on
-    ``1 - IoU`` with a background cost)."""
-    iou = prior_iou(priors, padded["boxes"])
-    mask = padded["mask"]
-    if method == "max_iou":
-        return max_iou(iou, 0.5, target_mask=mask)
-    if method == "hungarian":
-        return hungarian(1.0 - iou, mask)
-    if method == "sinkhorn":
-        return sinkhorn(1.0 - iou, mask, tol=0, max_iter=20, **SINKHORN_OPTIONS)
-    raise ValueError(f"method: expected 'max_iou', 'hungarian' or 'sinkhorn', got {method!r}")
-
-
-def _offset_loss(loc: Tensor, priors: Tensor, boxes: Tensor, weights: Tensor) -> Tensor:
-    """Smooth-L1 between ``loc [B, P, 4]`` and the offsets of every object ``[B, N, 4]``
-    from every prior, weighted by ``weights [B, P, N]`` (a plan's object columns) and
-    divided by their sum (clamped at 1)."""
-    # Plan entries below 1e-3 carry a negligible share of the mass; leaving them out
-    # spares the offsets of every prior x object pair of a soft plan.
-    pairs = weights > 1e-3
-    image, prior, obj = pairs.nonzero(as_tuple=True)
-    target = encode_boxes(boxes[image, obj], priors[prior])
-    per_pair = smooth_l1_loss(loc[image, prior], target, beta=1.0).sum(dim=-1)
-    w = weights[image, prior, obj]
-    return (w * per_pair).sum() / weights.sum().clamp(min=1.0)
-
-
-class Objective:
-    """A training objective of the SSD head: ``objective(outputs, priors, targets)`` ->
-    scalar loss, with ``outputs = {"loc": [B, P, 4], "conf": [B, P, C + 1]}``, priors
-    ``[P, 4]`` normalised ``cxcywh`` and targets per-image ``{"boxes": [n, 4] normalised
-    xyxy, "labels": int64[n]}``. :meth:`detection_logits` gives the logits
-    :func:`~detloss.postprocess.ssd.ssd_detect` ranks."""
-
-    name = ""
-
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-
-    def __call__(self, outputs: Mapping[str, Tensor], priors: Tensor, targets: Targets) -> Tensor:
-        raise NotImplementedError
-
-    def detection_logits(self, conf: Tensor) -> Tensor:
-        return conf
-
-
-class MultiBoxObjective(Objective):
-    """SSD's MultiBox loss."""
-
-    name = "multibox"
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__(num_classes)
-        self.loss = MultiBoxLoss(num_classes + 1, distributed=False)
-
-    def __call__(self, outputs: Mapping[str, Tensor], priors: Tensor, targets: Targets) -> Tensor:
-        return self.loss(outputs["loc"], outputs["conf"], priors, targets)  # type: ignore[return-value]
-
-
-class MatchedObjective(Objective):
-    """The matched detection loss with an anchor-based matching (``"hungarian"`` or
-    ``"sinkhorn"``): cross-entropy over the matched priors and the 3:1 hardest background
-    priors (weighted by the plan for Sinkhorn), plus the plan-weighted offset loss."""
-
-    def __init__(self, num_classes: int, method: str) -> None:
-        super().__init__(num_classes)
-        self.name = method
-        self.method = method
-
-    def __call__(self, outputs: Mapping[str, Tensor], priors: Tensor, targets: Targets) -> Tensor:
-        loc, conf = outputs["loc"], outputs["conf"]
-        padded = _padded(targets, loc.device)
-        with torch.no_grad():
-            matching = match_priors(self.method, priors, padded)
-            plan = matching.dense_plan()  # [B, P, N + 1]
-        boxes = decode_boxes(loc, priors)
-        cls = detection_loss(
-            {"pred_logits": conf, "pred_boxes": boxes},
-            padded,
-            matching,
-            background="first",
-            no_object_weight=1.0,
-            hard_negative_ratio=3.0,
-            loc_losses={},
-            distributed=False,
-        )
-        weights = plan[..., :-1] * padded["mask"][:, None, :]
-        return cls + _offset_loss(loc, priors, padded["boxes"], weights)  # type: ignore[operator]
-
-
-class APLossObjective(Objective):
-    """AP-Loss on every prior x class of the batch plus Smooth-L1 on the positives.
-
-    Priors are labelled by max-IoU (positive at IoU >= 0.5, each object's best prior
-    forced; ignored between 0.4 and 0.5; background below). The head's background logit
-    takes no part: detections rank the class logits against a fixed background logit 0.
-    """
-
-    name = "ap_loss"
-
-    def __call__(self, outputs: Mapping[str, Tensor], priors: Tensor, targets: Targets) -> Tensor:
-        loc, conf = outputs["loc"], outputs["conf"]
-        padded = _padded(targets, loc.device)
-        with torch.no_grad():
-            iou = prior_iou(priors, padded["boxes"])
-            matching = max_iou(iou, 0.5, neg_threshold=0.4, target_mask=padded["mask"])
-            assigned = matching.pred_to_target  # [B, P]
-            positive = assigned >= 0
-            label_of = padded["labels"].gather(1, assigned.clamp(min=0))
-            labels = torch.zeros((*conf.shape[:2], self.num_classes), dtype=torch.int64)
-            labels = labels.to(conf.device)
-            labels[positive, label_of[positive]] = 1
-            labels[assigned == -2] = -1
-        cls = ap_loss(conf[..., 1:], labels, distributed=False)
-        weights = F.one_hot(assigned.clamp(min=0), padded["boxes"].shape[1] or 1)
-        weights = (weights * positive[..., None]).to(loc.dtype)[..., : padded["boxes"].shape[1]]
-        return cls + _offset_loss(loc, priors, padded["boxes"], weights)
-
-    def detection_logits(self, conf: Tensor) -> Tensor:
-        return torch.cat((torch.zeros_like(conf[..., :1]), conf[..., 1:]), dim=-1)
-
-
-def build_objective(name: str, num_classes: int) -> Objective:
-    """The objective ``name`` (one of :data:`OBJECTIVES`) for ``num_classes`` classes."""
-    check_choices([name])
-    if name == "multibox":
-        return MultiBoxObjective(num_classes)
-    if name == "ap_loss":
-        return APLossObjective(num_classes)
-    return MatchedObjective(num_classes, name)
 
 
 # ----------------------------------------------------------------------------- data
 
 
 @dataclass
-class _Images:
+class CompareImages:
     """A split resized to the detector's square input: images ``[n, 3, S, S]``, targets
     with normalised ``xyxy`` boxes, and each image's original ``(width, height)``."""
 
@@ -276,55 +68,40 @@ def _load_split(
     image_size: int,
     num_classes: int | None,
     limit: int | None,
-    data_format: str = "coco",
-) -> tuple[_Images, int, list[str]]:
-    from .data import format_kind, open_split
-    from .train import load_dataset
-
-    if data_format == "coco":
-        ds = load_dataset("boxes", data, split, limit=limit)
-    else:
-        if format_kind(data_format) != "boxes":
-            raise ValueError(
-                f"data: {str(data)!r} holds points ({data_format}); compare trains box detectors"
-            )
-        ds = open_split(data, split, data_format)
-        if limit is not None and limit < len(ds):
-            ds = Subset(ds, range(limit))
-    base = ds.dataset if hasattr(ds, "dataset") else ds
+    data_format: str | None = None,
+) -> tuple[CompareImages, int, list[str]]:
+    """A split in any box format, read as the trainer reads it
+    (:func:`~detloss.app.training.data.open_task_split`), resized to the detector's input."""
+    ds, _ = open_task_split(
+        "boxes", data, split, data_format, who="compare trains box detectors on", limit=limit
+    )
+    base = base_dataset(ds)
     categories = list(getattr(base, "categories", []))
     classes = num_classes if num_classes is not None else max(len(categories), 1)
     images, targets, sizes, pixel = [], [], [], []
-    for i in range(len(ds)):  # type: ignore[arg-type]
+    for i in range(len(ds)):
         image, target = ds[i]
         labels = target["labels"].to(torch.int64)
         if labels.numel() and int(labels.max()) >= classes:
-            bad = int(labels.max())
-            where = base.where(i) if hasattr(base, "where") else f"image {i}"
-            source = getattr(base, "source", data / split)
             raise ValueError(
-                f"{source}: {where}: label {bad} exceeds the detector's {classes} classes "
-                f"(labels 0..{classes - 1})"
+                f"{base.source}: {base.where(i)}: label {int(labels.max())} exceeds the "  # type: ignore[union-attr]
+                f"detector's {classes} classes (labels 0..{classes - 1})"
             )
-        h, w = image.shape[-2:]
-        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-        images.append(
-            F.interpolate(image[None], size=(image_size, image_size), mode="bilinear")[0]
-            if (h, w) != (image_size, image_size)
-            else image
-        )
-        boxes = target["boxes"].to(torch.float32)
-        targets.append({"boxes": boxes / scale, "labels": labels})
-        pixel.append({"boxes": boxes, "labels": labels})
-        sizes.append((w, h))
+        pixel.append({"boxes": target["boxes"].to(torch.float32), "labels": labels})
+        resized, moved = resize_sample(image, pixel[-1], image_size)
+        images.append(resized)
+        targets.append({"boxes": moved["boxes"] / image_size, "labels": labels})
+        sizes.append((image.shape[-1], image.shape[-2]))  # (width, height)
     return (
-        _Images(torch.stack(images), targets, torch.tensor(sizes, dtype=torch.float32), pixel),
+        CompareImages(
+            torch.stack(images), targets, torch.tensor(sizes, dtype=torch.float32), pixel
+        ),
         classes,
         categories,
     )
 
 
-def _augment(images: Tensor, targets: list[dict[str, Tensor]], moves: Tensor) -> list[dict]:
+def mirror_batch(images: Tensor, targets: list[dict[str, Tensor]], moves: Tensor) -> list[dict]:
     """Mirror the square images in place and their normalised boxes: ``moves [b, 3]``
     (bool) says, per image, whether to flip left-right, flip top-bottom and transpose
     (in that order; the last two only where the data allows them)."""
@@ -375,13 +152,14 @@ class CompareSettings:
 
 
 def _train_one(
-    objective: Objective,
+    task: SsdTask,
     model: SSD,
-    train: _Images,
+    train: CompareImages,
     settings: CompareSettings,
     log: Callable[[str], None],
 ) -> dict[str, object]:
-    """Train ``model`` in place under ``objective``; returns losses and timings."""
+    """Train ``model`` in place under ``task``'s objective; returns losses and timings."""
+    objective = task.objective
     generator = torch.Generator().manual_seed(settings.seed)
     n = train.images.shape[0]
     steps_per_epoch = max(1, math.ceil(n / settings.batch_size))
@@ -412,10 +190,10 @@ def _train_one(
         for s in range(steps_per_epoch):
             index = order[s * settings.batch_size : (s + 1) * settings.batch_size]
             images = train.images[index].clone()
-            targets = _augment(images, [train.targets[i] for i in index.tolist()], moves[index])
+            targets = mirror_batch(images, [train.targets[i] for i in index.tolist()], moves[index])
             outputs = model(images)
             t0 = time.perf_counter()
-            loss = objective(outputs, priors, targets)
+            loss = objective(outputs, priors, targets)  # the targets are normalised
             if epoch or s:  # the first call may compile kernels: not a step's cost
                 objective_seconds += time.perf_counter() - t0
             optimizer.zero_grad(set_to_none=True)
@@ -437,38 +215,48 @@ def _train_one(
 
 
 @torch.no_grad()
-def _evaluate(model: SSD, objective: Objective, test: _Images, batch: int = 32) -> dict[str, float]:
+def _evaluate(model: SSD, task: SsdTask, test: CompareImages, batch: int = 32) -> dict[str, float]:
+    """COCO box AP on ``test``, the detections scaled back to each original image."""
     model.eval()
     preds: list[dict[str, Tensor]] = []
     for start in range(0, test.images.shape[0], batch):
-        out = model(test.images[start : start + batch])
-        out = {"loc": out["loc"], "conf": objective.detection_logits(out["conf"])}
-        threshold = 0.0 if isinstance(objective, APLossObjective) else 0.01
-        dets = model.detect(out, conf_threshold=threshold)
-        for k, d in enumerate(dets):
-            w, h = test.sizes[start + k].tolist()
-            scale = torch.tensor([w, h, w, h], dtype=d["boxes"].dtype)
-            preds.append(
-                {"boxes": d["boxes"] * scale, "scores": d["scores"], "labels": d["labels"]}
-            )
+        dets = task.decode(model(test.images[start : start + batch]))
+        for d, (w, h) in zip(dets, test.sizes[start : start + batch].tolist(), strict=True):
+            scale = torch.tensor([w, h, w, h], dtype=d["boxes"].dtype) / task.input_size
+            preds.append({**d, "boxes": d["boxes"] * scale})
     model.train()
     coco = coco_box_ap(preds, test.pixel_targets, max_detections=100)
     return {"box_ap50": float(coco["ap50"]), "box_ap": float(coco["ap"])}  # type: ignore[arg-type]
 
 
+def ssd_task(name: str, num_classes: int, settings: CompareSettings) -> SsdTask:
+    """The trainer's task for the SSD under objective ``name`` at the comparison's sizes
+    (what ``detloss train --task boxes --detector ssd --objective NAME`` builds)."""
+    cfg = TrainConfig(
+        task="boxes",
+        detector="ssd",
+        objective=name,
+        image_size=settings.image_size,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        seed=settings.seed,
+    )
+    return SsdTask(cfg, num_classes)
+
+
 def train_objective(
     name: str,
-    train: _Images,
+    train: CompareImages,
     num_classes: int,
     settings: CompareSettings,
     log: Callable[[str], None] = print,
-) -> tuple[SSD, dict[str, object]]:
+) -> tuple[SSD, SsdTask, dict[str, object]]:
     """One detector trained under objective ``name`` from the seed's initial weights."""
+    task = ssd_task(name, num_classes, settings)
     torch.manual_seed(settings.seed)
-    model = SSD(num_classes, image_size=settings.image_size, **settings.model_kwargs)  # type: ignore[arg-type]
-    objective = build_objective(name, num_classes)
-    result = _train_one(objective, model, train, settings, log)
-    return model, result
+    model = task.build_model({**task.model_kwargs(), **settings.model_kwargs})
+    result = _train_one(task, model, train, settings, log)  # type: ignore[arg-type]
+    return model, task, result  # type: ignore[return-value]
 
 
 def run_compare(
@@ -504,10 +292,6 @@ def run_compare(
     if threads:
         torch.set_num_threads(threads)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if data_format is None:
-        from .data import detect_format
-
-        data_format = detect_format(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train, classes, _ = _load_split(
         data_dir,
@@ -527,8 +311,8 @@ def run_compare(
     results: dict[str, dict[str, float]] = {}
     curves: dict[str, list[float]] = {}
     for name in chosen:
-        model, run = train_objective(name, train, classes, settings, log)
-        metrics = _evaluate(model, build_objective(name, classes), test)
+        model, task, run = train_objective(name, train, classes, settings, log)
+        metrics = _evaluate(model, task, test)
         results[name] = {
             "box_ap50": round(metrics["box_ap50"], 4),
             "box_ap": round(metrics["box_ap"], 4),
@@ -546,9 +330,8 @@ def run_compare(
     existing["compare"] = results
     path.write_text(json.dumps(existing, indent=1))
     if plots:
-        plot_compare(results, curves, out_dir / "compare.png")
-        priors = SSD(classes, image_size=settings.image_size, **settings.model_kwargs).priors  # type: ignore[arg-type]
-        plot_matchings(train, out_dir / "matchings.png", settings.image_size, priors=priors)
+        plot_compare(results, curves, out_dir / "compare.png", COMPARE_GOALS)
+        plot_matchings(train, out_dir / "matchings.png", settings.image_size, priors=task.priors)
     print_compare_table(results, log)
     return results
 
@@ -587,129 +370,6 @@ def print_compare_table(
         )
 
 
-# ----------------------------------------------------------------------------- pictures
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_compare(
-    results: Mapping[str, Mapping[str, float]], curves: Mapping[str, list[float]], path: Path
-) -> None:
-    """AP50 and AP per objective, the objective's time per step, and the loss curves."""
-    plt = _pyplot()
-    names = list(results)
-    x = np.arange(len(names))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    ax = axes[0]
-    ap50 = [results[n]["box_ap50"] for n in names]
-    ap = [results[n]["box_ap"] for n in names]
-    ax.bar(x - 0.2, ap50, 0.4, label="AP50")
-    ax.bar(x + 0.2, ap, 0.4, label="AP@[.5:.95]")
-    ax.axhline(COMPARE_GOALS["each_box_ap50"], color="gray", ls="--", lw=1, label="AP50 goal")
-    ax.axhline(COMPARE_GOALS["best_box_ap50"], color="gray", ls=":", lw=1, label="best AP50 goal")
-    for i, (a, b) in enumerate(zip(ap50, ap, strict=True)):
-        ax.text(i - 0.2, a + 0.01, f"{a:.2f}", ha="center", fontsize=8)
-        ax.text(i + 0.2, b + 0.01, f"{b:.2f}", ha="center", fontsize=8)
-    ax.set_xticks(x, names)
-    ax.set_ylim(0, 1.2)
-    ax.set_title("held-out test images: box AP (COCO)")
-    ax.legend(fontsize=8, loc="upper center", ncol=2)
-    ax = axes[1]
-    ms = [results[n]["objective_ms_per_step"] for n in names]
-    ax.bar(x, ms, 0.5, color="tab:green")
-    for i, v in enumerate(ms):
-        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, names)
-    ax.set_ylabel("ms per training step")
-    ax.set_title("time of the loss (matching included)")
-    ax = axes[2]
-    for n in names:
-        c = np.asarray(curves.get(n, []), dtype=float)
-        if c.size:
-            w = max(1, c.size // 30)
-            smooth = np.convolve(c, np.ones(w) / w, mode="valid")
-            ax.plot(smooth / max(smooth[0], 1e-12), label=n)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss / first loss")
-    ax.set_title("training loss (moving average)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_matchings(
-    train: _Images,
-    path: Path,
-    image_size: int,
-    index: int | None = None,
-    priors: Tensor | None = None,
-) -> None:
-    """For one training image: the default boxes each object receives under max-IoU,
-    Hungarian and Sinkhorn, drawn in the object's colour with the plan's mass as opacity
-    (``priors``: the detector's, ``[P, 4]`` normalised ``cxcywh``; default: those of
-    ``SSD(1, image_size=image_size)``)."""
-    from matplotlib.patches import Rectangle
-
-    plt = _pyplot()
-    if index is None:  # the first image with several objects shows the differences best
-        counts = [len(t["labels"]) for t in train.targets]
-        index = next((i for i, c in enumerate(counts) if c >= 3), 0)
-    image = train.images[index]
-    target = train.targets[index]
-    if priors is None:
-        priors = SSD(1, image_size=image_size).priors
-    padded = _padded([target], torch.device("cpu"))
-    colours = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, 3, figsize=(14, 5))
-    titles = {
-        "max_iou": "max-IoU (SSD, 0.5, best prior forced)",
-        "hungarian": "Hungarian (one prior per object)",
-        "sinkhorn": "unbalanced Sinkhorn (plan mass)",
-    }
-    prior_boxes = box_convert(priors, "cxcywh", "xyxy") * image_size
-    gt = target["boxes"] * image_size
-    for ax, method in zip(axes, titles, strict=True):
-        plan = match_priors(method, priors, padded).dense_plan()[0, :, :-1]  # [P, N]
-        ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, image_size, image_size, 0))
-        counts = []
-        for j in range(gt.shape[0]):
-            colour = colours(j % 10)
-            mass = plan[:, j]
-            chosen = (mass > 0.02).nonzero().squeeze(1)
-            counts.append(f"{float(mass.sum()):.1f}")
-            for p in chosen.tolist():
-                x0, y0, x1, y1 = prior_boxes[p].tolist()
-                alpha = float(mass[p].clamp(0, 1))
-                ax.add_patch(
-                    Rectangle(
-                        (x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=1.2, alpha=alpha
-                    )
-                )
-            x0, y0, x1, y1 = gt[j].tolist()
-            ax.add_patch(
-                Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=2.5, ls="--")
-            )
-        ax.set_xlim(0, image_size)
-        ax.set_ylim(image_size, 0)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_title(f"{titles[method]}\nmass per object: {', '.join(counts)}", fontsize=9)
-    fig.suptitle(
-        "Default boxes each ground truth (dashed) receives; opacity = plan mass", fontsize=11
-    )
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def with_objectives(settings: CompareSettings, objectives: Sequence[str]) -> CompareSettings:
     """``settings`` training only ``objectives`` (validated)."""
     return replace(settings, objectives=check_choices(objectives))
@@ -733,7 +393,7 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         default="data/demo/shapes",
-        help="COCO folder with train/ and test/ (<split>/images/, <split>/instances.json)",
+        help="box data folder (COCO, YOLO or VOC; see docs/data.md) with train and test splits",
     )
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument(

@@ -5,7 +5,7 @@
    the same settings.
 2. Trains the tiny P2PNet with :class:`~detloss.losses.points.PointLoss` and the tiny
    CenterNet-style detector with :class:`~detloss.losses.centernet.CenterNetLoss`, using
-   :func:`detloss.app.train.train` (progress bars, per-epoch validation, checkpoints).
+   :func:`detloss.app.training.loop.train` (progress bars, per-epoch validation, checkpoints).
 3. Evaluates both on held-out test images, prints a results table against the goals,
    and writes ``runs/demo/metrics.json`` plus pictures: predictions against ground
    truth (points and boxes), the loss curves, and one P2PNet matching.
@@ -29,8 +29,13 @@ from torch.utils.data import DataLoader
 
 from .data.collate import collate_detection
 from .data.synthetic import SHAPE_CLASSES, CrowdSpec, ShapeSpec, make_crowds, make_shapes
-from .plot import plot_boxes, plot_losses, plot_matching, plot_points
-from .train import TrainConfig, _fmt, _json_safe, load_dataset, predict_loader, train
+from .figures import plot_losses, plot_matching
+from .plot import plot_boxes, plot_points
+from .training.config import TrainConfig
+from .training.data import open_task_split
+from .training.evaluation import predict_loader
+from .training.formatting import format_value, json_safe
+from .training.loop import train
 
 # The pictures are drawn by detloss.app.plot; its functions stay importable from here.
 __all__ = [
@@ -98,7 +103,8 @@ def _generate(
 
 
 def _loader(task: str, data: Path, split: str) -> DataLoader:
-    return DataLoader(load_dataset(task, data, split), batch_size=16, collate_fn=collate_detection)
+    dataset, _ = open_task_split(task, data, split)
+    return DataLoader(dataset, batch_size=16, collate_fn=collate_detection)
 
 
 def _check(value: float, op: str, goal: float) -> bool:
@@ -144,32 +150,25 @@ def run_demo(
         device="cpu",
         overwrite=True,
     )
-    t0 = time.perf_counter()
-    points_run = train(
-        replace(
-            base,
-            task="points",
-            data=str(crowds),
-            out=str(out_dir / "points"),
-            epochs=settings.point_epochs,
-            lr=settings.point_lr,
-            batch_size=settings.point_batch,
+    runs, seconds = {}, {}
+    for task, data, epochs, lr, batch in (
+        ("points", crowds, settings.point_epochs, settings.point_lr, settings.point_batch),
+        ("boxes", shapes, settings.box_epochs, settings.box_lr, settings.box_batch),
+    ):
+        t0 = time.perf_counter()
+        runs[task] = train(
+            replace(
+                base,
+                task=task,
+                data=str(data),
+                out=str(out_dir / task),
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch,
+            )
         )
-    )
-    t_points = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    boxes_run = train(
-        replace(
-            base,
-            task="boxes",
-            data=str(shapes),
-            out=str(out_dir / "boxes"),
-            epochs=settings.box_epochs,
-            lr=settings.box_lr,
-            batch_size=settings.box_batch,
-        )
-    )
-    t_boxes = time.perf_counter() - t0
+        seconds[task] = time.perf_counter() - t0
+    points_run, boxes_run = runs["points"], runs["boxes"]
 
     # Held-out test images, never seen in training or model selection.
     device = torch.device("cpu")
@@ -184,8 +183,8 @@ def run_demo(
     metrics["test_images_points"] = float(len(p_targets))
     metrics["test_images_boxes"] = float(len(b_targets))
     metrics["seconds_data"] = round(t_data, 1)
-    metrics["seconds_train_points"] = round(t_points, 1)
-    metrics["seconds_train_boxes"] = round(t_boxes, 1)
+    metrics["seconds_train_points"] = round(seconds["points"], 1)
+    metrics["seconds_train_boxes"] = round(seconds["boxes"], 1)
 
     if plots:
         t0 = time.perf_counter()
@@ -222,7 +221,7 @@ def run_demo(
     for key, op, goal in GOALS:
         goals[key] = {"goal": f"{op} {goal:g}", "met": _check(metrics[key], op, goal)}
     (out_dir / "metrics.json").write_text(
-        json.dumps(_json_safe({**metrics, "goals": goals}), indent=1, default=_json_default)
+        json.dumps(json_safe({**metrics, "goals": goals}), indent=1, default=_json_default)
     )
     _print_table(metrics, goals, out_dir)
     # The SSD objectives side by side, on the same shapes; adds "compare" to metrics.json.
@@ -268,7 +267,7 @@ def _print_table(metrics: dict[str, float], goals: dict[str, dict], out_dir: Pat
         if key in goals:
             status = "met" if goals[key]["met"] else "MISSED"
         value = metrics[key]
-        shown = f"{value:.4f}" if value == value else _fmt(value)  # NaN: "n/a"
+        shown = f"{value:.4f}" if value == value else format_value(value)  # NaN: "n/a"
         print(f"{label:<28}{shown:>10}  {goal:<8} {status}")
     print("-" * 56)
     print(

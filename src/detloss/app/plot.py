@@ -1,4 +1,4 @@
-"""Pictures of detections, training curves and matchings (needs matplotlib).
+"""Pictures of detections on their images (needs matplotlib).
 
 Every function writes a PNG and returns its path; matplotlib is imported only when one is
 called (with its non-interactive ``Agg`` backend), so ``import detloss.app.plot`` is cheap.
@@ -10,11 +10,12 @@ called (with its non-interactive ``Agg`` backend), so ``import detloss.app.plot`
   detections (dashed, labelled above with their score); detections are true or false
   positives by the COCO rule at ``iou_threshold`` (greedy by score, same class), and
   annotated boxes no detection found are marked as missed.
-* :func:`plot_losses`: training loss per step (with a moving average) and a validation
-  metric per epoch, one panel per run.
-* :func:`plot_matching`: the exact one-to-one matching of a P2PNet on one image.
 * :func:`draw_predictions`: one picture per image of detections alone (``detloss
   predict --draw``).
+
+The figures of training runs (loss curves, matchings, the comparison) are in
+:mod:`detloss.app.figures`, drawn with the helpers here (:func:`pyplot`,
+:func:`save_figure`, :func:`show_image`, :func:`outline_effect`).
 
 Labels are placed so that they do not overlap (each tries a few positions around its
 object and is nudged until it is clear of the labels already placed), and every mark has
@@ -30,18 +31,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = [
     "COLORS",
+    "LabelPlacer",
     "classify_boxes",
     "classify_points",
     "draw_predictions",
+    "outline_effect",
     "palette",
     "plot_boxes",
-    "plot_losses",
-    "plot_matching",
     "plot_points",
+    "pyplot",
+    "save_figure",
+    "show_image",
 ]
 
 #: The preferred colours of the marks (see :func:`palette` for the choice per figure):
@@ -94,7 +98,7 @@ def palette(images: Sequence[Tensor]) -> dict[str, tuple[str, str]]:
     return chosen
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError as err:  # pragma: no cover - matplotlib is a demo dependency
@@ -178,7 +182,7 @@ def _brightness(image: Tensor) -> float:
     return float((0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).mean())
 
 
-def _outline(image: Tensor, width: float = 2.5) -> list:
+def outline_effect(image: Tensor, width: float = 2.5) -> list:
     """A stroke under every mark, dark on light images and light on dark ones."""
     from matplotlib import patheffects
 
@@ -186,7 +190,7 @@ def _outline(image: Tensor, width: float = 2.5) -> list:
     return [patheffects.withStroke(linewidth=width, foreground=edge)]
 
 
-def _show_image(ax: object, image: Tensor) -> None:
+def show_image(ax: object, image: Tensor) -> None:
     ax.imshow(  # type: ignore[attr-defined]
         image.permute(1, 2, 0).clamp(0, 1).numpy(), extent=(0, image.shape[2], image.shape[1], 0)
     )
@@ -196,7 +200,7 @@ def _show_image(ax: object, image: Tensor) -> None:
     ax.set_ylim(image.shape[1], 0)  # type: ignore[attr-defined]
 
 
-class _LabelPlacer:
+class LabelPlacer:
     """Places the text labels of a figure so that no two overlap.
 
     Labels are collected with :meth:`add` and placed by :meth:`place` once the layout is
@@ -227,6 +231,8 @@ class _LabelPlacer:
 
     def place(self) -> list:
         """Place every pending label; returns their final window extents."""
+        if not self.pending:
+            return list(self.placed)
         self.fig.canvas.draw()  # type: ignore[attr-defined]
         renderer = self.fig.canvas.get_renderer()  # type: ignore[attr-defined]
         for ax, label, candidates in self.pending:
@@ -297,7 +303,34 @@ def _layout(fig, title: str | None) -> None:
     fig.tight_layout(rect=(0, 0, 1, 1 - (0.2 * lines + 0.08) / height))
 
 
-def _save(fig, plt, path: str | Path) -> Path:
+def _panels(samples, preds, count: int, columns: int, roles: Sequence[str], draw):
+    """A grid of the first ``count`` samples, ``draw(ax, placer, image, pred, target,
+    colors)`` drawing each panel and returning its title; ``roles`` are the marks a
+    judged panel shows (a panel without target shows bare predictions).
+    -> ``(plt, fig, placer, shared palette or None, judged)``."""
+    plt = pyplot()
+    items = _samples(samples, count)
+    palettes, shared = _palettes(items)
+    fig, axes = _grid(plt, len(items), columns)
+    placer = LabelPlacer(fig)
+    judged = any(t is not None for _, t in items)
+    shown = roles if judged else ("prediction",)
+    for ax, (image, target), pred, colors in zip(axes, items, preds, palettes, strict=False):
+        show_image(ax, image)
+        text = draw(ax, placer, image, pred, target, colors)
+        ax.set_title(text + ("" if shared else _color_line(colors, shown)), fontsize=9)
+    return plt, fig, placer, (palettes[0] if shared and palettes else None), judged
+
+
+def _finish(plt, fig, placer: LabelPlacer, title: str | None, legend: str, path) -> Path:
+    """Lay out the panels under ``title`` and ``legend``, place the labels, save."""
+    _layout(fig, (title + "\n" if title else "") + legend)
+    placer.place()
+    return save_figure(fig, plt, path)
+
+
+def save_figure(fig, plt, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (its folder made) at 110 dpi, close it -> ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -332,7 +365,7 @@ def _color_line(colors: dict, roles: Sequence[str]) -> str:
 def _draw_points_on(
     ax, image: Tensor, pred: Mapping[str, Tensor], target, threshold: float, colors: dict
 ) -> str:
-    outline = _outline(image, 2.0)
+    outline = outline_effect(image, 2.0)
     points = pred["points"].detach().cpu().reshape(-1, 2).numpy()
     if target is None:
         ax.scatter(points[:, 0], points[:, 1], s=22, c=colors["prediction"][0], marker="x",
@@ -377,30 +410,24 @@ def plot_points(
 
     Hits are green dots, false positives red crosses, missed annotations yellow rings.
     """
-    plt = _pyplot()
-    items = _samples(samples, count)
-    palettes, shared = _palettes(items)
-    fig, axes = _grid(plt, len(items), columns)
-    judged = any(t is not None for _, t in items)
-    roles = ("hit", "false_positive", "miss") if judged else ("prediction",)
-    for ax, (image, target), pred, colors in zip(axes, items, preds, palettes, strict=False):
-        _show_image(ax, image)
-        text = _draw_points_on(ax, image, pred, target, threshold, colors)
-        ax.set_title(text + ("" if shared else _color_line(colors, roles)), fontsize=9)
-    named = palettes[0] if shared and palettes else None
+
+    def draw(ax, placer, image, pred, target, colors) -> str:
+        return _draw_points_on(ax, image, pred, target, threshold, colors)
+
+    roles = ("hit", "false_positive", "miss")
+    plt, fig, placer, named, judged = _panels(samples, preds, count, columns, roles, draw)
     legend = (
         f"hits within {threshold:g} px ({_name(named, 'hit')}dots), false positives "
         f"({_name(named, 'false_positive')}x), missed annotations ({_name(named, 'miss')}rings)"
         if judged
         else f"predicted points ({_name(named, 'prediction')}x)"
     )
-    _layout(fig, (title + "\n" if title else "") + legend)
-    return _save(fig, plt, path)
+    return _finish(plt, fig, placer, title, legend, path)
 
 
 def _draw_boxes_on(
     ax,
-    placer: _LabelPlacer,
+    placer: LabelPlacer,
     image: Tensor,
     pred: Mapping[str, Tensor],
     target,
@@ -411,7 +438,7 @@ def _draw_boxes_on(
 ) -> str:
     from matplotlib.patches import Rectangle
 
-    outline = _outline(image, 3.0)
+    outline = outline_effect(image, 3.0)
     keep = pred["scores"] > score_threshold
     boxes = pred["boxes"].detach().cpu()[keep]
     scores = pred["scores"].detach().cpu()[keep]
@@ -499,20 +526,14 @@ def plot_boxes(
     detection found are yellow and labelled ``MISSED``. Detections: dashed boxes labelled
     ``<class> <score>`` (above the box), green when correct and red when false.
     """
-    plt = _pyplot()
-    items = _samples(samples, count)
-    palettes, shared = _palettes(items)
-    fig, axes = _grid(plt, len(items), columns)
-    placer = _LabelPlacer(fig)
-    judged = any(t is not None for _, t in items)
-    roles = ("truth", "miss", "hit", "false_positive") if judged else ("prediction",)
-    for ax, (image, target), pred, colors in zip(axes, items, preds, palettes, strict=False):
-        _show_image(ax, image)
-        text = _draw_boxes_on(
+
+    def draw(ax, placer, image, pred, target, colors) -> str:
+        return _draw_boxes_on(
             ax, placer, image, pred, target, categories, score_threshold, iou_threshold, colors
         )
-        ax.set_title(text + ("" if shared else _color_line(colors, roles)), fontsize=9)
-    named = palettes[0] if shared and palettes else None
+
+    roles = ("truth", "miss", "hit", "false_positive")
+    plt, fig, placer, named, judged = _panels(samples, preds, count, columns, roles, draw)
     legend = (
         f"ground truth (solid, 'GT'; {_name(named, 'truth')}found, {_name(named, 'miss')}"
         f"missed), detections > {score_threshold:g} (dashed; {_name(named, 'hit')}correct at "
@@ -520,115 +541,7 @@ def plot_boxes(
         if judged
         else f"detections > {score_threshold:g} (dashed {_name(named, 'prediction')})"
     )
-    _layout(fig, (title + "\n" if title else "") + legend)
-    placer.place()
-    return _save(fig, plt, path)
-
-
-def _default_metric(history: Sequence[Mapping[str, object]]) -> str | None:
-    for rec in history:
-        val = rec.get("val")
-        if isinstance(val, Mapping) and val:
-            for key in val:
-                if key.startswith("point_f1") or key == "box_ap50":
-                    return str(key)
-            return str(next(iter(val)))
-    return None
-
-
-def plot_losses(
-    histories: Sequence[Sequence[Mapping[str, object]]],
-    path: str | Path,
-    *,
-    titles: Sequence[str] | None = None,
-    metrics: Sequence[str | None] | None = None,
-) -> Path:
-    """Training loss per step (log scale, with a moving average over half an epoch) and
-    a validation metric per epoch (right axis), one panel per run.
-
-    Args:
-        histories: per run, the ``history`` :func:`detloss.app.train.train` returns (records
-            with ``"epoch"``, ``"step_loss"`` and, when evaluated, ``"val"``).
-        path: the PNG to write.
-        titles: one title per panel.
-        metrics: the validation metric of each panel (default: the point F1 or box AP50).
-    """
-    plt = _pyplot()
-    n = len(histories)
-    if n == 0:
-        raise ValueError("histories: expected at least one run's history, got none")
-    fig, axes = plt.subplots(1, n, figsize=(5.6 * n, 4), squeeze=False)
-    for k, (ax, history) in enumerate(zip(axes[0], histories, strict=True)):
-        steps = [float(v) for rec in history for v in rec.get("step_loss", [])]  # type: ignore[union-attr]
-        per_epoch = max((len(rec.get("step_loss", [])) for rec in history), default=1) or 1  # type: ignore[arg-type]
-        first_epoch = int(history[0]["epoch"]) - 1 if history else 0  # type: ignore[call-overload]
-        x = [first_epoch + i / per_epoch for i in range(len(steps))]
-        ax.plot(x, steps, lw=0.6, color="tab:blue", alpha=0.35, label="training loss (per step)")
-        window = max(per_epoch // 2, 1)
-        if len(steps) > window > 1:
-            smooth = np.convolve(steps, np.ones(window) / window, mode="valid")
-            ax.plot(x[window - 1 :], smooth, lw=1.5, color="tab:blue", label="moving average")
-        if steps and min(steps) > 0:
-            ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        if titles is not None and k < len(titles):
-            ax.set_title(titles[k], fontsize=10)
-        metric = metrics[k] if metrics is not None and k < len(metrics) else None
-        metric = metric or _default_metric(history)
-        lines = ax.get_lines()
-        if metric is not None:
-            evaluated = [rec for rec in history if isinstance(rec.get("val"), Mapping)]
-            epochs = [int(rec["epoch"]) for rec in evaluated]  # type: ignore[call-overload]
-            values = [rec["val"].get(metric, float("nan")) for rec in evaluated]  # type: ignore[union-attr]
-            values = [float("nan") if v is None else float(v) for v in values]
-            twin = ax.twinx()
-            twin.plot(epochs, values, "o-", color="tab:orange", label=f"validation {metric}")
-            finite = [v for v in values if np.isfinite(v)]
-            if finite and 0 <= min(finite) and max(finite) <= 1:
-                twin.set_ylim(0, 1)
-            twin.set_ylabel(metric)
-            lines = lines + twin.get_lines()
-        ax.legend(lines, [ln.get_label() for ln in lines], loc="upper right", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, plt, path)
-
-
-@torch.no_grad()
-def plot_matching(
-    model: nn.Module, dataset: object, path: str | Path, tau: float = 0.2, index: int = 0
-) -> Path:
-    """One P2PNet matching on an image of ``dataset`` (``(image, {"points"})`` items):
-    each annotated point joined by a line to the proposal the exact one-to-one matching
-    of :func:`detloss.match_points` assigns to it."""
-    from ..match.points import match_points
-
-    plt = _pyplot()
-    image, target = dataset[index]  # type: ignore[index]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = {k: v.float().cpu() for k, v in model(image[None].to(device)).items()}
-    model.train(was_training)
-    matching = match_points(out["pred_points"], out["pred_logits"], [target["points"]], tau=tau)
-    pred_idx, tgt_idx = matching.pairs()[0]
-    pts = out["pred_points"][0]
-    gt = target["points"]
-    outline = _outline(image, 2.0)
-    colors = palette([image])
-    fig, ax = plt.subplots(figsize=(6.5, 6.8))
-    _show_image(ax, image)
-    for p, t in zip(pts[pred_idx].tolist(), gt[tgt_idx].tolist(), strict=True):
-        ax.plot([t[0], p[0]], [t[1], p[1]], color=colors["miss"][0], lw=1,
-                path_effects=outline)  # fmt: skip
-    ax.scatter(gt[:, 0], gt[:, 1], s=30, facecolors="none", edgecolors=colors["truth"][0], lw=1.4,
-               label="annotated point", path_effects=outline)  # fmt: skip
-    ax.scatter(pts[pred_idx, 0], pts[pred_idx, 1], s=16, c=colors["false_positive"][0], marker="x",
-               lw=1.3, label="matched proposal", path_effects=outline)  # fmt: skip
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"P2PNet matching: {len(tgt_idx)} targets, each joined to its proposal")
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    return _finish(plt, fig, placer, title, legend, path)
 
 
 def draw_predictions(
@@ -643,12 +556,12 @@ def draw_predictions(
     """One picture per image of its detections (points, or boxes above
     ``score_threshold`` labelled with class and score): ``out_dir/<name>.png``.
 
-    ``images`` are files (read through :func:`detloss.app.train.read_image`) or tensors;
+    ``images`` are files (read through :func:`detloss.app.training.evaluation.read_image`) or tensors;
     ``names`` default to the files' names (``image_<k>`` for tensors).
     """
-    from .train import read_image
+    from .training.evaluation import read_image
 
-    plt = _pyplot()
+    plt = pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -663,9 +576,9 @@ def draw_predictions(
         h, w = image.shape[1], image.shape[2]
         scale = 6.0 / max(h, w)
         fig, ax = plt.subplots(figsize=(max(w * scale, 3.0), max(h * scale, 3.0) + 0.4))
-        placer = _LabelPlacer(fig)
+        placer = LabelPlacer(fig)
         colors = palette([image])
-        _show_image(ax, image)
+        show_image(ax, image)
         if "points" in pred:
             ax.set_title(_draw_points_on(ax, image, pred, None, 0.0, colors), fontsize=9)
         else:
@@ -675,5 +588,5 @@ def draw_predictions(
             ax.set_title(title, fontsize=9)
         fig.tight_layout()
         placer.place()
-        written.append(_save(fig, plt, out_dir / f"{stem}.png"))
+        written.append(save_figure(fig, plt, out_dir / f"{stem}.png"))
     return written

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..._checks import check_shape
-from ._layers import conv_bn
+from ._layers import conv_bn, downsampling_stages
 
 __all__ = ["CenterNet"]
 
@@ -61,14 +61,7 @@ class CenterNet(nn.Module):
                 f"{tuple(depths)}, {head_channels}"
             )
         self.num_classes = num_classes
-        stages = []
-        prev = 3
-        for width, depth in zip(channels, depths, strict=True):
-            layers = [conv_bn(prev, width, stride=2)]
-            layers += [conv_bn(width, width) for _ in range(depth - 1)]
-            stages.append(nn.Sequential(*layers))
-            prev = width
-        self.stages = nn.ModuleList(stages)
+        self.stages = downsampling_stages(channels, depths)
         self.lateral = nn.ModuleList(nn.Conv2d(c, head_channels, 1) for c in channels[1:])
         self.smooth = nn.ModuleList(conv_bn(head_channels, head_channels) for _ in range(2))
 

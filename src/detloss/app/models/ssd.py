@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..._checks import check_shape
 from ...anchors import ssd_priors
 from ...postprocess.ssd import ssd_detect
-from ._layers import conv_bn
+from ._layers import conv_bn, downsampling_stages
 
 __all__ = ["SSD"]
 
@@ -95,14 +95,7 @@ class SSD(nn.Module):
         self.num_classes = num_classes
         self.image_size = image_size
         self.variances = (float(variances[0]), float(variances[1]))
-        stages = []
-        prev = 3
-        for width, depth in zip(channels, depths, strict=True):
-            layers = [conv_bn(prev, width, stride=2)]
-            layers += [conv_bn(width, width) for _ in range(depth - 1)]
-            stages.append(nn.Sequential(*layers))
-            prev = width
-        self.stages = nn.ModuleList(stages)
+        self.stages = downsampling_stages(channels, depths)
         self.first_level = len(channels) - levels
 
         # A 3x3 stride-2 convolution with padding 1 maps a side s to ceil(s / 2).
