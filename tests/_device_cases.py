@@ -373,7 +373,10 @@ CASES: dict[str, Case] = {
         _elementwise(lambda x, t: smooth_l1_loss(x, t, 0.5, "sum"), targets="any")
     ),
     "gaussian_focal_loss_with_logits": Case(
-        _elementwise(gaussian_focal_loss_with_logits, targets="gaussian")
+        _elementwise(
+            lambda x, t: gaussian_focal_loss_with_logits(x, t, reduction="sum"),
+            targets="gaussian",
+        )
     ),
     "gaussian_focal_loss": Case(_gaussian_focal_prob),
     "iou_loss": Case(_iou(iou_loss)),
