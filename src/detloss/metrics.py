@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._api import renamed
 from ._checks import check_finite, named_list_entries
 from ._kernels import fast_path
 
@@ -598,19 +599,20 @@ def _points(x: object, name: str) -> np.ndarray:
     return points
 
 
+@renamed(threshold="distance_threshold")
 def match_points_within(
-    pred: Tensor | np.ndarray, target: Tensor | np.ndarray, threshold: float
+    pred: Tensor | np.ndarray, target: Tensor | np.ndarray, distance_threshold: float
 ) -> int:
     """The largest number of one-to-one pairs (prediction, target) at distance
-    ``<= threshold``: a maximum-cardinality bipartite matching on the within-threshold
+    ``<= distance_threshold``: a maximum-cardinality bipartite matching on the within-threshold
     graph (Hopcroft-Karp via ``scipy.sparse.csgraph.maximum_bipartite_matching``).
 
     Greedy nearest-first matching can find fewer pairs: a prediction that takes the
     target nearest to it may leave another prediction whose only candidate was that
     target without a partner.
     """
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    if distance_threshold < 0:
+        raise ValueError(f"distance_threshold must be >= 0, got {distance_threshold}")
     p = _points(pred, "pred")
     t = _points(target, "target")
     if len(p) == 0 or len(t) == 0:
@@ -619,7 +621,7 @@ def match_points_within(
     from scipy.sparse.csgraph import maximum_bipartite_matching
     from scipy.spatial import cKDTree
 
-    pairs = cKDTree(p).query_ball_tree(cKDTree(t), r=threshold)
+    pairs = cKDTree(p).query_ball_tree(cKDTree(t), r=distance_threshold)
     rows = np.repeat(np.arange(len(p)), [len(c) for c in pairs])
     cols = np.fromiter((j for c in pairs for j in c), dtype=np.int64, count=len(rows))
     if len(rows) == 0:
@@ -629,10 +631,11 @@ def match_points_within(
     return int((match >= 0).sum())
 
 
+@renamed(threshold="distance_threshold")
 def point_metrics(
     predictions: Sequence[Tensor | Mapping[str, Tensor]],
     targets: Sequence[Tensor | Mapping[str, Tensor]],
-    threshold: float = 4.0,
+    distance_threshold: float = 4.0,
 ) -> dict[str, float]:
     """Localisation precision, recall and F1 at a distance threshold (pixels), summed over
     images (micro-averaged), with the one-to-one matching of :func:`match_points_within`.
@@ -650,7 +653,7 @@ def point_metrics(
     tp = n_pred = n_gt = 0
     for i, (p, t) in enumerate(zip(predictions, targets, strict=True)):
         pa, ta = _points(p, f"predictions[{i}]"), _points(t, f"targets[{i}]")
-        tp += match_points_within(pa, ta, threshold)
+        tp += match_points_within(pa, ta, distance_threshold)
         n_pred += len(pa)
         n_gt += len(ta)
     precision = tp / n_pred if n_pred else 1.0

@@ -375,21 +375,16 @@ class BoxTask:
         ``max_detections`` peaks with a positive score (at least ``score_threshold``)."""
         from ..postprocess.centernet import centernet_decode
 
-        boxes, scores, labels = centernet_decode(
+        detections = centernet_decode(
             outputs["heatmap"],
             outputs["size"],
             outputs["offset"],
             k=self.cfg.max_detections,
             stride=CenterNet.stride,
         )
-        # Non-peak cells fill the tail of the top-k with score 0.
-        keep = scores > 0
-        if score_threshold is not None:
-            keep &= scores >= score_threshold
-        return [
-            {"boxes": b[m], "scores": s[m], "labels": lab[m]}
-            for b, s, lab, m in zip(boxes, scores, labels, keep, strict=True)
-        ]
+        if score_threshold is None:
+            return detections
+        return [{k: v[d["scores"] >= score_threshold] for k, v in d.items()} for d in detections]
 
     def metrics(
         self, preds: Sequence[Mapping[str, Tensor]], targets: Sequence[Mapping[str, Tensor]]

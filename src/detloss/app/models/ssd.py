@@ -194,8 +194,8 @@ class SSD(nn.Module):
             outputs["loc"],
             outputs["conf"],
             self.priors,
-            conf_threshold=conf_threshold,
-            nms_threshold=nms_threshold,
+            score_threshold=conf_threshold,
+            iou_threshold=nms_threshold,
             top_k=top_k,
             variances=self.variances,
         )
