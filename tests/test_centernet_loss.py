@@ -247,7 +247,7 @@ def make_problem(seed: int = 0, objects: bool = True):
     )
     labels = torch.tensor([[0, 2, 0], [1, 0, 0]])
     mask = torch.tensor([[True, True, False], [True, False, False]]) & objects
-    targets = centernet_targets(boxes, labels, mask, num_classes=3, output_size=(8, 12))
+    targets = centernet_targets(boxes, labels, target_mask=mask, num_classes=3, output_size=(8, 12))
     preds = {
         "heatmap": torch.randn(2, 3, 8, 12, generator=g, dtype=torch.float64).requires_grad_(),
         "size": (torch.rand(2, 2, 8, 12, generator=g, dtype=torch.float64) * 8).requires_grad_(),

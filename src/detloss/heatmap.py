@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._api import keyword_only_masks, renamed
 from ._checks import check_shape, check_tensor, compute_dtype, output_dtype, shape_str
 from ._kernels import fast_path
 from .batching import as_padded
@@ -463,7 +464,7 @@ def _inputs(
     if not isinstance(boxes, Tensor):
         if labels is not None or mask is not None:
             raise ValueError(
-                "labels and mask: pass them only with a boxes tensor; a target list or dict "
+                "labels and target_mask: pass them only with a boxes tensor; a target list or dict "
                 "already carries them"
             )
         if not isinstance(boxes, (Mapping, Sequence)) or isinstance(boxes, str):
@@ -484,20 +485,22 @@ def _inputs(
     if mask is None:
         mask = torch.ones(boxes.shape[:2], dtype=torch.bool, device=boxes.device)
     else:
-        mask = check_tensor(mask, "mask")
+        mask = check_tensor(mask, "target_mask")
         if mask.shape != boxes.shape[:2]:
             raise ValueError(
-                f"mask: expected shape {shape_str(boxes.shape[:2])} (the boxes'), got {shape_str(mask.shape)}"
+                f"target_mask: expected shape {shape_str(boxes.shape[:2])} (the boxes'), got {shape_str(mask.shape)}"
             )
         mask = mask.to(device=boxes.device, dtype=torch.bool)
     return boxes, labels.to(boxes.device), mask
 
 
+@renamed(mask="target_mask")
+@keyword_only_masks(2, ("target_mask",))
 def centernet_targets(
     boxes: Tensor | Targets,
     labels: Tensor | None = None,
-    mask: Tensor | None = None,
     *,
+    target_mask: Tensor | None = None,
     num_classes: int,
     output_size: tuple[int, int],
     stride: float = 4,
@@ -522,9 +525,11 @@ def centernet_targets(
     Args:
         boxes: ``Tensor[B, n, 4]`` xyxy in input pixels; or a list of per-image dicts
             ``{"boxes": [n_i, 4], "labels": [n_i]}`` or a padded dict with ``mask`` (then
-            ``labels`` and ``mask`` are not passed).
+            ``labels`` and ``target_mask`` are not passed).
         labels: ``int[B, n]`` in ``0..num_classes-1``.
-        mask: ``bool[B, n]``, True = real object (default: all real); need not be a prefix.
+        target_mask: ``bool[B, n]``, True = real object (default: all real); need not be
+            a prefix. Keyword-only (by position it still works, with a FutureWarning, for
+            one release; ``mask=`` is an error naming ``target_mask``).
         num_classes: ``C``.
         output_size: ``(H, W)`` of the output grid.
         stride: input pixels per output cell (> 0).
@@ -549,7 +554,7 @@ def centernet_targets(
           filled for every real in-grid object (owner or not; 0 for padding and dropped
           objects): read them through ``index_mask``.
     """
-    boxes, labels, mask = _inputs(boxes, labels, mask)
+    boxes, labels, mask = _inputs(boxes, labels, target_mask)
     num_classes = _positive_int(num_classes, "num_classes")
     if not isinstance(output_size, Sequence) or len(output_size) != 2:
         raise ValueError(f"output_size: expected (H, W), got {output_size!r}")

@@ -227,7 +227,14 @@ TABLE: dict[str, Case] = {
     ),
     "GaussianFocalLoss": Case(
         lambda **kw: L.GaussianFocalLoss()(**kw),
-        lambda: {"input": torch.randn(2, 3), "target": torch.tensor([[1.0, 0.5, 0.0]] * 2)},
+        lambda: {
+            "pred": torch.rand(2, 3) * 0.8 + 0.1,
+            "target": torch.tensor([[1.0, 0.5, 0.0]] * 2),
+        },
+    ),
+    "GaussianFocalLossWithLogits": Case(
+        lambda **kw: L.GaussianFocalLossWithLogits()(**kw),
+        lambda: {"logits": torch.randn(2, 3), "target": torch.tensor([[1.0, 0.5, 0.0]] * 2)},
     ),
     "DetectionLoss": Case(
         lambda **kw: L.DetectionLoss(M.HungarianMatcher())(**kw),

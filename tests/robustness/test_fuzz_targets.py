@@ -146,7 +146,7 @@ def test_centernet_targets(data, b, n, c, hw, stride, legacy, validate):
         lambda: centernet_targets(
             box,
             labels,
-            mask,
+            target_mask=mask,
             num_classes=c,
             output_size=hw,
             stride=stride,
@@ -544,10 +544,14 @@ def _valid_arguments():
             },
         ),
         "centernet_targets": (
-            lambda boxes, labels, mask: centernet_targets(
-                boxes, labels, mask, num_classes=2, output_size=(4, 4)
+            lambda boxes, labels, target_mask: centernet_targets(
+                boxes, labels, target_mask=target_mask, num_classes=2, output_size=(4, 4)
             ),
-            {"boxes": box[None], "labels": torch.tensor([[0, 1]]), "mask": torch.ones(1, 2) > 0},
+            {
+                "boxes": box[None],
+                "labels": torch.tensor([[0, 1]]),
+                "target_mask": torch.ones(1, 2) > 0,
+            },
         ),
         "centernet_decode": (
             centernet_decode,
