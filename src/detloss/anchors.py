@@ -93,6 +93,16 @@ def ssd_priors(
         min_sizes, max_sizes: sizes of the small and big squares of each level.
         aspect_ratios: the ratios ``r > 0`` of each level (each adds two boxes).
         clip: clamp the components to ``[0, 1]``.
+        device, dtype: of the result.
+
+    Shape:
+        - output: ``[P, 4]``, ``P = sum_k feature_maps[k]**2 * boxes per cell``.
+
+    Example:
+        >>> ssd_priors().shape
+        torch.Size([8732, 4])
+        >>> ssd_priors(100, (1,), (100,), (50,), None, ((),))  # one centred square
+        tensor([[0.5000, 0.5000, 0.5000, 0.5000]])
     """
     if isinstance(image_size, bool) or not isinstance(image_size, (int, float)) or image_size <= 0:
         raise ValueError(f"image_size: expected a positive number, got {image_size!r}")
@@ -195,6 +205,15 @@ def encode_boxes(boxes: Tensor, priors: Tensor, variances: Sequence[float] = (0.
         width (height) has its size ratio clamped at ``MIN_SIZE_RATIO = 1e-6``, so the
         offset is finite (and its gradient zero) instead of ``-inf``. Integer and half
         inputs are computed in float32.
+
+    Shape:
+        - boxes: ``[..., 4]``; priors: ``[..., 4]``, broadcastable.
+        - output: the broadcast ``[..., 4]``.
+
+    Example:
+        >>> priors = torch.tensor([[0.5, 0.5, 0.25, 0.25]])
+        >>> encode_boxes(torch.tensor([[0.5, 0.375, 0.75, 0.625]]), priors)
+        tensor([[5., 0., 0., 0.]])
     """
     _check_pair(boxes, priors, "boxes")
     v_xy, v_wh = _check_variances(variances)
@@ -222,6 +241,15 @@ def decode_boxes(
     (a box at most 62.5 times its prior), so huge offsets stay finite; below that the
     decode is the exact inverse of the encode. Integer and half inputs are computed in
     float32 and returned in the floating input dtype.
+
+    Shape:
+        - offsets: ``[..., 4]``; priors: ``[..., 4]``, broadcastable.
+        - output: the broadcast ``[..., 4]`` (``xyxy``).
+
+    Example:
+        >>> priors = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+        >>> decode_boxes(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), priors)
+        tensor([[0.4200, 0.4000, 0.6200, 0.6000]])
     """
     _check_pair(offsets, priors, "offsets")
     v_xy, v_wh = _check_variances(variances)
@@ -241,6 +269,20 @@ class BoxCoder:
 
     ``encode(boxes_xyxy, priors_cxcywh)`` and ``decode(offsets, priors_cxcywh)``
     broadcast over leading dimensions (a batch ``[B, P, 4]`` against ``[P, 4]`` priors).
+
+    Args:
+        variances: ``(v_xy, v_wh)``, SSD's ``(0.1, 0.2)`` by default.
+
+    Shape:
+        - encode: boxes ``[..., 4]``, priors ``[..., 4]`` -> offsets ``[..., 4]``.
+        - decode: offsets ``[..., 4]``, priors ``[..., 4]`` -> boxes ``[..., 4]``.
+
+    Example:
+        >>> coder = BoxCoder()
+        >>> priors = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+        >>> boxes = torch.tensor([[0.4, 0.4, 0.6, 0.7]])
+        >>> coder.decode(coder.encode(boxes, priors), priors)
+        tensor([[0.4000, 0.4000, 0.6000, 0.7000]])
     """
 
     def __init__(self, variances: Sequence[float] = (0.1, 0.2)) -> None:
