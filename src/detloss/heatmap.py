@@ -135,6 +135,16 @@ def gaussian_radius(
         A float for number inputs; otherwise a tensor of the broadcast shape, computed in
         float32 (float64 when an input is float64) and returned in the floating input
         dtype. The radius is real-valued: CenterNet truncates it to an integer.
+
+    Shape:
+        - height, width: numbers or broadcastable tensors ``[...]``.
+        - output: a float, or the broadcast ``[...]``.
+
+    Example:
+        >>> round(gaussian_radius(10.0, 10.0), 4)
+        2.2614
+        >>> gaussian_radius(torch.tensor([10.0, 20.0]), torch.tensor([10.0, 20.0]))
+        tensor([2.2614, 4.5228])
     """
     if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, float)):
         raise TypeError(f"min_overlap must be a float, got {type(min_overlap).__name__}")
@@ -208,6 +218,15 @@ def gaussian_kernel(
     Returns:
         ``Tensor[2r + 1, 2r + 1]`` with 1 at the centre; entries below ``eps x max``
         (``eps = torch.finfo(dtype).eps``; the maximum is 1) are set to exactly 0.
+
+    Shape:
+        - output: ``[2r + 1, 2r + 1]``.
+
+    Example:
+        >>> gaussian_kernel(1)
+        tensor([[0.0183, 0.1353, 0.0183],
+                [0.1353, 1.0000, 0.1353],
+                [0.0183, 0.1353, 0.0183]])
     """
     r = _as_int(radius, "radius")
     if r < 0:
@@ -378,6 +397,18 @@ def draw_gaussians(
 
     Returns:
         ``heatmap`` itself.
+
+    Shape:
+        - heatmap: ``[H, W]`` or ``[C, H, W]``.
+        - centers: ``[n, 2]``; radii, labels: ``[n]``.
+        - output: the heatmap's shape.
+
+    Example:
+        >>> heatmap = torch.zeros(3, 4)
+        >>> draw_gaussians(heatmap, torch.tensor([[1, 1]]), 1)
+        tensor([[0.0183, 0.1353, 0.0183, 0.0000],
+                [0.1353, 1.0000, 0.1353, 0.0000],
+                [0.0183, 0.1353, 0.0183, 0.0000]])
     """
     check_shape(heatmap, "heatmap", ndim=(2, 3), expected="[H, W] or [C, H, W]")
     if not heatmap.is_floating_point():
@@ -553,6 +584,23 @@ def centernet_targets(
         - ``size_target``: ``[B, n, 2]`` and ``offset_target``: ``[B, n, 2]`` per object,
           filled for every real in-grid object (owner or not; 0 for padding and dropped
           objects): read them through ``index_mask``.
+
+    Shape:
+        - boxes: ``[B, n, 4]``; labels, target_mask: ``[B, n]``.
+        - output: ``heatmap [B, C, H, W]``, ``size``/``offset [B, 2, H, W]``, ``weight
+          [B, 1, H, W]``, ``index``/``index_mask [B, n]``, ``size_target``/``offset_target
+          [B, n, 2]``.
+
+    Example:
+        >>> boxes = torch.tensor([[[4.0, 4.0, 12.0, 8.0]]])  # centre (8, 6) px: cell (2, 1)
+        >>> t = centernet_targets(boxes, torch.tensor([[0]]), num_classes=1, output_size=(4, 4))
+        >>> t["heatmap"][0, 0]
+        tensor([[0., 0., 0., 0.],
+                [0., 0., 1., 0.],
+                [0., 0., 0., 0.],
+                [0., 0., 0., 0.]])
+        >>> t["size"][0, :, 1, 2], t["offset"][0, :, 1, 2], t["index"]
+        (tensor([2., 1.]), tensor([0.0000, 0.5000]), tensor([[6]]))
     """
     boxes, labels, mask = _inputs(boxes, labels, target_mask)
     num_classes = _positive_int(num_classes, "num_classes")
