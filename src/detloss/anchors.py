@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_shape, compute_dtype, output_dtype, shape_str
+from ._checks import check_broadcastable, check_shape, compute_dtype, output_dtype, shape_str
 
 __all__ = ["BoxCoder", "decode_boxes", "encode_boxes", "ssd_priors"]
 
@@ -179,16 +179,17 @@ def _check_variances(variances: object) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
-def _check_pair(x: Tensor, priors: Tensor, name: str) -> None:
+def _coder_inputs(
+    x: Tensor, priors: Tensor, name: str, variances: object
+) -> tuple[Tensor, Tensor, float, float]:
+    """What encoding and decoding both check first: ``x`` (named ``name``) and the priors
+    as broadcastable ``[..., 4]`` tensors in the compute dtype, and the variances."""
     check_shape(x, name, min_ndim=1, last=4, expected="[..., 4]")
     check_shape(priors, "priors", min_ndim=1, last=4, expected="[..., 4]")
-    try:
-        torch.broadcast_shapes(x.shape, priors.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{name} and priors: expected broadcastable shapes [..., 4], "
-            f"got {shape_str(x.shape)} and {shape_str(priors.shape)}"
-        ) from None
+    check_broadcastable(x, priors, f"{name} and priors", "[..., 4]")
+    v_xy, v_wh = _check_variances(variances)
+    dtype = compute_dtype(x, priors)
+    return x.to(dtype), priors.to(dtype), v_xy, v_wh
 
 
 def encode_boxes(boxes: Tensor, priors: Tensor, variances: Sequence[float] = (0.1, 0.2)) -> Tensor:
@@ -215,11 +216,7 @@ def encode_boxes(boxes: Tensor, priors: Tensor, variances: Sequence[float] = (0.
         >>> encode_boxes(torch.tensor([[0.5, 0.375, 0.75, 0.625]]), priors)
         tensor([[5., 0., 0., 0.]])
     """
-    _check_pair(boxes, priors, "boxes")
-    v_xy, v_wh = _check_variances(variances)
-    dtype = compute_dtype(boxes, priors)
-    b = boxes.to(dtype)
-    p = priors.to(dtype)
+    b, p, v_xy, v_wh = _coder_inputs(boxes, priors, "boxes", variances)
     centre = (b[..., :2] + b[..., 2:]) / 2
     size = b[..., 2:] - b[..., :2]
     d_xy = (centre - p[..., :2]) / (v_xy * p[..., 2:])
@@ -251,11 +248,7 @@ def decode_boxes(
         >>> decode_boxes(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), priors)
         tensor([[0.4200, 0.4000, 0.6200, 0.6000]])
     """
-    _check_pair(offsets, priors, "offsets")
-    v_xy, v_wh = _check_variances(variances)
-    dtype = compute_dtype(offsets, priors)
-    d = offsets.to(dtype)
-    p = priors.to(dtype)
+    d, p, v_xy, v_wh = _coder_inputs(offsets, priors, "offsets", variances)
     centre = p[..., :2] + d[..., :2] * v_xy * p[..., 2:]
     size = p[..., 2:] * torch.exp((d[..., 2:] * v_wh).clamp(max=MAX_SIZE_LOG))
     return torch.cat((centre - size / 2, centre + size / 2), dim=-1).to(

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_shape, compute_dtype, output_dtype
+from ._checks import check_broadcastable, check_choice, check_shape, compute_dtype, output_dtype
 
 __all__ = [
     "BOX_FORMATS",
@@ -172,13 +172,7 @@ def _pairwise(boxes1: Tensor, boxes2: Tensor, kind: str, box_format: str) -> Ten
 
 def _aligned(boxes1: Tensor, boxes2: Tensor, kind: str, box_format: str) -> Tensor:
     a, b, out = _prepare(boxes1, boxes2, box_format)
-    try:
-        torch.broadcast_shapes(a.shape, b.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"boxes1 and boxes2: expected broadcastable shapes [..., 4], "
-            f"got {list(boxes1.shape)} and {list(boxes2.shape)}"
-        ) from None
+    check_broadcastable(boxes1, boxes2, "boxes1 and boxes2", "[..., 4]")
     return _iou_family(a, b, kind).to(out)
 
 
@@ -206,10 +200,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
     """Pairwise generalized IoU (Rezatofighi et al. 2019), in [-1, 1].
 
-    Args:
-        boxes1: ``Tensor[..., N, 4]`` boxes in ``box_format``.
-        boxes2: ``Tensor[..., M, 4]``, leading dimensions broadcastable with ``boxes1``'s.
-        box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+    Args: as :func:`box_iou`.
 
     Shape:
         - boxes1: ``[..., N, 4]``; boxes2: ``[..., M, 4]``.
@@ -228,10 +219,7 @@ def distance_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -
     """Pairwise distance IoU (Zheng et al. 2020): IoU minus squared centre distance over the
     squared diagonal of the enclosing box, in [-1, 1].
 
-    Args:
-        boxes1: ``Tensor[..., N, 4]`` boxes in ``box_format``.
-        boxes2: ``Tensor[..., M, 4]``, leading dimensions broadcastable with ``boxes1``'s.
-        box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+    Args: as :func:`box_iou`.
 
     Shape:
         - boxes1: ``[..., N, 4]``; boxes2: ``[..., M, 4]``.
@@ -251,10 +239,7 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -
 
     ``alpha`` is treated as a constant (no gradient), as in the paper and torchvision.
 
-    Args:
-        boxes1: ``Tensor[..., N, 4]`` boxes in ``box_format``.
-        boxes2: ``Tensor[..., M, 4]``, leading dimensions broadcastable with ``boxes1``'s.
-        box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+    Args: as :func:`box_iou`.
 
     Shape:
         - boxes1: ``[..., N, 4]``; boxes2: ``[..., M, 4]``.
@@ -293,10 +278,7 @@ def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") ->
 def aligned_generalized_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
     """Element-wise generalized IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``.
 
-    Args:
-        boxes1: ``Tensor[..., 4]`` boxes in ``box_format``.
-        boxes2: ``Tensor[..., 4]``, broadcastable with ``boxes1``.
-        box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+    Args: as :func:`aligned_box_iou`.
 
     Shape:
         - boxes1, boxes2: ``[..., 4]``, broadcastable.
@@ -314,10 +296,7 @@ def aligned_generalized_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str 
 def aligned_distance_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
     """Element-wise distance IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``.
 
-    Args:
-        boxes1: ``Tensor[..., 4]`` boxes in ``box_format``.
-        boxes2: ``Tensor[..., 4]``, broadcastable with ``boxes1``.
-        box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+    Args: as :func:`aligned_box_iou`.
 
     Shape:
         - boxes1, boxes2: ``[..., 4]``, broadcastable.
@@ -335,10 +314,7 @@ def aligned_distance_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "
 def aligned_complete_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
     """Element-wise complete IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``.
 
-    Args:
-        boxes1: ``Tensor[..., 4]`` boxes in ``box_format``.
-        boxes2: ``Tensor[..., 4]``, broadcastable with ``boxes1``.
-        box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+    Args: as :func:`aligned_box_iou`.
 
     Shape:
         - boxes1, boxes2: ``[..., 4]``, broadcastable.
