@@ -328,3 +328,15 @@ def test_new_names_give_the_old_results():
     assert len(got[0]["points"]) == 2
     assert point_metrics([points[0]], [points[0] + 3], distance_threshold=5.0)["tp"] == 2.0
     assert match_points_within(points[0], points[0] + 3, distance_threshold=4.0) == 1
+
+
+def test_a_module_takes_its_options_once():
+    loss = detloss.SigmoidFocalLoss(gamma=1.0)
+    x, t = torch.zeros(2), torch.tensor([1.0, 0.0])
+    with pytest.raises(TypeError, match="'reduction' is an option of the constructor"):
+        loss(x, t, reduction="sum")
+    with pytest.raises(TypeError, match="takes inputs, targets; got 3 positional"):
+        loss(x, t, t)
+    with pytest.raises(TypeError, match=r"SigmoidFocalLoss\(\): .*positional"):
+        detloss.SigmoidFocalLoss(0.25, 2.0, "mean", None)
+    assert repr(loss) == "SigmoidFocalLoss(alpha=0.25, gamma=1.0, reduction='mean', validate=None)"
