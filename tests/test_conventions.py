@@ -340,3 +340,13 @@ def test_a_module_takes_its_options_once():
     with pytest.raises(TypeError, match=r"SigmoidFocalLoss\(\): .*positional"):
         detloss.SigmoidFocalLoss(0.25, 2.0, "mean", None)
     assert repr(loss) == "SigmoidFocalLoss(alpha=0.25, gamma=1.0, reduction='mean', validate=None)"
+
+
+def test_a_loss_module_can_be_subclassed():
+    class Halved(detloss.GIoULoss):
+        def forward(self, boxes1, boxes2):
+            return super().forward(boxes1, boxes2) / 2
+
+    a = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[2.0, 0.0, 3.0, 1.0]])
+    assert torch.equal(Halved(reduction="sum")(a, b), detloss.giou_loss(a, b, "sum") / 2)

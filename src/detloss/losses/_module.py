@@ -34,9 +34,15 @@ class FunctionLoss(nn.Module):
     _init_signature: ClassVar[inspect.Signature]
 
     def __init_subclass__(
-        cls, *, function: Callable[..., Any], call_args: tuple[str, ...], **kwargs: Any
+        cls,
+        *,
+        function: Callable[..., Any] | None = None,
+        call_args: tuple[str, ...] = (),
+        **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
+        if function is None:  # a user's subclass of a loss Module keeps its function
+            return
         parameters = inspect.signature(function).parameters
         missing = [name for name in call_args if name not in parameters]
         if missing:
