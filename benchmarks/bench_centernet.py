@@ -147,7 +147,7 @@ def run(
         return centernet_targets(
             boxes,
             labels,
-            mask,
+            target_mask=mask,
             num_classes=classes,
             output_size=(out_size, out_size),
             stride=STRIDE,

@@ -86,7 +86,7 @@ def run(
         for gamma in (2.0, 1.0):
             with torch.no_grad():
                 assert torch.equal(
-                    sigmoid_focal_loss(logits, targets, 0.25, gamma),
+                    sigmoid_focal_loss(logits, targets, 0.25, gamma, reduction="none"),
                     torchvision_focal(logits, targets, 0.25, gamma),
                 )
             grad_ours = _step(_ours, logits, targets, gamma)

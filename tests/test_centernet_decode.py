@@ -21,41 +21,52 @@ def hand_built():
     return heat, size, offset
 
 
+def decode_one(*args, **kwargs):
+    """The single image's (boxes, scores, labels)."""
+    (image,) = centernet_decode(*args, **kwargs)
+    return image["boxes"], image["scores"], image["labels"]
+
+
 def test_decode_hand_built_heatmap():
     heat, size, offset = hand_built()
-    boxes, scores, labels = centernet_decode(heat, size, offset, k=3, stride=4, logits=False)
-    assert boxes.shape == (1, 3, 4) and scores.shape == (1, 3) and labels.shape == (1, 3)
-    torch.testing.assert_close(scores, torch.tensor([[0.9, 0.7, 0.6]]))
-    assert labels.tolist() == [[0, 1, 0]]
+    out = centernet_decode(heat, size, offset, k=3, stride=4, logits=False)
+    assert isinstance(out, list) and len(out) == 1 and set(out[0]) == {"boxes", "scores", "labels"}
+    boxes, scores, labels = decode_one(heat, size, offset, k=3, stride=4, logits=False)
+    assert boxes.shape == (3, 4) and scores.shape == (3,) and labels.shape == (3,)
+    torch.testing.assert_close(scores, torch.tensor([0.9, 0.7, 0.6]))
+    assert labels.tolist() == [0, 1, 0]
     # peak (x=2, y=1): centre (2.25, 1.5) * 4 = (9, 6), size (2, 4) * 4 = (8, 16)
     # peak (x=6, y=4): centre (6.5, 4) * 4 = (26, 16), size (3, 1) * 4 = (12, 4)
     expected = torch.tensor(
-        [[[5.0, -2.0, 13.0, 14.0], [20.0, 14.0, 32.0, 18.0], [20.0, 14.0, 32.0, 18.0]]]
+        [[5.0, -2.0, 13.0, 14.0], [20.0, 14.0, 32.0, 18.0], [20.0, 14.0, 32.0, 18.0]]
     )
     torch.testing.assert_close(boxes, expected)
-    # the suppressed shoulder (0.8) only appears with score 0 once the peaks run out
-    _, scores, _ = centernet_decode(heat, size, offset, k=5, logits=False)
-    assert scores[0, 3] == 0 and scores[0, 4] == 0
+    # the suppressed shoulder (0.8) and the other zero-score cells are not returned
+    _, scores, _ = decode_one(heat, size, offset, k=5, logits=False)
+    torch.testing.assert_close(scores, torch.tensor([0.9, 0.7, 0.6]))
+    # score_threshold is strict
+    _, scores, _ = decode_one(heat, size, offset, k=5, logits=False, score_threshold=0.7)
+    torch.testing.assert_close(scores, torch.tensor([0.9]))
 
 
 def test_decode_logits_equals_probabilities():
     heat, size, offset = hand_built()
     logits = torch.logit(heat.clamp(1e-6, 1 - 1e-6))
-    a = centernet_decode(logits, size, offset, k=4)
-    b = centernet_decode(torch.sigmoid(logits), size, offset, k=4, logits=False)
+    a = decode_one(logits, size, offset, k=3)
+    b = decode_one(torch.sigmoid(logits), size, offset, k=3, logits=False)
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y)
 
 
 def test_decode_without_offset_and_other_kernel():
     heat, size, offset = hand_built()
-    boxes, _, _ = centernet_decode(heat, size, None, k=1, stride=2, logits=False)
-    torch.testing.assert_close(boxes, torch.tensor([[[2.0, -2.0, 6.0, 6.0]]]))
+    boxes, _, _ = decode_one(heat, size, None, k=1, stride=2, logits=False)
+    torch.testing.assert_close(boxes, torch.tensor([[2.0, -2.0, 6.0, 6.0]]))
     # a 5 x 5 window: the 0.6 peak at (6, 4) is no longer beaten, but 0.8 is still beaten
-    _, scores, _ = centernet_decode(heat, size, offset, k=3, logits=False, kernel=5)
-    torch.testing.assert_close(scores, torch.tensor([[0.9, 0.7, 0.6]]))
-    _, scores, _ = centernet_decode(heat, size, offset, k=3, logits=False, kernel=1)
-    torch.testing.assert_close(scores, torch.tensor([[0.9, 0.8, 0.7]]))
+    _, scores, _ = decode_one(heat, size, offset, k=3, logits=False, kernel=5)
+    torch.testing.assert_close(scores, torch.tensor([0.9, 0.7, 0.6]))
+    _, scores, _ = decode_one(heat, size, offset, k=3, logits=False, kernel=1)
+    torch.testing.assert_close(scores, torch.tensor([0.9, 0.8, 0.7]))
 
 
 def test_decode_round_trip_through_targets():
@@ -71,15 +82,13 @@ def test_decode_round_trip_through_targets():
     )
     labels = torch.randint(0, 4, (batch, n), generator=g)
     t = centernet_targets(boxes, labels, num_classes=4, output_size=(32, 48))
-    got_boxes, scores, got_labels = centernet_decode(
-        t["heatmap"], t["size"], t["offset"], k=n, logits=False
-    )
-    assert (scores == 1).all()
-    for b in range(batch):
-        order = torch.argsort(got_boxes[b, :, 0])
+    out = centernet_decode(t["heatmap"], t["size"], t["offset"], k=n, logits=False)
+    for b, image in enumerate(out):
+        assert (image["scores"] == 1).all()
+        order = torch.argsort(image["boxes"][:, 0])
         want = torch.argsort(boxes[b, :, 0])
-        torch.testing.assert_close(got_boxes[b, order], boxes[b, want], rtol=0, atol=1e-9)
-        assert torch.equal(got_labels[b, order], labels[b, want])
+        torch.testing.assert_close(image["boxes"][order], boxes[b, want], rtol=0, atol=1e-9)
+        assert torch.equal(image["labels"][order], labels[b, want])
 
 
 def test_decode_is_batched_per_image():
@@ -88,38 +97,39 @@ def test_decode_is_batched_per_image():
     size = torch.rand(3, 2, 5, 7, generator=g)
     offset = torch.rand(3, 2, 5, 7, generator=g)
     full = centernet_decode(heat, size, offset, k=6)
+    assert len(full) == 3
     for i in range(3):
-        one = centernet_decode(heat[i : i + 1], size[i : i + 1], offset[i : i + 1], k=6)
-        for x, y in zip(full, one):
-            torch.testing.assert_close(x[i : i + 1], y)
+        (one,) = centernet_decode(heat[i : i + 1], size[i : i + 1], offset[i : i + 1], k=6)
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(full[i][key], one[key])
+        assert (one["scores"][:-1] >= one["scores"][1:]).all()
 
 
 def test_decode_k_is_clamped_and_empty_maps():
     heat, size, offset = hand_built()
-    boxes, scores, labels = centernet_decode(heat, size, offset, k=1000, logits=False)
-    assert boxes.shape == (1, 96, 4) and scores.shape == (1, 96) and labels.shape == (1, 96)
-    boxes, scores, labels = centernet_decode(
+    _, scores, _ = decode_one(heat + 0.01, size, offset, k=1000, logits=False, kernel=1)
+    assert scores.shape == (96,)  # every cell is a peak of a 1 x 1 window
+    out = centernet_decode(
         torch.zeros(2, 0, 6, 8), torch.zeros(2, 2, 6, 8), torch.zeros(2, 2, 6, 8)
     )
-    assert boxes.shape == (2, 0, 4) and scores.shape == (2, 0) and labels.dtype == torch.int64
-    # a map without any object decodes to finite zero-score boxes
-    boxes, scores, _ = centernet_decode(
+    assert len(out) == 2
+    assert out[0]["boxes"].shape == (0, 4) and out[0]["labels"].dtype == torch.int64
+    # a map without any object decodes to nothing
+    boxes, scores, labels = decode_one(
         torch.zeros(1, 3, 4, 4), torch.zeros(1, 2, 4, 4), None, logits=False, k=5
     )
-    assert (scores == 0).all() and torch.isfinite(boxes).all()
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
 
 
 def test_decode_dtypes():
     heat, size, offset = hand_built()
-    boxes, scores, labels = centernet_decode(
+    boxes, scores, labels = decode_one(
         heat.double(), size.double(), offset.double(), k=2, logits=False
     )
     assert boxes.dtype == scores.dtype == torch.float64 and labels.dtype == torch.int64
-    boxes, scores, _ = centernet_decode(heat.half(), size.half(), offset.half(), k=2, logits=False)
+    boxes, scores, _ = decode_one(heat.half(), size.half(), offset.half(), k=2, logits=False)
     assert boxes.dtype == scores.dtype == torch.float16
-    torch.testing.assert_close(
-        boxes.float(), centernet_decode(heat, size, offset, k=2, logits=False)[0]
-    )
+    torch.testing.assert_close(boxes.float(), decode_one(heat, size, offset, k=2, logits=False)[0])
 
 
 def test_decode_errors():
@@ -144,3 +154,5 @@ def test_decode_errors():
         centernet_decode(heat, size, offset, kernel=4)
     with pytest.raises(ValueError, match="stride must be a finite number > 0, got 0"):
         centernet_decode(heat, size, offset, stride=0)
+    with pytest.raises(ValueError, match=r"score_threshold must be in \[0, 1\), got 1"):
+        centernet_decode(heat, size, offset, score_threshold=1)

@@ -10,6 +10,7 @@ from detloss.heatmap import centernet_targets
 from detloss.losses.centernet import (
     CenterNetLoss,
     GaussianFocalLoss,
+    GaussianFocalLossWithLogits,
     centernet_loss,
     gaussian_focal_loss,
     gaussian_focal_loss_with_logits,
@@ -62,8 +63,8 @@ def test_logits_and_probability_forms_agree_away_from_the_clamp(logits, exponent
     g[::3] = 1.0
     p = torch.sigmoid(x)
     want = focal_reference(p.tolist(), g.tolist(), alpha, gamma)
-    got_p = gaussian_focal_loss(p, g, alpha, gamma)
-    got_x = gaussian_focal_loss_with_logits(x, g, alpha, gamma)
+    got_p = gaussian_focal_loss(p, g, alpha, gamma, "sum")
+    got_x = gaussian_focal_loss_with_logits(x, g, alpha, gamma, "sum")
     assert float(got_p) == pytest.approx(want, rel=1e-10, abs=1e-12)
     assert float(got_x) == pytest.approx(want, rel=1e-10, abs=1e-12)
 
@@ -118,7 +119,7 @@ def test_gradcheck_logits_form():
     )
     for alpha, gamma in ((2.0, 4.0), (1.5, 0.5)):
         assert torch.autograd.gradcheck(
-            lambda v, a=alpha, c=gamma: gaussian_focal_loss_with_logits(v, t, a, c, "sum", 3.0),
+            lambda v, a=alpha, c=gamma: gaussian_focal_loss_with_logits(v, t, a, c, "mean", 3.0),
             (x,),
         )
 
@@ -135,10 +136,17 @@ def test_reductions_and_normalizer():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3, 4, generator=g)
     t = torch.rand(3, 4, generator=g)
+    t[0, :2] = 1.0  # two positive cells
     none = gaussian_focal_loss_with_logits(x, t, reduction="none")
     assert none.shape == (3, 4)
-    torch.testing.assert_close(gaussian_focal_loss_with_logits(x, t), none.sum())
-    torch.testing.assert_close(gaussian_focal_loss_with_logits(x, t, reduction="mean"), none.mean())
+    # The default "mean" divides the sum by the positives (CenterNet's normaliser).
+    torch.testing.assert_close(gaussian_focal_loss_with_logits(x, t), none.sum() / 2)
+    torch.testing.assert_close(gaussian_focal_loss_with_logits(x, t, reduction="sum"), none.sum())
+    no_positive = torch.zeros(3, 4)
+    torch.testing.assert_close(
+        gaussian_focal_loss_with_logits(x, no_positive),
+        gaussian_focal_loss_with_logits(x, no_positive, reduction="sum"),
+    )
     torch.testing.assert_close(gaussian_focal_loss_with_logits(x, t, normalizer=4), none.sum() / 4)
     torch.testing.assert_close(
         gaussian_focal_loss_with_logits(x, t, normalizer=torch.tensor([8.0])), none.sum() / 8
@@ -196,6 +204,10 @@ def test_focal_errors():
         gaussian_focal_loss(x, t, normalizer="n")
     with pytest.raises(TypeError, match=r"logits must be a torch\.Tensor, got list"):
         gaussian_focal_loss_with_logits([0.0], t)
+    with pytest.raises(ValueError, match="normalizer divides the sum of reduction='mean'"):
+        gaussian_focal_loss_with_logits(x, t, reduction="sum", normalizer=2.0)
+    with pytest.raises(ValueError, match=r"pred: expected probabilities in \[0, 1\]"):
+        gaussian_focal_loss(x - 1, t)
 
 
 def test_focal_module_equals_function():
@@ -203,15 +215,20 @@ def test_focal_module_equals_function():
     x = torch.randn(2, 2, 4, 4, generator=g)
     t = torch.rand(2, 2, 4, 4, generator=g)
     t[0, 0, 1, 1] = 1
-    module = GaussianFocalLoss(alpha=1.5, gamma=3.0, reduction="mean")
-    assert torch.equal(module(x, t), gaussian_focal_loss_with_logits(x, t, 1.5, 3.0, "mean"))
+    module = GaussianFocalLossWithLogits(alpha=1.5, gamma=3.0, reduction="sum")
+    assert torch.equal(module(x, t), gaussian_focal_loss_with_logits(x, t, 1.5, 3.0, "sum"))
+    mean = GaussianFocalLossWithLogits(alpha=1.5, gamma=3.0)
     assert torch.equal(
-        module(x, t, 5.0), gaussian_focal_loss_with_logits(x, t, 1.5, 3.0, "mean", 5.0)
+        mean(x, t, 5.0), gaussian_focal_loss_with_logits(x, t, 1.5, 3.0, "mean", 5.0)
     )
     p = torch.sigmoid(x)
-    prob = GaussianFocalLoss(logits=False, eps=1e-3)
+    prob = GaussianFocalLoss(eps=1e-3)
     assert torch.equal(prob(p, t), gaussian_focal_loss(p, t, eps=1e-3))
-    assert "logits=False" in repr(prob)
+    assert "eps=0.001" in repr(prob)
+    with pytest.raises(TypeError, match="use GaussianFocalLossWithLogits"):
+        GaussianFocalLoss(logits=True)
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        GaussianFocalLossWithLogits(alpha=-1.0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -230,7 +247,7 @@ def make_problem(seed: int = 0, objects: bool = True):
     )
     labels = torch.tensor([[0, 2, 0], [1, 0, 0]])
     mask = torch.tensor([[True, True, False], [True, False, False]]) & objects
-    targets = centernet_targets(boxes, labels, mask, num_classes=3, output_size=(8, 12))
+    targets = centernet_targets(boxes, labels, target_mask=mask, num_classes=3, output_size=(8, 12))
     preds = {
         "heatmap": torch.randn(2, 3, 8, 12, generator=g, dtype=torch.float64).requires_grad_(),
         "size": (torch.rand(2, 2, 8, 12, generator=g, dtype=torch.float64) * 8).requires_grad_(),
@@ -282,6 +299,22 @@ def test_centernet_loss_equals_the_cell_by_cell_reference():
     # size and offset gradients live only on object cells
     off_cells = targets["weight"].expand(-1, 2, -1, -1) == 0
     assert (preds["size"].grad[off_cells] == 0).all() and (preds["size"].grad.abs().sum() > 0)
+
+
+def test_centernet_loss_reductions():
+    preds, targets = make_problem(5)
+    per_image, terms = centernet_loss(preds, targets, reduction="none", return_terms=True)
+    assert per_image.shape == (2,) and all(t.shape == (2,) for t in terms.values())
+    total = centernet_loss(preds, targets, reduction="sum")
+    torch.testing.assert_close(total, per_image.sum())
+    objects = targets["weight"].sum().clamp(min=1)
+    torch.testing.assert_close(centernet_loss(preds, targets), total / objects)
+    module = CenterNetLoss(reduction="none")
+    assert torch.equal(module(preds, targets), per_image)
+    with pytest.raises(
+        ValueError, match="reduction must be one of 'none', 'mean', 'sum', got 'avg'"
+    ):
+        centernet_loss(preds, targets, reduction="avg")
 
 
 def test_centernet_loss_weights():

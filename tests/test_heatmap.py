@@ -431,7 +431,12 @@ def test_targets_equal_the_object_by_object_reference(problem):
     labels_t = torch.tensor(labels, dtype=torch.long).view(batch, n)
     mask_t = torch.tensor(mask, dtype=torch.bool).view(batch, n)
     got = centernet_targets(
-        boxes, labels_t, mask_t, num_classes=classes, output_size=(height, width), stride=stride
+        boxes,
+        labels_t,
+        target_mask=mask_t,
+        num_classes=classes,
+        output_size=(height, width),
+        stride=stride,
     )
     want = targets_reference(boxes, labels_t, mask_t, classes, (height, width), stride)
     assert set(got) == set(want)
@@ -515,7 +520,13 @@ def test_targets_accept_list_and_padded_dict_forms():
     for i, d in enumerate(per_image):
         k = d["boxes"].shape[0]
         padded[0][i, :k], padded[1][i, :k], padded[2][i, :k] = d["boxes"], d["labels"], True
-    from_tensors = centernet_targets(*padded, num_classes=5, output_size=(16, 16))
+    from_tensors = centernet_targets(
+        padded[0], padded[1], target_mask=padded[2], num_classes=5, output_size=(16, 16)
+    )
+    with pytest.warns(FutureWarning, match="pass target_mask by keyword"):
+        by_position = centernet_targets(*padded, num_classes=5, output_size=(16, 16))
+    for key in by_position:
+        assert torch.equal(by_position[key], from_tensors[key]), key
     from_dict = centernet_targets(
         {"boxes": padded[0], "labels": padded[1], "mask": padded[2]},
         num_classes=5,
@@ -532,7 +543,7 @@ def test_targets_without_objects_are_zeros():
         t = centernet_targets(
             torch.full((2, n, 4), float("nan")),  # padding content is never read
             torch.full((2, n), -7),
-            torch.zeros(2, n, dtype=torch.bool),
+            target_mask=torch.zeros(2, n, dtype=torch.bool),
             num_classes=3,
             output_size=(5, 6),
         )
@@ -590,16 +601,18 @@ def test_targets_validation():
     ):
         centernet_targets(ok, torch.tensor([0, 1]), **kwargs)
     with pytest.raises(
-        ValueError, match=r"mask: expected shape \[1, 2\] \(the boxes'\), got \[1, 3\]"
+        ValueError, match=r"target_mask: expected shape \[1, 2\] \(the boxes'\), got \[1, 3\]"
     ):
-        centernet_targets(ok, labels, torch.ones(1, 3, dtype=torch.bool), **kwargs)
+        centernet_targets(ok, labels, target_mask=torch.ones(1, 3, dtype=torch.bool), **kwargs)
     with pytest.raises(ValueError, match=r"boxes: expected shape \[B, n, 4\], got \[2, 4\]"):
         centernet_targets(ok[0], labels, **kwargs)
     with pytest.raises(TypeError, match=r"labels must be an integer tensor, got torch\.float32"):
         centernet_targets(ok, labels.float(), **kwargs)
     with pytest.raises(ValueError, match="labels: required with a boxes tensor"):
         centernet_targets(ok, **kwargs)
-    with pytest.raises(ValueError, match="labels and mask: pass them only with a boxes tensor"):
+    with pytest.raises(
+        ValueError, match="labels and target_mask: pass them only with a boxes tensor"
+    ):
         centernet_targets([{"boxes": ok[0], "labels": labels[0]}], labels, **kwargs)
     with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
         centernet_targets(ok, labels, num_classes=0, output_size=(4, 16))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -16,7 +17,16 @@ from detloss.losses.classification import negative_prob
 from detloss.losses.focal import SigmoidFocalLoss, sigmoid_focal_loss
 from detloss.losses.iou import ciou_loss, diou_loss, giou_loss, iou_loss
 
-IOU_LOSSES = {"iou": iou_loss, "giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
+# Element-wise values: the primitives' former default, reduction="none".
+IOU_LOSSES = {
+    name: functools.partial(fn, reduction="none")
+    for name, fn in {
+        "iou": iou_loss,
+        "giou": giou_loss,
+        "diou": diou_loss,
+        "ciou": ciou_loss,
+    }.items()
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -62,7 +72,9 @@ def xyxy_to(boxes: torch.Tensor, fmt: str) -> torch.Tensor:
     ],
 )
 def test_focal_hand_checked(logit, target, expected):
-    loss = sigmoid_focal_loss(torch.tensor([float(logit)]), torch.tensor([float(target)]))
+    loss = sigmoid_focal_loss(
+        torch.tensor([float(logit)]), torch.tensor([float(target)]), reduction="none"
+    )
     assert math.isclose(loss.item(), expected, rel_tol=1e-5)
 
 
@@ -74,7 +86,7 @@ def test_focal_matches_slow_formula(alpha, gamma):
     x = 4 * torch.randn(5, 7, generator=gen, dtype=torch.float64)
     t = torch.rand(5, 7, generator=gen, dtype=torch.float64)  # soft targets too
     t[0] = (t[0] > 0.5).double()
-    got = sigmoid_focal_loss(x, t, alpha, gamma)
+    got = sigmoid_focal_loss(x, t, alpha, gamma, reduction="none")
     expected = torch.tensor(
         [
             [focal_reference(a, b, alpha, gamma) for a, b in zip(r, s)]
@@ -92,7 +104,7 @@ def test_focal_gamma_zero_no_alpha_is_bce():
     x = torch.randn(20, generator=gen)
     t = (torch.rand(20, generator=gen) > 0.5).float()
     bce = torch.nn.functional.binary_cross_entropy_with_logits(x, t, reduction="none")
-    assert torch.allclose(sigmoid_focal_loss(x, t, alpha=None, gamma=0.0), bce)
+    assert torch.allclose(sigmoid_focal_loss(x, t, alpha=None, gamma=0.0, reduction="none"), bce)
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 0.99])
@@ -103,13 +115,15 @@ def test_focal_small_gamma_saturated_logits_have_finite_gradients(gamma, dtype):
         [17.0, -17.0, 40.0, -40.0, 200.0, -200.0, 1.0], dtype=dtype, requires_grad=True
     )
     t = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0], dtype=dtype)
-    loss = sigmoid_focal_loss(x, t, gamma=gamma)
+    loss = sigmoid_focal_loss(x, t, gamma=gamma, reduction="none")
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(x.grad).all()
     assert loss[:6].abs().max() < 1e-6  # well classified: (almost) nothing to learn
     # Also the opposite, badly classified saturation (loss ~ |x|).
     y = torch.tensor([-200.0, 200.0], dtype=dtype, requires_grad=True)
-    bad = sigmoid_focal_loss(y, torch.tensor([1.0, 0.0], dtype=dtype), alpha=None, gamma=gamma)
+    bad = sigmoid_focal_loss(
+        y, torch.tensor([1.0, 0.0], dtype=dtype), alpha=None, gamma=gamma, reduction="none"
+    )
     bad.sum().backward()
     assert torch.allclose(bad, torch.tensor([200.0, 200.0], dtype=dtype))
     assert torch.isfinite(y.grad).all()
@@ -129,16 +143,16 @@ def test_focal_half_inputs_are_computed_in_float32(dtype):
     gen = torch.Generator().manual_seed(2)
     x = (3 * torch.randn(50, generator=gen)).to(dtype)
     t = (torch.rand(50, generator=gen) > 0.7).to(dtype)
-    got = sigmoid_focal_loss(x, t)
+    got = sigmoid_focal_loss(x, t, reduction="none")
     assert got.dtype == dtype
-    expected = sigmoid_focal_loss(x.float(), t.float())
+    expected = sigmoid_focal_loss(x.float(), t.float(), reduction="none")
     assert torch.allclose(got.float(), expected.to(dtype).float())
     mean = sigmoid_focal_loss(x, t, reduction="mean")
     assert torch.allclose(mean.float(), expected.mean(), rtol=1e-2)
 
 
 def test_focal_integer_inputs():
-    got = sigmoid_focal_loss(torch.tensor([0, 2]), torch.tensor([1, 0]))
+    got = sigmoid_focal_loss(torch.tensor([0, 2]), torch.tensor([1, 0]), reduction="none")
     assert got.dtype == torch.float32
     assert torch.allclose(got, torch.tensor([0.0433217, 1.2375586]), rtol=1e-5)
 
@@ -182,7 +196,7 @@ def test_focal_equals_torchvision_bit_for_bit_with_its_gradient(monkeypatch, alp
     ours_alpha = None if alpha < 0 else alpha
     for forced in (False, True):
         with reference_path(forced):
-            got = sigmoid_focal_loss(x, t, ours_alpha, gamma)
+            got = sigmoid_focal_loss(x, t, ours_alpha, gamma, reduction="none")
         assert torch.equal(got, want)
         (grad,) = torch.autograd.grad(got.sum(), x)
         rtol = 1e-12 if dtype == torch.float64 else 1e-5
@@ -314,7 +328,7 @@ def test_iou_losses_gradcheck(name):
     a = random_xyxy(gen, 6).requires_grad_()
     b = random_xyxy(gen, 6)
     b[:2] = a[:2].detach() + 0.3
-    assert torch.autograd.gradcheck(lambda x: IOU_LOSSES[name](x, b, "sum"), (a,))
+    assert torch.autograd.gradcheck(lambda x: IOU_LOSSES[name](x, b).sum(), (a,))
 
 
 def test_ciou_gradient_treats_alpha_as_a_constant():
@@ -360,7 +374,7 @@ def test_iou_losses_half_inputs(dtype):
 def test_iou_losses_integer_boxes():
     a = torch.tensor([[0, 0, 2, 2]])
     b = torch.tensor([[1, 1, 3, 3]])
-    got = giou_loss(a, b)
+    got = giou_loss(a, b, reduction="none")
     assert got.dtype == torch.float32
     assert torch.allclose(got, torch.tensor([1.0793651]))
 
@@ -403,13 +417,13 @@ def test_iou_losses_errors(name):
 def test_negative_prob_values():
     logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [1.0, 2.0]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 1])
-    got = negative_prob(logits, labels)
+    got = negative_prob(logits, labels, reduction="none")
     e = math.e
     expected = torch.tensor([-0.5, -0.75, -(e**2) / (e + e**2)], dtype=torch.float64)
     assert torch.allclose(got, expected, atol=1e-15)
     assert torch.allclose(negative_prob(logits, labels, "sum"), expected.sum())
     assert torch.allclose(negative_prob(logits, labels, "mean"), expected.mean())
-    batched = negative_prob(logits.expand(2, 3, 2), labels.expand(2, 3))
+    batched = negative_prob(logits.expand(2, 3, 2), labels.expand(2, 3), reduction="none")
     assert batched.shape == (2, 3) and torch.allclose(batched[1], expected)
 
 
@@ -428,9 +442,11 @@ def test_negative_prob_half_inputs(dtype):
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(6, 5, generator=gen).to(dtype)
     labels = torch.randint(0, 5, (6,), generator=gen)
-    got = negative_prob(x, labels)
+    got = negative_prob(x, labels, reduction="none")
     assert got.dtype == dtype
-    assert torch.allclose(got.float(), negative_prob(x.float(), labels), atol=1e-2)
+    assert torch.allclose(
+        got.float(), negative_prob(x.float(), labels, reduction="none"), atol=1e-2
+    )
     assert negative_prob(torch.tensor([[1, 1]]), torch.tensor([0])).dtype == torch.float32
 
 

@@ -232,7 +232,7 @@ def test_maximum_matching_beats_greedy():
     pred = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
     target = torch.tensor([[1.0, 0.0], [-3.0, 0.0]])
     assert match_points_within(pred, target, 4.0) == 2
-    r = point_metrics([pred], [target], threshold=4.0)
+    r = point_metrics([pred], [target], distance_threshold=4.0)
     assert (r["tp"], r["fp"], r["fn"]) == (2.0, 0.0, 0.0)
     assert r["f1"] == 1.0
 
@@ -241,13 +241,13 @@ def test_point_metrics_hand_computed():
     preds = [torch.tensor([[0.0, 0.0], [10.0, 10.0], [50.0, 50.0]]), torch.zeros(0, 2)]
     targets = [torch.tensor([[1.0, 1.0], [10.0, 14.5]]), torch.tensor([[3.0, 3.0]])]
     # Image 0: (0,0)-(1,1) at 1.41 matches; (10,10)-(10,14.5) at 4.5 > 4 does not.
-    r = point_metrics(preds, targets, threshold=4.0)
+    r = point_metrics(preds, targets, distance_threshold=4.0)
     assert (r["tp"], r["fp"], r["fn"]) == (1.0, 2.0, 2.0)
     assert r["precision"] == pytest.approx(1 / 3)
     assert r["recall"] == pytest.approx(1 / 3)
     assert r["f1"] == pytest.approx(1 / 3)
     # The threshold is inclusive.
-    assert point_metrics(preds, targets, threshold=4.5)["tp"] == 2.0
+    assert point_metrics(preds, targets, distance_threshold=4.5)["tp"] == 2.0
     # Dict inputs work the same.
     r2 = point_metrics([{"points": p} for p in preds], [{"points": t} for t in targets], 4.0)
     assert r2 == r

@@ -346,7 +346,7 @@ def test_ssd_detect_hand_built_case():
             [0.97, 0.005, 0.025],  # class 0 below the threshold, class 1 at 0.025
         ]
     )
-    out = ssd_detect(loc, prob.log()[None], priors, conf_threshold=0.01, nms_threshold=0.45)[0]
+    out = ssd_detect(loc, prob.log()[None], priors, score_threshold=0.01, iou_threshold=0.45)[0]
     assert out["labels"].tolist() == [0, 1, 1]
     torch.testing.assert_close(out["scores"], torch.tensor([0.8, 0.2, 0.025]))
     expected_boxes = torch.tensor(
@@ -355,7 +355,7 @@ def test_ssd_detect_hand_built_case():
     torch.testing.assert_close(out["boxes"], expected_boxes)
     # top_k keeps the best overall; a stricter threshold drops the weak box.
     assert ssd_detect(loc, prob.log()[None], priors, top_k=1)[0]["labels"].tolist() == [0]
-    assert ssd_detect(loc, prob.log()[None], priors, conf_threshold=0.1)[0]["scores"].shape == (2,)
+    assert ssd_detect(loc, prob.log()[None], priors, score_threshold=0.1)[0]["scores"].shape == (2,)
 
 
 def test_ssd_detect_empty_and_dtypes():
@@ -404,9 +404,9 @@ P4 = torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 4)
             r"priors: expected shape \[4, 4\] \(one per prediction\), got \[3, 4\]",
         ),
         (
-            lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4, conf_threshold=1.0),
+            lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4, score_threshold=1.0),
             ValueError,
-            r"conf_threshold must be in \[0, 1\), got 1.0",
+            r"score_threshold must be in \[0, 1\), got 1.0",
         ),
         (
             lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4, top_k=0),
@@ -421,7 +421,7 @@ P4 = torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 4)
             r"candidates_per_class must be a positive int, got 2.5",
         ),
         (
-            lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4, nms_threshold=-1),
+            lambda: ssd_detect(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), P4, iou_threshold=-1),
             ValueError,
             r"iou_threshold must be a number >= 0, got -1",
         ),

@@ -418,3 +418,25 @@ def test_coordinates_too_large_for_the_dtype_are_named():
         "mask": torch.tensor([[True, True, True, False]]),
     }
     assert torch.isfinite(point_loss(pred, logits, padded))
+
+
+@pytest.mark.parametrize("head", ["sigmoid", "softmax"])
+def test_reductions(head):
+    pred, logits, targets = random_batch([3, 0, 2], 5, seed=11, head=head)
+    kwargs = {"head": head, "loc_weight": 0.1}
+    per_image, terms = point_loss(
+        pred, logits, targets, reduction="none", return_terms=True, **kwargs
+    )
+    assert per_image.shape == (3,) and terms["cls"].shape == terms["loc"].shape == (3,)
+    total = point_loss(pred, logits, targets, reduction="sum", **kwargs)
+    torch.testing.assert_close(total, per_image.sum())
+    mean, mean_terms = point_loss(pred, logits, targets, return_terms=True, **kwargs)
+    if head == "sigmoid":  # the sums over the images, divided by B
+        torch.testing.assert_close(mean, per_image.sum() / 3)
+    else:  # cls by the class weight sum, loc by the matched pairs (5 of them)
+        torch.testing.assert_close(mean_terms["loc"], terms["loc"].sum() / 5)
+    assert torch.equal(PointLoss(reduction="none", **kwargs)(pred, logits, targets), per_image)
+    with pytest.raises(
+        ValueError, match="reduction must be one of 'none', 'mean', 'sum', got 'avg'"
+    ):
+        point_loss(pred, logits, targets, reduction="avg", head=head)

@@ -144,13 +144,13 @@ def random_predictions(g, batch, priors=PRIORS, num_classes=NUM_CLASSES, dtype=t
 def test_smooth_l1_hand_checked():
     d = torch.tensor([0.5, -2.0, 0.0], dtype=torch.float64)
     torch.testing.assert_close(
-        smooth_l1_loss(d, torch.zeros(3, dtype=torch.float64)),
+        smooth_l1_loss(d, torch.zeros(3, dtype=torch.float64), reduction="none"),
         torch.tensor([0.125, 1.5, 0.0], dtype=torch.float64),
     )
     assert smooth_l1_loss(torch.tensor(0.5), torch.tensor(0.0), beta=1 / 9).item() == pytest.approx(
         0.4444444, abs=1e-7
     )
-    l1 = smooth_l1_loss(torch.tensor([0.5, -2.0]), torch.zeros(1), beta=0.0)
+    l1 = smooth_l1_loss(torch.tensor([0.5, -2.0]), torch.zeros(1), beta=0.0, reduction="none")
     torch.testing.assert_close(l1, torch.tensor([0.5, 2.0]))
     assert smooth_l1_loss(d, torch.zeros(3, dtype=torch.float64), reduction="sum").item() == 1.625
     mean = smooth_l1_loss(torch.zeros(0), torch.zeros(0), reduction="mean")
@@ -829,7 +829,9 @@ def test_fractional_ratio_rounds_up_like_detection_loss(path):
     background = -log_prob[:, 0]
     background[7] = -math.inf
     hardest = background.topk(2).indices
-    loc_term = smooth_l1_loss(loc[0, 7], torch.zeros(4, dtype=torch.float64), beta=1.0).sum()
+    loc_term = smooth_l1_loss(
+        loc[0, 7], torch.zeros(4, dtype=torch.float64), beta=1.0, reduction="none"
+    ).sum()
     expected = -log_prob[7, 1] - log_prob[hardest, 0].sum() + loc_term
     torch.testing.assert_close(got, expected)
 

@@ -86,8 +86,9 @@ def test_centernet_decode_clamps_negative_sizes():
     heat[0, 0, 1, 2] = 3.0
     size = torch.zeros(1, 2, 4, 4)
     size[0, :, 1, 2] = torch.tensor([-2.0, 1.0])  # negative width at the peak
-    boxes, scores, _ = centernet_decode(heat, size, None, k=3, stride=4)
+    (image,) = centernet_decode(heat, size, None, k=3, stride=4)
+    boxes, scores = image["boxes"], image["scores"]
     assert (boxes[..., 2] >= boxes[..., 0]).all() and (boxes[..., 3] >= boxes[..., 1]).all()
     # The peak: centre (2, 1) cells = (8, 4) pixels, width 0, height 1 cell = 4 pixels.
-    assert boxes[0, 0].tolist() == [8.0, 2.0, 8.0, 6.0]
-    assert scores[0, 0] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+    assert boxes[0].tolist() == [8.0, 2.0, 8.0, 6.0]
+    assert scores[0] == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())

@@ -37,9 +37,7 @@ def renamed(**old_to_new: str) -> Callable[[F], F]:
         @functools.wraps(function)
         def call(*args: Any, **kwargs: Any) -> Any:
             for old in old_to_new.keys() & kwargs.keys():
-                raise TypeError(
-                    f"{function.__name__}(): {old!r} was renamed {old_to_new[old]!r}"
-                )
+                raise TypeError(f"{function.__name__}(): {old!r} was renamed {old_to_new[old]!r}")
             return function(*args, **kwargs)
 
         return call  # type: ignore[return-value]

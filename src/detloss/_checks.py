@@ -16,6 +16,7 @@ from torch import Tensor
 
 __all__ = [
     "check_box_values",
+    "check_broadcastable",
     "check_choice",
     "check_finite",
     "check_nonnegative",
@@ -76,6 +77,18 @@ def check_shape(
             expected = ", ".join(parts)
         raise ValueError(f"{name}: expected shape {expected}, got {shape_str(x.shape)}")
     return x
+
+
+def check_broadcastable(a: Tensor, b: Tensor, names: str, expected: str) -> torch.Size:
+    """The broadcast shape of ``a`` and ``b``; otherwise a ValueError naming ``names``
+    (e.g. ``"boxes1 and boxes2"``) with the ``expected`` shapes and the received ones."""
+    try:
+        return torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{names}: expected broadcastable shapes {expected}, "
+            f"got {shape_str(a.shape)} and {shape_str(b.shape)}"
+        ) from None
 
 
 def check_nonnegative(value: object, name: str) -> float:

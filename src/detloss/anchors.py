@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_shape, compute_dtype, output_dtype, shape_str
+from ._checks import check_broadcastable, check_shape, compute_dtype, output_dtype, shape_str
 
 __all__ = ["BoxCoder", "decode_boxes", "encode_boxes", "ssd_priors"]
 
@@ -93,6 +93,16 @@ def ssd_priors(
         min_sizes, max_sizes: sizes of the small and big squares of each level.
         aspect_ratios: the ratios ``r > 0`` of each level (each adds two boxes).
         clip: clamp the components to ``[0, 1]``.
+        device, dtype: of the result.
+
+    Shape:
+        - output: ``[P, 4]``, ``P = sum_k feature_maps[k]**2 * boxes per cell``.
+
+    Example:
+        >>> ssd_priors().shape
+        torch.Size([8732, 4])
+        >>> ssd_priors(100, (1,), (100,), (50,), None, ((),))  # one centred square
+        tensor([[0.5000, 0.5000, 0.5000, 0.5000]])
     """
     if isinstance(image_size, bool) or not isinstance(image_size, (int, float)) or image_size <= 0:
         raise ValueError(f"image_size: expected a positive number, got {image_size!r}")
@@ -169,16 +179,17 @@ def _check_variances(variances: object) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
-def _check_pair(x: Tensor, priors: Tensor, name: str) -> None:
+def _coder_inputs(
+    x: Tensor, priors: Tensor, name: str, variances: object
+) -> tuple[Tensor, Tensor, float, float]:
+    """What encoding and decoding both check first: ``x`` (named ``name``) and the priors
+    as broadcastable ``[..., 4]`` tensors in the compute dtype, and the variances."""
     check_shape(x, name, min_ndim=1, last=4, expected="[..., 4]")
     check_shape(priors, "priors", min_ndim=1, last=4, expected="[..., 4]")
-    try:
-        torch.broadcast_shapes(x.shape, priors.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"{name} and priors: expected broadcastable shapes [..., 4], "
-            f"got {shape_str(x.shape)} and {shape_str(priors.shape)}"
-        ) from None
+    check_broadcastable(x, priors, f"{name} and priors", "[..., 4]")
+    v_xy, v_wh = _check_variances(variances)
+    dtype = compute_dtype(x, priors)
+    return x.to(dtype), priors.to(dtype), v_xy, v_wh
 
 
 def encode_boxes(boxes: Tensor, priors: Tensor, variances: Sequence[float] = (0.1, 0.2)) -> Tensor:
@@ -195,12 +206,17 @@ def encode_boxes(boxes: Tensor, priors: Tensor, variances: Sequence[float] = (0.
         width (height) has its size ratio clamped at ``MIN_SIZE_RATIO = 1e-6``, so the
         offset is finite (and its gradient zero) instead of ``-inf``. Integer and half
         inputs are computed in float32.
+
+    Shape:
+        - boxes: ``[..., 4]``; priors: ``[..., 4]``, broadcastable.
+        - output: the broadcast ``[..., 4]``.
+
+    Example:
+        >>> priors = torch.tensor([[0.5, 0.5, 0.25, 0.25]])
+        >>> encode_boxes(torch.tensor([[0.5, 0.375, 0.75, 0.625]]), priors)
+        tensor([[5., 0., 0., 0.]])
     """
-    _check_pair(boxes, priors, "boxes")
-    v_xy, v_wh = _check_variances(variances)
-    dtype = compute_dtype(boxes, priors)
-    b = boxes.to(dtype)
-    p = priors.to(dtype)
+    b, p, v_xy, v_wh = _coder_inputs(boxes, priors, "boxes", variances)
     centre = (b[..., :2] + b[..., 2:]) / 2
     size = b[..., 2:] - b[..., :2]
     d_xy = (centre - p[..., :2]) / (v_xy * p[..., 2:])
@@ -222,12 +238,17 @@ def decode_boxes(
     (a box at most 62.5 times its prior), so huge offsets stay finite; below that the
     decode is the exact inverse of the encode. Integer and half inputs are computed in
     float32 and returned in the floating input dtype.
+
+    Shape:
+        - offsets: ``[..., 4]``; priors: ``[..., 4]``, broadcastable.
+        - output: the broadcast ``[..., 4]`` (``xyxy``).
+
+    Example:
+        >>> priors = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+        >>> decode_boxes(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), priors)
+        tensor([[0.4200, 0.4000, 0.6200, 0.6000]])
     """
-    _check_pair(offsets, priors, "offsets")
-    v_xy, v_wh = _check_variances(variances)
-    dtype = compute_dtype(offsets, priors)
-    d = offsets.to(dtype)
-    p = priors.to(dtype)
+    d, p, v_xy, v_wh = _coder_inputs(offsets, priors, "offsets", variances)
     centre = p[..., :2] + d[..., :2] * v_xy * p[..., 2:]
     size = p[..., 2:] * torch.exp((d[..., 2:] * v_wh).clamp(max=MAX_SIZE_LOG))
     return torch.cat((centre - size / 2, centre + size / 2), dim=-1).to(
@@ -241,6 +262,20 @@ class BoxCoder:
 
     ``encode(boxes_xyxy, priors_cxcywh)`` and ``decode(offsets, priors_cxcywh)``
     broadcast over leading dimensions (a batch ``[B, P, 4]`` against ``[P, 4]`` priors).
+
+    Args:
+        variances: ``(v_xy, v_wh)``, SSD's ``(0.1, 0.2)`` by default.
+
+    Shape:
+        - encode: boxes ``[..., 4]``, priors ``[..., 4]`` -> offsets ``[..., 4]``.
+        - decode: offsets ``[..., 4]``, priors ``[..., 4]`` -> boxes ``[..., 4]``.
+
+    Example:
+        >>> coder = BoxCoder()
+        >>> priors = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+        >>> boxes = torch.tensor([[0.4, 0.4, 0.6, 0.7]])
+        >>> coder.decode(coder.encode(boxes, priors), priors)
+        tensor([[0.4000, 0.4000, 0.6000, 0.7000]])
     """
 
     def __init__(self, variances: Sequence[float] = (0.1, 0.2)) -> None:

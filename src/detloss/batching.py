@@ -31,6 +31,21 @@ def pad_targets(
     Every dict must have the same keys; each value's first dimension is the object
     count ``n_i``. Bare tensors are stored under ``key``. Padding is zero (labels 0,
     boxes 0): always read it through ``mask``. ``N_max`` is 0 when every image is empty.
+
+    Args:
+        targets: ``B`` dicts of ``Tensor[n_i, ...]`` (e.g. ``boxes [n_i, 4]``, ``labels
+            [n_i]``) or ``B`` tensors ``[n_i, ...]``.
+        key: the key of bare tensors.
+        device: of the result (default: the targets').
+
+    Shape:
+        - targets: ``B`` entries of ``[n_i, ...]``.
+        - output: each key ``[B, N_max, ...]``, ``mask: bool[B, N_max]``.
+
+    Example:
+        >>> out = pad_targets([torch.tensor([[1.0, 2.0]]), torch.zeros(0, 2)])
+        >>> out["points"].shape, out["mask"].tolist()
+        (torch.Size([2, 1, 2]), [[True], [False]])
     """
     if isinstance(targets, (Tensor, Mapping)) or not isinstance(targets, Sequence):
         raise TypeError(
@@ -92,7 +107,21 @@ def _pad(values: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tens
 
 
 def unpad_targets(padded: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
-    """The inverse of :func:`pad_targets`: one dict per image with only the real objects."""
+    """The inverse of :func:`pad_targets`: one dict per image with only the real objects.
+
+    Args:
+        padded: ``{key: Tensor[B, N, ...], "mask": bool[B, N]}``.
+
+    Shape:
+        - padded: each key ``[B, N, ...]``, ``mask [B, N]``.
+        - output: ``B`` dicts of ``[n_i, ...]``.
+
+    Example:
+        >>> padded = {"labels": torch.tensor([[3, 0], [1, 2]]),
+        ...           "mask": torch.tensor([[True, False], [True, True]])}
+        >>> unpad_targets(padded)
+        [{'labels': tensor([3])}, {'labels': tensor([1, 2])}]
+    """
     if "mask" not in padded:
         raise ValueError(f"padded: expected a 'mask' entry, got keys {sorted(padded)}")
     mask = padded["mask"]

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_shape, compute_dtype, output_dtype
+from ._checks import check_broadcastable, check_choice, check_shape, compute_dtype, output_dtype
 
 __all__ = [
     "BOX_FORMATS",
@@ -66,6 +66,18 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     """Convert ``Tensor[..., 4]`` boxes between ``xyxy``, ``xywh`` and ``cxcywh``.
 
     Integer boxes are converted in float32 (a centre is not an integer).
+
+    Args:
+        boxes: ``Tensor[..., 4]`` in ``in_fmt``.
+        in_fmt, out_fmt: ``"xyxy"``, ``"xywh"`` or ``"cxcywh"``.
+
+    Shape:
+        - boxes: ``[..., 4]``.
+        - output: ``[..., 4]``.
+
+    Example:
+        >>> box_convert(torch.tensor([[1.0, 2.0, 5.0, 4.0]]), "xyxy", "cxcywh")
+        tensor([[3., 3., 4., 2.]])
     """
     check_shape(boxes, "boxes", last=4, expected="[..., 4]")
     check_choice(in_fmt, "in_fmt", BOX_FORMATS)
@@ -78,7 +90,20 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
 
 
 def box_area(boxes: Tensor, box_format: str = "xyxy") -> Tensor:
-    """Area of ``Tensor[..., 4]`` boxes -> ``Tensor[...]``; inverted boxes have area 0."""
+    """Area of ``Tensor[..., 4]`` boxes -> ``Tensor[...]``; inverted boxes have area 0.
+
+    Args:
+        boxes: ``Tensor[..., 4]`` in ``box_format``.
+        box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+
+    Shape:
+        - boxes: ``[..., 4]``.
+        - output: ``[...]``.
+
+    Example:
+        >>> box_area(torch.tensor([[0.0, 0.0, 2.0, 3.0], [2.0, 0.0, 1.0, 1.0]]))
+        tensor([6., 0.])
+    """
     check_shape(boxes, "boxes", last=4, expected="[..., 4]")
     check_choice(box_format, "box_format", BOX_FORMATS)
     out = output_dtype(boxes)
@@ -147,29 +172,65 @@ def _pairwise(boxes1: Tensor, boxes2: Tensor, kind: str, box_format: str) -> Ten
 
 def _aligned(boxes1: Tensor, boxes2: Tensor, kind: str, box_format: str) -> Tensor:
     a, b, out = _prepare(boxes1, boxes2, box_format)
-    try:
-        torch.broadcast_shapes(a.shape, b.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"boxes1 and boxes2: expected broadcastable shapes [..., 4], "
-            f"got {list(boxes1.shape)} and {list(boxes2.shape)}"
-        ) from None
+    check_broadcastable(boxes1, boxes2, "boxes1 and boxes2", "[..., 4]")
     return _iou_family(a, b, kind).to(out)
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
-    """Pairwise intersection over union, ``[..., N, 4] x [..., M, 4] -> [..., N, M]`` in [0, 1]."""
+    """Pairwise intersection over union, ``[..., N, 4] x [..., M, 4] -> [..., N, M]`` in [0, 1].
+
+    Args:
+        boxes1: ``Tensor[..., N, 4]`` boxes in ``box_format``.
+        boxes2: ``Tensor[..., M, 4]``, leading dimensions broadcastable with ``boxes1``'s.
+        box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+
+    Shape:
+        - boxes1: ``[..., N, 4]``; boxes2: ``[..., M, 4]``.
+        - output: ``[..., N, M]``.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
+        >>> box_iou(a, b)
+        tensor([[0.3333, 0.0000]])
+    """
     return _pairwise(boxes1, boxes2, "iou", box_format)
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
-    """Pairwise generalized IoU (Rezatofighi et al. 2019), in [-1, 1]."""
+    """Pairwise generalized IoU (Rezatofighi et al. 2019), in [-1, 1].
+
+    Args: as :func:`box_iou`.
+
+    Shape:
+        - boxes1: ``[..., N, 4]``; boxes2: ``[..., M, 4]``.
+        - output: ``[..., N, M]``.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
+        >>> generalized_box_iou(a, b)
+        tensor([[ 0.3333, -0.5000]])
+    """
     return _pairwise(boxes1, boxes2, "giou", box_format)
 
 
 def distance_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
     """Pairwise distance IoU (Zheng et al. 2020): IoU minus squared centre distance over the
-    squared diagonal of the enclosing box, in [-1, 1]."""
+    squared diagonal of the enclosing box, in [-1, 1].
+
+    Args: as :func:`box_iou`.
+
+    Shape:
+        - boxes1: ``[..., N, 4]``; boxes2: ``[..., M, 4]``.
+        - output: ``[..., N, M]``.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
+        >>> distance_box_iou(a, b)
+        tensor([[ 0.2564, -0.4310]])
+    """
     return _pairwise(boxes1, boxes2, "diou", box_format)
 
 
@@ -177,25 +238,92 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -
     """Pairwise complete IoU: distance IoU minus the aspect-ratio term ``alpha * v``.
 
     ``alpha`` is treated as a constant (no gradient), as in the paper and torchvision.
+
+    Args: as :func:`box_iou`.
+
+    Shape:
+        - boxes1: ``[..., N, 4]``; boxes2: ``[..., M, 4]``.
+        - output: ``[..., N, M]``.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
+        >>> complete_box_iou(a, b)
+        tensor([[ 0.2564, -0.4310]])
     """
     return _pairwise(boxes1, boxes2, "ciou", box_format)
 
 
 def aligned_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
-    """Element-wise IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``."""
+    """Element-wise IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``.
+
+    Args:
+        boxes1: ``Tensor[..., 4]`` boxes in ``box_format``.
+        boxes2: ``Tensor[..., 4]``, broadcastable with ``boxes1``.
+        box_format: ``"xyxy"`` (default), ``"xywh"`` or ``"cxcywh"``.
+
+    Shape:
+        - boxes1, boxes2: ``[..., 4]``, broadcastable.
+        - output: the broadcast ``[...]``.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+        >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
+        >>> aligned_box_iou(a, b)
+        tensor([0.3333, 0.0000])
+    """
     return _aligned(boxes1, boxes2, "iou", box_format)
 
 
 def aligned_generalized_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
-    """Element-wise generalized IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``."""
+    """Element-wise generalized IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``.
+
+    Args: as :func:`aligned_box_iou`.
+
+    Shape:
+        - boxes1, boxes2: ``[..., 4]``, broadcastable.
+        - output: the broadcast ``[...]``.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+        >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
+        >>> aligned_generalized_box_iou(a, b)
+        tensor([ 0.3333, -0.6000])
+    """
     return _aligned(boxes1, boxes2, "giou", box_format)
 
 
 def aligned_distance_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
-    """Element-wise distance IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``."""
+    """Element-wise distance IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``.
+
+    Args: as :func:`aligned_box_iou`.
+
+    Shape:
+        - boxes1, boxes2: ``[..., 4]``, broadcastable.
+        - output: the broadcast ``[...]``.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+        >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
+        >>> aligned_distance_box_iou(a, b)
+        tensor([ 0.2564, -0.6154])
+    """
     return _aligned(boxes1, boxes2, "diou", box_format)
 
 
 def aligned_complete_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -> Tensor:
-    """Element-wise complete IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``."""
+    """Element-wise complete IoU of broadcastable ``[..., 4]`` boxes -> ``[...]``.
+
+    Args: as :func:`aligned_box_iou`.
+
+    Shape:
+        - boxes1, boxes2: ``[..., 4]``, broadcastable.
+        - output: the broadcast ``[...]``.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+        >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
+        >>> aligned_complete_box_iou(a, b)
+        tensor([ 0.2564, -0.6154])
+    """
     return _aligned(boxes1, boxes2, "ciou", box_format)

@@ -19,6 +19,18 @@ def pairwise_distance(points1: Tensor, points2: Tensor) -> Tensor:
     Computed from coordinate differences, not the ``|a|^2 + |b|^2 - 2ab`` expansion, so
     distances between nearby points keep full precision. The gradient at a zero distance
     is zero.
+
+    Args:
+        points1: ``Tensor[..., N, 2]``.
+        points2: ``Tensor[..., M, 2]``, leading dimensions broadcastable with ``points1``'s.
+
+    Shape:
+        - points1: ``[..., N, 2]``; points2: ``[..., M, 2]``.
+        - output: ``[..., N, M]``.
+
+    Example:
+        >>> pairwise_distance(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
+        tensor([[5., 1.]])
     """
     check_shape(points1, "points1", min_ndim=2, last=2, expected="[..., N, 2]")
     check_shape(points2, "points2", min_ndim=2, last=2, expected="[..., M, 2]")
@@ -53,6 +65,22 @@ def anchor_points(
     (x fastest). This is the order in which a ``[B, rows * cols * A, H', W']`` head output
     flattens after ``permute(0, 2, 3, 1)``: for a 128 x 128 image at stride 8 with 2 x 2
     points, the first four are (2, 2), (6, 2), (2, 6), (6, 6).
+
+    Args:
+        height, width: image size in pixels (>= 0).
+        stride: cell side in pixels.
+        rows, cols: the lattice of points in each cell.
+        device, dtype: of the result.
+
+    Shape:
+        - output: ``[ceil(H / stride) * ceil(W / stride) * rows * cols, 2]``.
+
+    Example:
+        >>> anchor_points(8, 16, stride=8, rows=1, cols=2)
+        tensor([[ 2.,  4.],
+                [ 6.,  4.],
+                [10.,  4.],
+                [14.,  4.]])
     """
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or value < 0:

@@ -181,7 +181,7 @@ def test_decode_points_strict_threshold():
     assert out[0]["points"].tolist() == [[2.0, 3.0]]
     assert out[1]["points"].tolist() == [[6.0, 7.0], [8.0, 9.0]]
     torch.testing.assert_close(out[1]["scores"], torch.sigmoid(torch.tensor([5.0, 5.0])))
-    assert [len(o["points"]) for o in decode_points(points, logits, threshold=0.0)] == [3, 3]
+    assert [len(o["points"]) for o in decode_points(points, logits, score_threshold=0.0)] == [3, 3]
 
 
 def test_decode_points_softmax_and_half():
@@ -209,7 +209,7 @@ def test_decode_points_errors():
     ):
         decode_points(torch.zeros(2, 3, 2), torch.zeros(2, 3, 3))
     with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\), got 1"):
-        decode_points(torch.zeros(1, 1, 2), torch.zeros(1, 1), threshold=1)
+        decode_points(torch.zeros(1, 1, 2), torch.zeros(1, 1), score_threshold=1)
 
 
 def test_p2pnet_fine_features_option():

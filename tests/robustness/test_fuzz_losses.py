@@ -37,6 +37,7 @@ from detloss.heatmap import centernet_targets
 from detloss.losses.centernet import (
     CenterNetLoss,
     GaussianFocalLoss,
+    GaussianFocalLossWithLogits,
     centernet_loss,
     gaussian_focal_loss,
     gaussian_focal_loss_with_logits,
@@ -114,8 +115,8 @@ def test_focal_smooth_l1_and_gaussian_focal(data, shape, dtype, reduction):
         (lambda: smooth_l1_loss(x, soft, beta, reduction), x),
         (lambda: gaussian_focal_loss(prob, soft, reduction=reduction), prob),
         (lambda: gaussian_focal_loss_with_logits(x, soft, reduction=reduction), x),
-        (lambda: GaussianFocalLoss(reduction=reduction)(x, hard), x),
-        (lambda: GaussianFocalLoss(reduction=reduction, logits=False)(prob, soft), prob),
+        (lambda: GaussianFocalLossWithLogits(reduction=reduction)(x, hard), x),
+        (lambda: GaussianFocalLoss(reduction=reduction)(prob, soft), prob),
     ]
     for call, grad_leaf in calls:
         grad_leaf.grad = None
@@ -409,7 +410,7 @@ def test_centernet_targets_and_loss(data, b, c, hw, dtype, validate):
         labels, mask = torch.zeros(b, 0, dtype=torch.long), torch.zeros(b, 0, dtype=torch.bool)
     targets = check_contract(
         lambda: centernet_targets(
-            box_tensor, labels, mask, num_classes=c, output_size=hw, validate=validate
+            box_tensor, labels, target_mask=mask, num_classes=c, output_size=hw, validate=validate
         ),
         True,
     )

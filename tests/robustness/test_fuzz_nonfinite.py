@@ -227,7 +227,26 @@ TABLE: dict[str, Case] = {
     ),
     "GaussianFocalLoss": Case(
         lambda **kw: L.GaussianFocalLoss()(**kw),
-        lambda: {"input": torch.randn(2, 3), "target": torch.tensor([[1.0, 0.5, 0.0]] * 2)},
+        lambda: {
+            "pred": torch.rand(2, 3) * 0.8 + 0.1,
+            "target": torch.tensor([[1.0, 0.5, 0.0]] * 2),
+        },
+    ),
+    "IoULoss": Case(lambda **kw: L.IoULoss()(**kw), _pair),
+    "GIoULoss": Case(lambda **kw: L.GIoULoss()(**kw), _pair),
+    "DIoULoss": Case(lambda **kw: L.DIoULoss()(**kw), _pair),
+    "CIoULoss": Case(lambda **kw: L.CIoULoss()(**kw), _pair),
+    "SmoothL1Loss": Case(
+        lambda **kw: L.SmoothL1Loss()(**kw),
+        lambda: {"input": torch.randn(2, 3), "target": torch.randn(2, 3)},
+    ),
+    "NegativeProbLoss": Case(
+        lambda **kw: L.NegativeProbLoss()(**kw),
+        lambda: {"logits": torch.randn(4, 3), "labels": torch.tensor([0, 2, 1, 0])},
+    ),
+    "GaussianFocalLossWithLogits": Case(
+        lambda **kw: L.GaussianFocalLossWithLogits()(**kw),
+        lambda: {"logits": torch.randn(2, 3), "target": torch.tensor([[1.0, 0.5, 0.0]] * 2)},
     ),
     "DetectionLoss": Case(
         lambda **kw: L.DetectionLoss(M.HungarianMatcher())(**kw),

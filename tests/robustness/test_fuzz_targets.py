@@ -146,7 +146,7 @@ def test_centernet_targets(data, b, n, c, hw, stride, legacy, validate):
         lambda: centernet_targets(
             box,
             labels,
-            mask,
+            target_mask=mask,
             num_classes=c,
             output_size=hw,
             stride=stride,
@@ -190,12 +190,15 @@ def test_centernet_decode(data, b, c, hw, k, kernel, logits, with_offset):
     )
     if out is None:
         return
-    det_boxes, scores, labels = out
     top = min(k, c * hw[0] * hw[1])
-    assert det_boxes.shape == (b, top, 4) and scores.shape == labels.shape == (b, top)
-    assert ((labels >= 0) & (labels < c)).all()
-    if finite and top:
-        assert (scores[:, :-1] >= scores[:, 1:]).all(), "scores sorted in decreasing order"
+    assert isinstance(out, list) and len(out) == b
+    for image in out:
+        det_boxes, scores, labels = image["boxes"], image["scores"], image["labels"]
+        assert det_boxes.shape[1:] == (4,) and scores.shape == labels.shape
+        assert len(scores) <= top and (scores > 0).all()
+        assert ((labels >= 0) & (labels < c)).all()
+        if finite:
+            assert (scores[:-1] >= scores[1:]).all(), "scores sorted in decreasing order"
 
 
 # --------------------------------------------------------------------------------------
@@ -342,18 +345,18 @@ PRIORS = ssd_priors(64, (4, 2), (16, 32), (16, 32), (32, 48), ((2,), (2,)))
     data=st.data(),
     b=st.integers(0, 2),
     c=st.integers(2, 4),
-    conf_threshold=st.sampled_from([0.0, 0.01, 0.5, 0.999, 1.0]),
+    score_threshold=st.sampled_from([0.0, 0.01, 0.5, 0.999, 1.0]),
     top_k=st.sampled_from([1, 5, 200, 0]),
     per_class=st.sampled_from([None, 1, 1000]),
 )
-def test_ssd_detect(data, b, c, conf_threshold, top_k, per_class):
+def test_ssd_detect(data, b, c, score_threshold, top_k, per_class):
     dtype = data.draw(st.sampled_from(FLOAT_DTYPES))
     p = PRIORS.shape[0]
     loc = data.draw(values((b, p, 4), dtype=dtype))
     conf = data.draw(values((b, p, c), dtype=dtype))
     out = check_contract(
         lambda: ssd_detect(
-            loc, conf, PRIORS, conf_threshold, 0.45, top_k, candidates_per_class=per_class
+            loc, conf, PRIORS, score_threshold, 0.45, top_k, candidates_per_class=per_class
         ),
         True,
     )
@@ -362,7 +365,7 @@ def test_ssd_detect(data, b, c, conf_threshold, top_k, per_class):
     assert len(out) == b
     for image in out:
         assert len(image["scores"]) <= top_k and is_finite(image["boxes"], image["scores"])
-        assert (image["scores"] > conf_threshold).all()
+        assert (image["scores"] > score_threshold).all()
         assert (image["scores"][:-1] >= image["scores"][1:]).all()
         assert ((image["labels"] >= 0) & (image["labels"] <= c - 2)).all()
 
@@ -518,7 +521,8 @@ def test_decode_points(data, b, m, head, threshold):
     assert len(out) == b
     for i, image in enumerate(out):
         assert (image["scores"] > threshold).all()
-        assert len(image["points"]) == int((scores[i] > threshold).sum())
+        assert (image["scores"][:-1] >= image["scores"][1:]).all()
+        assert len(image["points"]) == len(image["labels"]) == int((scores[i] > threshold).sum())
 
 
 # --------------------------------------------------------------------------------------
@@ -540,10 +544,14 @@ def _valid_arguments():
             },
         ),
         "centernet_targets": (
-            lambda boxes, labels, mask: centernet_targets(
-                boxes, labels, mask, num_classes=2, output_size=(4, 4)
+            lambda boxes, labels, target_mask: centernet_targets(
+                boxes, labels, target_mask=target_mask, num_classes=2, output_size=(4, 4)
             ),
-            {"boxes": box[None], "labels": torch.tensor([[0, 1]]), "mask": torch.ones(1, 2) > 0},
+            {
+                "boxes": box[None],
+                "labels": torch.tensor([[0, 1]]),
+                "target_mask": torch.ones(1, 2) > 0,
+            },
         ),
         "centernet_decode": (
             centernet_decode,

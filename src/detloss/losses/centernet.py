@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import (
     check_finite,
@@ -28,11 +29,13 @@ from .._checks import (
     should_validate,
 )
 from ..distributed import normalizer as global_normalizer
+from ._module import FunctionLoss
 from ._reduction import reduce_loss
 
 __all__ = [
     "CenterNetLoss",
     "GaussianFocalLoss",
+    "GaussianFocalLossWithLogits",
     "centernet_loss",
     "gaussian_focal_loss",
     "gaussian_focal_loss_with_logits",
@@ -59,24 +62,63 @@ def _check_exponents(alpha: float, gamma: float) -> None:
             raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
-def _finish(
-    loss: Tensor, reduction: str, normalizer: Tensor | float | None, out: torch.dtype
-) -> Tensor:
-    loss = reduce_loss(loss, reduction)
-    if normalizer is not None:
-        if isinstance(normalizer, Tensor):
-            if normalizer.numel() != 1:
-                raise ValueError(
-                    f"normalizer: expected a number or a one-element tensor, "
-                    f"got shape {shape_str(normalizer.shape)}"
-                )
-            normalizer = normalizer.reshape(()).to(device=loss.device, dtype=loss.dtype)
-        elif isinstance(normalizer, bool) or not isinstance(normalizer, (int, float)):
-            raise TypeError(
-                f"normalizer must be a number, a tensor or None, got {type(normalizer).__name__}"
+def _normalizer(normalizer: Tensor | float | None, reduction: str) -> Tensor | float | None:
+    """``normalizer`` checked: a number or a one-element tensor, only with ``"mean"``."""
+    if normalizer is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(
+            f"normalizer divides the sum of reduction='mean'; got it with reduction={reduction!r}"
+        )
+    if isinstance(normalizer, Tensor):
+        if normalizer.numel() != 1:
+            raise ValueError(
+                f"normalizer: expected a number or a one-element tensor, "
+                f"got shape {shape_str(normalizer.shape)}"
             )
-        loss = loss / normalizer
-    return loss.to(out)
+        return normalizer.reshape(())
+    if isinstance(normalizer, bool) or not isinstance(normalizer, (int, float)):
+        raise TypeError(
+            f"normalizer must be a number, a tensor or None, got {type(normalizer).__name__}"
+        )
+    return normalizer
+
+
+def _focal_prologue(
+    x: Tensor,
+    target: Tensor,
+    name: str,
+    alpha: float,
+    gamma: float,
+    reduction: str,
+    normalizer: Tensor | float | None,
+    validate: bool | None,
+) -> Tensor | float | None:
+    """The checks both gaussian focal losses run first; returns the checked normalizer."""
+    if should_validate(validate, x):
+        check_finite((name, x), ("target", target))
+    _check_pair(x, target, name)
+    check_reduction(reduction)
+    _check_exponents(alpha, gamma)
+    return _normalizer(normalizer, reduction)
+
+
+def _reduce_focal(
+    loss: Tensor,
+    target: Tensor,
+    reduction: str,
+    normalizer: Tensor | float | None,
+    out: torch.dtype,
+) -> Tensor:
+    """``"mean"``: the sum over the number of positive cells (clamped to >= 1) or over
+    ``normalizer``; ``"sum"`` and ``"none"`` as :func:`reduce_loss`."""
+    if reduction != "mean":
+        return reduce_loss(loss, reduction).to(out)
+    if normalizer is None:
+        normalizer = (target == 1).sum().clamp(min=1)
+    if isinstance(normalizer, Tensor):
+        normalizer = normalizer.to(device=loss.device, dtype=loss.dtype)
+    return (loss.sum() / normalizer).to(out)
 
 
 def _compute(x: Tensor) -> Tensor:
@@ -101,7 +143,7 @@ def gaussian_focal_loss(
     target: Tensor,
     alpha: float = 2.0,
     gamma: float = 4.0,
-    reduction: str = "sum",
+    reduction: str = "mean",
     normalizer: Tensor | float | None = None,
     eps: float = PROB_EPS,
     *,
@@ -115,33 +157,53 @@ def gaussian_focal_loss(
             positives.
         alpha: exponent of the prediction modulating factor (default 2).
         gamma: exponent of the ``(1 - target)`` penalty reduction (default 4).
-        reduction: ``"none" | "mean" | "sum"`` (default ``"sum"``).
-        normalizer: when given, the reduced loss is divided by it (CenterNet divides the
-            sum by the number of objects).
+        reduction: ``"mean"`` (default) divides the sum by the number of positive cells
+            (clamped to >= 1), as CenterNet; ``"sum"`` is that sum; ``"none"`` the
+            per-cell values.
+        normalizer: with ``reduction="mean"``, what divides the sum instead of the number
+            of positive cells (e.g. a count over ranks); an error with the other
+            reductions.
         eps: ``pred`` is clamped to ``[eps, 1 - eps]`` (CenterNet's 1e-4), which keeps the
             logs finite but also zeroes the gradient of predictions outside that range;
             train from logits with :func:`gaussian_focal_loss_with_logits` instead.
-        validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
+        validate: scan the inputs for NaN and inf, and ``pred`` for values outside
+            [0, 1] (logits passed by mistake), first (a ValueError naming the argument;
             one host synchronisation); None (default) scans on the CPU only.
 
     Float16/bfloat16 inputs are computed in float32 and returned in their dtype.
+
+    Shape:
+        - pred: any shape, e.g. ``[B, C, H, W]``.
+        - target: the shape of ``pred``.
+        - output: ``[]``, or the shape of ``pred`` with ``reduction="none"``.
+
+    Example:
+        >>> pred = torch.tensor([0.5, 0.5, 0.1])
+        >>> target = torch.tensor([1.0, 0.5, 0.0])
+        >>> gaussian_focal_loss(pred, target)  # one positive cell
+        tensor(0.1852)
+        >>> gaussian_focal_loss(pred, target, reduction="none")
+        tensor([0.1733, 0.0108, 0.0011])
     """
-    if should_validate(validate, pred):
-        check_finite(("pred", pred), ("target", target))
-    _check_pair(pred, target, "pred")
-    check_reduction(reduction)
-    _check_exponents(alpha, gamma)
+    normalizer = _focal_prologue(
+        pred, target, "pred", alpha, gamma, reduction, normalizer, validate
+    )
     if not 0 < eps < 0.5:
         raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+    if should_validate(validate, pred) and pred.numel() and bool(((pred < 0) | (pred > 1)).any()):
+        raise ValueError(
+            f"pred: expected probabilities in [0, 1], got values in "
+            f"[{float(pred.min()):.3g}, {float(pred.max()):.3g}]; for logits use "
+            f"gaussian_focal_loss_with_logits"
+        )
     out = output_dtype(pred)
     p = _compute(pred)
     t = target.to(p.dtype)
     p = p.clamp(eps, 1 - eps)
-    positive = t == 1
     pos = -torch.log(p) * (1 - p) ** alpha
     neg = -torch.log1p(-p) * p**alpha * (1 - t) ** gamma
-    loss = torch.where(positive, pos, neg)
-    return _finish(loss, reduction, normalizer, out)
+    loss = torch.where(t == 1, pos, neg)
+    return _reduce_focal(loss, t, reduction, normalizer, out)
 
 
 def gaussian_focal_loss_with_logits(
@@ -149,7 +211,7 @@ def gaussian_focal_loss_with_logits(
     target: Tensor,
     alpha: float = 2.0,
     gamma: float = 4.0,
-    reduction: str = "sum",
+    reduction: str = "mean",
     normalizer: Tensor | float | None = None,
     *,
     validate: bool | None = None,
@@ -162,66 +224,74 @@ def gaussian_focal_loss_with_logits(
     saturated predictions still receive a gradient, unlike the clamped probability form.
 
     Args: as :func:`gaussian_focal_loss`, with ``logits`` of any shape instead of ``pred``.
+
+    Shape:
+        - logits: any shape, e.g. ``[B, C, H, W]``.
+        - target: the shape of ``logits``.
+        - output: ``[]``, or the shape of ``logits`` with ``reduction="none"``.
+
+    Example:
+        >>> logits = torch.tensor([0.0, 0.0, -2.1972])  # probabilities 0.5, 0.5, 0.1
+        >>> gaussian_focal_loss_with_logits(logits, torch.tensor([1.0, 0.5, 0.0]))
+        tensor(0.1852)
     """
-    if should_validate(validate, logits):
-        check_finite(("logits", logits), ("target", target))
-    _check_pair(logits, target, "logits")
-    check_reduction(reduction)
-    _check_exponents(alpha, gamma)
+    normalizer = _focal_prologue(
+        logits, target, "logits", alpha, gamma, reduction, normalizer, validate
+    )
     out = output_dtype(logits)
-    loss = _logits_focal(_compute(logits), target, alpha, gamma)
-    return _finish(loss, reduction, normalizer, out)
+    x = _compute(logits)
+    loss = _logits_focal(x, target, alpha, gamma)
+    return _reduce_focal(loss, target.to(x.dtype), reduction, normalizer, out)
 
 
-class GaussianFocalLoss(nn.Module):
-    """Module form of :func:`gaussian_focal_loss` (``logits=False``) and
-    :func:`gaussian_focal_loss_with_logits` (``logits=True``, default)."""
+class GaussianFocalLoss(
+    FunctionLoss, function=gaussian_focal_loss, call_args=("pred", "target", "normalizer")
+):
+    """Module form of :func:`gaussian_focal_loss` (probabilities): stores ``alpha``,
+    ``gamma``, ``reduction``, ``eps`` and ``validate``; ``forward(pred, target,
+    normalizer=None)``. For logits use :class:`GaussianFocalLossWithLogits`.
 
-    def __init__(
-        self,
-        alpha: float = 2.0,
-        gamma: float = 4.0,
-        reduction: str = "sum",
-        logits: bool = True,
-        eps: float = PROB_EPS,
-        *,
-        validate: bool | None = None,
-    ) -> None:
-        super().__init__()
-        check_reduction(reduction)
-        _check_exponents(alpha, gamma)
-        self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
-        self.logits, self.eps = logits, eps
-        self.validate = validate
+    Shape:
+        - pred: any shape, e.g. ``[B, C, H, W]``; target: the same.
+        - output: ``[]``, or the shape of ``pred`` with ``reduction="none"``.
 
-    def forward(
-        self, input: Tensor, target: Tensor, normalizer: Tensor | float | None = None
-    ) -> Tensor:
-        if should_validate(self.validate, input):
-            check_finite(("input", input), ("target", target))
-        if self.logits:
-            return gaussian_focal_loss_with_logits(
-                input,
-                target,
-                self.alpha,
-                self.gamma,
-                self.reduction,
-                normalizer,
-                validate=False,
+    Example:
+        >>> loss = GaussianFocalLoss()
+        >>> loss(torch.tensor([0.5, 0.5, 0.1]), torch.tensor([1.0, 0.5, 0.0]))
+        tensor(0.1852)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if "logits" in kwargs:
+            raise TypeError(
+                "GaussianFocalLoss() takes probabilities; for logits (logits=True) use "
+                "GaussianFocalLossWithLogits"
             )
-        return gaussian_focal_loss(
-            input,
-            target,
-            self.alpha,
-            self.gamma,
-            self.reduction,
-            normalizer,
-            self.eps,
-            validate=False,
-        )
+        super().__init__(*args, **kwargs)
+        _check_exponents(self.alpha, self.gamma)
 
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}, logits={self.logits}"
+
+class GaussianFocalLossWithLogits(
+    FunctionLoss,
+    function=gaussian_focal_loss_with_logits,
+    call_args=("logits", "target", "normalizer"),
+):
+    """Module form of :func:`gaussian_focal_loss_with_logits`: stores ``alpha``,
+    ``gamma``, ``reduction`` and ``validate``; ``forward(logits, target, normalizer=None)``.
+
+    Shape:
+        - logits: any shape, e.g. ``[B, C, H, W]``; target: the same.
+        - output: ``[]``, or the shape of ``logits`` with ``reduction="none"``.
+
+    Example:
+        >>> loss = GaussianFocalLossWithLogits(reduction="sum")
+        >>> loss(torch.tensor([0.0, 0.0, -2.1972]), torch.tensor([1.0, 0.5, 0.0]))
+        tensor(0.1852)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_exponents(self.alpha, self.gamma)
 
 
 _PRED_KEYS = ("heatmap", "size", "offset")
@@ -246,6 +316,7 @@ def centernet_loss(
     *,
     alpha: float = 2.0,
     gamma: float = 4.0,
+    reduction: str = "mean",
     distributed: bool = True,
     return_terms: bool = False,
     validate: bool | None = None,
@@ -255,7 +326,7 @@ def centernet_loss(
     ``N`` = number of object cells in the batch (``targets["weight"].sum()``; two objects
     sharing a cell count once), summed over ranks and divided by the world size when
     ``distributed`` and a process group is initialised, clamped to >= 1
-    (:func:`detloss.distributed.normalizer`). Then
+    (:func:`detloss.distributed.normalizer`). Then, with ``reduction="mean"``,
 
     - ``heatmap = sum(gaussian_focal_loss_with_logits(heatmap logits, target)) / N``
     - ``size = sum_cells weight * mean_xy |size - size target| / N`` (likewise ``offset``)
@@ -273,16 +344,38 @@ def centernet_loss(
             ``heatmap``, ``size``, ``offset``, ``weight [B, 1, H, W]`` are read).
         heatmap_weight, size_weight, offset_weight: term weights.
         alpha, gamma: gaussian focal exponents.
+        reduction: ``"mean"`` (default) divides the sums by ``N``; ``"sum"`` returns the
+            sums; ``"none"`` one sum per image, ``Tensor[B]``.
         distributed: normalise by the global object count under ``torch.distributed``.
-        return_terms: also return ``{"heatmap", "size", "offset"}`` (unweighted terms).
+        return_terms: also return ``{"heatmap", "size", "offset"}`` (unweighted terms,
+            reduced alike).
         validate: scan predictions and targets for NaN and inf first (a ValueError naming
             the entry; one host synchronisation); None (default) scans on the CPU only.
 
     Returns:
-        The weighted total as a scalar, in the heatmap's dtype; with ``return_terms`` a
-        tuple ``(total, terms)``.
+        The weighted total in the heatmap's dtype; with ``return_terms`` a tuple
+        ``(total, terms)``.
+
+    Shape:
+        - predictions: ``heatmap [B, C, H, W]``, ``size`` and ``offset [B, 2, H, W]``.
+        - targets: the same keys, plus ``weight [B, 1, H, W]``.
+        - output: ``[]``, or ``[B]`` with ``reduction="none"``.
+
+    Example:
+        >>> heat = torch.full((1, 1, 2, 2), -4.0)
+        >>> heat[0, 0, 0, 0] = 4.0
+        >>> zeros = torch.zeros(1, 2, 2, 2)
+        >>> target_heat = torch.zeros(1, 1, 2, 2)
+        >>> target_heat[0, 0, 0, 0] = 1.0
+        >>> weight = target_heat.clone()
+        >>> predictions = {"heatmap": heat, "size": zeros + 1, "offset": zeros}
+        >>> targets = {"heatmap": target_heat, "size": zeros, "offset": zeros, "weight": weight}
+        >>> total, terms = centernet_loss(predictions, targets, return_terms=True)
+        >>> terms["size"], terms["offset"]
+        (tensor(1.), tensor(0.))
     """
     _check_exponents(alpha, gamma)
+    check_reduction(reduction)
     heat, size, offset = _get(predictions, _PRED_KEYS, "predictions")
     t_heat, t_size, t_offset, weight = _get(targets, _TARGET_KEYS, "targets")
     if should_validate(validate, heat):
@@ -294,12 +387,9 @@ def centernet_loss(
     check_shape(heat, "predictions['heatmap']", ndim=4, expected="[B, C, H, W]")
     batch, _, height, width = heat.shape
     reg_shape = (batch, 2, height, width)
-    for value, name in ((size, "predictions['size']"), (offset, "predictions['offset']")):
-        if value.shape != reg_shape:
-            raise ValueError(
-                f"{name}: expected shape {shape_str(reg_shape)}, got {shape_str(value.shape)}"
-            )
     for value, name, shape in (
+        (size, "predictions['size']", reg_shape),
+        (offset, "predictions['offset']", reg_shape),
         (t_heat, "targets['heatmap']", heat.shape),
         (t_size, "targets['size']", reg_shape),
         (t_offset, "targets['offset']", reg_shape),
@@ -313,68 +403,54 @@ def centernet_loss(
     out = output_dtype(heat)
     x = _compute(heat)
     w = weight.to(x.dtype)
-    count = global_normalizer(w.sum(), distributed=distributed).to(x.dtype)
-    heat_term = _logits_focal(x, t_heat, alpha, gamma).sum() / count
-
-    def l1(pred: Tensor, target: Tensor) -> Tensor:
-        diff = (_compute(pred) - target.to(x.dtype)).abs() * w
-        return diff.sum() / (2 * count)
-
-    size_term = l1(size, t_size)
-    offset_term = l1(offset, t_offset)
-    total = heatmap_weight * heat_term + size_weight * size_term + offset_weight * offset_term
-    total = total.to(out)
+    # Per-image sums first: "none" returns them, "sum" adds them, "mean" divides by N.
+    per_image = {
+        "heatmap": _logits_focal(x, t_heat, alpha, gamma).sum(dim=(1, 2, 3)),
+        # The L1 of a cell averages its two coordinates.
+        "size": ((_compute(size) - t_size.to(x.dtype)).abs() * w).sum(dim=(1, 2, 3)) / 2,
+        "offset": ((_compute(offset) - t_offset.to(x.dtype)).abs() * w).sum(dim=(1, 2, 3)) / 2,
+    }
+    if reduction == "none":
+        terms = per_image
+    else:
+        terms = {key: value.sum() for key, value in per_image.items()}
+        if reduction == "mean":
+            count = global_normalizer(w.sum(), distributed=distributed).to(x.dtype)
+            terms = {key: value / count for key, value in terms.items()}
+    total = (
+        heatmap_weight * terms["heatmap"]
+        + size_weight * terms["size"]
+        + offset_weight * terms["offset"]
+    ).to(out)
     if not return_terms:
         return total
-    terms = {"heatmap": heat_term.to(out), "size": size_term.to(out), "offset": offset_term.to(out)}
-    return total, terms
+    return total, {key: value.to(out) for key, value in terms.items()}
 
 
-class CenterNetLoss(nn.Module):
-    """Module form of :func:`centernet_loss`: stores the weights, exponents and the
-    ``distributed`` flag; ``forward(predictions, targets, return_terms=False)``."""
+class CenterNetLoss(
+    FunctionLoss,
+    function=centernet_loss,
+    call_args=("predictions", "targets", "return_terms"),
+):
+    """Module form of :func:`centernet_loss`: stores the weights, exponents,
+    ``reduction``, ``distributed`` and ``validate``; ``forward(predictions, targets,
+    return_terms=False)``.
 
-    def __init__(
-        self,
-        heatmap_weight: float = 1.0,
-        size_weight: float = 0.1,
-        offset_weight: float = 1.0,
-        distributed: bool = True,
-        *,
-        alpha: float = 2.0,
-        gamma: float = 4.0,
-        validate: bool | None = None,
-    ) -> None:
-        super().__init__()
-        _check_exponents(alpha, gamma)
-        self.validate = validate
-        self.heatmap_weight = heatmap_weight
-        self.size_weight = size_weight
-        self.offset_weight = offset_weight
-        self.distributed = distributed
-        self.alpha, self.gamma = alpha, gamma
+    Shape:
+        - predictions: ``heatmap [B, C, H, W]``, ``size`` and ``offset [B, 2, H, W]``.
+        - targets: the same keys, plus ``weight [B, 1, H, W]``.
+        - output: ``[]``, or ``[B]`` with ``reduction="none"``.
 
-    def forward(
-        self,
-        predictions: Mapping[str, Tensor],
-        targets: Mapping[str, Tensor],
-        return_terms: bool = False,
-    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        return centernet_loss(
-            predictions,
-            targets,
-            self.heatmap_weight,
-            self.size_weight,
-            self.offset_weight,
-            alpha=self.alpha,
-            gamma=self.gamma,
-            distributed=self.distributed,
-            return_terms=return_terms,
-            validate=self.validate,
-        )
+    Example:
+        >>> zeros = torch.zeros(1, 2, 2, 2)
+        >>> predictions = {"heatmap": torch.full((1, 1, 2, 2), -60.0), "size": zeros,
+        ...                "offset": zeros}
+        >>> targets = {"heatmap": torch.zeros(1, 1, 2, 2), "size": zeros, "offset": zeros,
+        ...            "weight": torch.zeros(1, 1, 2, 2)}
+        >>> CenterNetLoss(size_weight=0.1)(predictions, targets)  # nothing to find
+        tensor(0.)
+    """
 
-    def extra_repr(self) -> str:
-        return (
-            f"heatmap_weight={self.heatmap_weight}, size_weight={self.size_weight}, "
-            f"offset_weight={self.offset_weight}, distributed={self.distributed}"
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_exponents(self.alpha, self.gamma)

@@ -298,7 +298,9 @@ def _logit_index(class_index: Tensor, num_classes: int, background: str) -> Tens
 
 def _sigmoid_elementwise(x: Tensor, target: Tensor, opts: _Options) -> Tensor:
     if opts.cls_loss == "focal":
-        return sigmoid_focal_loss(x, target, opts.focal_alpha, opts.focal_gamma, validate=False)
+        return sigmoid_focal_loss(
+            x, target, opts.focal_alpha, opts.focal_gamma, reduction="none", validate=False
+        )
     return F.binary_cross_entropy_with_logits(x, target, reduction="none")
 
 

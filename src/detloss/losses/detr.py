@@ -100,6 +100,24 @@ class SetCriterion(nn.Module):
     ``_1``, ... (without ``class_error``); ``outputs["enc_outputs"]`` (two-stage
     Deformable DETR) is matched against the targets with every label set to 0 and adds
     them suffixed ``_enc``. Logging terms carry no gradient.
+
+    Shape:
+        - outputs: ``pred_logits [B, Q, C + 1]`` (``[B, Q, C]`` with ``focal_alpha``),
+          ``pred_boxes [B, Q, 4]``.
+        - targets: ``B`` dicts of ``labels [n_i]``, ``boxes [n_i, 4]``.
+        - output: a dict of scalars.
+
+    Example:
+        >>> from detloss.match import HungarianMatcher
+        >>> criterion = SetCriterion(
+        ...     1, HungarianMatcher(box_format="cxcywh"), {"loss_ce": 1, "loss_bbox": 5}
+        ... )
+        >>> outputs = {"pred_logits": torch.tensor([[[2.0, 0.0], [0.0, 2.0]]]),
+        ...            "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.2, 0.2, 0.1, 0.1]]])}
+        >>> targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+        >>> losses = criterion(outputs, targets)
+        >>> sorted(losses), losses["loss_bbox"]
+        (['class_error', 'loss_bbox', 'loss_ce', 'loss_giou'], tensor(0.))
     """
 
     def __init__(

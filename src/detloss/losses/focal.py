@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._checks import (
@@ -17,6 +17,7 @@ from .._checks import (
     should_validate,
 )
 from .._kernels import fast_path_enabled
+from ._module import FunctionLoss
 from ._reduction import reduce_loss
 
 __all__ = ["SigmoidFocalLoss", "sigmoid_focal_loss"]
@@ -27,7 +28,7 @@ def sigmoid_focal_loss(
     targets: Tensor,
     alpha: float | None = 0.25,
     gamma: float = 2.0,
-    reduction: str = "none",
+    reduction: str = "mean",
     *,
     validate: bool | None = None,
 ) -> Tensor:
@@ -41,7 +42,8 @@ def sigmoid_focal_loss(
         gamma: focusing exponent >= 0. ``gamma < 1`` has an infinite derivative of
             ``(1 - p_t)^gamma`` at ``p_t = 1``; the base is clamped to the smallest normal
             float there, so saturated logits give zero, not NaN, gradients.
-        reduction: ``"none"`` (default, as torchvision), ``"mean"`` or ``"sum"``.
+        reduction: ``"mean"`` (default) averages the elements, ``"sum"`` adds them,
+            ``"none"`` returns them (torchvision's default: pass it to keep that).
         validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
             one host synchronisation); None (default) scans on the CPU only.
 
@@ -50,6 +52,18 @@ def sigmoid_focal_loss(
     by autograd (fewer passes; not differentiable twice). Half-precision and integer
     inputs are computed in float32 and returned in their floating dtype (float32 for
     integers).
+
+    Shape:
+        - inputs: any shape, e.g. ``[B, M, C]``.
+        - targets: the inputs' shape.
+        - output: ``[]``, or the inputs' shape with ``reduction="none"``.
+
+    Example:
+        >>> x = torch.tensor([0.0, 2.0])
+        >>> sigmoid_focal_loss(x, torch.tensor([1.0, 0.0]), reduction="none")
+        tensor([0.0433, 1.2376])
+        >>> sigmoid_focal_loss(x, torch.tensor([1.0, 0.0]))
+        tensor(0.6404)
     """
     if should_validate(validate, inputs):
         check_finite(("inputs", inputs), ("targets", targets))
@@ -142,23 +156,16 @@ class _FocalLoss(torch.autograd.Function):
         return grad_x, None, None, None
 
 
-class SigmoidFocalLoss(nn.Module):
-    """Module form of :func:`sigmoid_focal_loss` (default reduction ``"mean"``)."""
+class SigmoidFocalLoss(FunctionLoss, function=sigmoid_focal_loss, call_args=("inputs", "targets")):
+    """Module form of :func:`sigmoid_focal_loss`: stores ``alpha``, ``gamma``,
+    ``reduction`` and ``validate``; ``forward(inputs, targets)``.
 
-    def __init__(
-        self,
-        alpha: float | None = 0.25,
-        gamma: float = 2.0,
-        reduction: str = "mean",
-        *,
-        validate: bool | None = None,
-    ):
-        super().__init__()
-        check_reduction(reduction)
-        self.alpha, self.gamma, self.reduction = alpha, gamma, reduction
-        self.validate = validate
+    Shape:
+        - inputs: any shape; targets: the same.
+        - output: ``[]``, or the inputs' shape with ``reduction="none"``.
 
-    def forward(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        return sigmoid_focal_loss(
-            inputs, targets, self.alpha, self.gamma, self.reduction, validate=self.validate
-        )
+    Example:
+        >>> loss = SigmoidFocalLoss(alpha=None, gamma=0.0, reduction="sum")
+        >>> loss(torch.zeros(2), torch.tensor([1.0, 0.0]))  # plain BCE: 2 log 2
+        tensor(1.3863)
+    """

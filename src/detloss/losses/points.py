@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import (
     check_choice,
     check_finite,
     check_nonnegative,
+    check_reduction,
     compute_dtype,
     output_dtype,
     shape_str,
@@ -31,6 +33,7 @@ from ..match.points import (
     match_points,
     point_targets,
 )
+from ._module import FunctionLoss
 
 __all__ = ["HEADS", "PointLoss", "point_loss"]
 
@@ -82,6 +85,17 @@ def _check_magnitude(
             )
 
 
+def _check_options(
+    tau: float, neg_weight: float, loc_weight: float, reduction: str
+) -> tuple[float, float, float]:
+    check_reduction(reduction)
+    return (
+        check_tau(tau),
+        check_nonnegative(neg_weight, "neg_weight"),
+        check_nonnegative(loc_weight, "loc_weight"),
+    )
+
+
 def point_loss(
     pred_points: Tensor,
     pred_logits: Tensor,
@@ -91,6 +105,7 @@ def point_loss(
     neg_weight: float = 0.5,
     loc_weight: float = 2e-4,
     head: str = "sigmoid",
+    reduction: str = "mean",
     distributed: bool = True,
     matching: Matching | None = None,
     return_terms: bool = False,
@@ -111,6 +126,10 @@ def point_loss(
         loc_weight: weight of the localisation term (>= 0).
         head: ``"sigmoid"`` (binary cross-entropy, per image) or ``"softmax"`` (the
             official P2PNet code: 2-way cross-entropy over the batch).
+        reduction: ``"mean"`` (default) the loss below; ``"sum"`` the sum before the
+            cross-image division (by ``B`` for the sigmoid head, by the class weight sum
+            and ``K`` for the softmax head); ``"none"`` those sums per image,
+            ``Tensor[B]``.
         distributed: normalise the cross-image counts by their global value over ranks
             (:func:`detloss.distributed.normalizer`); without a process group it changes
             nothing.
@@ -152,12 +171,25 @@ def point_loss(
     computed in float32; the result has the inputs' floating dtype. The matching is
     computed without gradient; the loss itself gathers each proposal's matched target, so
     it needs no ``[M, N]`` tensor.
+
+    Shape:
+        - pred_points: ``[B, M, 2]``.
+        - pred_logits: ``[B, M]`` (sigmoid head) or ``[B, M, 2]`` (softmax head).
+        - targets: ``B`` point sets ``[n_i, 2]`` or padded ``[B, N, 2]``.
+        - output: ``[]``, or ``[B]`` with ``reduction="none"``.
+
+    Example:
+        >>> pred_points = torch.tensor([[[0.0, 0.0], [10.0, 10.0]]])
+        >>> pred_logits = torch.tensor([[0.0, 0.0]])
+        >>> total, terms = point_loss(
+        ...     pred_points, pred_logits, [torch.tensor([[1.0, 0.0]])], return_terms=True
+        ... )
+        >>> terms["loc"]  # the matched pair is 1 pixel apart
+        tensor(1.)
     """
     check_point_inputs(pred_points, pred_logits)
     _check_head(head, pred_logits)
-    tau = check_tau(tau)
-    neg_weight = check_nonnegative(neg_weight, "neg_weight")
-    loc_weight = check_nonnegative(loc_weight, "loc_weight")
+    tau, neg_weight, loc_weight = _check_options(tau, neg_weight, loc_weight, reduction)
     b, m = pred_points.shape[:2]
     device = pred_points.device
     target_xy, target_mask = point_targets(targets, None, b, device)
@@ -202,19 +234,26 @@ def point_loss(
 
     if head == "sigmoid":
         bce = F.binary_cross_entropy_with_logits(logits, positive.to(dtype), reduction="none")
-        cls_img = (weight * bce).sum(dim=1) / max(m, 1)
-        loc_img = sq_dist.sum(dim=1) / num_pos.clamp(min=1).to(dtype)
-        images = normalizer(torch.full((), b, dtype=dtype, device=device), distributed)
-        cls = cls_img.sum() / images.to(dtype)
-        loc = loc_img.sum() / images.to(dtype)
+        cls = (weight * bce).sum(dim=1) / max(m, 1)
+        loc = sq_dist.sum(dim=1) / num_pos.clamp(min=1).to(dtype)
+        if reduction != "none":
+            cls, loc = cls.sum(), loc.sum()
+        if reduction == "mean":
+            images = normalizer(torch.full((), b, dtype=dtype, device=device), distributed)
+            cls, loc = cls / images.to(dtype), loc / images.to(dtype)
     else:
         labels = positive.long().unsqueeze(-1)
         ce = -logits.log_softmax(dim=-1).gather(-1, labels).squeeze(-1)
-        # The weight sum may be 0 (neg_weight = 0, nothing matched): the numerator is then
-        # 0 too, and a tiny clamp keeps 0 / 0 at 0.
-        total_weight = normalizer(weight.sum(), distributed, minimum=torch.finfo(dtype).tiny)
-        cls = (weight * ce).sum() / total_weight.to(dtype)
-        loc = sq_dist.sum() / normalizer(num_pos.sum(), distributed).to(dtype)
+        cls = (weight * ce).sum(dim=1)
+        loc = sq_dist.sum(dim=1)
+        if reduction != "none":
+            cls, loc = cls.sum(), loc.sum()
+        if reduction == "mean":
+            # The weight sum may be 0 (neg_weight = 0, nothing matched): the numerator is
+            # then 0 too, and a tiny clamp keeps 0 / 0 at 0.
+            tiny = torch.finfo(dtype).tiny
+            cls = cls / normalizer(weight.sum(), distributed, minimum=tiny).to(dtype)
+            loc = loc / normalizer(num_pos.sum(), distributed).to(dtype)
 
     total = (cls + loc_weight * loc).to(out)
     if return_terms:
@@ -222,40 +261,37 @@ def point_loss(
     return total
 
 
-class PointLoss(nn.Module):
-    """Module form of :func:`point_loss`; it stores the settings.
+class PointLoss(
+    FunctionLoss,
+    function=point_loss,
+    call_args=("pred_points", "pred_logits", "targets", "matching", "return_terms"),
+):
+    """Module form of :func:`point_loss`: stores ``tau``, ``neg_weight``, ``loc_weight``,
+    ``head``, ``reduction``, ``distributed`` and ``validate`` (P2PNet's defaults 0.05,
+    0.5, 2e-4).
 
     Called as ``loss(pred_points, pred_logits, targets)`` or, with the model's output
     dict, ``loss({"pred_points": ..., "pred_logits": ...}, targets)``; keyword arguments
     ``matching`` and ``return_terms`` as in :func:`point_loss`.
 
-    Args:
-        tau: distance weight of the matching cost (P2PNet: 0.05).
-        neg_weight: classification weight of unmatched proposals (P2PNet: 0.5).
-        loc_weight: weight of the localisation term (P2PNet: 2e-4).
-        head: ``"sigmoid"`` or ``"softmax"``.
-        distributed: normalise cross-image counts over ranks.
-        validate: as for :func:`point_loss`.
+    Shape:
+        - pred_points: ``[B, M, 2]``; pred_logits: ``[B, M]`` or ``[B, M, 2]``.
+        - output: ``[]``, or ``[B]`` with ``reduction="none"``.
+
+    Example:
+        >>> loss = PointLoss(loc_weight=1.0)
+        >>> outputs = {"pred_points": torch.tensor([[[0.0, 0.0]]]),
+        ...            "pred_logits": torch.tensor([[0.0]])}
+        >>> loss(outputs, [torch.tensor([[0.0, 1.0]])], return_terms=True)[1]["loc"]
+        tensor(1.)
     """
 
-    def __init__(
-        self,
-        tau: float = 0.05,
-        neg_weight: float = 0.5,
-        loc_weight: float = 2e-4,
-        head: str = "sigmoid",
-        distributed: bool = True,
-        *,
-        validate: bool | None = None,
-    ) -> None:
-        super().__init__()
-        check_choice(head, "head", HEADS)
-        self.validate = validate
-        self.tau = check_tau(tau)
-        self.neg_weight = check_nonnegative(neg_weight, "neg_weight")
-        self.loc_weight = check_nonnegative(loc_weight, "loc_weight")
-        self.head = head
-        self.distributed = distributed
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        check_choice(self.head, "head", HEADS)
+        self.tau, self.neg_weight, self.loc_weight = _check_options(
+            self.tau, self.neg_weight, self.loc_weight, self.reduction
+        )
 
     def forward(
         self,
@@ -284,22 +320,6 @@ class PointLoss(nn.Module):
                 "PointLoss: expected loss(pred_points, pred_logits, targets) or "
                 "loss(outputs, targets), got too few arguments"
             )
-        return point_loss(
-            pred_points,  # type: ignore[arg-type]
-            pred_logits,  # type: ignore[arg-type]
-            targets,
-            tau=self.tau,
-            neg_weight=self.neg_weight,
-            loc_weight=self.loc_weight,
-            head=self.head,
-            distributed=self.distributed,
-            matching=matching,
-            return_terms=return_terms,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"tau={self.tau}, neg_weight={self.neg_weight}, loc_weight={self.loc_weight}, "
-            f"head={self.head!r}, distributed={self.distributed}"
+        return super().forward(
+            pred_points, pred_logits, targets, matching=matching, return_terms=return_terms
         )

@@ -14,16 +14,17 @@ from .._checks import (
     shape_str,
     should_validate,
 )
+from ._module import FunctionLoss
 from ._reduction import reduce_loss
 
-__all__ = ["smooth_l1_loss"]
+__all__ = ["SmoothL1Loss", "smooth_l1_loss"]
 
 
 def smooth_l1_loss(
     input: Tensor,
     target: Tensor,
     beta: float = 1.0,
-    reduction: str = "none",
+    reduction: str = "mean",
     *,
     validate: bool | None = None,
 ) -> Tensor:
@@ -37,11 +38,22 @@ def smooth_l1_loss(
     Args:
         input, target: broadcastable tensors.
         beta: the switch point, ``>= 0``.
-        reduction: ``"none"`` (default, like the other primitives), ``"mean"`` or ``"sum"``.
+        reduction: ``"mean"`` (default) averages the elements, ``"sum"`` adds them,
+            ``"none"`` returns them (the broadcast shape).
         validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
             one host synchronisation); None (default) scans on the CPU only.
 
     Half-precision inputs are computed in float32 and returned in their dtype.
+
+    Shape:
+        - input, target: broadcastable, any shape.
+        - output: ``[]``, or the broadcast shape with ``reduction="none"``.
+
+    Example:
+        >>> smooth_l1_loss(torch.tensor([0.5, 2.0]), torch.zeros(2), reduction="none")
+        tensor([0.1250, 1.5000])
+        >>> smooth_l1_loss(torch.tensor([0.5, 2.0]), torch.zeros(2))
+        tensor(0.8125)
     """
     if should_validate(validate, input):
         check_finite(("input", input), ("target", target))
@@ -63,3 +75,17 @@ def smooth_l1_loss(
     y = target.to(dtype).expand(shape)
     loss = F.smooth_l1_loss(x, y, reduction="none", beta=float(beta))
     return reduce_loss(loss, reduction).to(out)
+
+
+class SmoothL1Loss(FunctionLoss, function=smooth_l1_loss, call_args=("input", "target")):
+    """Module form of :func:`smooth_l1_loss`: stores ``beta``, ``reduction`` and
+    ``validate``; ``forward(input, target)``.
+
+    Shape:
+        - input, target: broadcastable, any shape.
+        - output: ``[]``, or the broadcast shape with ``reduction="none"``.
+
+    Example:
+        >>> SmoothL1Loss(beta=1.0, reduction="sum")(torch.tensor([0.5, 2.0]), torch.zeros(2))
+        tensor(1.6250)
+    """

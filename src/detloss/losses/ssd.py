@@ -295,7 +295,9 @@ def _dense_terms(
             target_class = torch.zeros_like(index)
         target_class = target_class.masked_fill(~positive, 0)
         loc_target = encode_boxes(matched, priors, variances)
-    per_prior = smooth_l1_loss(loc.to(dtype), loc_target, beta=1.0, validate=False).sum(dim=-1)
+    per_prior = smooth_l1_loss(
+        loc.to(dtype), loc_target, beta=1.0, reduction="none", validate=False
+    ).sum(dim=-1)
     loc_sum = torch.where(positive, per_prior, 0.0).sum()
     log_prob = conf.to(dtype).log_softmax(dim=-1)
     ce = -log_prob.gather(-1, target_class[..., None]).squeeze(-1)
@@ -379,7 +381,9 @@ def _sparse_terms(
     # index_put that advanced indexing differentiates to.
     num_priors = loc.shape[1]
     loc_rows = loc.reshape(-1, 4).index_select(0, image * num_priors + prior)
-    loc_sum = smooth_l1_loss(loc_rows.to(dtype), loc_target, beta=1.0, validate=False).sum()
+    loc_sum = smooth_l1_loss(
+        loc_rows.to(dtype), loc_target, beta=1.0, reduction="none", validate=False
+    ).sum()
     conf_rows = conf.reshape(-1, conf.shape[-1]).index_select(
         0, chosen_image * num_priors + chosen_prior
     )

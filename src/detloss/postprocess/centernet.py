@@ -1,4 +1,4 @@
-"""CenterNet decoding: heatmap peaks -> boxes, scores and labels.
+"""CenterNet decoding: heatmap peaks -> per-image boxes, scores and labels.
 
 A peak is a cell whose score equals the maximum of its ``kernel x kernel`` neighbourhood
 (CenterNet's max-pool "NMS"). The ``k`` best peaks over all classes of an image become
@@ -40,8 +40,9 @@ def centernet_decode(
     *,
     logits: bool = True,
     kernel: int = 3,
+    score_threshold: float = 0.0,
     validate: bool | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> list[dict[str, Tensor]]:
     """Decode CenterNet head outputs into the top ``k`` detections of each image.
 
     Args:
@@ -54,15 +55,30 @@ def centernet_decode(
         stride: input pixels per output cell.
         logits: whether ``heatmap`` holds logits.
         kernel: odd window of the max-pool peak test (CenterNet: 3).
+        score_threshold: keep the detections whose score is strictly greater, in
+            ``[0, 1)``; the default 0 drops only the cells that are not peaks.
         validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
             one host synchronisation); None (default) scans on the CPU only.
 
     Returns:
-        ``boxes [B, k', 4]`` (xyxy, input pixels), ``scores [B, k']`` sorted in decreasing
-        order, ``labels int64[B, k']``, with ``k' = min(k, C * H * W)``. Cells that are not
-        peaks have score 0; when an image has fewer than ``k'`` peaks they fill its tail,
-        so filter by score. Boxes and scores come back in the floating input dtype
-        (float16/bfloat16 are computed in float32).
+        One dict per image, as every decoder: ``{"boxes": [K, 4]`` (xyxy, input pixels),
+        ``"scores": [K]`` sorted in decreasing order, ``"labels": int64[K]}``: the best
+        ``min(k, C * H * W)`` cells of the image that are peaks with a score above
+        ``score_threshold``. Boxes and scores come back in the floating input dtype
+        (float16/bfloat16 are computed in float32). One host synchronisation (the
+        per-image counts).
+
+    Shape:
+        - heatmap: ``[B, C, H, W]``; size, offset: ``[B, 2, H, W]``.
+        - output: ``B`` dicts of ``boxes [K, 4]``, ``scores [K]``, ``labels [K]``.
+
+    Example:
+        >>> heatmap = torch.zeros(1, 1, 3, 3)
+        >>> heatmap[0, 0, 1, 2] = 0.9
+        >>> size = torch.full((1, 2, 3, 3), 2.0)
+        >>> out = centernet_decode(heatmap, size, k=5, stride=4, logits=False)
+        >>> out[0]["boxes"], out[0]["scores"], out[0]["labels"]
+        (tensor([[ 4.,  0., 12.,  8.]]), tensor([0.9000]), tensor([0]))
     """
     if should_validate(validate, heatmap):
         check_finite(("heatmap", heatmap), ("size", size), ("offset", offset))
@@ -92,6 +108,12 @@ def centernet_decode(
         raise TypeError(f"stride must be a number, got {type(stride).__name__}")
     if not (stride > 0 and math.isfinite(stride)):
         raise ValueError(f"stride must be a finite number > 0, got {stride}")
+    if (
+        isinstance(score_threshold, bool)
+        or not isinstance(score_threshold, (int, float))
+        or not 0 <= score_threshold < 1
+    ):
+        raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold!r}")
 
     tensors = [heatmap, size] + ([offset] if offset is not None else [])
     dtype = compute_dtype(*tensors)
@@ -100,11 +122,14 @@ def centernet_decode(
     top = min(k, classes * hw)
     if top == 0:
         device = heatmap.device
-        return (
-            torch.zeros(batch, 0, 4, dtype=out, device=device),
-            torch.zeros(batch, 0, dtype=out, device=device),
-            torch.zeros(batch, 0, dtype=torch.long, device=device),
-        )
+        return [
+            {
+                "boxes": torch.zeros(0, 4, dtype=out, device=device),
+                "scores": torch.zeros(0, dtype=out, device=device),
+                "labels": torch.zeros(0, dtype=torch.long, device=device),
+            }
+            for _ in range(batch)
+        ]
 
     heat = heatmap.to(dtype)
     # The peak test runs on the input itself: sigmoid is monotonic, and logits keep apart
@@ -128,4 +153,16 @@ def centernet_decode(
     half_w = wh[:, 0] / 2
     half_h = wh[:, 1] / 2
     boxes = torch.stack((xs - half_w, ys - half_h, xs + half_w, ys + half_h), dim=-1) * stride
-    return boxes.to(out), best.to(out), labels
+    # Cells that are not peaks score 0: with the threshold they drop out of the tail of
+    # the top k, which is sorted, so each image keeps a prefix of its row.
+    keep = best > score_threshold
+    counts = keep.sum(dim=1).tolist()
+    return [
+        {"boxes": b, "scores": s, "labels": c}
+        for b, s, c in zip(
+            boxes.to(out)[keep].split(counts),
+            best.to(out)[keep].split(counts),
+            labels[keep].split(counts),
+            strict=True,
+        )
+    ]

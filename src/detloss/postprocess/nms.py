@@ -186,6 +186,16 @@ def batched_nms(
     Groups are handled exactly by comparing only boxes of the same group, rather than by
     torchvision's trick of shifting each group's coordinates apart: the result is the
     same, without the precision lost by large coordinate offsets.
+
+    Shape:
+        - boxes: ``[N, 4]``; scores, idxs: ``[N]``.
+        - output: ``[K]``.
+
+    Example:
+        >>> boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.1], [0.0, 0.0, 2.0, 2.0]])
+        >>> scores = torch.tensor([0.9, 0.8, 0.7])
+        >>> batched_nms(boxes, scores, torch.tensor([0, 0, 1]), 0.5)  # box 1 is suppressed
+        tensor([0, 2])
     """
     _check_inputs(boxes, scores)
     if should_validate(validate, boxes):  # a NaN score would rank first, silently
@@ -238,6 +248,15 @@ def nms(
         iou_threshold: a box is dropped when its IoU with a kept, higher-scoring box is
             ``> iou_threshold``.
         validate: as for :func:`batched_nms`.
+
+    Shape:
+        - boxes: ``[N, 4]``; scores: ``[N]``.
+        - output: ``[K]``.
+
+    Example:
+        >>> boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [4.0, 4.0, 5.0, 5.0], [0.0, 0.0, 2.0, 2.1]])
+        >>> nms(boxes, torch.tensor([0.5, 0.6, 0.9]), iou_threshold=0.5)
+        tensor([2, 1])
     """
     _check_inputs(boxes, scores)
     if should_validate(validate, boxes):  # a NaN score would rank first, silently

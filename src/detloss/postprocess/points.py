@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._api import renamed
 from .._checks import check_finite, check_shape, shape_str, should_validate
 
 __all__ = ["decode_points", "point_scores"]
@@ -25,11 +26,13 @@ def point_scores(logits: Tensor) -> Tensor:
     return x.softmax(dim=-1)[..., 1] if x.ndim == 3 else x.sigmoid()
 
 
+@renamed(threshold="score_threshold")
 @torch.no_grad()
 def decode_points(
-    points: Tensor, logits: Tensor, threshold: float = 0.5, *, validate: bool | None = None
+    points: Tensor, logits: Tensor, score_threshold: float = 0.5, *, validate: bool | None = None
 ) -> list[dict[str, Tensor]]:
-    """Keep the proposals whose person probability is strictly greater than ``threshold``.
+    """Keep the proposals whose person probability is strictly greater than
+    ``score_threshold``.
 
     This is P2PNet's counting rule (``p > 0.5``): the count of an image is the length of
     its kept points. No non-maximum suppression: the one-to-one matching of training
@@ -39,14 +42,26 @@ def decode_points(
         points: ``Tensor[B, M, 2]`` proposal coordinates (x, y).
         logits: ``Tensor[B, M]`` (sigmoid head) or ``Tensor[B, M, 2]`` (softmax head,
             index 1 = person).
-        threshold: probability threshold in [0, 1).
+        score_threshold: probability threshold in [0, 1).
         validate: scan the inputs for NaN and inf first (a ValueError naming the argument;
             one host synchronisation); None (default) scans on the CPU only.
 
     Returns:
-        One dict per image: ``{"points": [n_i, 2], "scores": [n_i]}``, in proposal order,
-        on the inputs' device (``points`` keeps its dtype, ``scores`` is float32 or
-        float64).
+        One dict per image, as every decoder: ``{"points": [n_i, 2], "scores": [n_i],
+        "labels": int64[n_i]}`` sorted by decreasing score (equal scores in proposal
+        order), on the inputs' device; ``labels`` are 0 (one class, person), ``points``
+        keeps its dtype, ``scores`` is float32 or float64.
+
+    Shape:
+        - points: ``[B, M, 2]``; logits: ``[B, M]`` or ``[B, M, 2]``.
+        - output: ``B`` dicts of ``points [n_i, 2]``, ``scores [n_i]``, ``labels [n_i]``.
+
+    Example:
+        >>> points = torch.tensor([[[1.0, 1.0], [5.0, 5.0], [9.0, 9.0]]])
+        >>> out = decode_points(points, torch.tensor([[0.0, 3.0, 1.0]]))
+        >>> out[0]["points"], out[0]["labels"]
+        (tensor([[5., 5.],
+                [9., 9.]]), tensor([0, 0]))
     """
     if should_validate(validate, points):
         check_finite(("points", points), ("logits", logits))
@@ -58,11 +73,22 @@ def decode_points(
             f"[{points.shape[0]}, {points.shape[1]}, 2] (points' B and M), "
             f"got {shape_str(logits.shape)}"
         )
-    if not 0 <= threshold < 1:
-        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-    keep = scores > threshold
-    # One host synchronisation for the whole batch.
-    counts = keep.sum(dim=1).tolist()
-    kept_points = points[keep].split(counts)
-    kept_scores = scores[keep].split(counts)
-    return [{"points": p, "scores": s} for p, s in zip(kept_points, kept_scores, strict=True)]
+    if not 0 <= score_threshold < 1:
+        raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold}")
+    # Rejected proposals sort last (score -1); each image keeps its first `count` rows.
+    ranked, order = torch.where(scores > score_threshold, scores, -1.0).sort(
+        dim=1, descending=True, stable=True
+    )
+    keep = ranked >= 0
+    counts = keep.sum(dim=1).tolist()  # one host synchronisation for the whole batch
+    sorted_points = points.gather(1, order.unsqueeze(-1).expand(-1, -1, 2))
+    kept_points = sorted_points[keep].split(counts)
+    kept_scores = ranked[keep].split(counts)
+    return [
+        {
+            "points": p,
+            "scores": s,
+            "labels": torch.zeros(len(s), dtype=torch.int64, device=s.device),
+        }
+        for p, s in zip(kept_points, kept_scores, strict=True)
+    ]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .._api import renamed
 from .._checks import check_finite, should_validate
 from ..anchors import _check_ssd_inputs, _check_variances, decode_boxes
 from .nms import batched_nms
@@ -20,13 +21,14 @@ def _check_positive_int(value: object, name: str) -> int:
     return value
 
 
+@renamed(conf_threshold="score_threshold", nms_threshold="iou_threshold")
 @torch.no_grad()
 def ssd_detect(
     loc: Tensor,
     conf: Tensor,
     priors: Tensor,
-    conf_threshold: float = 0.01,
-    nms_threshold: float = 0.45,
+    score_threshold: float = 0.01,
+    iou_threshold: float = 0.45,
     top_k: int = 200,
     variances: Sequence[float] = (0.1, 0.2),
     *,
@@ -38,7 +40,7 @@ def ssd_detect(
     Steps, per image: decode ``loc`` against the priors (normalised ``xyxy``); softmax
     over ``conf``; for every class but the background (logit 0), keep the
     ``candidates_per_class`` highest-scoring priors whose probability is
-    ``> conf_threshold``; NMS per class at ``nms_threshold``; the ``top_k`` best of what
+    ``> score_threshold``; NMS per class at ``iou_threshold``; the ``top_k`` best of what
     remains, over all classes. The whole batch goes through one :func:`batched_nms` call
     (groups = image x class); no Python loop over images or classes.
 
@@ -46,8 +48,8 @@ def ssd_detect(
         loc: ``Tensor[B, P, 4]`` offsets.
         conf: ``Tensor[B, P, C]`` logits, index 0 = background, ``C >= 2``.
         priors: ``Tensor[P, 4]`` normalised ``cxcywh``.
-        conf_threshold: minimum class probability (strict), in ``[0, 1)``.
-        nms_threshold: IoU above which a lower-scoring box of the same class is dropped.
+        score_threshold: minimum class probability (strict), in ``[0, 1)``.
+        iou_threshold: IoU above which a lower-scoring box of the same class is dropped.
         top_k: most detections returned per image.
         variances: ``(v_xy, v_wh)`` of the offset encoding.
         candidates_per_class: most candidates per class and image entering NMS; defaults
@@ -62,17 +64,28 @@ def ssd_detect(
         image), ``"scores"`` (``[K]``, decreasing) and ``"labels"`` (``int64[K]`` in
         ``0..C-2``, the target convention: label ``l`` is logit ``l + 1``). Computed
         without gradients, in float32 for half inputs.
+
+    Shape:
+        - loc: ``[B, P, 4]``; conf: ``[B, P, C]``; priors: ``[P, 4]``.
+        - output: ``B`` dicts of ``boxes [K, 4]``, ``scores [K]``, ``labels [K]``.
+
+    Example:
+        >>> priors = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
+        >>> conf = torch.tensor([[[0.0, 3.0], [3.0, 0.0]]])  # prior 0: class 0
+        >>> out = ssd_detect(torch.zeros(1, 2, 4), conf, priors, score_threshold=0.5)
+        >>> out[0]["boxes"], out[0]["labels"]
+        (tensor([[0.0000, 0.0000, 0.5000, 0.5000]]), tensor([0]))
     """
     if should_validate(validate, loc):
         check_finite(("loc", loc), ("conf", conf), ("priors", priors))
     _check_ssd_inputs(loc, conf, priors)
     batch, num_priors = loc.shape[:2]
     if (
-        isinstance(conf_threshold, bool)
-        or not isinstance(conf_threshold, (int, float))
-        or not 0 <= conf_threshold < 1
+        isinstance(score_threshold, bool)
+        or not isinstance(score_threshold, (int, float))
+        or not 0 <= score_threshold < 1
     ):
-        raise ValueError(f"conf_threshold must be in [0, 1), got {conf_threshold!r}")
+        raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold!r}")
     top_k = _check_positive_int(top_k, "top_k")
     per_class = top_k if candidates_per_class is None else candidates_per_class
     per_class = _check_positive_int(per_class, "candidates_per_class")
@@ -93,11 +106,11 @@ def ssd_detect(
     if bool((tied.sum(dim=-1, keepdim=True) > room).any()):  # more ties than room: rare
         tied &= tied.cumsum(dim=-1) <= room
     chosen |= tied
-    chosen &= scores > conf_threshold
+    chosen &= scores > score_threshold
     image, label, prior = chosen.nonzero(as_tuple=True)
     values = scores[image, label, prior]
     groups = image * classes + label
-    kept = batched_nms(boxes[image, prior], values, groups, nms_threshold, validate=False)
+    kept = batched_nms(boxes[image, prior], values, groups, iou_threshold, validate=False)
     # ``kept`` is by decreasing score; a stable sort by image keeps that order per image.
     image_of, order = torch.sort(image[kept], stable=True)
     kept = kept[order]

@@ -177,8 +177,8 @@ class SSD(nn.Module):
     def detect(
         self,
         outputs: dict[str, Tensor],
-        conf_threshold: float = 0.01,
-        nms_threshold: float = 0.45,
+        score_threshold: float = 0.01,
+        iou_threshold: float = 0.45,
         top_k: int = 200,
     ) -> list[dict[str, Tensor]]:
         """Decode :meth:`forward`'s outputs with :func:`~detloss.postprocess.ssd.ssd_detect`
@@ -187,8 +187,8 @@ class SSD(nn.Module):
             outputs["loc"],
             outputs["conf"],
             self.priors,
-            conf_threshold=conf_threshold,
-            nms_threshold=nms_threshold,
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
             top_k=top_k,
             variances=self.variances,
         )

@@ -131,7 +131,7 @@ def _offset_loss(loc: Tensor, priors: Tensor, boxes: Tensor, weights: Tensor) ->
     pairs = weights > 1e-3
     image, prior, obj = pairs.nonzero(as_tuple=True)
     target = encode_boxes(boxes[image, obj], priors[prior])
-    per_pair = smooth_l1_loss(loc[image, prior], target, beta=1.0).sum(dim=-1)
+    per_pair = smooth_l1_loss(loc[image, prior], target, beta=1.0, reduction="none").sum(dim=-1)
     w = weights[image, prior, obj]
     return (w * per_pair).sum() / weights.sum().clamp(min=1.0)
 

@@ -89,7 +89,7 @@ class PointTask:
     def decode(
         self, outputs: Mapping[str, Tensor], score_threshold: float | None = None
     ) -> list[dict[str, Tensor]]:
-        """``{"points": [n, 2], "scores": [n]}`` per image, probability above
+        """``{"points": [n, 2], "scores": [n], "labels": [n]}`` per image, probability above
         ``score_threshold`` (default: the config's)."""
         from ...postprocess.points import decode_points
 
@@ -166,21 +166,16 @@ class BoxTask:
         ``max_detections`` peaks with a positive score (at least ``score_threshold``)."""
         from ...postprocess.centernet import centernet_decode
 
-        boxes, scores, labels = centernet_decode(
+        detections = centernet_decode(
             outputs["heatmap"],
             outputs["size"],
             outputs["offset"],
             k=self.cfg.max_detections,
             stride=CenterNet.stride,
         )
-        # Non-peak cells fill the tail of the top-k with score 0.
-        keep = scores > 0
-        if score_threshold is not None:
-            keep &= scores >= score_threshold
-        return [
-            {"boxes": b[m], "scores": s[m], "labels": lab[m]}
-            for b, s, lab, m in zip(boxes, scores, labels, keep, strict=True)
-        ]
+        if score_threshold is None:
+            return detections
+        return [{k: v[d["scores"] >= score_threshold] for k, v in d.items()} for d in detections]
 
     def metrics(
         self, preds: Sequence[Mapping[str, Tensor]], targets: Sequence[Mapping[str, Tensor]]
@@ -287,7 +282,7 @@ class SsdTask:
             outputs["loc"],
             self.objective.detection_logits(outputs["conf"]),
             self._priors_on(outputs["loc"].device),
-            conf_threshold=threshold,
+            score_threshold=threshold,
             top_k=self.top_k,
             variances=self.variances,
         )

@@ -1,18 +1,6 @@
-"""Evaluation metrics: box average precision (COCO and VOC), point localisation, counting.
-
-These run once per evaluation, on the host, in float64: exact definitions come first
-(:func:`coco_box_ap` is pycocotools' ``COCOeval`` number for number), then speed (its
-matching and accumulation are compiled loops where Numba is installed). Inputs are lists
-with one entry per image, on any device.
-
-Box AP (:func:`coco_box_ap`, :func:`voc_box_ap`)
-    ``predictions[i]``: ``{"boxes": [d, 4], "scores": [d], "labels": [d]}``;
-    ``targets[i]``: ``{"boxes": [n, 4], "labels": [n]}`` (COCO also reads optional
-    ``"iscrowd"`` and ``"area"``, ``[n]`` each); boxes xyxy in one unit system.
-
-Points (:func:`point_metrics`, :func:`count_metrics`)
-    ``predictions[i]``: ``Tensor[d, 2]`` or ``{"points": [d, 2]}``; ``targets[i]`` likewise.
-"""
+"""Box average precision: the COCO definition (pycocotools' ``COCOeval``, number for
+number) and the PASCAL VOC 2010+ definition. Inputs are described in
+:mod:`detloss.metrics`."""
 
 from __future__ import annotations
 
@@ -24,44 +12,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_finite, named_list_entries
-from ._kernels import fast_path
+from .._checks import check_finite, named_list_entries
+from .._kernels import fast_path
+from ._arrays import array_of, dict_entry
 
-__all__ = [
-    "COCO_IOU_THRESHOLDS",
-    "coco_box_ap",
-    "count_metrics",
-    "match_points_within",
-    "point_metrics",
-    "voc_box_ap",
-]
+__all__ = ["COCO_IOU_THRESHOLDS", "coco_box_ap", "voc_box_ap"]
+
 
 #: The ten COCO IoU thresholds 0.50, 0.55, ..., 0.95, exactly as pycocotools builds them
 #: (``np.linspace``: its 0.9 is the float64 just below 0.9, which decides an IoU equal to
 #: that value).
 COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.linspace(0.5, 0.95, 10).tolist())
 _RECALL_POINTS = np.linspace(0.0, 1.0, 101)
-
-
-def _np(x: Tensor | np.ndarray | Sequence, name: str, shape_tail: tuple[int, ...]) -> np.ndarray:
-    if isinstance(x, Tensor):
-        arr = x.detach().to("cpu", torch.float64).numpy()
-    else:
-        arr = np.asarray(x, dtype=np.float64)
-    if arr.size == 0:
-        arr = arr.reshape((0, *shape_tail))
-    if arr.ndim != 1 + len(shape_tail) or tuple(arr.shape[1:]) != shape_tail:
-        want = "[n" + "".join(f", {s}" for s in shape_tail) + "]"
-        raise ValueError(f"{name}: expected shape {want}, got {list(arr.shape)}")
-    return arr
-
-
-def _get(d: object, key: str, name: str) -> object:
-    if not isinstance(d, Mapping):
-        raise TypeError(f"{name} must be a dict, got {type(d).__name__}")
-    if key not in d:
-        raise ValueError(f"{name}: missing key {key!r}, got keys {sorted(d)}")
-    return d[key]
 
 
 def _box_lists(
@@ -74,16 +36,22 @@ def _box_lists(
         )
     preds, gts = [], []
     for i, (p, t) in enumerate(zip(predictions, targets, strict=True)):
-        boxes = _np(_get(p, "boxes", f"predictions[{i}]"), f"predictions[{i}]['boxes']", (4,))
-        scores = _np(_get(p, "scores", f"predictions[{i}]"), f"predictions[{i}]['scores']", ())
-        labels = _np(_get(p, "labels", f"predictions[{i}]"), f"predictions[{i}]['labels']", ())
+        boxes = array_of(
+            dict_entry(p, "boxes", f"predictions[{i}]"), f"predictions[{i}]['boxes']", (4,)
+        )
+        scores = array_of(
+            dict_entry(p, "scores", f"predictions[{i}]"), f"predictions[{i}]['scores']", ()
+        )
+        labels = array_of(
+            dict_entry(p, "labels", f"predictions[{i}]"), f"predictions[{i}]['labels']", ()
+        )
         if not len(boxes) == len(scores) == len(labels):
             raise ValueError(
                 f"predictions[{i}]: expected boxes, scores and labels of one length, got "
                 f"{len(boxes)}, {len(scores)}, {len(labels)}"
             )
-        t_boxes = _np(_get(t, "boxes", f"targets[{i}]"), f"targets[{i}]['boxes']", (4,))
-        t_labels = _np(_get(t, "labels", f"targets[{i}]"), f"targets[{i}]['labels']", ())
+        t_boxes = array_of(dict_entry(t, "boxes", f"targets[{i}]"), f"targets[{i}]['boxes']", (4,))
+        t_labels = array_of(dict_entry(t, "labels", f"targets[{i}]"), f"targets[{i}]['labels']", ())
         if len(t_boxes) != len(t_labels):
             raise ValueError(
                 f"targets[{i}]: expected boxes and labels of one length, got "
@@ -416,6 +384,20 @@ def coco_box_ap(
     loop each (``detloss._kernels.coco_eval_cpu``).
 
     NaN or inf in a box, score or area is a ValueError naming it.
+
+    Shape:
+        - predictions: ``B`` dicts of ``boxes [d_i, 4]``, ``scores [d_i]``, ``labels [d_i]``.
+        - targets: ``B`` dicts of ``boxes [n_i, 4]``, ``labels [n_i]`` (and optional
+          ``iscrowd``, ``area [n_i]``).
+        - output: a dict of floats (and ``per_class``).
+
+    Example:
+        >>> target = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([0])}
+        >>> hit = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 9.0]]), "scores": torch.tensor([0.9]),
+        ...        "labels": torch.tensor([0])}
+        >>> result = coco_box_ap([hit], [target])
+        >>> [round(result[key], 4) for key in ("ap50", "ap75", "ap")]  # IoU 0.9
+        [1.0, 1.0, 0.9]
     """
     if (
         isinstance(max_detections, bool)
@@ -540,6 +522,19 @@ def voc_box_ap(
 
     Returns ``{"ap": mean over classes with ground truth, "per_class": {label: AP}}``;
     NaN when there is no ground truth. NaN or inf in a box or score is a ValueError.
+
+    Shape:
+        - predictions: ``B`` dicts of ``boxes [d_i, 4]``, ``scores [d_i]``, ``labels [d_i]``.
+        - targets: ``B`` dicts of ``boxes [n_i, 4]``, ``labels [n_i]``.
+        - output: ``{"ap": float, "per_class": {label: float}}``.
+
+    Example:
+        >>> targets = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 0.0, 30.0, 10.0]]),
+        ...             "labels": torch.tensor([0, 0])}]
+        >>> predictions = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 0.0, 60.0, 10.0]]),
+        ...                 "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 0])}]
+        >>> voc_box_ap(predictions, targets)  # one of two found, at precision 1
+        {'ap': 0.5, 'per_class': {0: 0.5}}
     """
     check_finite(*_named_boxes(predictions, targets))
     if not 0 < iou_threshold <= 1:
@@ -585,120 +580,3 @@ def _named_boxes(predictions: object, targets: object) -> list[tuple[str, object
     """The boxes and scores of per-image dicts, named for :func:`check_finite`."""
     named = named_list_entries(predictions, ("boxes", "scores"), "predictions")
     return named + named_list_entries(targets, ("boxes",), "targets")
-
-
-def _points(x: object, name: str) -> np.ndarray:
-    if isinstance(x, Mapping):
-        x = _get(x, "points", name)
-        name = f"{name}['points']"
-    points = _np(x, name, (2,))  # type: ignore[arg-type]
-    if not np.isfinite(points).all():
-        bad = points[~np.isfinite(points)][0]
-        raise ValueError(f"{name}: expected finite coordinates, got {bad}")
-    return points
-
-
-def match_points_within(
-    pred: Tensor | np.ndarray, target: Tensor | np.ndarray, threshold: float
-) -> int:
-    """The largest number of one-to-one pairs (prediction, target) at distance
-    ``<= threshold``: a maximum-cardinality bipartite matching on the within-threshold
-    graph (Hopcroft-Karp via ``scipy.sparse.csgraph.maximum_bipartite_matching``).
-
-    Greedy nearest-first matching can find fewer pairs: a prediction that takes the
-    target nearest to it may leave another prediction whose only candidate was that
-    target without a partner.
-    """
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    p = _points(pred, "pred")
-    t = _points(target, "target")
-    if len(p) == 0 or len(t) == 0:
-        return 0
-    from scipy.sparse import csr_matrix  # on first use: scipy loads slowly
-    from scipy.sparse.csgraph import maximum_bipartite_matching
-    from scipy.spatial import cKDTree
-
-    pairs = cKDTree(p).query_ball_tree(cKDTree(t), r=threshold)
-    rows = np.repeat(np.arange(len(p)), [len(c) for c in pairs])
-    cols = np.fromiter((j for c in pairs for j in c), dtype=np.int64, count=len(rows))
-    if len(rows) == 0:
-        return 0
-    graph = csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(p), len(t)))
-    match = maximum_bipartite_matching(graph, perm_type="column")
-    return int((match >= 0).sum())
-
-
-def point_metrics(
-    predictions: Sequence[Tensor | Mapping[str, Tensor]],
-    targets: Sequence[Tensor | Mapping[str, Tensor]],
-    threshold: float = 4.0,
-) -> dict[str, float]:
-    """Localisation precision, recall and F1 at a distance threshold (pixels), summed over
-    images (micro-averaged), with the one-to-one matching of :func:`match_points_within`.
-
-    Returns ``{"precision", "recall", "f1", "tp", "fp", "fn"}``. The undefined ratios
-    ``0 / 0`` are 1: precision with no prediction (no false claim) and recall with no
-    target (nothing missed); so both empty gives F1 1, and F1 is 0 as soon as one side
-    is empty and the other not.
-    """
-    if len(predictions) != len(targets):
-        raise ValueError(
-            f"predictions: expected one entry per image ({len(targets)} targets), "
-            f"got {len(predictions)}"
-        )
-    tp = n_pred = n_gt = 0
-    for i, (p, t) in enumerate(zip(predictions, targets, strict=True)):
-        pa, ta = _points(p, f"predictions[{i}]"), _points(t, f"targets[{i}]")
-        tp += match_points_within(pa, ta, threshold)
-        n_pred += len(pa)
-        n_gt += len(ta)
-    precision = tp / n_pred if n_pred else 1.0
-    recall = tp / n_gt if n_gt else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "tp": float(tp),
-        "fp": float(n_pred - tp),
-        "fn": float(n_gt - tp),
-    }
-
-
-def count_metrics(
-    pred_counts: Sequence[float] | Tensor | np.ndarray,
-    true_counts: Sequence[float] | Tensor | np.ndarray,
-) -> dict[str, float]:
-    """Counting errors over images: ``mae`` = mean |pred - true|, ``rmse`` = sqrt(mean
-    (pred - true)^2) (crowd-counting papers often print this under the name "MSE"),
-    ``mean_count`` = mean true count, and ``relative_mae`` = mae / mean_count (NaN when
-    ``mean_count`` is 0). Counts may also be lists of point sets, counted by length."""
-    p = _counts(pred_counts, "pred_counts")
-    t = _counts(true_counts, "true_counts")
-    check_finite(("pred_counts", p), ("true_counts", t))
-    if len(p) != len(t):
-        raise ValueError(
-            f"pred_counts: expected {len(t)} counts (one per image, as true_counts), got {len(p)}"
-        )
-    if len(t) == 0:
-        raise ValueError("true_counts: expected at least one image, got none")
-    err = p - t
-    mean_count = float(t.mean())
-    mae = float(np.abs(err).mean())
-    return {
-        "mae": mae,
-        "rmse": float(np.sqrt(np.mean(err**2))),
-        "mean_count": mean_count,
-        "relative_mae": mae / mean_count if mean_count > 0 else float("nan"),
-    }
-
-
-def _counts(x: object, name: str) -> np.ndarray:
-    if isinstance(x, Tensor):
-        arr = x.detach().to("cpu", torch.float64).reshape(-1).numpy()
-    elif isinstance(x, Sequence) and x and not isinstance(x[0], (int, float, np.number)):
-        arr = np.array([len(_points(v, f"{name}[{i}]")) for i, v in enumerate(x)], dtype=float)
-    else:
-        arr = np.asarray(x, dtype=np.float64).reshape(-1)
-    return arr

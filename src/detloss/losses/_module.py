@@ -1,0 +1,88 @@
+"""The one way a loss Module wraps its function (docs/conventions.md, "Losses").
+
+A subclass names its function and the function's per-call arguments (the tensors, and
+per-call options such as ``return_terms``)::
+
+    class GIoULoss(FunctionLoss, function=giou_loss, call_args=("boxes1", "boxes2")):
+        '''Module form of giou_loss.'''
+
+Its constructor then takes exactly the function's other parameters, with the same names,
+defaults and kinds (read from the function's signature, so nothing is written twice), and
+stores each as an attribute of the same name; ``forward`` takes the per-call arguments
+and calls the function with the stored options.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from torch import nn
+
+from .._checks import check_reduction
+
+__all__ = ["FunctionLoss"]
+
+
+class FunctionLoss(nn.Module):
+    """Base of the loss Modules that store one function's options and call it."""
+
+    function: ClassVar[Callable[..., Any]]
+    call_args: ClassVar[tuple[str, ...]]
+    options: ClassVar[tuple[str, ...]]
+    _init_signature: ClassVar[inspect.Signature]
+
+    def __init_subclass__(
+        cls,
+        *,
+        function: Callable[..., Any] | None = None,
+        call_args: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if function is None:  # a user's subclass of a loss Module keeps its function
+            return
+        parameters = inspect.signature(function).parameters
+        missing = [name for name in call_args if name not in parameters]
+        if missing:
+            raise TypeError(f"{cls.__name__}: {function.__name__} has no parameters {missing}")
+        kept = [p for name, p in parameters.items() if name not in call_args]
+        cls.function = staticmethod(function)  # type: ignore[assignment]
+        cls.call_args = call_args
+        cls.options = tuple(p.name for p in kept)
+        cls._init_signature = inspect.Signature(kept)
+        # What inspect.signature(cls) and help() show: the function's options.
+        cls.__signature__ = cls._init_signature  # type: ignore[attr-defined]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        try:
+            bound = self._init_signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{type(self).__name__}(): {error}") from None
+        bound.apply_defaults()
+        if "reduction" in bound.arguments:
+            check_reduction(bound.arguments["reduction"])
+        for name, value in bound.arguments.items():
+            setattr(self, name, value)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The function on ``args`` (its per-call arguments, in order) with the stored
+        options; per-call keyword arguments (e.g. ``return_terms``) pass through."""
+        if len(args) > len(self.call_args):
+            raise TypeError(
+                f"{type(self).__name__}.forward() takes {', '.join(self.call_args)}; "
+                f"got {len(args)} positional arguments"
+            )
+        for name in self.options:
+            if name in kwargs:
+                raise TypeError(
+                    f"{type(self).__name__}.forward(): {name!r} is an option of the "
+                    f"constructor, not of the call"
+                )
+        kwargs.update(zip(self.call_args, args))
+        return self.function(**kwargs, **{name: getattr(self, name) for name in self.options})
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.options)
