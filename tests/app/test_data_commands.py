@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data_formats import image, sht_mat, text, voc_xml
 
 from detloss.app.cli import main
 from detloss.app.data import CocoDetection, PointDataset, open_split
 from detloss.app.data.convert import write_coco, write_points_json
-from test_data_formats import image, sht_mat, text, voc_xml
 
 
 def _same_items(a, b) -> None:
