@@ -17,18 +17,25 @@ from detloss.losses.ranking import (
     ALRPLoss,
     APLoss,
     RankSortLoss,
-    _alrp_loss_and_grads,
-    _ap_loss_and_grad,
-    _locate,
-    _sort_float32,
-    _sorted_subset,
     alrp_loss,
     ap_loss,
     rank_sort_loss,
 )
+from detloss.losses.ranking._engine import _sorted_subset
+from detloss.losses.ranking.alrp import _alrp_terms
+from detloss.losses.ranking.ap import _ap_terms
 
 
-# Every test runs with the compiled CPU loops and with the NumPy path.
+def _ap_loss_and_grad(x, labels, delta, compact=None):
+    """``(loss, update)`` of flat scores; ``compact=False``: the static-shape torch path."""
+    return _ap_terms(x, labels, delta, compact=compact)
+
+
+def _alrp_loss_and_grads(x, labels, reg, delta, compact=None):
+    return _alrp_terms(x, labels, reg, delta, compact=compact)
+
+
+# Every test runs with the compiled CPU loops and with the torch reference.
 @pytest.fixture(scope="module", autouse=True, params=PATHS)
 def cpu_path(request):
     yield from use_path(request.param)
@@ -202,30 +209,6 @@ def test_matches_loop_on_random_cases():
             loss, grad = _ap_loss_and_grad(x, y, delta, compact=compact)
             assert abs(loss.item() - ref_loss.item()) < 1e-12, (case, compact)
             assert torch.allclose(grad, ref_grad, rtol=0, atol=1e-12), (case, compact)
-
-
-def test_float32_sort_is_a_stable_argsort():
-    g = np.random.default_rng(0)
-    special = np.array([np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38, 1.0, -1.0], np.float32)
-    for case in range(30):
-        n = int(g.integers(1, 300))
-        if case % 3 == 0:  # many ties, negative and positive
-            x = (g.integers(-5, 6, n) / 4).astype(np.float32)
-        else:
-            x = np.concatenate([g.standard_normal(n).astype(np.float32), special])
-        index = np.arange(x.size, dtype=np.int64)
-        values, order = _sort_float32(x, index)
-        expected = np.argsort(x, kind="stable")
-        assert np.array_equal(order, expected), case
-        assert np.array_equal(values, x[expected]), case
-    # Carried indices need not be 0..n-1 (a compacted subset).
-    x = np.array([2.0, -1.0, 2.0, 0.5], np.float32)
-    values, order = _sort_float32(x, np.array([7, 3, 5, 9], np.int64))
-    assert values.tolist() == [-1.0, 0.5, 2.0, 2.0]
-    assert order.tolist() == [3, 9, 5, 7]
-    # -0.0 and +0.0 are one score: tied, in index order, like every other path.
-    values, order = _sort_float32(np.array([0.0, -0.0, -1.0], np.float32), np.arange(3))
-    assert order.tolist() == [2, 0, 1] and values.tolist() == [-1.0, 0.0, 0.0]
 
 
 def test_float32_sorted_subset_matches_float64():
@@ -874,34 +857,3 @@ def test_rank_sort_errors():
         rank_sort_loss(torch.zeros(2), torch.zeros(3))
     with pytest.raises(ValueError, match="delta must be a finite number > 0, got -1"):
         RankSortLoss(delta=-1)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_locate_equals_a_binary_search(dtype):
-    """The grid that places negatives among the zone ends gives searchsorted's answer:
-    values on the ends, between two ends closer than a cell, beyond both extremes,
-    infinite, and cells crowded with ends (the search fallback) included."""
-    rng = np.random.default_rng(0)
-    for case in range(60):
-        num_bounds = int(rng.integers(1, 300))
-        bounds = rng.normal(size=num_bounds)
-        if case % 3 == 0:
-            bounds = np.round(bounds, 1)  # many equal ends
-        if case % 5 == 0:
-            bounds[: num_bounds // 2] = bounds[0] + rng.uniform(0, 1e-9, num_bounds // 2)
-        bounds = np.sort(np.concatenate((bounds, bounds[-1:] + 2.0)))
-        values = rng.normal(size=2000) * 1.5
-        values[:50] = rng.choice(bounds, 50)  # exactly on an end (float64)
-        values[50:60] = np.nextafter(rng.choice(bounds, 10), -np.inf)
-        values[60:64] = (np.inf, -np.inf, 1e30, -1e30)
-        values = values.astype(dtype)
-        expected = np.searchsorted(bounds, values.astype(np.float64), "right")
-        np.testing.assert_array_equal(_locate(values, bounds), expected, err_msg=str(case))
-
-
-def test_locate_survives_a_degenerate_grid():
-    # Ends so close together that the cell scale overflows float32: plain search.
-    bounds = np.array([0.0, 1e-44, 2e-44])
-    values = np.array([-1.0, 0.0, 1e-44, 5.0], dtype=np.float32)
-    expected = np.searchsorted(bounds, values.astype(np.float64), "right")
-    np.testing.assert_array_equal(_locate(values, bounds), expected)
