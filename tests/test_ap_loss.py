@@ -4,7 +4,6 @@ their published loops."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -44,13 +43,16 @@ def cpu_path(request):
 # ---------------------------------------------------------------- references
 
 
-def loop_reference(logits: torch.Tensor, labels: torch.Tensor, delta: float = 1.0):
+def loop_reference(
+    logits: torch.Tensor, labels: torch.Tensor, delta: float = 1.0, weights=None, mean=True
+):
     """The published algorithm, step by step, in float64: ``(loss, update)``.
 
     One positive at a time in ascending order of score: soft counts of the positives and
     of the participating negatives at or above it, its precision, the running maximum
     (interpolated precision) and the negatives' share of its error, rescaled when the
-    precision is below the running maximum.
+    precision is below the running maximum. ``weights`` (per element) scale each
+    positive's update; ``mean=False`` leaves out the division by P.
     """
     x = logits.detach().double().reshape(-1)
     y = labels.reshape(-1)
@@ -61,6 +63,7 @@ def loop_reference(logits: torch.Tensor, labels: torch.Tensor, delta: float = 1.
     fg = x[is_pos]
     is_neg = (y == 0) & (x >= fg.min() - delta)
     bg = x[is_neg]
+    c = torch.ones_like(fg) if weights is None else weights.double().reshape(-1)[is_pos]
     bg_update = torch.zeros_like(bg)
     prec = torch.zeros_like(fg)
     max_prec = 0.0
@@ -75,11 +78,12 @@ def loop_reference(logits: torch.Tensor, labels: torch.Tensor, delta: float = 1.
             max_prec = current
         else:
             neg_step = neg_step * ((1 - max_prec) / (1 - current))
-        bg_update += neg_step
+        bg_update += neg_step * c[i]
         prec[i] = max_prec
     update[is_neg] = bg_update
-    update[is_pos] = -(1 - prec)
-    update /= fg.numel()
+    update[is_pos] = -(1 - prec) * c
+    if mean:
+        update /= fg.numel()
     return 1 - prec.sum() / fg.numel(), update.view(labels.shape)
 
 
@@ -599,14 +603,16 @@ def test_single_process_flag_is_harmless():
 # ---------------------------------------------------------------- aLRP Loss
 
 
-def alrp_reference(logits, labels, regression_losses, delta=1.0):
+def alrp_reference(logits, labels, regression_losses, delta=1.0, weights=None, mean=True):
     """The published aLRP loop in float64: ``(cls, loc, logits update, d loc / d losses)``.
 
     Positive i ranks itself 1 (its own relation is set to 0, then 1 is added); when its
     soft false-positive count exceeds 1e-5 it receives minus (its relations times the
     other positives' losses plus FP) over its rank, and the negatives above share that in
     proportion to their relations. Localisation: losses by descending score, cumulated,
-    over the rank, averaged; differentiated by autograd here.
+    over the rank, averaged; differentiated by autograd here. ``weights``: per-element
+    ``(classification, localisation)`` factors on each positive's terms; ``mean=False``:
+    sums instead of means.
     """
     x = logits.double().reshape(-1)
     y = labels.reshape(-1)
@@ -615,6 +621,9 @@ def alrp_reference(logits, labels, regression_losses, delta=1.0):
     fg = x[is_pos]
     is_neg = (y == 0) & (x >= fg.min() - delta)
     bg = x[is_neg]
+    ones = torch.ones_like(x)
+    cls_w, loc_w = (ones, ones) if weights is None else (w.double().reshape(-1) for w in weights)
+    cls_w, loc_w = cls_w[is_pos], loc_w[is_pos]
     bg_update = torch.zeros_like(bg)
     fg_update = torch.zeros_like(fg)
     rank = torch.zeros_like(fg)
@@ -629,15 +638,17 @@ def alrp_reference(logits, labels, regression_losses, delta=1.0):
         rank[i] = rank_pos + fp
         prec[i] = rank_pos / rank[i]
         if fp > 1e-5:
-            fg_update[i] = -((pos_step * reg.detach()).sum() + fp) / rank[i]
+            fg_update[i] = -((pos_step * reg.detach()).sum() + fp) / rank[i] * cls_w[i]
             bg_update += neg_step * (-fg_update[i] / fp)
     update = torch.zeros_like(x)
     update[is_pos] = fg_update
     update[is_neg] = bg_update
-    update /= fg.numel()
-    loc = (reg[order].flip(0).cumsum(0) / rank[order].flip(0)).mean()
-    loc.backward()
-    return 1 - prec.mean(), loc.detach(), update.view(labels.shape), reg.grad
+    norm = fg.numel() if mean else 1
+    update /= norm
+    per_positive = reg[order].flip(0).cumsum(0) / rank[order].flip(0)
+    (per_positive * loc_w[order].flip(0)).sum().div(norm).backward()
+    loc = per_positive.detach().sum() / norm
+    return (1 - prec).sum() / norm, loc, update.view(labels.shape), reg.grad
 
 
 def run_alrp(logits, labels, regression_losses, delta=1.0):
@@ -728,13 +739,15 @@ def test_alrp_errors():
 # ---------------------------------------------------------------- Rank & Sort Loss
 
 
-def rank_sort_reference(logits, targets, delta=0.5):
+def rank_sort_reference(logits, targets, delta=0.5, weights=None, mean=True):
     """The published Rank & Sort loop in float64: ``(ranking, sorting, update)``.
 
     Here a positive's own relation stays H(0) = 1/2. Ranking error: soft false positives
     over the soft rank, handed to the negatives above in proportion to their relations.
     Sorting error: the mean (1 - target) of the positives above minus that of those above
     with a target at least as high, handed to the positives above with a lower target.
+    ``weights``: per-element ``(ranking, sorting)`` factors on each positive's updates;
+    ``mean=False``: sums instead of means.
     """
     x = logits.double().reshape(-1)
     t = targets.double().reshape(-1)
@@ -742,6 +755,9 @@ def rank_sort_reference(logits, targets, delta=0.5):
     fg, fg_t = x[is_pos], t[is_pos]
     is_neg = (t == 0) & (x >= fg.min() - delta)
     bg = x[is_neg]
+    ones = torch.ones_like(x)
+    rank_w, sort_w = (ones, ones) if weights is None else (w.double().reshape(-1) for w in weights)
+    rank_w, sort_w = rank_w[is_pos], sort_w[is_pos]
     bg_update = torch.zeros_like(bg)
     fg_update = torch.zeros_like(fg)
     ranking = torch.zeros_like(fg)
@@ -757,16 +773,17 @@ def rank_sort_reference(logits, targets, delta=0.5):
         target = (in_order * pos_step * (1 - fg_t)).sum() / (in_order * pos_step).sum()
         sorting[i] = current - target
         if fp > 1e-10:
-            fg_update[i] -= ranking[i]
-            bg_update += neg_step * (ranking[i] / fp)
+            fg_update[i] -= rank_w[i] * ranking[i]
+            bg_update += neg_step * (rank_w[i] * ranking[i] / fp)
         missorted = ~in_order * pos_step
         if missorted.sum() > 1e-10:
-            fg_update[i] -= sorting[i]
-            fg_update += missorted * (sorting[i] / missorted.sum())
+            fg_update[i] -= sort_w[i] * sorting[i]
+            fg_update += missorted * (sort_w[i] * sorting[i] / missorted.sum())
+    norm = fg.numel() if mean else 1
     update = torch.zeros_like(x)
-    update[is_pos] = fg_update / fg.numel()
-    update[is_neg] = bg_update / fg.numel()
-    return ranking.mean(), sorting.mean(), update.view(targets.shape)
+    update[is_pos] = fg_update / norm
+    update[is_neg] = bg_update / norm
+    return ranking.sum() / norm, sorting.sum() / norm, update.view(targets.shape)
 
 
 def run_rs(logits, targets, delta=0.5):

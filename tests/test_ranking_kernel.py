@@ -15,6 +15,7 @@ from detloss.losses.ranking.rank_sort import RS_EPS, _rank_sort_terms, _sorting_
 numba = pytest.importorskip("numba")
 
 from detloss._kernels import ranking_cpu as kernel  # noqa: E402
+from detloss._kernels import reference_path  # noqa: E402
 from detloss._kernels._numba import jit  # noqa: E402  (needs numba)
 
 
@@ -156,6 +157,60 @@ def test_fused_alrp_loss_equals_the_torch_path(dtype):
         assert loc.sum() / norm == pytest.approx(ref[1].item(), abs=1e-12), case
         np.testing.assert_allclose(update, ref[2].numpy(), rtol=0, atol=tol, err_msg=str(case))
         np.testing.assert_allclose(grad, ref[3].numpy(), rtol=0, atol=1e-12, err_msg=str(case))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_rank_sort_equals_the_torch_path(dtype):
+    """Ranking and sorting errors and both updates, against the torch reference (sorted
+    negatives, dense comparison of the positives)."""
+    g = torch.Generator().manual_seed(6)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for case, x, labels, delta in ranking_problems(4, dtype):
+        quality = torch.rand(x.shape, generator=g, dtype=torch.float64).clamp(min=0.05)
+        if case % 3 == 0:
+            quality = (quality * 4).ceil() / 4  # tied targets
+        t = torch.where(labels == 1, quality, labels.double())
+        empty = np.empty(0)
+        ranking, sorting, where, rank_update, sort_update = kernel.rank_sort_loss(
+            x.numpy(), t.numpy(), delta, RS_EPS, empty, empty, True
+        )
+        with reference_path():
+            ref = _rank_sort_terms(x, t, delta)
+        norm = max(where.size, 1)
+        assert rank_update.dtype == sort_update.dtype == x.numpy().dtype
+        assert ranking.sum() / norm == pytest.approx(ref[0].item(), abs=tol), case
+        assert sorting.sum() / norm == pytest.approx(ref[1].item(), abs=tol), case
+        for got, want in ((rank_update, ref[2]), (sort_update, ref[3])):
+            np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=tol, err_msg=str(case))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_fused_losses_with_weights_equal_the_torch_path(reduction):
+    """Per-positive weights (the incoming gradients of reduction="none") and the
+    undivided "sum" through the three fused losses and the torch reference."""
+    g = torch.Generator().manual_seed(7)
+    for case, x, labels, delta in ranking_problems(5, torch.float64):
+        w = None
+        if reduction == "none":
+            w = [torch.rand(x.shape, generator=g, dtype=torch.float64) for _ in range(2)]
+        reg = torch.rand(int((labels == 1).sum()), generator=g, dtype=torch.float64)
+        t = torch.where(labels == 1, 0.5 + 0.5 * torch.rand(x.shape, generator=g), labels)
+        t = t.double()
+        ap = w[0] if w else None
+        got = (
+            _ap_terms(x, labels, delta, reduction, ap),
+            _alrp_terms(x, labels, reg, delta, reduction, w),
+            _rank_sort_terms(x, t, delta, reduction, w),
+        )
+        with reference_path():
+            want = (
+                _ap_terms(x, labels, delta, reduction, ap),
+                _alrp_terms(x, labels, reg, delta, reduction, w),
+                _rank_sort_terms(x, t, delta, reduction, w),
+            )
+        for loss, (a, b) in enumerate(zip(got, want)):
+            for k, (u, v) in enumerate(zip(a, b)):
+                torch.testing.assert_close(u, v, rtol=0, atol=1e-12, msg=f"{case} {loss} {k}")
 
 
 def test_alrp_with_a_wrong_number_of_losses_takes_the_torch_path():

@@ -18,15 +18,17 @@ scaled by the incoming gradient at that positive.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..._checks import check_reduction, check_tensor, shape_str, should_validate
 from ..._kernels import fast_path
 
 __all__ = [
+    "RankingLossModule",
     "check_delta",
     "check_finite",
     "check_inputs",
@@ -133,3 +135,25 @@ def check_inputs(
         _check_labels(labels)
         check_finite(logits, "logits")
     return delta
+
+
+class RankingLossModule(nn.Module):
+    """Base of the ranking losses' modules. Each keeps its function's options as
+    attributes of the same names, checked once when built, and lists them in
+    ``options``: :meth:`options` hands them to the function and the repr shows them."""
+
+    #: The names of the function's options that the module stores.
+    option_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, delta: float, reduction: str, validate: bool | None) -> None:
+        super().__init__()
+        self.delta = check_delta(delta)
+        self.reduction = check_reduction(reduction)
+        self.validate = validate
+
+    def options(self) -> dict[str, Any]:
+        """The function's keyword arguments, from the attributes."""
+        return {name: getattr(self, name) for name in self.option_names}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={value!r}" for name, value in self.options().items())

@@ -19,15 +19,14 @@ See the end of ``docs/ap_loss.md``.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..._checks import check_tensor, compute_dtype, output_dtype, shape_str, should_validate
 from ._common import (
-    check_delta,
+    RankingLossModule,
     check_finite,
     check_inputs,
-    check_reduction,
     default_compact,
     kernel_for,
     kernel_weights,
@@ -244,7 +243,7 @@ def alrp_loss(
     return _ALRPLossFunction.apply(logits, labels, regression_losses, delta, reduction)
 
 
-class ALRPLoss(nn.Module):
+class ALRPLoss(RankingLossModule):
     """Module form of :func:`alrp_loss`: ``classification + loc_weight * localisation``,
     with the function's options and defaults.
 
@@ -268,6 +267,8 @@ class ALRPLoss(nn.Module):
         (2.6, ['cls', 'loc'])
     """
 
+    option_names = ("delta", "reduction", "validate")
+
     def __init__(
         self,
         delta: float = 1.0,
@@ -276,11 +277,8 @@ class ALRPLoss(nn.Module):
         *,
         validate: bool | None = None,
     ) -> None:
-        super().__init__()
-        self.delta = check_delta(delta)
+        super().__init__(delta, reduction, validate)
         self.loc_weight = float(loc_weight)
-        self.reduction = check_reduction(reduction)
-        self.validate = validate
 
     def forward(
         self,
@@ -289,14 +287,9 @@ class ALRPLoss(nn.Module):
         regression_losses: Tensor,
         return_terms: bool = False,
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        cls, loc = alrp_loss(
-            logits, labels, regression_losses, self.delta, self.reduction, validate=self.validate
-        )
+        cls, loc = alrp_loss(logits, labels, regression_losses, **self.options())
         total = cls + self.loc_weight * loc
         return (total, {"cls": cls, "loc": loc}) if return_terms else total
 
     def extra_repr(self) -> str:
-        return (
-            f"delta={self.delta}, loc_weight={self.loc_weight}, "
-            f"reduction={self.reduction!r}, validate={self.validate}"
-        )
+        return f"{super().extra_repr()}, loc_weight={self.loc_weight}"

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..._checks import compute_dtype, output_dtype
 from ...distributed import is_distributed
 from ._common import (
-    check_delta,
+    RankingLossModule,
     check_inputs,
-    check_reduction,
     default_compact,
     kernel_for,
     kernel_weights,
@@ -231,7 +230,7 @@ def ap_loss(
     return _APLossFunction.apply(logits, labels, delta, bool(distributed), reduction)
 
 
-class APLoss(nn.Module):
+class APLoss(RankingLossModule):
     """Module form of :func:`ap_loss`, with the same options and defaults.
 
     Shape:
@@ -247,6 +246,8 @@ class APLoss(nn.Module):
         tensor(0.)
     """
 
+    option_names = ("delta", "distributed", "reduction", "validate")
+
     def __init__(
         self,
         delta: float = 1.0,
@@ -255,24 +256,8 @@ class APLoss(nn.Module):
         *,
         validate: bool | None = None,
     ) -> None:
-        super().__init__()
-        self.delta = check_delta(delta)
+        super().__init__(delta, reduction, validate)
         self.distributed = bool(distributed)
-        self.reduction = check_reduction(reduction)
-        self.validate = validate
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return ap_loss(
-            logits,
-            labels,
-            self.delta,
-            self.distributed,
-            self.reduction,
-            validate=self.validate,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"delta={self.delta}, distributed={self.distributed}, "
-            f"reduction={self.reduction!r}, validate={self.validate}"
-        )
+        return ap_loss(logits, labels, **self.options())

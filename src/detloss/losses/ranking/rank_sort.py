@@ -17,11 +17,12 @@ here a positive keeps ``H(0) = 1/2`` for itself):
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..._checks import compute_dtype, output_dtype, should_validate
 from ._common import (
+    RankingLossModule,
     check_delta,
     check_finite,
     check_pair,
@@ -260,7 +261,7 @@ def rank_sort_loss(
     return _RankSortFunction.apply(logits, targets, delta, reduction)
 
 
-class RankSortLoss(nn.Module):
+class RankSortLoss(RankingLossModule):
     """Module form of :func:`rank_sort_loss`: ``ranking + sorting``, with the function's
     options and defaults.
 
@@ -278,22 +279,16 @@ class RankSortLoss(nn.Module):
         (0.1333, ['rank', 'sort'])
     """
 
+    option_names = ("delta", "reduction", "validate")
+
     def __init__(
         self, delta: float = 0.5, reduction: str = "mean", *, validate: bool | None = None
     ) -> None:
-        super().__init__()
-        self.delta = check_delta(delta)
-        self.reduction = check_reduction(reduction)
-        self.validate = validate
+        super().__init__(delta, reduction, validate)
 
     def forward(
         self, logits: Tensor, targets: Tensor, return_terms: bool = False
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        ranking, sorting = rank_sort_loss(
-            logits, targets, self.delta, self.reduction, validate=self.validate
-        )
+        ranking, sorting = rank_sort_loss(logits, targets, **self.options())
         total = ranking + sorting
         return (total, {"rank": ranking, "sort": sorting}) if return_terms else total
-
-    def extra_repr(self) -> str:
-        return f"delta={self.delta}, reduction={self.reduction!r}, validate={self.validate}"
