@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from ..._checks import check_reduction, check_tensor, shape_str, should_validate
 from ..._kernels import fast_path
-from ._engine import accumulation_dtype
 
 __all__ = [
     "RankingLossModule",
@@ -110,9 +109,7 @@ def check_finite(x: Tensor, name: str) -> None:
         return
     # A finite sum (one fast reduction) means finite entries; only a sum that overflowed
     # or a rejected input pays for the exact scan.
-    if bool(torch.isfinite(x.sum(dtype=accumulation_dtype(x.device)))) or bool(
-        torch.isfinite(x).all()
-    ):
+    if bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all()):
         return
     raise ValueError(f"{name}: expected finite values, got NaN or inf")
 

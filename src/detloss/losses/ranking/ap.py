@@ -119,12 +119,8 @@ class _APLossFunction(torch.autograd.Function):
         x = logits.detach().reshape(-1).to(compute_dtype(logits))
         flat_labels = labels.detach().reshape(-1)
         ctx.distributed = distributed and is_distributed()
-        ctx.delta, ctx.reduction, ctx.shape, ctx.grad_dtype = (
-            delta,
-            reduction,
-            logits.shape,
-            logits.dtype,
-        )
+        ctx.delta, ctx.reduction = delta, reduction
+        ctx.shape, ctx.grad_dtype = logits.shape, logits.dtype
         if ctx.distributed:
             (all_x, all_labels), start, world = _gather(x, flat_labels.to(x.dtype))
             value, update = _ap_terms(all_x, all_labels, delta, reduction)

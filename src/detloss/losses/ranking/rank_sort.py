@@ -168,12 +168,8 @@ class _RankSortFunction(torch.autograd.Function):
         ranking, sorting, rank_update, sort_update = _rank_sort_terms(
             x, flat_targets, delta, reduction
         )
-        ctx.delta, ctx.reduction, ctx.shape, ctx.grad_dtype = (
-            delta,
-            reduction,
-            logits.shape,
-            logits.dtype,
-        )
+        ctx.delta, ctx.reduction = delta, reduction
+        ctx.shape, ctx.grad_dtype = logits.shape, logits.dtype
         if reduction == "none":  # the updates depend on the incoming gradients
             ctx.save_for_backward(x, flat_targets)
             ranking, sorting = ranking.view(logits.shape), sorting.view(logits.shape)
