@@ -293,21 +293,21 @@ def _spread_weights(
 @jit
 def ap_loss(
     values: np.ndarray, labels: np.ndarray, delta: float, weights: np.ndarray, normalise: bool
-) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AP-Loss and its error-driven update for flat scores (float32 or float64) and
     labels (1 positive, 0 negative, anything else ignored): the steps of
     :func:`detloss.losses.ranking.ap._ap_terms`, with the negatives binned.
 
     ``weights`` (float64, one per element, or empty for 1) scale each positive's update;
-    ``normalise`` divides them by P. Returns ``(sum of the errors, errors, where,
-    update)``: the errors ``1 - interpolated precision`` of the positives in ascending
-    order of score, their element indices, and the update in ``values``' dtype.
+    ``normalise`` divides them by P. Returns ``(errors, where, update)``: the errors
+    ``1 - interpolated precision`` of the positives in ascending order of score, their
+    element indices, and the update in ``values``' dtype.
     """
     update = np.zeros_like(values)
     _, where = _positives(values, labels, False)
     p = where.size
     if p == 0:
-        return 0.0, np.zeros(0), where, update
+        return np.zeros(0), where, update
     x = values[where].astype(np.float64)
     _, _, a, lo, hi, gap, b = _rank(values, labels, x, delta)
     a += 0.5  # a positive ranks itself 1
@@ -332,7 +332,7 @@ def ap_loss(
     _spread_weights(update, values, gap, weight, x, lo, hi, delta)
     for i in range(p):
         update[where[i]] = -(c[i] * errors[i]) / norm
-    return errors.sum(), errors, where, update
+    return errors, where, update
 
 
 @jit

@@ -38,7 +38,7 @@ __all__ = [
     "kernel_for",
     "kernel_weights",
     "label_array",
-    "per_element",
+    "reduce_positives",
     "should_validate",
 ]
 
@@ -72,11 +72,17 @@ def kernel_weights(weights: Tensor | None) -> np.ndarray:
     return weights.detach().to(torch.float64).reshape(-1).numpy()
 
 
-def per_element(values: np.ndarray, where: np.ndarray, n: int, dtype: torch.dtype) -> Tensor:
-    """``Tensor[n]`` holding ``values[k]`` at element ``where[k]``, 0 elsewhere."""
-    out = torch.zeros(n, dtype=dtype)
-    out[torch.from_numpy(where)] = torch.from_numpy(values).to(dtype)
-    return out
+def reduce_positives(
+    values: np.ndarray, where: np.ndarray, n: int, reduction: str, dtype: torch.dtype
+) -> Tensor:
+    """The compiled loops' per-positive ``values`` (``where``: their elements) as
+    ``reduction`` says, like :meth:`._engine.Ranking.reduce`."""
+    if reduction == "none":
+        out = torch.zeros(n, dtype=dtype)
+        out[torch.from_numpy(where)] = torch.from_numpy(values).to(dtype)
+        return out
+    total = values.sum()
+    return torch.tensor(total / max(where.size, 1) if reduction == "mean" else total, dtype=dtype)
 
 
 def check_delta(delta: object) -> float:

@@ -189,3 +189,13 @@ class Ranking:
         # Each element once (padding adds zeros), and the negatives' array is zero at the
         # positives: an add is a copy here.
         return out.index_add_(0, self.index_p, self.mask(pos_values).to(dtype))
+
+    def reduce(self, values: Tensor, reduction: str, dtype: torch.dtype | None = None) -> Tensor:
+        """Values over the sorted positives as ``reduction`` says: "none" in element order
+        (see :meth:`scatter`), "sum" their sum, "mean" that over P; in ``dtype`` (default
+        the scores')."""
+        if reduction == "none":
+            return self.scatter(values, dtype=dtype)
+        total = self.mask(values).sum()
+        value = total / self.norm if reduction == "mean" else total
+        return value.to(self.dtype if dtype is None else dtype)

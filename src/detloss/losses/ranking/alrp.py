@@ -31,7 +31,7 @@ from ._common import (
     kernel_for,
     kernel_weights,
     label_array,
-    per_element,
+    reduce_positives,
 )
 from ._engine import Ranking
 
@@ -79,13 +79,12 @@ def _alrp_terms(
             reduction == "mean",
         )
         if p == reg.numel():  # else (unvalidated) the torch path's handling
-            update, grad = torch.from_numpy(update), torch.from_numpy(grad)
-            if reduction == "none":
-                cls = per_element(cls, where, x.numel(), x.dtype)
-                return cls, per_element(loc, where, x.numel(), torch.float64), update, grad
-            norm = max(p, 1) if reduction == "mean" else 1
-            cls_value = torch.tensor(cls.sum() / norm, dtype=x.dtype)
-            return cls_value, torch.tensor(loc.sum() / norm, dtype=torch.float64), update, grad
+            return (
+                reduce_positives(cls, where, x.numel(), reduction, x.dtype),
+                reduce_positives(loc, where, x.numel(), reduction, torch.float64),
+                torch.from_numpy(update),
+                torch.from_numpy(grad),
+            )
 
     pos = labels == 1
     r = Ranking(x, pos, labels == 0, delta, default_compact(x, compact))
@@ -119,14 +118,8 @@ def _alrp_terms(
     # Padding goes to a spare last slot, dropped after the scatter.
     target = torch.where(r.valid_p, slot, reg.numel()) if r.valid_p is not None else slot
     grad_reg.scatter_(0, target, grad_sorted)
-    if reduction == "none":
-        cls_value, loc_value = r.scatter(classification), r.scatter(localisation, dtype=acc)
-    elif reduction == "mean":
-        cls_value = (classification.sum() / r.norm).to(x.dtype)
-        loc_value = localisation.sum() / r.norm
-    else:
-        cls_value, loc_value = classification.sum().to(x.dtype), localisation.sum()
-    return cls_value, loc_value, update, grad_reg[:-1]
+    cls_value = r.reduce(classification, reduction)
+    return cls_value, r.reduce(localisation, reduction, acc), update, grad_reg[:-1]
 
 
 class _ALRPLossFunction(torch.autograd.Function):

@@ -33,7 +33,7 @@ from ._common import (
     kernel_for,
     kernel_weights,
     label_array,
-    per_element,
+    reduce_positives,
 )
 from ._engine import Ranking
 
@@ -65,14 +65,11 @@ def _ap_terms(
     """
     kernel = kernel_for(x, compact)
     if kernel is not None:
-        total, errors, where, update = kernel.ap_loss(
+        errors, where, update = kernel.ap_loss(
             x.numpy(), label_array(labels), delta, kernel_weights(weights), reduction == "mean"
         )
-        update = torch.from_numpy(update)
-        if reduction == "none":
-            return per_element(errors, where, x.numel(), x.dtype), update
-        value = total / max(where.size, 1) if reduction == "mean" else total
-        return torch.tensor(value, dtype=x.dtype), update
+        value = reduce_positives(errors, where, x.numel(), reduction, x.dtype)
+        return value, torch.from_numpy(update)
 
     r = Ranking(x, labels == 1, labels == 0, delta, default_compact(x, compact))
     a = r.positives_above() + 0.5
@@ -87,10 +84,7 @@ def _ap_terms(
     norm = r.norm if reduction == "mean" else 1.0
     c = 1.0 if weights is None else r.gather(weights)
     update = r.scatter(-(c * errors) / norm, r.spread(c * scale / ((a + b) * norm)))
-    if reduction == "none":
-        return r.scatter(errors), update
-    value = errors.sum() / r.norm if reduction == "mean" else errors.sum()
-    return value.to(x.dtype), update
+    return r.reduce(errors, reduction), update
 
 
 def _gather(*flat: Tensor) -> tuple[list[Tensor], int, int]:

@@ -30,7 +30,7 @@ from ._common import (
     kernel_for,
     kernel_weights,
     label_array,
-    per_element,
+    reduce_positives,
 )
 from ._engine import Ranking
 
@@ -116,15 +116,9 @@ def _rank_sort_terms(
             kernel_weights(sort_w),
             reduction == "mean",
         )
-        if reduction == "none":
-            ranking, sorting = (
-                per_element(e, where, x.numel(), x.dtype) for e in (ranking, sorting)
-            )
-        else:
-            norm = max(where.size, 1) if reduction == "mean" else 1
-            ranking, sorting = (
-                torch.tensor(e.sum() / norm, dtype=x.dtype) for e in (ranking, sorting)
-            )
+        ranking, sorting = (
+            reduce_positives(e, where, x.numel(), reduction, x.dtype) for e in (ranking, sorting)
+        )
         return ranking, sorting, torch.from_numpy(rank_update), torch.from_numpy(sort_update)
 
     # The pairwise part needs the positives without padding: compact.
@@ -144,15 +138,9 @@ def _rank_sort_terms(
     current = r.positives_above(1 - t) / rank_pos
     sorting, own, received = _sorting_terms(r.x, t, current, delta, sort_w)
     sort_update = (own + received) / norm
-    if reduction == "none":
-        ranking_value, sorting_value = r.scatter(ranking), r.scatter(sorting)
-    else:
-        divisor = r.norm if reduction == "mean" else 1.0
-        ranking_value = (ranking.sum() / divisor).to(x.dtype)
-        sorting_value = (sorting.sum() / divisor).to(x.dtype)
     return (
-        ranking_value,
-        sorting_value,
+        r.reduce(ranking, reduction),
+        r.reduce(sorting, reduction),
         r.scatter(rank_update, neg_update),
         r.scatter(sort_update),
     )
