@@ -4,8 +4,10 @@ per-positive loops.
 The references loop over the P positives in ascending order and, for each, apply the
 soft step to all P positives and all N participating negatives: O(P (P + N)) work and
 about a dozen kernel launches per positive. detloss computes the same numbers from sorted
-logits, binary searches and prefix sums in O((P + N) log(P + N)) (Rank & Sort adds a dense
-O(P^2) comparison of the positives). Both sides must agree. The inputs are drawn on the
+logits, binary searches and prefix sums in O((P + N) log(P + N)); on the CPU with Numba
+each loss is one compiled call that sorts only the positives and bins the negatives
+(O(N + P log P); Rank & Sort adds an O(P log P) comparison of the positives, the torch
+reference a dense O(P^2) one). Both sides must agree. The inputs are drawn on the
 host and moved to the device, where both sides run (on a GPU the loops also pay a host
 read per positive for their Python comparisons, as the published code does).
 

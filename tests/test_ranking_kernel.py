@@ -1,6 +1,6 @@
-"""The compiled CPU loops of the ranking losses against NumPy's searches and sorts, the
-fused AP-Loss against the torch path (which the loop references check in test_ap_loss),
-and the Numba helper."""
+"""The compiled CPU loops of the ranking losses against NumPy's searches and sorts, each
+fused loss against the torch reference (which the published loops check in
+test_ap_loss), with and without per-positive weights, and the Numba helper."""
 
 from __future__ import annotations
 
@@ -8,17 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from detloss.losses.ranking import (
-    _ALRP_EPS,
-    _RS_EPS,
-    _alrp_loss_and_grads,
-    _ap_loss_and_grad,
-    _sorting_terms,
-)
+from detloss.losses.ranking.alrp import ALRP_EPS, _alrp_terms
+from detloss.losses.ranking.ap import _ap_terms
+from detloss.losses.ranking.rank_sort import RS_EPS, _rank_sort_terms, _sorting_terms
 
 numba = pytest.importorskip("numba")
 
 from detloss._kernels import ranking_cpu as kernel  # noqa: E402
+from detloss._kernels import reference_path  # noqa: E402
 from detloss._kernels._numba import jit  # noqa: E402  (needs numba)
 
 
@@ -132,10 +129,10 @@ def test_fused_ap_loss_equals_the_torch_path(dtype):
     """The same loss and update as the static-shape torch path."""
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     for case, x, labels, delta in ranking_problems(2, dtype):
-        loss, update = kernel.ap_loss(x.numpy(), labels.numpy(), delta)
-        ref_loss, ref_update = _ap_loss_and_grad(x, labels, delta, compact=False)
+        errors, where, update = kernel.ap_loss(x.numpy(), labels.numpy(), delta, np.empty(0), True)
+        ref_loss, ref_update = _ap_terms(x, labels, delta, compact=False)
         assert update.dtype == x.numpy().dtype
-        assert loss == pytest.approx(ref_loss.item(), abs=tol), case
+        assert errors.sum() / max(where.size, 1) == pytest.approx(ref_loss.item(), abs=tol), case
         np.testing.assert_allclose(update, ref_update.numpy(), rtol=0, atol=tol, err_msg=str(case))
 
 
@@ -147,23 +144,80 @@ def test_fused_alrp_loss_equals_the_torch_path(dtype):
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     for case, x, labels, delta in ranking_problems(3, dtype):
         reg = torch.rand(int((labels == 1).sum()), generator=g, dtype=torch.float64)
-        num_pos, cls, loc, update, grad = kernel.alrp_loss(
-            x.numpy(), labels.numpy(), reg.numpy(), delta, _ALRP_EPS
+        num_pos, cls, loc, _, update, grad = kernel.alrp_loss(
+            x.numpy(), labels.numpy(), reg.numpy(), delta, ALRP_EPS, np.empty(0), np.empty(0), True
         )
-        ref = _alrp_loss_and_grads(x, labels, reg, delta, compact=False)
+        ref = _alrp_terms(x, labels, reg, delta, compact=False)
         assert num_pos == reg.numel() and update.dtype == x.numpy().dtype
-        assert cls == pytest.approx(ref[0].item(), abs=tol), case
-        assert loc == pytest.approx(ref[1].item(), abs=1e-12), case
+        norm = max(num_pos, 1)
+        assert cls.sum() / norm == pytest.approx(ref[0].item(), abs=tol), case
+        assert loc.sum() / norm == pytest.approx(ref[1].item(), abs=1e-12), case
         np.testing.assert_allclose(update, ref[2].numpy(), rtol=0, atol=tol, err_msg=str(case))
         np.testing.assert_allclose(grad, ref[3].numpy(), rtol=0, atol=1e-12, err_msg=str(case))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_rank_sort_equals_the_torch_path(dtype):
+    """Ranking and sorting errors and both updates, against the torch reference (sorted
+    negatives, dense comparison of the positives)."""
+    g = torch.Generator().manual_seed(6)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for case, x, labels, delta in ranking_problems(4, dtype):
+        quality = torch.rand(x.shape, generator=g, dtype=torch.float64).clamp(min=0.05)
+        if case % 3 == 0:
+            quality = (quality * 4).ceil() / 4  # tied targets
+        t = torch.where(labels == 1, quality, labels.double())
+        empty = np.empty(0)
+        ranking, sorting, where, rank_update, sort_update = kernel.rank_sort_loss(
+            x.numpy(), t.numpy(), delta, RS_EPS, empty, empty, True
+        )
+        with reference_path():
+            ref = _rank_sort_terms(x, t, delta)
+        norm = max(where.size, 1)
+        assert rank_update.dtype == sort_update.dtype == x.numpy().dtype
+        assert ranking.sum() / norm == pytest.approx(ref[0].item(), abs=tol), case
+        assert sorting.sum() / norm == pytest.approx(ref[1].item(), abs=tol), case
+        for got, want in ((rank_update, ref[2]), (sort_update, ref[3])):
+            np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=tol, err_msg=str(case))
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_fused_losses_with_weights_equal_the_torch_path(reduction):
+    """Per-positive weights (the incoming gradients of reduction="none") and the
+    undivided "sum" through the three fused losses and the torch reference."""
+    g = torch.Generator().manual_seed(7)
+    for case, x, labels, delta in ranking_problems(5, torch.float64):
+        w = None
+        if reduction == "none":
+            w = [torch.rand(x.shape, generator=g, dtype=torch.float64) for _ in range(2)]
+        reg = torch.rand(int((labels == 1).sum()), generator=g, dtype=torch.float64)
+        t = torch.where(labels == 1, 0.5 + 0.5 * torch.rand(x.shape, generator=g), labels)
+        t = t.double()
+        ap = w[0] if w else None
+        got = (
+            _ap_terms(x, labels, delta, reduction, ap),
+            _alrp_terms(x, labels, reg, delta, reduction, w),
+            _rank_sort_terms(x, t, delta, reduction, w),
+        )
+        with reference_path():
+            want = (
+                _ap_terms(x, labels, delta, reduction, ap),
+                _alrp_terms(x, labels, reg, delta, reduction, w),
+                _rank_sort_terms(x, t, delta, reduction, w),
+            )
+        for loss, (a, b) in enumerate(zip(got, want)):
+            for k, (u, v) in enumerate(zip(a, b)):
+                torch.testing.assert_close(u, v, rtol=0, atol=1e-12, msg=f"{case} {loss} {k}")
+
+
 def test_alrp_with_a_wrong_number_of_losses_takes_the_torch_path():
     x, labels = torch.tensor([0.5, -0.2, 1.0, 0.1]), torch.tensor([1, 0, 1, 0])
-    assert kernel.alrp_loss(x.numpy(), labels.numpy(), np.zeros(1), 1.0, _ALRP_EPS)[0] == 2
+    empty = np.empty(0)
+    args = (1.0, ALRP_EPS, empty, empty, True)
+    assert kernel.alrp_loss(x.numpy(), labels.numpy(), np.zeros(1), *args)[0] == 2
     short = torch.tensor([0.3])
-    got = _alrp_loss_and_grads(x, labels, short, 1.0)
-    want = _alrp_loss_and_grads(x, labels, short, 1.0, compact=False)
+    got = _alrp_terms(x, labels, short, 1.0)
+    want = _alrp_terms(x, labels, short, 1.0, compact=False)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
 
@@ -197,9 +251,9 @@ def test_sorting_terms_equal_the_dense_pairwise_comparison():
         lo = torch.searchsorted(x, x - delta, right=True)
         hi = torch.searchsorted(x, x + delta)
         current = torch.rand(p, generator=g, dtype=torch.float64)
-        got = kernel.sorting_terms(
-            x.numpy(), t.numpy(), lo.numpy(), hi.numpy(), current.numpy(), delta, _RS_EPS
-        )
-        want = _sorting_terms(x, t, current, delta)
+        weight = torch.rand(p, generator=g, dtype=torch.float64) if case % 2 else torch.ones(p)
+        arrays = (x, t, lo, hi, current)
+        got = kernel.sorting_terms(*(a.numpy() for a in arrays), delta, RS_EPS, weight.numpy())
+        want = _sorting_terms(x, t, current, delta, weight.double())
         for name, a, b in zip(("error", "own", "received"), got, want):
             np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-12, err_msg=f"{case} {name}")

@@ -1,18 +1,26 @@
-"""Compiled CPU loops of the ranking losses (Numba; optional).
+"""Compiled CPU loops of the ranking losses (Numba; optional): the fast path of
+:mod:`detloss.losses.ranking`, whose torch code states the mathematics.
 
-The ranking losses place every negative among the 2P sorted zone ends ``x_i +- delta`` of
-the positives (see :class:`detloss.losses.ranking._BinnedNegatives`). In NumPy that is a
-dozen passes over the N negatives; here :func:`bin_negatives` is one loop that locates
-each negative, counts it and adds its score to its gap, and :func:`spread_into` one loop
-that writes the negatives' updates, with the NumPy path's gaps and float64 sums.
-:func:`ap_loss` and :func:`alrp_loss` are all of AP-Loss and aLRP Loss in one call each:
-at 10^5 elements the dozens of small torch operations around those two loops cost more
-than the loops. :func:`sorting_terms` is
-Rank & Sort's comparison of the positives by score and target, in O(P log P) instead of
-the torch path's dense O(P^2).
+The torch reference sorts the positives and the negatives and finds every positive's
+zone ``(x_i - delta, x_i + delta)`` among both by binary searches. Here only the P
+positives are sorted. Every negative is placed in one of the 2P + 1 gaps between the
+sorted zone ends ``x_i +- delta``: all negatives of one gap see every positive the same
+way (below its zone, inside it, or above it), so a count and a score sum per gap give
+each positive's soft count of false positives, and each negative's update is the same
+linear function of its score within its gap. :func:`bin_negatives` locates, counts and
+sums the negatives in one pass through a uniform grid over the ends (no sort of the N
+negatives: O(N + P log P)); :func:`spread_into` writes their updates in another.
 
-Importing this module imports Numba; :mod:`detloss.losses.ranking` does so on first use
-and falls back to NumPy where Numba is not installed. Compiled code is cached on disk.
+:func:`ap_loss`, :func:`alrp_loss` and :func:`rank_sort_loss` are each a whole loss in
+one call: at 10^5 elements the dozens of small torch operations around the two passes
+would cost more than the passes. :func:`sorting_terms` is Rank & Sort's comparison of the
+positives by score and by target, in O(P log P) with Fenwick trees instead of the torch
+reference's dense O(P^2). Sums run in float64; the results equal the reference's up to
+rounding (the tests compare both to 1e-12 in float64).
+
+Importing this module imports Numba; the losses ask for it through
+``detloss._kernels.fast_path("ranking", device)`` and run their torch reference where it
+is missing. Compiled code is cached on disk.
 """
 
 from __future__ import annotations
@@ -21,7 +29,14 @@ import numpy as np
 
 from ._numba import jit
 
-__all__ = ["alrp_loss", "ap_loss", "bin_negatives", "sorting_terms", "spread_into"]
+__all__ = [
+    "alrp_loss",
+    "ap_loss",
+    "bin_negatives",
+    "rank_sort_loss",
+    "sorting_terms",
+    "spread_into",
+]
 
 #: Grid cells per zone end: most negatives find their gap with one table read.
 _CELLS_PER_BOUND = 16
@@ -192,35 +207,49 @@ def _prefix(values: np.ndarray) -> np.ndarray:
 
 
 @jit
-def _positives(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, where)``: the element indices of the positives (``labels == 1``) sorted by
-    score ascending, ties in element order, and for each the rank of that positive among
-    the positives in element order."""
+def _positives(
+    values: np.ndarray, roles: np.ndarray, graded: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(slot, where)``: the element indices ``where`` of the positives (``roles == 1``,
+    or ``roles > 0`` when ``graded``) sorted by score ascending, ties in element order,
+    and ``slot``, the rank of each among the positives in element order."""
     where = np.empty(values.size, np.int64)
     p = 0
     for j in range(values.size):
-        if labels[j] == 1:
+        if (roles[j] > 0) if graded else (roles[j] == 1):
             where[p] = j
             p += 1
-    order = np.argsort(values[where[:p]], kind="mergesort")
-    return order, where[:p][order]
+    slot = np.argsort(values[where[:p]], kind="mergesort")
+    return slot, where[:p][slot]
+
+
+@jit
+def _weights_at(weights: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Each sorted positive's weight: ``weights`` read at its element, or 1 where
+    ``weights`` is empty."""
+    if weights.size == 0:
+        return np.ones(where.size)
+    return weights[where]
 
 
 @jit
 def _rank(
-    values: np.ndarray, labels: np.ndarray, x: np.ndarray, delta: float
+    values: np.ndarray, roles: np.ndarray, x: np.ndarray, delta: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The zones of the sorted positives ``x``: ``(lo_p, hi_p)``, the positives in each
-    one's linear zone (``[lo_p, hi_p)``, those from ``hi_p`` on above it); each positive's
-    rank among the positives, ``sum_k H(x_k - x_i) + 1/2`` (itself ``H(0) = 1/2`` plus the
-    references' constant 1/2, so it counts 1); ``(lo, hi)``, the zones among the gaps
-    between zone ends; each negative's ``gap``; and each positive's soft count of
-    negatives above it."""
+    """The steps of :class:`detloss.losses.ranking._engine.Ranking` for the sorted
+    positives ``x``, with the negatives (``roles == 0``) placed in the gaps between the
+    zone ends instead of sorted.
+
+    Returns ``(lo_p, hi_p, positives_above, lo, hi, gap, negatives_above)``: the positives
+    in each one's linear zone (``[lo_p, hi_p)``; those from ``hi_p`` on are above it);
+    ``sum_k H(x_k - x_i)``, itself included with ``H(0) = 1/2``; ``[lo, hi)``, each
+    zone's gaps; each negative's gap (-1 for other elements); and ``sum_j H(y_j - x_i)``.
+    """
     p = x.size
     lo_p = _count_at_most(x, x - delta, False)
     hi_p = _count_at_most(x, x + delta, True)
-    rank_pos = _soft_counts(np.arange(p + 1).astype(np.float64), _prefix(x), lo_p, hi_p, x, delta)
-    rank_pos += 0.5
+    counts = np.arange(p + 1).astype(np.float64)
+    positives_above = _soft_counts(counts, _prefix(x), lo_p, hi_p, x, delta)
     # A negative at exactly x_i - delta is below the zone (H = 0), one at x_i + delta
     # above it (H = 1): with each lower end moved up to the next float, "at or above an
     # end" means the same for both ends.
@@ -229,9 +258,9 @@ def _rank(
     bounds = _merge(lower, upper)
     lo = _count_at_most(bounds, lower, False)
     hi = _count_at_most(bounds, upper, False)
-    gap, counts, sums = bin_negatives(values, labels, 0.0, bounds)
-    false_pos = _soft_counts(_prefix(counts), _prefix(sums), lo, hi, x, delta)
-    return lo_p, hi_p, rank_pos, lo, hi, gap, false_pos
+    gap, counts, sums = bin_negatives(values, roles, 0.0, bounds)
+    negatives_above = _soft_counts(_prefix(counts), _prefix(sums), lo, hi, x, delta)
+    return lo_p, hi_p, positives_above, lo, hi, gap, negatives_above
 
 
 @jit
@@ -262,30 +291,35 @@ def _spread_weights(
 
 
 @jit
-def ap_loss(values: np.ndarray, labels: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
+def ap_loss(
+    values: np.ndarray, labels: np.ndarray, delta: float, weights: np.ndarray, normalise: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """AP-Loss and its error-driven update for flat scores (float32 or float64) and
-    labels (1 positive, 0 negative, anything else ignored).
+    labels (1 positive, 0 negative, anything else ignored): the steps of
+    :func:`detloss.losses.ranking.ap._ap_terms`, with the negatives binned.
 
-    The steps of :func:`detloss.losses.ranking._ap_loss_and_grad` on the CPU: the
-    positives sorted ascending, their soft counts of positives (prefix sums over them)
-    and of negatives (per gap between zone ends), the interpolated precision as a
-    running maximum, and each positive's weight spread over the negatives in its zone.
-    Returns ``(loss, update)``, the update in ``values``' dtype.
+    ``weights`` (float64, one per element, or empty for 1) scale each positive's update;
+    ``normalise`` divides them by P. Returns ``(errors, where, update)``: the errors
+    ``1 - interpolated precision`` of the positives in ascending order of score, their
+    element indices, and the update in ``values``' dtype.
     """
     update = np.zeros_like(values)
-    _, where = _positives(values, labels)
+    _, where = _positives(values, labels, False)
     p = where.size
     if p == 0:
-        return 0.0, update
+        return np.zeros(0), where, update
     x = values[where].astype(np.float64)
     _, _, a, lo, hi, gap, b = _rank(values, labels, x, delta)
+    a += 0.5  # a positive ranks itself 1
+    norm = float(p) if normalise else 1.0
+    c = _weights_at(weights, where)
 
     # Ascending scores = descending recall: the running maximum of the precision is the
     # interpolated precision. Below it, the reference scales the positive's share of its
     # negatives by (1 - interpolated) / (1 - precision).
     best = 0.0
     weight = np.empty(p)
-    shortfall = np.empty(p)
+    errors = np.empty(p)
     for i in range(p):
         precision = a[i] / (a[i] + b[i])
         scale = 1.0
@@ -293,46 +327,59 @@ def ap_loss(values: np.ndarray, labels: np.ndarray, delta: float) -> tuple[float
             best = precision
         else:
             scale = (1.0 - best) / (1.0 - precision)
-        weight[i] = scale / ((a[i] + b[i]) * p)
-        shortfall[i] = 1.0 - best
+        weight[i] = c[i] * scale / ((a[i] + b[i]) * norm)
+        errors[i] = 1.0 - best
     _spread_weights(update, values, gap, weight, x, lo, hi, delta)
     for i in range(p):
-        update[where[i]] = -shortfall[i] / p
-    return shortfall.sum() / p, update
+        update[where[i]] = -(c[i] * errors[i]) / norm
+    return errors, where, update
 
 
 @jit
 def alrp_loss(
-    values: np.ndarray, labels: np.ndarray, losses: np.ndarray, delta: float, eps: float
-) -> tuple[int, float, float, np.ndarray, np.ndarray]:
+    values: np.ndarray,
+    labels: np.ndarray,
+    losses: np.ndarray,
+    delta: float,
+    eps: float,
+    cls_weights: np.ndarray,
+    loc_weights: np.ndarray,
+    normalise: bool,
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """aLRP Loss for flat scores, labels as for :func:`ap_loss`, and ``losses``, the
-    positives' localisation losses in element order (float64).
+    positives' localisation losses in element order (float64): the steps of
+    :func:`detloss.losses.ranking.alrp._alrp_terms`.
 
-    The steps of :func:`detloss.losses.ranking._alrp_loss_and_grads`. Returns ``(P,
-    classification, localisation, update, d localisation / d losses)``; when ``losses``
+    ``cls_weights`` and ``loc_weights`` scale each positive's term of the classification
+    update and of the localisation gradient as ``weights`` in :func:`ap_loss`. Returns
+    ``(P, classification errors, localisation values, where, update, d localisation /
+    d losses)``, the per-positive arrays in ascending order of score; when ``losses``
     does not hold one entry per positive, only ``P`` is meaningful.
     """
     update = np.zeros_like(values)
-    slot, where = _positives(values, labels)
+    slot, where = _positives(values, labels, False)
     p = where.size
     if p == 0 or losses.size != p:
-        return p, 0.0, 0.0, update, np.zeros(losses.size)
+        return p, np.zeros(0), np.zeros(0), where, update, np.zeros(losses.size)
     x = values[where].astype(np.float64)
     loc = losses[slot]
     lo_p, hi_p, rank_pos, lo, hi, gap, false_pos = _rank(values, labels, x, delta)
     # The reference drops i itself from its positive relations and adds 1 instead:
     # sum_{k != i} H(x_k - x_i) = (sum with H(0) = 1/2) - 1/2, likewise for the losses.
+    rank_pos += 0.5
     loc_above = _soft_counts(_prefix(loc), _prefix(loc * x), lo_p, hi_p, x, delta)
     rank = rank_pos + false_pos
-    classification = 0.0
+    norm = float(p) if normalise else 1.0
+    c = _weights_at(cls_weights, where)
+    errors = np.empty(p)
     weight = np.zeros(p)
     own = np.zeros(p)
     for i in range(p):
-        classification += 1.0 - rank_pos[i] / rank[i]
+        errors[i] = 1.0 - rank_pos[i] / rank[i]
         if false_pos[i] > eps:
             error = (loc_above[i] - 0.5 * loc[i] + false_pos[i]) / rank[i]
-            weight[i] = error / (false_pos[i] * p)
-            own[i] = -error / p
+            weight[i] = c[i] * error / (false_pos[i] * norm)
+            own[i] = -(c[i] * error) / norm
     _spread_weights(update, values, gap, weight, x, lo, hi, delta)
     for i in range(p):
         update[where[i]] = own[i]
@@ -340,17 +387,69 @@ def alrp_loss(
     # Localisation: positives by descending score, each with the summed losses of those
     # at or above it over its soft rank; its gradient in loss k sums 1 / (rank_r P) over
     # the positives r at or below k in ascending order.
-    localisation = 0.0
+    c = _weights_at(loc_weights, where)
+    localisation = np.empty(p)
     above = 0.0
     for i in range(p - 1, -1, -1):
         above += loc[i]
-        localisation += above / rank[i]
+        localisation[i] = above / rank[i]
     grad = np.empty(p)
     below = 0.0
     for k in range(p):
-        below += 1.0 / rank[k]
-        grad[slot[k]] = below / p
-    return p, classification / p, localisation / p, update, grad
+        below += c[k] / rank[k]
+        grad[slot[k]] = below / norm
+    return p, errors, localisation, where, update, grad
+
+
+@jit
+def rank_sort_loss(
+    values: np.ndarray,
+    targets: np.ndarray,
+    delta: float,
+    eps: float,
+    rank_weights: np.ndarray,
+    sort_weights: np.ndarray,
+    normalise: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rank & Sort Loss for flat scores and targets (> 0 a positive with that target, 0 a
+    negative, < 0 ignored): the steps of :func:`detloss.losses.ranking.rank_sort.
+    _rank_sort_terms`, with the negatives binned and the positives compared by
+    :func:`sorting_terms`.
+
+    The weights scale each positive's ranking and sorting updates as ``weights`` in
+    :func:`ap_loss`. Returns ``(ranking errors, sorting errors, where, ranking update,
+    sorting update)``, the errors in ascending order of score.
+    """
+    rank_update = np.zeros_like(values)
+    sort_update = np.zeros_like(values)
+    _, where = _positives(values, targets, True)
+    p = where.size
+    if p == 0:
+        return np.zeros(0), np.zeros(0), where, rank_update, sort_update
+    x = values[where].astype(np.float64)
+    t = targets[where].astype(np.float64)
+    lo_p, hi_p, rank_pos, lo, hi, gap, false_pos = _rank(values, targets, x, delta)
+    norm = float(p) if normalise else 1.0
+
+    # Ranking error: the share of false positives above each positive, handed to them in
+    # proportion to H unless there are (almost) none.
+    c = _weights_at(rank_weights, where)
+    ranking = false_pos / (rank_pos + false_pos)
+    weight = np.zeros(p)
+    for i in range(p):
+        if false_pos[i] > eps:
+            weight[i] = c[i] * ranking[i] / false_pos[i] / norm
+    _spread_weights(rank_update, values, gap, weight, x, lo, hi, delta)
+    for i in range(p):
+        rank_update[where[i]] = -(c[i] * ranking[i]) / norm if false_pos[i] > eps else 0.0
+
+    keep = 1.0 - t
+    current = _soft_counts(_prefix(keep), _prefix(keep * x), lo_p, hi_p, x, delta) / rank_pos
+    c = _weights_at(sort_weights, where)
+    sorting, own, received = sorting_terms(x, t, lo_p, hi_p, current, delta, eps, c)
+    for i in range(p):
+        sort_update[where[i]] = (own[i] + received[i]) / norm
+    return ranking, sorting, where, rank_update, sort_update
 
 
 @jit
@@ -399,6 +498,7 @@ def sorting_terms(
     current: np.ndarray,
     delta: float,
     eps: float,
+    weight: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rank & Sort's sorting error of every positive and its update, in O(P log P).
 
@@ -412,8 +512,9 @@ def sorting_terms(
     Fenwick trees over the score order answers them all.
 
     Returns ``(error, own, received)``: the sorting error, the update a positive keeps
-    (``-error`` when it has mis-sorted positives above ``eps``, else 0), and the update it
-    receives from the positives it is mis-sorted against.
+    (``-weight * error`` when it has mis-sorted positives above ``eps``, else 0), and the
+    update it receives from the positives it is mis-sorted against (each handing out
+    ``weight * error``).
     """
     p = x.size
     width = 2 * delta
@@ -445,8 +546,8 @@ def sorting_terms(
             e = current[i] - (steps_keep - missorted_keep) / (steps - missorted)
             error[i] = e
             if missorted > eps:
-                own[i] = -e
-                share[i] = e / missorted
+                own[i] = -(weight[i] * e)
+                share[i] = weight[i] * e / missorted
             else:
                 own[i] = 0.0
         for k in by_target[runs[g] : runs[g + 1]]:
