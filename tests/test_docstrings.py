@@ -29,13 +29,6 @@ PUBLIC_MODULES = (
 # PENDING: names of the modules rewritten elsewhere (the ranking, SSD and generic detection
 # losses, the matchers and the costs). Empty it when their docstrings land.
 PENDING = {
-    # losses/ranking.py
-    "ALRPLoss",
-    "APLoss",
-    "RankSortLoss",
-    "alrp_loss",
-    "ap_loss",
-    "rank_sort_loss",
     # losses/ssd.py
     "MultiBoxLoss",
     "multibox_loss",
