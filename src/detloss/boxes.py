@@ -202,9 +202,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy"
 
     Args: as :func:`box_iou`.
 
-    Shape:
-        - boxes1: ``[..., N, 4]``; boxes2: ``[..., M, 4]``.
-        - output: ``[..., N, M]``.
+    Shape: as :func:`box_iou`.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
@@ -221,14 +219,11 @@ def distance_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -
 
     Args: as :func:`box_iou`.
 
-    Shape:
-        - boxes1: ``[..., N, 4]``; boxes2: ``[..., M, 4]``.
-        - output: ``[..., N, M]``.
+    Shape: as :func:`box_iou`.
 
     Example:
-        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
         >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
-        >>> distance_box_iou(a, b)
+        >>> distance_box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), b)
         tensor([[ 0.2564, -0.4310]])
     """
     return _pairwise(boxes1, boxes2, "diou", box_format)
@@ -241,9 +236,7 @@ def complete_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "xyxy") -
 
     Args: as :func:`box_iou`.
 
-    Shape:
-        - boxes1: ``[..., N, 4]``; boxes2: ``[..., M, 4]``.
-        - output: ``[..., N, M]``.
+    Shape: as :func:`box_iou`.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
@@ -280,14 +273,13 @@ def aligned_generalized_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str 
 
     Args: as :func:`aligned_box_iou`.
 
-    Shape:
-        - boxes1, boxes2: ``[..., 4]``, broadcastable.
-        - output: the broadcast ``[...]``.
+    Shape: as :func:`aligned_box_iou`.
 
     Example:
-        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
-        >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
-        >>> aligned_generalized_box_iou(a, b)
+        >>> aligned_generalized_box_iou(
+        ...     torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]]),
+        ...     torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]]),
+        ... )
         tensor([ 0.3333, -0.6000])
     """
     return _aligned(boxes1, boxes2, "giou", box_format)
@@ -298,9 +290,7 @@ def aligned_distance_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "
 
     Args: as :func:`aligned_box_iou`.
 
-    Shape:
-        - boxes1, boxes2: ``[..., 4]``, broadcastable.
-        - output: the broadcast ``[...]``.
+    Shape: as :func:`aligned_box_iou`.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
@@ -316,14 +306,11 @@ def aligned_complete_box_iou(boxes1: Tensor, boxes2: Tensor, box_format: str = "
 
     Args: as :func:`aligned_box_iou`.
 
-    Shape:
-        - boxes1, boxes2: ``[..., 4]``, broadcastable.
-        - output: the broadcast ``[...]``.
+    Shape: as :func:`aligned_box_iou`.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
-        >>> b = torch.tensor([[1.0, 0.0, 3.0, 2.0], [4.0, 0.0, 5.0, 1.0]])
-        >>> aligned_complete_box_iou(a, b)
-        tensor([ 0.2564, -0.6154])
+        >>> aligned_complete_box_iou(a, a + 1.0)  # same shapes: the distance IoU
+        tensor([ 0.0317, -0.2500])
     """
     return _aligned(boxes1, boxes2, "ciou", box_format)

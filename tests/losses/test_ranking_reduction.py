@@ -9,6 +9,7 @@ import functools
 
 import pytest
 import torch
+from test_ap_loss import alrp_reference, loop_reference, random_case, rank_sort_reference
 
 from _compiled import PATHS, use_path
 from detloss.losses.ranking import (
@@ -19,7 +20,6 @@ from detloss.losses.ranking import (
     ap_loss,
     rank_sort_loss,
 )
-from test_ap_loss import alrp_reference, loop_reference, random_case, rank_sort_reference
 
 
 @pytest.fixture(scope="module", autouse=True, params=PATHS)

@@ -97,9 +97,7 @@ def giou_loss(
 
     Args: as :func:`iou_loss`.
 
-    Shape:
-        - boxes1, boxes2: ``[..., 4]``, broadcastable.
-        - output: ``[]``, or the broadcast ``[...]`` with ``reduction="none"``.
+    Shape: as :func:`iou_loss`.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
@@ -122,14 +120,15 @@ def diou_loss(
 
     Args: as :func:`iou_loss`.
 
-    Shape:
-        - boxes1, boxes2: ``[..., 4]``, broadcastable.
-        - output: ``[]``, or the broadcast ``[...]`` with ``reduction="none"``.
+    Shape: as :func:`iou_loss`.
 
     Example:
-        >>> a = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
-        >>> b = torch.tensor([[2.0, 0.0, 3.0, 1.0]])
-        >>> diou_loss(a, b, reduction="none")  # 1 - 0 + centre distance 4 / diagonal 10
+        >>> # 1 - IoU 0 + the centres' squared distance 4 over the squared diagonal 10
+        >>> diou_loss(
+        ...     torch.tensor([[0.0, 0.0, 1.0, 1.0]]),
+        ...     torch.tensor([[2.0, 0.0, 3.0, 1.0]]),
+        ...     reduction="none",
+        ... )
         tensor([1.4000])
     """
     return _one_minus(aligned_distance_box_iou, boxes1, boxes2, reduction, box_format, validate)
@@ -147,9 +146,7 @@ def ciou_loss(
 
     Args: as :func:`iou_loss`.
 
-    Shape:
-        - boxes1, boxes2: ``[..., 4]``, broadcastable.
-        - output: ``[]``, or the broadcast ``[...]`` with ``reduction="none"``.
+    Shape: as :func:`iou_loss`.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
@@ -164,9 +161,7 @@ _ARGS = ("boxes1", "boxes2")
 _MODULE_DOC = """Module form of :func:`{name}`: stores ``reduction``, ``box_format`` and
     ``validate``; ``forward(boxes1, boxes2)``.
 
-    Shape:
-        - boxes1, boxes2: ``[..., 4]``, broadcastable.
-        - output: ``[]``, or the broadcast ``[...]`` with ``reduction="none"``.
+    Shape: as :func:`iou_loss`.
 
     Example:
         >>> loss = {cls}(reduction="sum")
