@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._api import keyword_only_masks
 from .._checks import check_finite, should_validate
 from ._common import prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
@@ -304,15 +305,28 @@ def _force_best(iou: Tensor, target_mask: Tensor, pred_mask: Tensor | None) -> T
     return _force_claims(best_value, best_pred, target_mask, pred_mask, m, column)
 
 
+def _check_thresholds(pos_threshold: float, neg_threshold: float | None) -> float:
+    """``neg_threshold`` resolved (None: ``pos_threshold``) after checking the band."""
+    if neg_threshold is None:
+        neg_threshold = pos_threshold
+    if not 0.0 <= neg_threshold <= pos_threshold:
+        raise ValueError(
+            "neg_threshold: expected 0 <= neg_threshold <= pos_threshold "
+            f"(pos_threshold={pos_threshold}), got {neg_threshold}"
+        )
+    return neg_threshold
+
+
+@keyword_only_masks(4, ("target_mask",))
 def max_iou(
     iou: Tensor,
     pos_threshold: float = 0.5,
     neg_threshold: float | None = None,
     force_best: bool = True,
-    allow_low_quality: bool = False,
+    *,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
-    *,
+    allow_low_quality: bool = False,
     validate: bool | None = None,
 ) -> Matching:
     """Match each prediction (anchor, prior) to its highest-IoU target by thresholds.
@@ -326,24 +340,35 @@ def max_iou(
             SSD, whatever that IoU. When two targets share the same best prediction the
             higher-IoU target keeps it and the other takes its best free prediction, so
             no target is lost while ``M >= N``.
+        target_mask, pred_mask: ``bool[B, N]`` / ``bool[B, M]`` real entries (keyword
+            only; ``target_mask`` given by position, as the first signature allowed,
+            still works for one release with a FutureWarning). Padded predictions are
+            ignored (``-2``).
         allow_low_quality: detectron2's rule: every prediction that attains a target's
             highest IoU (ties included, IoU > 0) becomes positive, matched to its own
             best target.
-        target_mask, pred_mask: ``bool[B, N]`` / ``bool[B, M]`` real entries. Padded
-            predictions are ignored (``-2``).
         validate: a NaN or inf IoU between a real prediction and a real target is a
             ValueError (one host synchronisation); None (default) checks on the CPU only.
 
     Returns:
         A :class:`Matching` (several predictions may share a target).
+
+    With boxes rather than an IoU matrix and priors shared by every image (SSD,
+    RetinaNet), :func:`~detloss.match.threshold_boxes.max_iou_boxes` gives the same
+    matching without building the matrix.
+
+    Shape:
+        - iou: ``[B, M, N]`` or ``[M, N]``; target_mask: ``[B, N]``; pred_mask: ``[B, M]``
+        - output: ``pred_to_target [B, M]``
+
+    Example:
+        >>> iou = torch.tensor([[0.7, 0.1], [0.6, 0.2], [0.1, 0.3]])
+        >>> max_iou(iou, pos_threshold=0.5).pred_to_target
+        tensor([[0, 0, 1]])
+        >>> max_iou(iou, pos_threshold=0.5, neg_threshold=0.3, force_best=False).pred_to_target
+        tensor([[ 0,  0, -2]])
     """
-    if neg_threshold is None:
-        neg_threshold = pos_threshold
-    if not 0.0 <= neg_threshold <= pos_threshold:
-        raise ValueError(
-            "neg_threshold: expected 0 <= neg_threshold <= pos_threshold "
-            f"(pos_threshold={pos_threshold}), got {neg_threshold}"
-        )
+    neg_threshold = _check_thresholds(pos_threshold, neg_threshold)
     all_preds = pred_mask is None
     iou, target_mask, pred_mask, _ = prepare_cost(iou, target_mask, pred_mask, name="iou")
     if should_validate(validate, iou):
