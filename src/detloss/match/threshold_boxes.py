@@ -195,15 +195,22 @@ def _assign(
 
     # Every real target is forced onto its best prior (max_iou's rule for targets that
     # share one); only the targets that lose a claim have their IoU column computed.
+    # Target-major copies of the tables, made on first use: a column's overlaps are then
+    # contiguous rows, whatever the number of targets (gathering columns of a table wider
+    # than the caches costs a cache miss per entry).
+    by_target: list[Tensor] = []
+
     def column(image: Tensor, slot: Tensor) -> Tensor:
         """``[R, P]``: whole IoU columns, by the operations of ``iou_block``."""
+        if not by_target:
+            by_target.extend((widths.t().contiguous(), heights.t().contiguous()))
         columns = slot * batch + image
-        inter = widths.index_select(1, columns).index_select(0, x_of)
-        inter.mul_(heights.index_select(1, columns).index_select(0, y_of))
-        iou = inter.div_((area_p + area_g.index_select(1, columns)) - inter)
+        inter = by_target[0].index_select(0, columns).index_select(1, x_of)
+        inter.mul_(by_target[1].index_select(0, columns).index_select(1, y_of))
+        iou = inter.div_((area_p.t() + area_g.t().index_select(0, columns)) - inter)
         if padded is not None:
-            iou.masked_fill_(padded.index_select(1, columns), -1.0)
-        return iou.t().contiguous()
+            iou.masked_fill_(padded.t().index_select(0, columns), -1.0)
+        return iou
 
     forced = _force_claims(
         prior_value.view(num_targets, batch).t(),
