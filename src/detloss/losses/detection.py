@@ -315,8 +315,10 @@ def detection_loss(
             (DETR's ``eos_coef``; 1.0 for SSD, RetinaNet and Deformable DETR).
         class_weights: ``[C]`` weights of the foreground classes (default all 1).
         hard_negative_ratio: when set, only the ``ceil(ratio * P)`` hardest background
-            predictions of each image (highest classification loss; ``P`` the image's
-            matched count) enter the classification term; see the notes.
+            predictions of each image (highest classification loss, equal losses in
+            prediction order; ``P`` the image's matched count) enter the classification
+            term: the rounding of :func:`~detloss.losses.multibox_loss` too, ratio 1.5
+            with one matched prediction keeps 2. See the notes.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-image sums, ``Tensor[B]``).
         box_format: format of ``pred_boxes`` and the target boxes.
         l1_format: format in which ``"l1"`` and ``"smooth_l1"`` compare boxes (default

@@ -53,7 +53,8 @@ class _Preferences:
     afterwards, so once a target has walked past its whole list, every prediction still
     open for it is worth exactly its floor: it is *flat* and wants the lowest open index.
 
-    ``pred int64[L]`` (flat ids ``image * M + prediction``), ``value [L]``: the lists,
+    ``pred [L]`` (flat ids ``image * M + prediction``, int32 when they fit: the lists
+    are the forcing's largest memory), ``value [L]``: the lists,
     one after the other; ``start / end int64[R]``: each target's segment; ``floor [R]``
     (the lowest float or below: no open prediction at all).
     """
@@ -69,10 +70,11 @@ def _preferences(
     column: ColumnFn, image: Tensor, target: Tensor, closed: Tensor, m: int
 ) -> _Preferences:
     """Build the preference lists of the targets ``(image, target)``, computing each
-    one's column once, in blocks of ``_COLUMN_BLOCK`` elements. A list is sorted by two
-    stable sorts of its own entries, not of the whole column: it only holds the entries
-    above the floor (a box overlaps a few hundred of SSD's 8,732 priors)."""
+    one's column once, in blocks of ``_COLUMN_BLOCK`` elements. Only the entries above
+    the floor are sorted (:func:`_list_order`), not whole columns: a box overlaps a few
+    hundred of SSD's 8,732 priors."""
     preds, values, counts, floors = [], [], [], []
+    ids = torch.int32 if closed.numel() < 2**31 else torch.int64
     per_block = max(1, _COLUMN_BLOCK // max(m, 1))
     for first in range(0, image.shape[0], per_block):
         img, tgt = image[first : first + per_block], target[first : first + per_block]
@@ -86,7 +88,7 @@ def _preferences(
         row, pred = keep.nonzero(as_tuple=True)  # row-major: predictions ascending
         value = col[row, pred]
         order = _list_order(row, value)
-        preds.append(pred[order] + img[row[order]] * m)
+        preds.append((pred[order] + img[row[order]] * m).to(ids))
         values.append(value[order])
         counts.append(torch.bincount(row, minlength=img.shape[0]))
         floors.append(floor)
@@ -209,7 +211,7 @@ def _force_claims(
             flat_value = torch.cat((flat_value, prefs.floor[past[flat]]))
             row = row[found]
         image, target = images[row], targets[row]
-        claim_pred = prefs.pred[position[row]]
+        claim_pred = prefs.pred[position[row]].long()
         claim_value = prefs.value[position[row]]
         claim_image, claim_target = image, target
 
