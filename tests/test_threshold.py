@@ -253,3 +253,21 @@ def test_max_iou_boxes_equals_max_iou_of_the_iou(sparse):
         max_iou_boxes(priors, boxes, pos_threshold=0.3, neg_threshold=0.5)
     with pytest.raises(ValueError, match="target_mask"):
         max_iou_boxes(priors, boxes, target_mask=torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_cpu_strategy_equals_the_reference_path():
+    # The index-free maximum (CPU) and max with indices (reference) give one matching,
+    # ties between targets included (the first best target).
+    from detloss._kernels import reference_path
+
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        b, m, n = (int(v) for v in rng.integers(1, 9, 3))
+        iou = torch.from_numpy(rng.integers(0, 5, (b, m, n)) / 4.0)
+        tmask = torch.from_numpy(rng.random((b, n)) < 0.8)
+        pmask = torch.from_numpy(rng.random((b, m)) < 0.8)
+        for kwargs in ({}, {"neg_threshold": 0.25}, {"force_best": False}):
+            fast = max_iou(iou, target_mask=tmask, pred_mask=pmask, **kwargs).pred_to_target
+            with reference_path():
+                slow = max_iou(iou, target_mask=tmask, pred_mask=pmask, **kwargs).pred_to_target
+            assert torch.equal(fast, slow)

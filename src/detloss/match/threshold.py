@@ -10,6 +10,7 @@ from torch import Tensor
 
 from .._api import keyword_only_masks
 from .._checks import check_finite, should_validate
+from .._kernels import fast_path_enabled
 from ._common import prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 
@@ -382,7 +383,15 @@ def max_iou(
         p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=iou.device)
         return Matching(p2t.masked_fill(~pred_mask, IGNORED), target_mask)
     masked = iou.masked_fill(~target_mask[:, None, :], -1.0)
-    best_iou, best_target = masked.max(dim=2)  # [B, M]
+    if allow_low_quality or not fast_path_enabled("max_iou_sparse", iou.device):
+        best_iou, best_target = masked.max(dim=2)  # [B, M]
+    else:
+        # An index-free maximum, then the best target of the positive predictions only
+        # (a host synchronisation, free on the CPU): much cheaper than max with indices.
+        best_iou = masked.amax(dim=2)
+        image, pred = (best_iou >= pos_threshold).nonzero(as_tuple=True)
+        best_target = torch.zeros_like(best_iou, dtype=torch.int64)
+        best_target[image, pred] = masked[image, pred].argmax(dim=1)
     p2t = torch.where(best_iou >= pos_threshold, best_target, IGNORED)
     p2t = torch.where(best_iou < neg_threshold, BACKGROUND, p2t)
     if allow_low_quality:
