@@ -6,16 +6,19 @@ with others, so the forcing rule of ``max_iou`` runs many contested rounds.
   formulation, transcribed here: the full ``[P, N]`` IoU (``box_iou``), the threshold
   rule, and the forcing rule run in rounds over the whole matrix (each round a max over
   every prediction of every target);
-- detloss: ``detloss.losses.ssd._match`` (the matching ``MultiBoxLoss`` runs), which never
-  stores the ``[P, N]`` IoU and recomputes only contested targets' columns.
+- detloss: ``detloss.match.threshold_boxes.max_iou_boxes`` (the matching
+  ``MultiBoxLoss`` runs), which never stores the ``[P, N]`` IoU and computes each
+  contested target's column once.
 
 Both give the same assignment (asserted). At 10,000 and 100,000 targets only detloss runs
-(the baseline's rounds take minutes there, and at 100,000 its matrix alone is 3.5 GB);
-the note of each row gives
-the time of the whole ``multibox_loss`` forward and its growth from the previous size.
+(the baseline's rounds take minutes there, and at 100,000 its matrix alone is 3.5 GB).
+Each row also times the whole ``multibox_loss`` forward (``repeats`` calls: min / median
+/ max) and its growth from the previous size (ratio of medians), with the given number of
+torch threads. 10^6 targets are not run: the contested targets' preference lists (a few
+hundred entries each) would take about 10 GB.
 
-Run: ``python benchmarks/bench_worst_case.py [--quick] [--repeats R]`` (``--quick``: 300,
-1,000 and 3,000 targets).
+Run: ``python benchmarks/bench_worst_case.py [--quick] [--repeats R] [--threads 1 2]``
+(``--quick``: 300, 1,000 and 3,000 targets).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from torch import Tensor
 from _timing import bench_main, time_pair
 from detloss.anchors import ssd_priors
 from detloss.boxes import box_convert, box_iou
-from detloss.losses import ssd as ssd_module
 from detloss.losses.ssd import multibox_loss
+from detloss.match.threshold_boxes import max_iou_boxes
 
 SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (300, 1_000, 3_000)
@@ -76,30 +79,47 @@ def baseline_match(prior_xyxy: Tensor, boxes: Tensor, threshold: float = 0.5) ->
     return torch.where(forced >= 0, forced, p2t)
 
 
-def run(repeats: int = 3, quick: bool = False, device: str = "cpu") -> list[dict]:
+def _spread(times: list[float]) -> str:
+    return "/".join(f"{t:.3f}" for t in (min(times), statistics.median(times), max(times)))
+
+
+def run(repeats: int = 3, quick: bool = False, device: str = "cpu", threads: int = 1) -> list[dict]:
     if torch.device(device).type != "cpu":
         return [{"name": f"not run on {device}", "note": "CPU figures only"}]
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(repeats, quick, threads)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _run(repeats: int, quick: bool, threads: int) -> list[dict]:
     priors = ssd_priors()
     prior_xyxy = box_convert(priors, "cxcywh", "xyxy")
     rows, previous = [], None
     for n in QUICK_SIZES if quick else SIZES:
         boxes = make_targets(n)
-        mask = torch.ones(1, n, dtype=torch.bool)
 
-        def ours(boxes: Tensor = boxes, mask: Tensor = mask) -> Tensor:
-            return ssd_module._match(prior_xyxy, boxes[None], mask, 0.5, True)[0]
+        def ours(boxes: Tensor = boxes) -> Tensor:
+            return max_iou_boxes(prior_xyxy, boxes, validate=False).pred_to_target[0]
 
         loc = torch.zeros(1, priors.shape[0], 4)
         conf = torch.zeros(1, priors.shape[0], 21)
         target = [{"boxes": boxes, "labels": torch.zeros(n, dtype=torch.int64)}]
-        start = time.perf_counter()
-        multibox_loss(loc, conf, priors, target)
-        loss_s = time.perf_counter() - start
+        if n <= BASELINE_MAX:  # warm up (allocator, thread pool) where it costs little
+            multibox_loss(loc, conf, priors, target)
+        loss_times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            multibox_loss(loc, conf, priors, target)
+            loss_times.append(time.perf_counter() - start)
+        loss_s = statistics.median(loss_times)
         growth = ""
         if previous is not None:
             growth = f", x{loss_s / previous[1]:.1f} for x{n / previous[0]:.0f} targets"
         previous = (n, loss_s)
-        note = f"multibox_loss forward {loss_s:.2f} s{growth}"
+        note = f"{threads} thread(s); multibox_loss forward min/med/max {_spread(loss_times)} s{growth}"
         if n <= (QUICK_SIZES[-1] if quick else BASELINE_MAX):
             expected = baseline_match(prior_xyxy, boxes)
             assert torch.equal(ours(), expected), n

@@ -507,7 +507,7 @@ def test_soft_plan_matches_reference(background, ratio):
 def test_soft_plan_in_target_blocks_equals_one_block(monkeypatch):
     # A plan over many targets is computed in blocks of targets, each recomputed in the
     # backward pass: the loss and the gradients equal the one-block computation.
-    from detloss.losses import detection as detection_module
+    from detloss.losses import detection_terms as detection_module
 
     outputs, targets = make_batch(3, counts=(5, 0, 4), m=6)
     matching = hungarian_matching(outputs, targets)
@@ -1160,3 +1160,58 @@ def test_cuda_follows_the_device():
     assert torch.allclose(
         detection_loss(on_device, targets, soft, **settings).cpu(), expected, rtol=1e-5
     )
+
+
+def test_function_module_and_options_share_names_and_defaults():
+    import dataclasses
+    import inspect
+
+    from detloss.losses.detection_options import DetectionOptions
+
+    function = inspect.signature(detection_loss).parameters
+    module = inspect.signature(DetectionLoss.__init__).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(DetectionOptions)}
+    for name, default in fields.items():
+        assert function[name].default == default, name
+        # The module's box_format defaults to its matcher's (None: inherit it).
+        assert module[name].default == (None if name == "box_format" else default), name
+    criterion = DetectionLoss(HungarianMatcher(), cls_loss="focal", background="none")
+    assert isinstance(criterion.options, DetectionOptions)
+    assert criterion.cls_loss == "focal" and criterion.focal_gamma == 2.0
+    with pytest.raises(AttributeError):
+        criterion.no_such_option  # noqa: B018
+
+
+def test_module_scans_inputs_for_nan_once(monkeypatch):
+    import detloss.losses.detection as detection_module
+    import detloss.match.modules as modules_module
+
+    calls = []
+
+    def counting(original):
+        def check(*named, **kwargs):
+            calls.append([item[0] for item in named])
+            return original(*named, **kwargs)
+
+        return check
+
+    monkeypatch.setattr(detection_module, "check_finite", counting(detection_module.check_finite))
+    monkeypatch.setattr(modules_module, "check_finite", counting(modules_module.check_finite))
+    g = torch.Generator().manual_seed(0)
+    outputs = {
+        "pred_logits": torch.randn(2, 4, 3, generator=g),
+        "pred_boxes": torch.rand(2, 4, 4, generator=g) * 0.5 + torch.tensor([0, 0, 0.5, 0.5]),
+    }
+    targets = [
+        {"boxes": torch.tensor([[0.1, 0.1, 0.6, 0.7]]), "labels": torch.tensor([1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    matcher = HungarianMatcher()
+    loss = DetectionLoss(matcher)(outputs, targets)
+    assert torch.isfinite(loss)
+    assert len(calls) == 1, calls
+    assert matcher.validate is None  # restored after the call
+    bad = dict(outputs, pred_boxes=outputs["pred_boxes"].clone())
+    bad["pred_boxes"][1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"outputs\['pred_boxes'\]: expected finite"):
+        DetectionLoss(matcher)(bad, targets)

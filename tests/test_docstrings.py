@@ -29,12 +29,6 @@ PUBLIC_MODULES = (
 # PENDING: names of the modules rewritten elsewhere (the ranking, SSD and generic detection
 # losses, the matchers and the costs). Empty it when their docstrings land.
 PENDING = {
-    # losses/ssd.py
-    "MultiBoxLoss",
-    "multibox_loss",
-    # losses/detection.py
-    "DetectionLoss",
-    "detection_loss",
     # match/**
     "BoxCostMatcher",
     "HungarianMatcher",
@@ -49,7 +43,6 @@ PENDING = {
     "crowd_assignment",
     "hungarian",
     "match_points",
-    "max_iou",
     "sinkhorn",
     "softmin",
     # costs.py

@@ -14,7 +14,9 @@ from detloss.boxes import box_convert, box_iou
 from detloss.losses import ssd as ssd_module
 from detloss.losses.regression import smooth_l1_loss
 from detloss.losses.ssd import MultiBoxLoss, multibox_loss
+from detloss.match import threshold_boxes
 from detloss.match.threshold import max_iou
+from detloss.match.threshold_boxes import max_iou_boxes
 
 SMALL = {
     "image_size": 100,
@@ -26,6 +28,15 @@ SMALL = {
 }
 PRIORS = ssd_priors(**SMALL, dtype=torch.float64)  # 92 priors
 NUM_CLASSES = 5
+
+
+def _match(priors, boxes, mask, threshold, sparse):
+    """``pred_to_target [B, P]`` of the matching MultiBoxLoss runs, on the CPU strategy
+    (``sparse``) or the reference one."""
+    with reference_path(not sparse):
+        return max_iou_boxes(
+            priors, boxes, pos_threshold=threshold, target_mask=mask, validate=False
+        ).pred_to_target
 
 
 @pytest.fixture(autouse=True)
@@ -192,7 +203,7 @@ def test_smooth_l1_errors(kwargs, error, match):
 def test_match_equals_max_iou(sparse, block, monkeypatch):
     """The blocked, separable matching is max_iou on the full IoU, shared best priors,
     degenerate boxes, garbage in padded slots and threshold 0 included."""
-    monkeypatch.setattr(ssd_module, "_CPU_BLOCK", block)
+    monkeypatch.setattr(threshold_boxes, "_CPU_BLOCK", block)
     g = torch.Generator().manual_seed(1)
     prior_xyxy = box_convert(PRIORS, "cxcywh", "xyxy")
     shared_seen = 0
@@ -210,7 +221,7 @@ def test_match_equals_max_iou(sparse, block, monkeypatch):
         threshold = (0.5, 0.35, 0.0)[trial % 3]
         clean = torch.where(mask[..., None], boxes, 0.0)
         expected = max_iou(box_iou(prior_xyxy, clean), threshold, target_mask=mask).pred_to_target
-        got = ssd_module._match(prior_xyxy, garbage, mask, threshold, sparse)
+        got = _match(prior_xyxy, garbage, mask, threshold, sparse)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
         best = box_iou(prior_xyxy, clean).argmax(dim=1)
         shared_seen += int(
@@ -235,7 +246,7 @@ def test_match_with_more_targets_than_priors_equals_brute_force(sparse, window, 
     size = torch.rand(1, 150, 2, generator=g, dtype=torch.float64) * 0.3 + 0.02
     boxes = torch.cat((centre - size / 2, centre + size / 2), dim=-1)
     mask = torch.rand(1, 150, generator=g) > 0.1
-    got = ssd_module._match(prior_xyxy, boxes, mask, 0.5, sparse)[0]
+    got = _match(prior_xyxy, boxes, mask, 0.5, sparse)[0]
     iou = box_iou(prior_xyxy, boxes[0]).masked_fill(~mask[0], -1.0)
     best_iou, best_target = iou.max(dim=1)
     expected = torch.where(best_iou >= 0.5, best_target, -1)
@@ -274,7 +285,7 @@ def test_two_targets_sharing_a_best_prior_both_keep_a_prior(path):
     # Ours: target 0 (higher IoU) keeps prior 0, target 1 takes its best free prior, 1.
     mask = torch.ones(1, 2, dtype=torch.bool)
     for sparse in (True, False):
-        assigned = ssd_module._match(prior_xyxy, boxes[None], mask, 0.5, sparse)
+        assigned = _match(prior_xyxy, boxes[None], mask, 0.5, sparse)
         assert assigned.tolist() == [[0, 1, -1, -1]]
     targets = [{"boxes": boxes, "labels": torch.tensor([0, 1])}]
     loc, conf = random_predictions(torch.Generator().manual_seed(0), 1, priors)
@@ -382,8 +393,8 @@ def test_property_matches_reference(seed):
         conf,
         PRIORS,
         targets,
-        overlap_threshold=threshold,
-        neg_pos_ratio=ratio,
+        pos_threshold=threshold,
+        hard_negative_ratio=ratio,
         return_terms=True,
     )
     torch.testing.assert_close(terms["loc"], ref_loc, rtol=1e-6, atol=1e-6)
@@ -519,11 +530,11 @@ def test_loc_weight_and_float_ratio():
     torch.testing.assert_close(total, terms["conf"] + 2.5 * terms["loc"])
     # A float ratio is rounded up per image (ceil): 1.0 equals the integer 1.
     torch.testing.assert_close(
-        multibox_loss(loc, conf, PRIORS, targets, neg_pos_ratio=1.0),
-        multibox_loss(loc, conf, PRIORS, targets, neg_pos_ratio=1),
+        multibox_loss(loc, conf, PRIORS, targets, hard_negative_ratio=1.0),
+        multibox_loss(loc, conf, PRIORS, targets, hard_negative_ratio=1),
     )
     without_negatives = multibox_loss(
-        loc, conf, PRIORS, targets, neg_pos_ratio=0, return_terms=True
+        loc, conf, PRIORS, targets, hard_negative_ratio=0, return_terms=True
     )[1]
     assert without_negatives["conf"] < terms["conf"]
 
@@ -533,7 +544,7 @@ def test_module_equals_function():
     targets = random_targets(g, batch=3, max_objects=4)
     loc, conf = random_predictions(g, 3)
     module = MultiBoxLoss(
-        NUM_CLASSES, overlap_threshold=0.4, neg_pos_ratio=2, loc_weight=0.5, min_negatives=1
+        NUM_CLASSES, pos_threshold=0.4, hard_negative_ratio=2, loc_weight=0.5, min_negatives=1
     )
     got = module(loc, conf, PRIORS, targets, return_terms=True)
     expected = multibox_loss(
@@ -541,8 +552,8 @@ def test_module_equals_function():
         conf,
         PRIORS,
         targets,
-        overlap_threshold=0.4,
-        neg_pos_ratio=2,
+        pos_threshold=0.4,
+        hard_negative_ratio=2,
         loc_weight=0.5,
         min_negatives=1,
         return_terms=True,
@@ -661,7 +672,7 @@ P = PRIORS.shape[0]
                 _targets(boxes=((0.1, float("nan"), 0.5, 0.5),)),
             ),
             ValueError,
-            r"targets\['boxes'\]: expected finite coordinates, got NaN or inf",
+            r"targets\['boxes'\]: expected finite values, got nan at index \[0, 0, 1\]",
         ),
         (
             lambda: multibox_loss(torch.zeros(2, P, 4), torch.zeros(2, P, 5), PRIORS, _targets()),
@@ -674,17 +685,21 @@ P = PRIORS.shape[0]
                 torch.zeros(1, P, 5),
                 PRIORS,
                 _targets(),
-                overlap_threshold=1.5,
+                pos_threshold=1.5,
             ),
             ValueError,
-            r"overlap_threshold must be in \[0, 1\], got 1.5",
+            r"pos_threshold must be in \[0, 1\], got 1.5",
         ),
         (
             lambda: multibox_loss(
-                torch.zeros(1, P, 4), torch.zeros(1, P, 5), PRIORS, _targets(), neg_pos_ratio=-1
+                torch.zeros(1, P, 4),
+                torch.zeros(1, P, 5),
+                PRIORS,
+                _targets(),
+                hard_negative_ratio=-1,
             ),
             ValueError,
-            r"neg_pos_ratio must be a finite number >= 0, got -1",
+            r"hard_negative_ratio must be a finite number >= 0, got -1",
         ),
         (
             lambda: multibox_loss(
@@ -724,9 +739,9 @@ P = PRIORS.shape[0]
             rf"conf: expected shape \[B, P, 21\] \(num_classes=21\), got \[1, {P}, 5\]",
         ),
         (
-            lambda: MultiBoxLoss(5, overlap_threshold=-0.1),
+            lambda: MultiBoxLoss(5, pos_threshold=-0.1),
             ValueError,
-            r"overlap_threshold must be in \[0, 1\], got -0.1",
+            r"pos_threshold must be in \[0, 1\], got -0.1",
         ),
     ],
 )
@@ -786,7 +801,7 @@ def test_equal_background_losses_are_mined_in_prior_order(path):
     conf = torch.zeros(1, PRIORS.shape[0], NUM_CLASSES, dtype=torch.float64, requires_grad=True)
     multibox_loss(loc, conf, PRIORS, targets).backward()
     touched = (conf.grad[0] != 0).any(dim=1)
-    assigned = ssd_module._match(
+    assigned = _match(
         box_convert(PRIORS, "cxcywh", "xyxy"),
         targets[0]["boxes"][None].double(),
         torch.ones(1, 1, dtype=torch.bool),
@@ -801,9 +816,9 @@ def test_equal_background_losses_are_mined_in_prior_order(path):
     assert torch.equal(touched, expected)
 
 
-def test_cached_prior_intervals_follow_the_priors():
-    # The CPU matching caches the distinct intervals of the last priors: alternating two
-    # prior sets (and modifying one in place) must always match on the priors given.
+def test_prior_intervals_follow_the_priors():
+    # The CPU matching works on the distinct intervals of the priors it is given:
+    # alternating two prior sets (and modifying one in place) always matches on those.
     other = ssd_priors(**{**SMALL, "feature_maps": (5, 3, 1)}, dtype=torch.float64)
     boxes = torch.tensor([[[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8]]], dtype=torch.float64)
     mask = torch.ones(1, 2, dtype=torch.bool)
@@ -811,7 +826,7 @@ def test_cached_prior_intervals_follow_the_priors():
     for priors in (PRIORS, other, PRIORS, shifted, other):
         prior_xyxy = box_convert(priors, "cxcywh", "xyxy")
         expected = max_iou(box_iou(prior_xyxy, boxes[0])[None], 0.5).pred_to_target
-        got = ssd_module._match(prior_xyxy, boxes, mask, 0.5, True)
+        got = _match(prior_xyxy, boxes, mask, 0.5, True)
         assert torch.equal(got, expected)
         shifted[:, 0] += 0.05  # in place, after its use: the next call must not reuse it
 
@@ -824,7 +839,7 @@ def test_fractional_ratio_rounds_up_like_detection_loss(path):
     g = torch.Generator().manual_seed(3)
     loc = torch.zeros(1, PRIORS.shape[0], 4, dtype=torch.float64)
     conf = torch.randn(1, PRIORS.shape[0], NUM_CLASSES, generator=g, dtype=torch.float64)
-    got = multibox_loss(loc, conf, PRIORS, targets, overlap_threshold=1.0, neg_pos_ratio=1.5)
+    got = multibox_loss(loc, conf, PRIORS, targets, pos_threshold=1.0, hard_negative_ratio=1.5)
     log_prob = conf[0].log_softmax(dim=-1)
     background = -log_prob[:, 0]
     background[7] = -math.inf
@@ -852,3 +867,92 @@ def test_fractional_ratio_rounds_up_like_detection_loss(path):
         reduction="sum",
     )
     torch.testing.assert_close(other, -log_prob[7, 1] - log_prob[hardest, 0].sum())
+
+
+# --- names, reductions, unit warning ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("overlap_threshold", "pos_threshold"), ("neg_pos_ratio", "hard_negative_ratio")],
+)
+def test_renamed_options_raise_naming_the_new_name(old, new):
+    loc, conf = random_predictions(torch.Generator().manual_seed(0), 1)
+    with pytest.raises(TypeError, match=f"'{old}' was renamed '{new}'"):
+        multibox_loss(loc, conf, PRIORS, _targets(), **{old: 0.5})
+    with pytest.raises(TypeError, match=f"'{old}' was renamed '{new}'"):
+        MultiBoxLoss(NUM_CLASSES, **{old: 0.5})
+
+
+def test_function_and_module_share_names_and_defaults():
+    import inspect
+
+    function = inspect.signature(inspect.unwrap(multibox_loss)).parameters
+    module = inspect.signature(inspect.unwrap(MultiBoxLoss.__init__)).parameters
+    shared = set(module) - {"self", "num_classes"}
+    assert shared <= set(function)
+    for name in shared:
+        assert module[name].default == function[name].default, name
+
+
+def test_reductions(path):
+    # "sum" is "mean" times the positive count; "none" gives per-image sums adding to "sum".
+    g = torch.Generator().manual_seed(5)
+    loc, conf = random_predictions(g, 3)
+    targets = [
+        {
+            "boxes": torch.tensor([[0.1, 0.1, 0.5, 0.6]], dtype=torch.float64),
+            "labels": torch.tensor([1]),
+        },
+        {
+            "boxes": torch.zeros(0, 4, dtype=torch.float64),
+            "labels": torch.zeros(0, dtype=torch.int64),
+        },
+        {
+            "boxes": torch.tensor(
+                [[0.2, 0.3, 0.9, 0.8], [0.0, 0.0, 0.3, 0.3]], dtype=torch.float64
+            ),
+            "labels": torch.tensor([0, 3]),
+        },
+    ]
+    mean, mean_terms = multibox_loss(loc, conf, PRIORS, targets, return_terms=True, loc_weight=0.5)
+    total, sum_terms = multibox_loss(
+        loc, conf, PRIORS, targets, return_terms=True, loc_weight=0.5, reduction="sum"
+    )
+    per_image, none_terms = multibox_loss(
+        loc, conf, PRIORS, targets, return_terms=True, loc_weight=0.5, reduction="none"
+    )
+    assigned = _match(
+        box_convert(PRIORS, "cxcywh", "xyxy"),
+        pad_targets(targets)["boxes"],
+        pad_targets(targets)["mask"],
+        0.5,
+        path == "sparse",
+    )
+    num_pos = int((assigned >= 0).sum())
+    torch.testing.assert_close(total, mean * num_pos)
+    assert per_image.shape == (3,) and float(per_image[1]) == 0.0  # no object, no negatives
+    torch.testing.assert_close(per_image.sum(), total)
+    for key in ("loc", "conf"):
+        torch.testing.assert_close(sum_terms[key], mean_terms[key] * num_pos)
+        torch.testing.assert_close(none_terms[key].sum(), sum_terms[key])
+    torch.testing.assert_close(per_image, none_terms["conf"] + 0.5 * none_terms["loc"])
+    module = MultiBoxLoss(NUM_CLASSES, loc_weight=0.5, reduction="none")
+    assert torch.equal(module(loc, conf, PRIORS, targets), per_image)
+    with pytest.raises(ValueError, match="reduction"):
+        multibox_loss(loc, conf, PRIORS, targets, reduction="avg")
+
+
+def test_pixel_boxes_with_normalised_priors_warn_once():
+    loc, conf = random_predictions(torch.Generator().manual_seed(0), 1)
+    pixels = _targets(boxes=((30.0, 40.0, 150.0, 220.0),))
+    with pytest.warns(UserWarning, match=r"targets\['boxes'\].*priors' units") as caught:
+        total = multibox_loss(loc, conf, PRIORS, pixels)
+    assert len([w for w in caught if issubclass(w.category, UserWarning)]) == 1
+    assert torch.isfinite(total)  # still data: the loss is computed
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        multibox_loss(loc, conf, PRIORS, _targets(boxes=((-0.2, 0.1, 1.2, 1.1),)))  # in range
+        multibox_loss(loc, conf, PRIORS, pixels, validate=False)  # not scanned

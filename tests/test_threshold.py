@@ -204,3 +204,70 @@ def test_forcing_many_targets_stays_within_bounded_columns():
     np.testing.assert_array_equal(
         got, forced_reference(small, np.ones(40, dtype=bool), np.ones(50, dtype=bool))
     )
+
+
+def test_target_mask_by_position_still_works_with_a_future_warning():
+    iou = torch.tensor([[[0.7, 0.9], [0.2, 0.6]]])
+    mask = torch.tensor([[True, False]])
+    with pytest.warns(FutureWarning, match="pass target_mask by keyword"):
+        old = max_iou(iou, 0.5, None, True, mask)
+    assert torch.equal(old.pred_to_target, max_iou(iou, target_mask=mask).pred_to_target)
+    with pytest.raises(TypeError):
+        max_iou(iou, 0.5, None, True, mask, None)  # pred_mask never was positional here
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_max_iou_boxes_equals_max_iou_of_the_iou(sparse):
+    # Thresholds with a band, no forcing, padded targets and degenerate boxes.
+    from detloss._kernels import reference_path
+    from detloss.boxes import box_iou
+    from detloss.match.threshold_boxes import max_iou_boxes
+
+    g = torch.Generator().manual_seed(2)
+    priors = torch.rand(40, 2, generator=g, dtype=torch.float64) * 0.8
+    priors = torch.cat((priors, priors + 0.05 + 0.3 * torch.rand(40, 2, generator=g)), dim=1)
+    for trial in range(20):
+        centre = torch.rand(2, 5, 2, generator=g, dtype=torch.float64)
+        size = torch.rand(2, 5, 2, generator=g, dtype=torch.float64) * 0.5
+        if trial % 3 == 0:
+            size[..., 1] = 0.0
+        boxes = torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+        mask = torch.rand(2, 5, generator=g) > 0.3
+        pos, neg = (0.5, 0.3) if trial % 2 else (0.4, 0.0)
+        force = trial % 4 != 1
+        iou = torch.stack([box_iou(priors, boxes[i]) for i in range(2)])
+        expected = max_iou(
+            iou, pos_threshold=pos, neg_threshold=neg, force_best=force, target_mask=mask
+        )
+        with reference_path(not sparse):
+            got = max_iou_boxes(
+                priors,
+                boxes,
+                pos_threshold=pos,
+                neg_threshold=neg,
+                force_best=force,
+                target_mask=mask,
+            )
+        assert torch.equal(got.pred_to_target, expected.pred_to_target), trial
+    with pytest.raises(ValueError, match="neg_threshold"):
+        max_iou_boxes(priors, boxes, pos_threshold=0.3, neg_threshold=0.5)
+    with pytest.raises(ValueError, match="target_mask"):
+        max_iou_boxes(priors, boxes, target_mask=torch.ones(2, 4, dtype=torch.bool))
+
+
+def test_cpu_strategy_equals_the_reference_path():
+    # The index-free maximum (CPU) and max with indices (reference) give one matching,
+    # ties between targets included (the first best target).
+    from detloss._kernels import reference_path
+
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        b, m, n = (int(v) for v in rng.integers(1, 9, 3))
+        iou = torch.from_numpy(rng.integers(0, 5, (b, m, n)) / 4.0)
+        tmask = torch.from_numpy(rng.random((b, n)) < 0.8)
+        pmask = torch.from_numpy(rng.random((b, m)) < 0.8)
+        for kwargs in ({}, {"neg_threshold": 0.25}, {"force_best": False}):
+            fast = max_iou(iou, target_mask=tmask, pred_mask=pmask, **kwargs).pred_to_target
+            with reference_path():
+                slow = max_iou(iou, target_mask=tmask, pred_mask=pmask, **kwargs).pred_to_target
+            assert torch.equal(fast, slow)

@@ -289,7 +289,7 @@ def test_multibox_loss(data, b, c, dtype, threshold, min_negatives, padded):
     if padded and b:
         targets = data.draw(padded_form(targets))
     priors = PRIORS.to(dtype)
-    kwargs = {"overlap_threshold": threshold, "min_negatives": min_negatives}
+    kwargs = {"pos_threshold": threshold, "min_negatives": min_negatives}
     out = check_contract(
         lambda: multibox_loss(loc, conf, priors, targets, return_terms=True, **kwargs), True
     )

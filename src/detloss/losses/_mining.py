@@ -18,7 +18,15 @@ __all__ = ["hard_negative_weights", "hard_negatives", "negative_count"]
 
 
 def negative_count(num_pos: Tensor, ratio: float, dtype: torch.dtype) -> Tensor:
-    """``int64[B]``: ``ceil(ratio * num_pos)``, the negatives an image may keep."""
+    """``int64[B]``: ``ceil(ratio * num_pos)``, the negatives an image may keep.
+
+    Shape:
+        - num_pos: ``int64[B]``; output: ``int64[B]``
+
+    Example:
+        >>> negative_count(torch.tensor([0, 1, 2]), 1.5, torch.float32)
+        tensor([0, 2, 3])
+    """
     if isinstance(ratio, int):
         return num_pos * ratio
     return torch.ceil(num_pos.to(dtype) * ratio).to(torch.int64)
@@ -41,6 +49,14 @@ def hard_negatives(
     introselect move the ``k`` largest keys of every row to its end in linear time (3x
     faster than a top-k), sorting only those; otherwise every row is sorted, without a
     host synchronisation.
+
+    Shape:
+        - key, candidates: ``[B, M]``; num_pos: ``int64[B]``; output: ``bool[B, M]``
+
+    Example:
+        >>> key = torch.tensor([[0.3, 0.9, 0.1, 0.9]])
+        >>> hard_negatives(key, torch.tensor([[True, True, True, False]]), torch.tensor([1]), 1.5)
+        tensor([[ True,  True, False, False]])
     """
     if key.shape[1] == 0:
         return candidates.clone()
@@ -67,6 +83,14 @@ def hard_negative_weights(values: Tensor, negative_mass: Tensor, budget: Tensor)
     and kept while the background mass taken before them is below the image's ``budget``
     (``ratio`` times its positive mass). With 0/1 masses this keeps the
     ``ceil(budget)`` hardest negatives, as :func:`hard_negatives`.
+
+    Shape:
+        - values, negative_mass: ``[B, M]``; budget: ``[B]``; output: ``[B, M]``
+
+    Example:
+        >>> values = torch.tensor([[0.3, 0.9, 0.1]])
+        >>> hard_negative_weights(values, torch.ones(1, 3), torch.tensor([1.5]))
+        tensor([[1., 1., 0.]])
     """
     order = values.argsort(dim=1, descending=True, stable=True)
     mass = negative_mass.gather(1, order)

@@ -250,7 +250,7 @@ class MaxIoUMatcher(nn.Module):
             self.pos_threshold,
             self.neg_threshold,
             self.force_best,
-            self.allow_low_quality,
+            allow_low_quality=self.allow_low_quality,
             target_mask=padded["mask"],
             pred_mask=outputs.get("pred_mask"),
             validate=False,  # finite boxes (scanned above when validating) give finite IoUs

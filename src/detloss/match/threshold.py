@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .._api import keyword_only_masks
 from .._checks import check_finite, should_validate
+from .._kernels import fast_path_enabled
 from ._common import prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
 
 __all__ = ["max_iou"]
 
 
-#: Candidates kept per contested target: its best free predictions, in order. A target
-#: recomputes its column only when all of them have been taken by others.
+#: Entries of a contested target's preference list read at once when it looks for its
+#: best open prediction (a target skips the entries others have taken in the meantime).
 _WINDOW = 32
-#: Elements of the ``[targets, M]`` columns computed at once when contested targets
-#: refresh their candidates (about 16 MB of float32): bounds the memory of the forcing.
+#: Elements of the ``[targets, M]`` columns computed at once when the preference lists
+#: of contested targets are built (about 16 MB of float32): bounds the memory of the
+#: forcing.
 _COLUMN_BLOCK = 1 << 22
 
 ColumnFn = Callable[[Tensor, Tensor], Tensor]
@@ -40,49 +44,76 @@ def _contest(pred: Tensor, value: Tensor, target: Tensor, size: int) -> Tensor:
     return is_top & (winner[pred] == target)
 
 
-def _candidates(
+@dataclass
+class _Preferences:
+    """The preference lists of ``R`` contested targets, built once.
+
+    A target's list holds, in its order of preference (value descending, then
+    prediction index), the open predictions it values above its *floor*: the lowest
+    value among its open predictions when the list was built. Predictions only close
+    afterwards, so once a target has walked past its whole list, every prediction still
+    open for it is worth exactly its floor: it is *flat* and wants the lowest open index.
+
+    ``pred [L]`` (flat ids ``image * M + prediction``, int32 when they fit: the lists
+    are the forcing's largest memory), ``value [L]``: the lists,
+    one after the other; ``start / end int64[R]``: each target's segment; ``floor [R]``
+    (the lowest float or below: no open prediction at all).
+    """
+
+    pred: Tensor
+    value: Tensor
+    start: Tensor
+    end: Tensor
+    floor: Tensor
+
+
+def _preferences(
     column: ColumnFn, image: Tensor, target: Tensor, closed: Tensor, m: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Each target's best ``_WINDOW`` open predictions, in its order of preference (value
-    descending, then prediction index): ``(pred int64[R, W]`` flat ids, ``value [R, W]``,
-    entries that cannot be claimed at the lowest float or below) and ``flat bool[R]``:
-    all its open predictions have the same value, so it always wants the lowest open
-    index."""
-    preds, values, flats = [], [], []
-    width = min(_WINDOW, m)
-    per_block = max(1, _COLUMN_BLOCK // m)
-    for start in range(0, image.shape[0], per_block):
-        img, tgt = image[start : start + per_block], target[start : start + per_block]
+) -> _Preferences:
+    """Build the preference lists of the targets ``(image, target)``, computing each
+    one's column once, in blocks of ``_COLUMN_BLOCK`` elements. Only the entries above
+    the floor are sorted (:func:`_list_order`), not whole columns: a box overlaps a few
+    hundred of SSD's 8,732 priors."""
+    preds, values, counts, floors = [], [], [], []
+    ids = torch.int32 if closed.numel() < 2**31 else torch.int64
+    per_block = max(1, _COLUMN_BLOCK // max(m, 1))
+    for first in range(0, image.shape[0], per_block):
+        img, tgt = image[first : first + per_block], target[first : first + per_block]
         col = column(img, tgt)
         neg_inf = torch.finfo(col.dtype).min
-        col.masked_fill_(closed.view(-1, m).index_select(0, img), neg_inf)
-        # One more than the window tells whether equal values straddle its end; topk does
-        # not say which of those it kept, so those rows take the exact, slower selection.
-        top, index = col.topk(min(width + 1, m), dim=1)
-        straddle = (top[:, width - 1] == top[:, width]).nonzero().squeeze(1) if width < m else None
-        top, index = top[:, :width], index[:, :width]
-        if straddle is not None and straddle.numel():
-            part = col.index_select(0, straddle)
-            cut = top[straddle, width - 1 :]
-            above = part > cut
-            tied = part == cut
-            room = width - above.sum(dim=1, keepdim=True)
-            keep = above | (tied & (tied.cumsum(dim=1) <= room))
-            index[straddle] = keep.nonzero()[:, 1].view(-1, width)
-        # Equal values in preference order: the lower index first.
-        index = index.sort(dim=1).values
-        value, order = col.gather(1, index).sort(dim=1, descending=True, stable=True)
-        index = index.gather(1, order)
-        flat = (value[:, 0] == value[:, -1]) & (value[:, 0] > neg_inf)
-        if width < m and bool(flat.any()):
-            rows = flat.nonzero().squeeze(1)
-            part = col.index_select(0, rows)
-            lowest = part.masked_fill_(part <= neg_inf, float("inf")).amin(dim=1)
-            flat[rows] = value[rows, 0] == lowest
-        preds.append(index + img[:, None] * m)
-        values.append(value)
-        flats.append(flat)
-    return torch.cat(preds), torch.cat(values), torch.cat(flats)
+        is_open = ~closed.view(-1, m).index_select(0, img)
+        floor = col.masked_fill(~is_open, float("inf")).amin(dim=1)
+        # No open prediction at all: the floor says there is nothing to claim.
+        floor = torch.where(is_open.any(dim=1), floor, neg_inf)
+        keep = is_open & (col > floor[:, None]) & (col > neg_inf)
+        row, pred = keep.nonzero(as_tuple=True)  # row-major: predictions ascending
+        value = col[row, pred]
+        order = _list_order(row, value)
+        preds.append((pred[order] + img[row[order]] * m).to(ids))
+        values.append(value[order])
+        counts.append(torch.bincount(row, minlength=img.shape[0]))
+        floors.append(floor)
+    count = torch.cat(counts)
+    end = count.cumsum(0)
+    return _Preferences(torch.cat(preds), torch.cat(values), end - count, end, torch.cat(floors))
+
+
+def _list_order(row: Tensor, value: Tensor) -> Tensor:
+    """The permutation sorting entries (given by row, then prediction) by row, then
+    value descending, equal values keeping their order (the lower prediction first).
+
+    For float32 values one stable sort of an int64 key does it: the row in the high 32
+    bits, in the low 32 the value's bits reversed into a descending order (the bits of
+    an IEEE float, negatives' magnitude bits flipped, order like the floats); other
+    dtypes take two stable sorts.
+    """
+    if value.dtype != torch.float32:
+        order = value.argsort(descending=True, stable=True)
+        return order[row[order].argsort(stable=True)]
+    bits = (value + 0.0).view(torch.int32).to(torch.int64)  # + 0.0: -0.0 sorts as 0.0
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # now ordered like the floats
+    key = (row << 32) | ((1 << 31) - 1 - bits)
+    return key.argsort(stable=True)
 
 
 def _fill_in_order(
@@ -125,17 +156,19 @@ def _force_claims(
 
     ``best_value [B, N]`` / ``best_pred int64[B, N]`` are each target's best real
     prediction (the first round's claims); ``column(images int64[R], targets int64[R])``
-    returns those targets' values ``[R, M]`` as a new tensor. It is only asked for the targets that lose
-    a round, in blocks of bounded size.
+    returns those targets' values ``[R, M]`` as a new tensor. It is asked once for each
+    target that loses the first round, in blocks of bounded size.
 
     Cost: the first round is one scatter over ``[B, N]`` and settles every image whose
-    targets have distinct best predictions. After it, each contested target keeps a short
-    window of its best free predictions and recomputes its column only when all of them
-    have gone, so a round costs the number of contested targets, not ``M x N``. A target
-    whose free predictions all have one value (far from all of them) always wants the
-    lowest free index: such targets are kept apart, only the best of them per image
-    enters a round, and once an image has no other contested target they receive the
-    free predictions in one step, in the order the rounds would give them.
+    targets have distinct best predictions. Each target that loses it gets its column
+    once, kept as a sorted preference list of the open predictions above its lowest
+    value (:class:`_Preferences`); a round reads each contested target's next open entry,
+    so all rounds together cost the lists' total length plus a few operations per
+    contested target and round, never ``M x N``. A target past its list values all its
+    open predictions alike and always wants the lowest free index: such targets are kept
+    apart, only the best of them per image enters a round, and once an image has no other
+    contested target they receive the free predictions in one step, in the order the
+    rounds would give them.
     """
     b, n = best_value.shape
     device = best_value.device
@@ -162,37 +195,25 @@ def _force_claims(
     if pred_mask is not None:
         closed |= ~pred_mask.reshape(-1)
     where = lost.nonzero().squeeze(1)
-    image, target = where // n, where % n
-    window, value, is_flat = _candidates(column, image, target, closed, m)
-    flat_image = flat_target = image[:0]
-    flat_value = value[:0, 0]
+    images, targets = where // n, where % n
+    prefs = _preferences(column, images, targets, closed, m)
+    position = prefs.start.clone()  # each contested target's next entry
+    row = torch.arange(images.shape[0], device=device)  # the contested, non-flat targets
+    flat_image = flat_target = images[:0]
+    flat_value = prefs.floor[:0]
     while True:
-        # Targets whose whole column is one value join the flat group; targets with no
-        # open prediction left stop claiming.
-        if bool(is_flat.any()):
-            flat_image = torch.cat((flat_image, image[is_flat]))
-            flat_target = torch.cat((flat_target, target[is_flat]))
-            flat_value = torch.cat((flat_value, value[is_flat, 0]))
-        alive = ~is_flat & (value[:, 0] > neg_inf)
-        image, target, window, value = _subset(alive, image, target, window, value)
-        # Each contested target's claim: the first open entry of its window.
-        usable = ~closed[window] & (value > neg_inf)
-        empty = ~usable.any(dim=1)
-        if bool(empty.any()):
-            # Its whole window went: recompute its column against the open predictions.
-            refresh = empty.nonzero().squeeze(1)
-            new_window, new_value, new_flat = _candidates(
-                column, image[refresh], target[refresh], closed, m
-            )
-            window[refresh], value[refresh] = new_window, new_value
-            is_flat = torch.zeros_like(empty)
-            is_flat[refresh] = new_flat
-            if bool(new_flat.any()) or bool((new_value[:, 0] <= neg_inf).any()):
-                continue  # regroup before claiming
-            usable = ~closed[window] & (value > neg_inf)
-        first = usable.to(torch.uint8).argmax(dim=1, keepdim=True)
-        claim_pred = window.gather(1, first).squeeze(1)
-        claim_value = value.gather(1, first).squeeze(1)
+        found = _advance(prefs, row, position, closed)
+        # Past its list, a target is flat (or out, with no open prediction left).
+        if not bool(found.all()):
+            past = row[~found]
+            flat = prefs.floor[past] > neg_inf
+            flat_image = torch.cat((flat_image, images[past[flat]]))
+            flat_target = torch.cat((flat_target, targets[past[flat]]))
+            flat_value = torch.cat((flat_value, prefs.floor[past[flat]]))
+            row = row[found]
+        image, target = images[row], targets[row]
+        claim_pred = prefs.pred[position[row]].long()
+        claim_value = prefs.value[position[row]]
         claim_image, claim_target = image, target
 
         if flat_image.numel():
@@ -229,15 +250,41 @@ def _force_claims(
         # Remove the winners from both groups.
         resolved = torch.zeros(b * n, dtype=torch.bool, device=device)
         resolved[claim_image[won] * n + claim_target[won]] = True
-        stay = ~resolved[image * n + target]
-        image, target, window, value = _subset(stay, image, target, window, value)
+        row = row[~resolved[image * n + target]]
         if flat_image.numel():
             stay = ~resolved[flat_image * n + flat_target]
             flat_image, flat_target, flat_value = _subset(stay, flat_image, flat_target, flat_value)
-        is_flat = torch.zeros(image.shape[0], dtype=torch.bool, device=device)
-        if image.numel() == 0 and flat_image.numel() == 0:
+        if row.numel() == 0 and flat_image.numel() == 0:
             break
     return forced[:size].view(b, m)
+
+
+def _advance(prefs: _Preferences, row: Tensor, position: Tensor, closed: Tensor) -> Tensor:
+    """Move each target of ``row`` (indices into ``prefs``) to the first entry of its list
+    at or after ``position[row]`` whose prediction is open, updating ``position`` in
+    place; ``bool[len(row)]``: whether it found one (else it is past its list).
+
+    Entries are read ``_WINDOW`` at a time, so a target skips each taken entry of its list
+    once over all rounds: the forcing costs the lists' total length, not a column per
+    lost claim.
+    """
+    found = torch.zeros(row.shape[0], dtype=torch.bool, device=row.device)
+    if prefs.pred.numel() == 0:
+        return found
+    offsets = torch.arange(_WINDOW, device=row.device)
+    pending = torch.arange(row.shape[0], device=row.device)
+    while pending.numel():
+        rows = row[pending]
+        at, end = position[rows], prefs.end[rows]
+        index = at[:, None] + offsets
+        entry = prefs.pred[index.clamp(max=prefs.pred.shape[0] - 1)]
+        usable = (index < end[:, None]) & ~closed[entry]
+        has = usable.any(dim=1)
+        first = usable.to(torch.uint8).argmax(dim=1)
+        position[rows] = torch.where(has, at + first, torch.minimum(at + _WINDOW, end))
+        found[pending] = has
+        pending = pending[~has & (at + _WINDOW < end)]
+    return found
 
 
 def _force_best(iou: Tensor, target_mask: Tensor, pred_mask: Tensor | None) -> Tensor:
@@ -261,15 +308,28 @@ def _force_best(iou: Tensor, target_mask: Tensor, pred_mask: Tensor | None) -> T
     return _force_claims(best_value, best_pred, target_mask, pred_mask, m, column)
 
 
+def _check_thresholds(pos_threshold: float, neg_threshold: float | None) -> float:
+    """``neg_threshold`` resolved (None: ``pos_threshold``) after checking the band."""
+    if neg_threshold is None:
+        neg_threshold = pos_threshold
+    if not 0.0 <= neg_threshold <= pos_threshold:
+        raise ValueError(
+            "neg_threshold: expected 0 <= neg_threshold <= pos_threshold "
+            f"(pos_threshold={pos_threshold}), got {neg_threshold}"
+        )
+    return neg_threshold
+
+
+@keyword_only_masks(4, ("target_mask",))
 def max_iou(
     iou: Tensor,
     pos_threshold: float = 0.5,
     neg_threshold: float | None = None,
     force_best: bool = True,
-    allow_low_quality: bool = False,
+    *,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
-    *,
+    allow_low_quality: bool = False,
     validate: bool | None = None,
 ) -> Matching:
     """Match each prediction (anchor, prior) to its highest-IoU target by thresholds.
@@ -283,24 +343,35 @@ def max_iou(
             SSD, whatever that IoU. When two targets share the same best prediction the
             higher-IoU target keeps it and the other takes its best free prediction, so
             no target is lost while ``M >= N``.
+        target_mask, pred_mask: ``bool[B, N]`` / ``bool[B, M]`` real entries (keyword
+            only; ``target_mask`` given by position, as the first signature allowed,
+            still works for one release with a FutureWarning). Padded predictions are
+            ignored (``-2``).
         allow_low_quality: detectron2's rule: every prediction that attains a target's
             highest IoU (ties included, IoU > 0) becomes positive, matched to its own
             best target.
-        target_mask, pred_mask: ``bool[B, N]`` / ``bool[B, M]`` real entries. Padded
-            predictions are ignored (``-2``).
         validate: a NaN or inf IoU between a real prediction and a real target is a
             ValueError (one host synchronisation); None (default) checks on the CPU only.
 
     Returns:
         A :class:`Matching` (several predictions may share a target).
+
+    With boxes rather than an IoU matrix and priors shared by every image (SSD,
+    RetinaNet), :func:`~detloss.match.threshold_boxes.max_iou_boxes` gives the same
+    matching without building the matrix.
+
+    Shape:
+        - iou: ``[B, M, N]`` or ``[M, N]``; target_mask: ``[B, N]``; pred_mask: ``[B, M]``
+        - output: ``pred_to_target [B, M]``
+
+    Example:
+        >>> iou = torch.tensor([[0.7, 0.1], [0.6, 0.2], [0.1, 0.3]])
+        >>> max_iou(iou, pos_threshold=0.5).pred_to_target
+        tensor([[0, 0, 1]])
+        >>> max_iou(iou, pos_threshold=0.5, neg_threshold=0.3, force_best=False).pred_to_target
+        tensor([[ 0,  0, -2]])
     """
-    if neg_threshold is None:
-        neg_threshold = pos_threshold
-    if not 0.0 <= neg_threshold <= pos_threshold:
-        raise ValueError(
-            "neg_threshold: expected 0 <= neg_threshold <= pos_threshold "
-            f"(pos_threshold={pos_threshold}), got {neg_threshold}"
-        )
+    neg_threshold = _check_thresholds(pos_threshold, neg_threshold)
     all_preds = pred_mask is None
     iou, target_mask, pred_mask, _ = prepare_cost(iou, target_mask, pred_mask, name="iou")
     if should_validate(validate, iou):
@@ -312,7 +383,15 @@ def max_iou(
         p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=iou.device)
         return Matching(p2t.masked_fill(~pred_mask, IGNORED), target_mask)
     masked = iou.masked_fill(~target_mask[:, None, :], -1.0)
-    best_iou, best_target = masked.max(dim=2)  # [B, M]
+    if allow_low_quality or not fast_path_enabled("max_iou_sparse", iou.device):
+        best_iou, best_target = masked.max(dim=2)  # [B, M]
+    else:
+        # An index-free maximum, then the best target of the positive predictions only
+        # (a host synchronisation, free on the CPU): much cheaper than max with indices.
+        best_iou = masked.amax(dim=2)
+        image, pred = (best_iou >= pos_threshold).nonzero(as_tuple=True)
+        best_target = torch.zeros_like(best_iou, dtype=torch.int64)
+        best_target[image, pred] = masked[image, pred].argmax(dim=1)
     p2t = torch.where(best_iou >= pos_threshold, best_target, IGNORED)
     p2t = torch.where(best_iou < neg_threshold, BACKGROUND, p2t)
     if allow_low_quality:
