@@ -8,11 +8,9 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 import detloss.match.crowd as crowd
-from detloss.match.crowd import (
-    certify_assignment,
-    crowd_assignment,
-    solve_crowd_assignment,
-)
+from detloss.match._point_problem import SCAN
+from detloss.match.certificate import certify_assignment
+from detloss.match.crowd import crowd_assignment, solve_crowd_assignment
 
 # ----------------------------------------------------------------------------- references
 
@@ -247,7 +245,7 @@ def test_candidate_graph_without_full_matching_grows():
     pred, scores, target = crowd_problem("coincident", 300, 60, 4)
     solution = assert_exact(pred, scores, target, 0.05, k=1)
     assert solution.method == "sparse"
-    assert solution.candidates > 60 * crowd._SCAN
+    assert solution.candidates > 60 * SCAN
 
 
 def test_independent_groups_solved_in_batches():
