@@ -58,7 +58,7 @@ from detloss.losses.regression import smooth_l1_loss
 from detloss.losses.ssd import MultiBoxLoss, multibox_loss
 from detloss.match.matching import Matching
 from detloss.match.modules import HungarianMatcher, MaxIoUMatcher
-from detloss.match.modules import box_targets as padded_box_targets
+from detloss.match.targets import box_targets as padded_box_targets
 from detloss.match.sinkhorn import SinkhornMatcher
 
 REDUCTIONS = ["none", "mean", "sum"]

@@ -39,7 +39,7 @@ from .._checks import (
 from ..boxes import BOX_FORMATS, box_convert
 from ..distributed import normalizer, world_size
 from ..match.matching import BACKGROUND, Matching
-from ..match.modules import box_targets
+from ..match.targets import box_targets
 from ._mining import hard_negative_weights, hard_negatives
 from .focal import sigmoid_focal_loss
 from .iou import ciou_loss, diou_loss, giou_loss, iou_loss
