@@ -58,8 +58,8 @@ from detloss.losses.regression import smooth_l1_loss
 from detloss.losses.ssd import MultiBoxLoss, multibox_loss
 from detloss.match.matching import Matching
 from detloss.match.modules import HungarianMatcher, MaxIoUMatcher
-from detloss.match.targets import box_targets as padded_box_targets
 from detloss.match.sinkhorn import SinkhornMatcher
+from detloss.match.targets import box_targets as padded_box_targets
 
 REDUCTIONS = ["none", "mean", "sum"]
 IOU_LOSSES = [iou_loss, giou_loss, diou_loss, ciou_loss]
