@@ -433,13 +433,13 @@ def solve_batch(
     target_mask: np.ndarray,
     out: np.ndarray,
     status: np.ndarray,
-) -> None:
+) -> int:
     """Exact matching of every image of ``cost`` (``[B, M, N]`` float32 or float64,
     C-contiguous; ``bool`` masks ``[B, M]`` and ``[B, N]``) into ``out`` (``int64[B, M]``:
     the target of each prediction, -1 background, -2 padded). ``status[b]`` becomes
     :data:`NOT_A_NUMBER`, :data:`NEGATIVE_INFINITY` or :data:`INFEASIBLE` for an image
     that cannot be solved (checked in that order), else 0; such an image's ``out`` row
-    is left partial.
+    is left partial. Returns the first such image, or -1 (the host then reads no status).
 
     An image whose real predictions and targets are prefixes of the padded slots (the
     usual padded batch) is solved in place on ``cost``; any other is first packed into a
@@ -468,6 +468,7 @@ def solve_batch(
     lane_best = np.empty(lanes, dtype=cost.dtype)
     lane_group = np.empty(lanes, dtype=np.int32)
     lane_sum = np.empty(lanes, dtype=cost.dtype)
+    first_failed = -1
     for b in range(b_count):
         status[b] = 0
         p = 0
@@ -513,9 +514,12 @@ def solve_batch(
             code = _solve_view(view, _row_minima(view, best, best_col), work)
         status[b] = code
         if code != 0:
+            if first_failed < 0:
+                first_failed = b
             continue
         for i in range(rows):
             if targets_are_rows:
                 out[b, pred_ids[x[i]]] = target_ids[i]
             else:
                 out[b, pred_ids[i]] = target_ids[x[i]]
+    return first_failed

@@ -208,7 +208,10 @@ def _lap_kernel() -> ModuleType | None:
 
 
 def solve_on_host(
-    cost: Tensor, target_mask: Tensor, pred_mask: Tensor, image_ids: list[int] | None = None
+    cost: Tensor,
+    target_mask: Tensor,
+    pred_mask: Tensor | None,
+    image_ids: list[int] | None = None,
 ) -> Tensor:
     """Exact matching of every image of a padded cost, solved on the host.
 
@@ -216,7 +219,7 @@ def solve_on_host(
         cost: ``Tensor[B, M, N]`` predictions by targets, on any device; ``+inf`` forbids
             a pair.
         target_mask: ``bool[B, N]`` real targets.
-        pred_mask: ``bool[B, M]`` real predictions.
+        pred_mask: ``bool[B, M]`` real predictions (None: all).
         image_ids: the images' numbers in error messages (default ``0 .. B - 1``).
 
     Returns:
@@ -238,19 +241,22 @@ def solve_on_host(
     """
     kernel = _lap_kernel()
     if kernel is None:
+        if pred_mask is None:
+            pred_mask = torch.ones(cost.shape[:2], dtype=torch.bool, device=cost.device)
         return _solve_with_scipy(cost, target_mask, pred_mask, image_ids)
     b, m, n = cost.shape
     device = cost.device
     if cost.dtype not in _KERNEL_DTYPES:
         cost = cost.double()
-    cost_np, pmask_np, tmask_np = (_host_array(t) for t in (cost, pred_mask, target_mask))
+    cost_np, tmask_np = _host_array(cost), _host_array(target_mask)
+    pmask_np = np.ones((b, m), dtype=bool) if pred_mask is None else _host_array(pred_mask)
     result = np.empty((b, m), dtype=np.int64)
     status = np.empty(b, dtype=np.int64)
     if b > 1 and m * n * b >= _SPLIT_MIN_ENTRIES and torch.get_num_threads() > 1:
         # The kernel runs without the GIL: two halves of the batch on two threads.
         half = b // 2
         parts = [slice(0, half), slice(half, b)]
-        list(
+        failed = list(
             thread_pool().map(
                 lambda s: kernel.solve_batch(
                     cost_np[s], pmask_np[s], tmask_np[s], result[s], status[s]
@@ -258,10 +264,10 @@ def solve_on_host(
                 parts,
             )
         )
+        first = failed[0] if failed[0] >= 0 else failed[1] + half if failed[1] >= 0 else -1
     else:
-        kernel.solve_batch(cost_np, pmask_np, tmask_np, result, status)
-    if status.any():
-        first = int(np.flatnonzero(status)[0])
+        first = kernel.solve_batch(cost_np, pmask_np, tmask_np, result, status)
+    if first >= 0:
         image = first if image_ids is None else image_ids[first]
         code = int(status[first])
         if code == kernel.NOT_A_NUMBER:

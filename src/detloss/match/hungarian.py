@@ -118,10 +118,14 @@ def hungarian(
         >>> padded.pred_to_target
         tensor([[-1,  1,  0]])
     """
-    cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
+    cost, target_mask, pred_mask, _ = prepare_cost(
+        cost, target_mask, pred_mask, fill_pred_mask=False
+    )
     on_gpu = _use_device_solver(cost, solver)
     if not on_gpu or 0 in cost.shape:
         return Matching(solve_on_host(cost, target_mask, pred_mask), target_mask)
+    if pred_mask is None:
+        pred_mask = torch.ones(cost.shape[:2], dtype=torch.bool, device=cost.device)
     pred_to_target, unsolved = solve_on_gpu(cost, target_mask, pred_mask)
     unsolved = unsolved.cpu()  # the batch's one synchronisation
     if unsolved.any():
