@@ -341,3 +341,19 @@ def test_positional_masks_still_work_with_a_future_warning():
     assert legacy.tolist() == expected.tolist() == [[1, -2, 0]]
     with pytest.raises(TypeError, match="got two values for 'target_mask'"):
         hungarian(cost, tmask, target_mask=tmask)
+
+
+def test_wide_block_whose_rows_crowd_a_few_columns():
+    # 150 heads packed into a corner, 2,400 proposals spread over the image: the heads
+    # compete for the few proposals near them (the bidding of augmenting row reduction
+    # is bounded there; unbounded, it ran for minutes on a full-size crowd).
+    rng = np.random.default_rng(7)
+    heads = rng.uniform(0, 40, (150, 2))
+    proposals = rng.uniform(0, 400, (2400, 2))
+    cost = 0.05 * np.linalg.norm(proposals[:, None] - heads[None], axis=-1)
+    cost -= rng.random(2400)[:, None]
+    rows, cols = linear_sum_assignment(cost.T)
+    p2t = hungarian(torch.from_numpy(cost)).pred_to_target[0]
+    assert (p2t >= 0).sum() == 150
+    got = cost[p2t.numpy() >= 0, p2t[p2t >= 0].numpy()].sum()
+    assert got == pytest.approx(cost.T[rows, cols].sum(), rel=1e-12)

@@ -9,15 +9,15 @@ transposition); any other is packed once into a float64 block through index list
 Every step reads the block through a 2-D view, so Numba compiles one specialisation
 per memory layout: the whole C-contiguous image (a square or wide image with no
 padding, e.g. one large problem) gets loops without stride arithmetic, about 1.6 times
-faster than the strided ones on a 1000 x 1000 block. Arithmetic is float64. Each block is solved by the
-Jonker-Volgenant scheme (Jonker & Volgenant 1987, as in ``lapjv``):
+faster than the strided ones on a 1000 x 1000 block. Arithmetic is float64. Each block
+is solved by the Jonker-Volgenant scheme (Jonker & Volgenant 1987, as in ``lapjv``):
 
 1. square blocks: column reduction and reduction transfer, then one pass of augmenting
    row reduction (an auction step per free row: its best column at its second-best
    price); wide blocks start from zero column potentials (each row takes its cheapest
    column where it is free), which keeps every unassigned column's potential at the
    maximum, the rectangular optimality condition, then two passes of augmenting row
-   reduction;
+   reduction whose bidding is bounded (``_WIDE_STEPS`` per row);
 2. shortest augmenting paths (Dijkstra on reduced costs) for the rows still free.
 
 Every step keeps the reduced costs ``c[i, j] - u[i] - v[j]`` non-negative and zero on
@@ -104,11 +104,15 @@ def _augmenting_row_reduction(
     v: np.ndarray,
     free: np.ndarray,
     n_free: int,
+    step_factor: int,
 ) -> int:
     """One JV pass over the free rows: each takes its cheapest column and lowers that
     column's potential by the gap to its second cheapest, displacing the column's row
     (which then bids at once if the potential fell, else in the next pass). Returns how
-    many rows are left free (listed in ``free``)."""
+    many rows are left free (listed in ``free``).
+
+    A row bids again at once only while the pass has taken fewer than ``step_factor``
+    steps per row handled so far (JV's bound is the column count)."""
     cols = w.shape[1]
     current = 0
     new_free = 0
@@ -141,7 +145,7 @@ def _augmenting_row_reduction(
         i0 = y[j1]
         # An infinite gap (one finite column) cannot move a potential.
         lowers = umin < usubmin < np.inf
-        if steps < current * cols:
+        if steps < current * step_factor:
             if lowers:
                 v[j1] -= usubmin - umin
             elif i0 >= 0 and j2 >= 0 and usubmin < np.inf:
@@ -162,6 +166,11 @@ def _augmenting_row_reduction(
         if i0 >= 0:
             x[i0] = -1
     return new_free
+
+
+#: Bound of the bidding of augmenting row reduction on a wide block, in steps per free
+#: row (see :func:`_solve_block`).
+_WIDE_STEPS = 8
 
 
 @jit
@@ -274,11 +283,15 @@ def _solve_block(
         n_free = _column_reduction(w, x, y, v, free, pred)
         if n_free < 0:
             return False
-        n_free = _augmenting_row_reduction(w, x, y, v, free, n_free)
+        n_free = _augmenting_row_reduction(w, x, y, v, free, n_free, cols)
     else:
         # Row reduction with zero column potentials: each row takes its cheapest column
         # where no earlier row did (with many more columns than rows, nearly all do);
-        # the others bid for theirs (two JV passes) before any path search.
+        # the others bid for theirs (two JV passes) before any path search. The bids are
+        # bounded by _WIDE_STEPS per row, not JV's column count: on a wide block whose
+        # rows crowd a few columns (3,000 heads packed among as many of 49,152
+        # proposals), unbounded bidding ran for minutes where the path search takes
+        # seconds.
         for j in range(cols):
             v[j] = 0.0
         n_free = 0
@@ -295,7 +308,7 @@ def _solve_block(
         for _ in range(2):
             if n_free == 0:
                 break
-            n_free = _augmenting_row_reduction(w, x, y, v, free, n_free)
+            n_free = _augmenting_row_reduction(w, x, y, v, free, n_free, _WIDE_STEPS)
     return _augment(w, x, y, v, free, n_free, d, pred, order)
 
 

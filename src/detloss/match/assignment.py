@@ -148,8 +148,9 @@ def check_block(block: np.ndarray, image: int = 0) -> None:
 
 
 def solve_dense(block: np.ndarray, image: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum-cost assignment of ``min(P, T)`` pairs of one dense float64 ``[P, T]`` cost
-    by scipy, solved in its faster orientation (transposed when ``P > T``).
+    """Minimum-cost assignment of ``min(P, T)`` pairs of one dense float64 ``[P, T]`` cost,
+    by the compiled solver (Numba installed, and not the reference path) or else scipy in
+    its faster orientation (transposed when ``P > T``).
 
     Args:
         block: ``float64[P, T]``; ``+inf`` forbids a pair.
@@ -171,6 +172,19 @@ def solve_dense(block: np.ndarray, image: int = 0) -> tuple[np.ndarray, np.ndarr
         >>> rows.tolist(), cols.tolist()
         ([1, 2], [1, 0])
     """
+    kernel = _lap_kernel()
+    if kernel is not None:
+        # The compiled solver: faster than scipy on every size measured, and its start
+        # (row reduction, bounded bidding) suits the wide blocks of dense crowds.
+        p, t = block.shape
+        cost = np.ascontiguousarray(block, dtype=np.float64)[None]
+        pred_to_target = np.empty((1, p), dtype=np.int64)
+        status = np.empty(1, dtype=np.int64)
+        ones = np.ones(max(p, t), dtype=bool)
+        if kernel.solve_batch(cost, ones[None, :p], ones[None, :t], pred_to_target, status) >= 0:
+            _raise_for_status(kernel, int(status[0]), image, min(p, t))
+        rows = np.flatnonzero(pred_to_target[0] >= 0)
+        return rows, pred_to_target[0, rows]
     check_block(block, image)
     from scipy.optimize import linear_sum_assignment  # on first use: scipy loads slowly
 
@@ -269,20 +283,24 @@ def solve_on_host(
         first = kernel.solve_batch(cost_np, pmask_np, tmask_np, result, status)
     if first >= 0:
         image = first if image_ids is None else image_ids[first]
-        code = int(status[first])
-        if code == kernel.NOT_A_NUMBER:
-            raise ValueError(f"cost: image {image} contains NaN; costs must be finite or +inf")
-        if code == kernel.NEGATIVE_INFINITY:
-            raise ValueError(
-                f"cost: image {image} contains -inf; costs must be finite or +inf (forbidden)"
-            )
         rows = int(min(pmask_np[first].sum(), tmask_np[first].sum()))
-        raise ValueError(
-            f"cost: image {image} is infeasible: the +inf (forbidden) pairs leave no "
-            f"assignment of all {rows} rows"
-        )
+        _raise_for_status(kernel, int(status[first]), image, rows)
     pred_to_target = torch.from_numpy(result)
     return pred_to_target if device.type == "cpu" else pred_to_target.to(device)
+
+
+def _raise_for_status(kernel: ModuleType, code: int, image: int, rows: int) -> None:
+    """The ValueError of the compiled solver's failure ``code`` for ``image``."""
+    if code == kernel.NOT_A_NUMBER:
+        raise ValueError(f"cost: image {image} contains NaN; costs must be finite or +inf")
+    if code == kernel.NEGATIVE_INFINITY:
+        raise ValueError(
+            f"cost: image {image} contains -inf; costs must be finite or +inf (forbidden)"
+        )
+    raise ValueError(
+        f"cost: image {image} is infeasible: the +inf (forbidden) pairs leave no "
+        f"assignment of all {rows} rows"
+    )
 
 
 def _host_array(tensor: Tensor) -> np.ndarray:
