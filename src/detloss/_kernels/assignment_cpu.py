@@ -404,23 +404,18 @@ def _column_minima(
 
 
 @jit
-def _has_nan(w: np.ndarray) -> bool:
+def _invalid_entries(w: np.ndarray) -> int:
+    """:data:`NOT_A_NUMBER` where ``w`` holds a NaN, else :data:`NEGATIVE_INFINITY` where it
+    holds -inf, else 0."""
     rows, cols = w.shape
+    negative_infinity = False
     for i in range(rows):
         for j in range(cols):
-            if np.isnan(w[i, j]):
-                return True
-    return False
-
-
-@jit
-def _has_negative_infinity(w: np.ndarray) -> bool:
-    rows, cols = w.shape
-    for i in range(rows):
-        for j in range(cols):
-            if w[i, j] == -np.inf:
-                return True
-    return False
+            h = w[i, j]
+            if np.isnan(h):
+                return NOT_A_NUMBER
+            negative_infinity |= h == -np.inf
+    return NEGATIVE_INFINITY if negative_infinity else 0
 
 
 @jit
@@ -430,10 +425,9 @@ def _solve_view(w: np.ndarray, scanned_ok: bool, work: tuple) -> int:
     (or, for the lane scan, may have seen) a NaN or -inf. Returns the image's status."""
     x, y, v, free, d, pred, order, best, best_col = work
     if not scanned_ok:
-        if _has_nan(w):
-            return NOT_A_NUMBER
-        if _has_negative_infinity(w):
-            return NEGATIVE_INFINITY
+        invalid = _invalid_entries(w)
+        if invalid:
+            return invalid
     if _solve_block(w, x, y, v, free, d, pred, order, best, best_col):
         return 0
     return INFEASIBLE
