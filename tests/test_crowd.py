@@ -461,15 +461,3 @@ def _check_packed_cluster() -> None:
     for dense_below in (10**9, 0):
         solution = assert_exact(pred, scores, target, 0.05, dense_below=dense_below)
         assert solution.method in ("dense", "sparse", "fallback")
-
-
-def test_packed_heads_go_dense_after_the_first_certificate():
-    # 1,000 heads packed among 1,100 proposals (and 1,500 more around): the first
-    # certificate refutes most rows, so the dense solve follows at once.
-    g = np.random.default_rng(2)
-    pred = np.concatenate((g.uniform(0, 60, (1100, 2)), g.uniform(0, 400, (1500, 2))))
-    target = g.uniform(0, 60, (1000, 2))
-    near = np.linalg.norm(pred[:, None] - target[None], axis=-1).min(axis=1)
-    scores = np.clip(0.3 * g.random(2600) + 0.7 * np.exp(-(near**2) / 32), 0, 1)
-    solution = assert_exact(torch.tensor(pred), torch.tensor(scores), torch.tensor(target), 0.05)
-    assert solution.method == "fallback" and solution.rounds == 1

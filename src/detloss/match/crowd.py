@@ -50,10 +50,6 @@ _ROUND_FACTOR = 4
 _BYTES_PER_CANDIDATE = 96
 # Rows per sparse solve when the candidate graph splits into independent components.
 _BATCH_ROWS = 256
-# A large problem whose first certificate refutes more than this share of its rows is
-# solved densely at once (see _packed).
-_PACKED_SHARE = 0.5
-_PACKED_MIN_ROWS = 1000
 # Rounds of neighbourhood growth for a candidate graph without a full matching.
 _MAX_FEASIBILITY_ROUNDS = 32
 
@@ -172,19 +168,6 @@ class _Outcome:
     gap_bound: float = 0.0
 
 
-def _packed(n_rows: int, bad_rows: np.ndarray) -> bool:
-    """Whether the first certificate says the heads are packed: most rows of a large
-    problem have a cheaper partner outside their candidates. Then the optimum moves
-    proposals over long distances, every round adds millions of pairs and re-solves
-    them from scratch (3,000 heads packed among as many proposals: 6 rounds, 44 s), and
-    the dense solve (13.7 s with the first round) is the faster way."""
-    if n_rows < _PACKED_MIN_ROWS:
-        return False
-    refuted = np.zeros(n_rows, dtype=bool)
-    refuted[bad_rows] = True
-    return int(refuted.sum()) > _PACKED_SHARE * n_rows
-
-
 def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> _Outcome:
     n_rows, n_cols = problem.n_rows, problem.n_cols
     if n_rows == 0:
@@ -233,8 +216,6 @@ def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> 
             outcome.method = "sparse"
             outcome.gap_bound = n_rows * problem.tol
             return outcome
-        if dense_fits and outcome.rounds == 1 and _packed(n_rows, bad_r):
-            break
         grown = union_keys(keys, bad_r * n_cols + bad_c)
         # A violated pair that already is a candidate means the duals do not describe the
         # candidate optimum (rounding trouble): trust only the dense solve.
