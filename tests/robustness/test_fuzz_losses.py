@@ -162,7 +162,9 @@ def _cost_settings(background: str) -> dict[str, str]:
 
 
 MATCHERS = {
-    "hungarian": lambda background="last": HungarianMatcher(**_cost_settings(background)),
+    "hungarian": lambda background="last": HungarianMatcher(
+        background=background, class_cost_kind=_cost_settings(background)["class_cost"]
+    ),
     "max_iou": lambda background="last": MaxIoUMatcher(0.5, 0.4),
     # tol=0: a fixed number of iterations, no convergence warning.
     "sinkhorn": lambda background="last": SinkhornMatcher(
