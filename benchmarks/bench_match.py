@@ -220,11 +220,13 @@ def peer_rows(repeats: int, quick: bool, threads: int) -> list[dict]:
     for m, max_targets in sizes:
         cost, mask, counts = padded_problem(batch, m, max_targets)
         cost64 = cost.double().numpy()
-        want = _our_totals(cost64, hungarian(cost, mask).pred_to_target)
+        want = _our_totals(cost64, hungarian(cost, target_mask=mask).pred_to_target)
         for name, peer in _peers(cost, counts, threads).items():
             got = _totals_from_pairs(cost64, counts, peer())
             np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=name)
-            baseline, mine = time_pair(peer, lambda c=cost, k=mask: hungarian(c, k), repeats)
+            baseline, mine = time_pair(
+                peer, lambda c=cost, k=mask: hungarian(c, target_mask=k), repeats
+            )
             rows.append(
                 {
                     "name": f"solve B={batch} M={m} N~U(1,{max_targets}) vs {name}",

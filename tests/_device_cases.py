@@ -297,20 +297,22 @@ def _matcher(kind: str):
         bg = torch.full((2, 7), 1.5)
         inputs = {"cost": cost, "mask": mask, "bg": bg, "thr": torch.full((2, 4), 1.5)}
         calls = {
-            "hungarian": lambda i: hungarian(i["cost"], i["mask"]),
+            "hungarian": lambda i: hungarian(i["cost"], target_mask=i["mask"]),
             "max_iou": lambda i: max_iou(i["cost"] / 3, 0.5, 0.3, target_mask=i["mask"]),
             "max_iou_no_force": lambda i: max_iou(
                 i["cost"] / 3, 0.5, 0.3, force_best=False, target_mask=i["mask"]
             ),
-            "closest_target": lambda i: closest_target(i["cost"], i["bg"], i["mask"]),
-            "closest_target_float": lambda i: closest_target(i["cost"], 1.5, i["mask"]),
-            "closest_prediction": lambda i: closest_prediction(i["cost"], i["thr"], i["mask"]),
+            "closest_target": lambda i: closest_target(i["cost"], i["bg"], target_mask=i["mask"]),
+            "closest_target_float": lambda i: closest_target(i["cost"], 1.5, target_mask=i["mask"]),
+            "closest_prediction": lambda i: closest_prediction(
+                i["cost"], i["thr"], target_mask=i["mask"]
+            ),
             "softmin": lambda i: softmin(i["cost"], 0.5, "target", i["bg"], i["mask"]),
             "softmin_float": lambda i: softmin(i["cost"], 0.5, "prediction", 1.5, i["mask"]),
             "combine": lambda i: combine(
                 [
                     softmin(i["cost"], 0.5, "prediction", i["bg"], i["mask"]),
-                    closest_target(i["cost"], i["bg"], i["mask"]),
+                    closest_target(i["cost"], i["bg"], target_mask=i["mask"]),
                 ],
                 [1.0, 2.0],
             ),

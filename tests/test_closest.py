@@ -24,7 +24,7 @@ def test_closest_target_per_prediction_background_and_padding():
 
 def test_closest_prediction_right_way_round():
     cost = torch.tensor([[[0.2, 0.3, 0.9], [0.8, 0.7, 0.95], [0.6, 0.1, 0.99]]])
-    m = closest_prediction(cost, threshold=0.5)
+    m = closest_prediction(cost, cost_threshold=0.5)
     # target 0 -> pred 0 (0.2 < 0.5), target 1 -> pred 2 (0.1), target 2's best is 0.9: unmatched
     assert m.pred_to_target.tolist() == [[0, -1, 1]]
     assert m.plan[0].tolist() == [[1, 0, 0, 0], [0, 0, 0, 1], [0, 1, 0, 0]]
@@ -44,5 +44,24 @@ def test_empty_and_errors():
         ValueError, match=r"background_cost: expected a float or a tensor broadcastable"
     ):
         closest_target(torch.zeros(1, 3, 2), torch.zeros(4))
-    with pytest.raises(ValueError, match=r"threshold: expected a float or a tensor broadcastable"):
+    with pytest.raises(
+        ValueError, match=r"cost_threshold: expected a float or a tensor broadcastable"
+    ):
         closest_prediction(torch.zeros(1, 3, 2), torch.zeros(3))
+
+
+def test_renamed_threshold_and_positional_masks():
+    cost = torch.tensor([[[0.2, 0.9], [0.7, 0.8]]])
+    with pytest.raises(TypeError, match="'threshold' was renamed 'cost_threshold'"):
+        closest_prediction(cost, threshold=0.5)
+    mask = torch.tensor([[False, True]])
+    with pytest.warns(FutureWarning, match=r"pass target_mask by keyword"):
+        legacy = closest_target(cost, 0.75, mask)
+    assert (
+        legacy.pred_to_target.tolist()
+        == closest_target(cost, 0.75, target_mask=mask).pred_to_target.tolist()
+        == [[-1, -1]]
+    )
+    with pytest.warns(FutureWarning, match=r"pass target_mask and pred_mask by keyword"):
+        legacy = closest_prediction(cost, 1.0, mask, torch.tensor([[True, False]]))
+    assert legacy.pred_to_target.tolist() == [[1, -2]]

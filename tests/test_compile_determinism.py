@@ -299,10 +299,12 @@ def matcher_problems() -> dict[str, Callable[[], list[torch.Tensor]]]:
     point_logits = torch.randn(2, 1024, generator=gen)
     point_targets = [torch.rand(150, 2, generator=gen) * 128, torch.rand(3, 2, generator=gen) * 128]
     return {
-        "hungarian": lambda: matching_tensors(hungarian(cost, mask)),
+        "hungarian": lambda: matching_tensors(hungarian(cost, target_mask=mask)),
         "max_iou": lambda: matching_tensors(max_iou(iou, 0.5, 0.4, target_mask=mask)),
-        "closest_target": lambda: matching_tensors(closest_target(cost, 3.0, mask)),
-        "closest_prediction": lambda: matching_tensors(closest_prediction(cost, 3.0, mask)),
+        "closest_target": lambda: matching_tensors(closest_target(cost, 3.0, target_mask=mask)),
+        "closest_prediction": lambda: matching_tensors(
+            closest_prediction(cost, 3.0, target_mask=mask)
+        ),
         "sinkhorn": lambda: matching_tensors(sinkhorn(cost, mask, max_iter=50, tol=0.0)),
         "softmin": lambda: matching_tensors(softmin(cost, 0.1, target_mask=mask)),
         "HungarianMatcher": lambda: matching_tensors(HungarianMatcher()(outputs, targets)),

@@ -99,16 +99,9 @@ NOT_LOSS_FUNCTIONS = {"SetCriterion"}
 # detection loss). Empty these sets when that work lands.
 PENDING_LOSSES: set[str] = set()
 # PENDING: the matchers (match/**) whose masks are still positional there.
-PENDING_MASKS = {
-    "hungarian",
-    "sinkhorn",
-    "closest_target",
-    "closest_prediction",
-    "softmin",
-    "match_points",
-}
+PENDING_MASKS = {"sinkhorn", "softmin"}
 # PENDING: threshold names still to be renamed in the SSD loss and match/closest.py.
-PENDING_THRESHOLDS = {"closest_prediction"}
+PENDING_THRESHOLDS: set[str] = set()
 
 
 def _param(name: str, pending: set[str]) -> object:

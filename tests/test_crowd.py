@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 import detloss.match.crowd as crowd
-from detloss.match.crowd import (
-    certify_assignment,
-    crowd_assignment,
-    solve_crowd_assignment,
-)
+from _compiled import PATHS
+from detloss._kernels import reference_path
+from detloss.match._point_problem import SCAN
+from detloss.match.certificate import certify_assignment
+from detloss.match.crowd import crowd_assignment, solve_crowd_assignment
 
 # ----------------------------------------------------------------------------- references
 
@@ -247,7 +247,7 @@ def test_candidate_graph_without_full_matching_grows():
     pred, scores, target = crowd_problem("coincident", 300, 60, 4)
     solution = assert_exact(pred, scores, target, 0.05, k=1)
     assert solution.method == "sparse"
-    assert solution.candidates > 60 * crowd._SCAN
+    assert solution.candidates > 60 * SCAN
 
 
 def test_independent_groups_solved_in_batches():
@@ -443,3 +443,21 @@ def test_certificate_bad_assignments():
         certify_assignment(pred, scores, target, idx.float(), idx)
     with pytest.raises(ValueError, match=r"target_idx: expected shape \[3\], got \[3, 1\]"):
         certify_assignment(pred, scores, target, idx, idx[:, None])
+
+
+@pytest.mark.parametrize("fast", PATHS)
+def test_dense_solves_agree_with_scipy_on_a_packed_cluster(fast):
+    # Heads packed in a corner: the dense path and the sparse path (with its dense
+    # fallback), by the compiled solver or by scipy, reach scipy's optimum.
+    with reference_path(not fast):
+        _check_packed_cluster()
+
+
+def _check_packed_cluster() -> None:
+    rng = np.random.default_rng(11)
+    pred = torch.from_numpy(rng.uniform(0, 300, (1500, 2)))
+    scores = torch.from_numpy(rng.random(1500))
+    target = torch.from_numpy(rng.uniform(0, 40, (120, 2)))
+    for dense_below in (10**9, 0):
+        solution = assert_exact(pred, scores, target, 0.05, dense_below=dense_below)
+        assert solution.method in ("dense", "sparse", "fallback")

@@ -29,30 +29,12 @@ PUBLIC_MODULES = (
 # PENDING: names of the modules rewritten elsewhere (the ranking, SSD and generic detection
 # losses, the matchers and the costs). Empty it when their docstrings land.
 PENDING = {
-    # match/**
-    "BoxCostMatcher",
-    "HungarianMatcher",
-    "Matching",
-    "MaxIoUMatcher",
+    # match/sinkhorn.py, match/softmin.py
     "SinkhornConvergenceWarning",
     "SinkhornMatcher",
-    "certify_assignment",
-    "closest_prediction",
-    "closest_target",
     "combine",
-    "crowd_assignment",
-    "hungarian",
-    "match_points",
     "sinkhorn",
     "softmin",
-    # costs.py
-    "box_l1_cost",
-    "class_cost",
-    "detection_cost",
-    "giou_cost",
-    "p2p_cost",
-    "point_distance_cost",
-    "weighted_cost",
 }
 
 

@@ -11,7 +11,7 @@ from scipy.optimize import linear_sum_assignment
 from _compiled import PATHS, use_path
 from detloss.match import hungarian
 
-hungarian_module = importlib.import_module("detloss.match.hungarian")
+assignment_module = importlib.import_module("detloss.match.assignment")
 
 
 @pytest.fixture(scope="module", autouse=True, params=PATHS)
@@ -62,9 +62,17 @@ def test_optimal_against_brute_force_with_masks_and_forbidden_pairs(problem):
         feasible.append(brute_force_cost(block) if block.size else 0.0)
     if not all(np.isfinite(feasible)):
         with pytest.raises(ValueError, match="is infeasible"):
-            hungarian(torch.from_numpy(cost), torch.from_numpy(tmask), torch.from_numpy(pmask))
+            hungarian(
+                torch.from_numpy(cost),
+                target_mask=torch.from_numpy(tmask),
+                pred_mask=torch.from_numpy(pmask),
+            )
         return
-    result = hungarian(torch.from_numpy(cost), torch.from_numpy(tmask), torch.from_numpy(pmask))
+    result = hungarian(
+        torch.from_numpy(cost),
+        target_mask=torch.from_numpy(tmask),
+        pred_mask=torch.from_numpy(pmask),
+    )
     p2t = result.pred_to_target
     assert p2t.dtype == torch.int64
     for i in range(cost.shape[0]):
@@ -85,7 +93,9 @@ def test_equal_total_cost_to_scipy_on_random_batches(shape):
         cost = rng.normal(size=shape)
         tmask = rng.random(shape[::2]) < 0.7
         tmask = tmask.reshape(shape[0], shape[2])
-        result = hungarian(torch.from_numpy(cost), torch.from_numpy(tmask)).pred_to_target
+        result = hungarian(
+            torch.from_numpy(cost), target_mask=torch.from_numpy(tmask)
+        ).pred_to_target
         for i in range(shape[0]):
             block = cost[i][:, tmask[i]]
             r, c = linear_sum_assignment(block)
@@ -144,7 +154,7 @@ def test_errors_name_the_image():
     # a NaN in a padded slot is not looked at
     cost = torch.rand(1, 3, 2)
     cost[0, :, 1] = float("nan")
-    assert hungarian(cost, torch.tensor([[True, False]])).num_matched.tolist() == [1]
+    assert hungarian(cost, target_mask=torch.tensor([[True, False]])).num_matched.tolist() == [1]
     with pytest.raises(
         ValueError, match=r"cost: expected shape \[B, M, N\] or \[M, N\], got \[2\]"
     ):
@@ -152,7 +162,7 @@ def test_errors_name_the_image():
     with pytest.raises(
         ValueError, match=r"target_mask: expected shape \[2, 3\] \(\[B, N\]\), got \[2, 4\]"
     ):
-        hungarian(torch.zeros(2, 5, 3), torch.ones(2, 4, dtype=torch.bool))
+        hungarian(torch.zeros(2, 5, 3), target_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(
         ValueError, match=r"pred_mask: expected shape \[2, 5\] \(\[B, M\]\), got \[5\]"
     ):
@@ -178,13 +188,14 @@ def scipy_totals(cost: np.ndarray, pmask: np.ndarray, tmask: np.ndarray) -> list
 
 def check_against_scipy(cost: np.ndarray, pmask: np.ndarray, tmask: np.ndarray) -> None:
     totals = scipy_totals(cost, pmask, tmask)
-    args = (torch.from_numpy(cost), torch.from_numpy(tmask), torch.from_numpy(pmask))
+    args = (torch.from_numpy(cost),)
+    masks = {"target_mask": torch.from_numpy(tmask), "pred_mask": torch.from_numpy(pmask)}
     if not all(np.isfinite(totals)):
         first = int(np.flatnonzero(~np.isfinite(totals))[0])
         with pytest.raises(ValueError, match=f"image {first} is infeasible"):
-            hungarian(*args)
+            hungarian(*args, **masks)
         return
-    p2t = hungarian(*args).pred_to_target
+    p2t = hungarian(*args, **masks).pred_to_target
     for i, total in enumerate(totals):
         matched = p2t[i][p2t[i] >= 0]
         assert len(matched) == min(int(pmask[i].sum()), int(tmask[i].sum()))
@@ -247,7 +258,7 @@ def test_infeasible_square_and_rectangular_images_are_named_in_order():
     # a forbidden column in a padded slot does not matter
     tmask = torch.ones(4, 6, dtype=torch.bool)
     tmask[2, 3] = False
-    result = hungarian(torch.from_numpy(cost[:3]), tmask[:3])
+    result = hungarian(torch.from_numpy(cost[:3]), target_mask=tmask[:3])
     assert result.num_matched.tolist() == [6, 6, 5]
 
 
@@ -267,7 +278,7 @@ def test_nan_is_reported_before_negative_infinity_and_earlier_images_first():
 
 
 def test_split_batch_agrees_with_one_call(monkeypatch):
-    monkeypatch.setattr(hungarian_module, "_SPLIT_MIN_ENTRIES", 1)
+    monkeypatch.setattr(assignment_module, "_SPLIT_MIN_ENTRIES", 1)
     rng = np.random.default_rng(5)
     cost = rng.normal(size=(5, 30, 9))
     check_against_scipy(cost, rng.random((5, 30)) < 0.9, rng.random((5, 9)) < 0.9)
@@ -310,9 +321,39 @@ def test_prefix_masks_read_in_place_ignore_what_the_padding_holds(m, n):
     for dtype in (torch.float32, torch.float64):
         totals = scipy_totals(cost, pmask, tmask)
         p2t = hungarian(
-            torch.from_numpy(cost).to(dtype), torch.from_numpy(tmask), torch.from_numpy(pmask)
+            torch.from_numpy(cost).to(dtype),
+            target_mask=torch.from_numpy(tmask),
+            pred_mask=torch.from_numpy(pmask),
         ).pred_to_target
         for i, total in enumerate(totals):
             got = matched_cost(torch.from_numpy(cost[i]), p2t[i])
             assert (p2t[i] >= 0).sum() == min(pred_counts[i], target_counts[i])
             assert got == pytest.approx(total, rel=1e-12, abs=1e-9)
+
+
+def test_positional_masks_still_work_with_a_future_warning():
+    cost = torch.tensor([[[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [1.0, 2.0, 2.0]]])
+    tmask = torch.tensor([[True, True, False]])
+    pmask = torch.tensor([[True, False, True]])
+    expected = hungarian(cost, target_mask=tmask, pred_mask=pmask).pred_to_target
+    with pytest.warns(FutureWarning, match="pass target_mask and pred_mask by keyword"):
+        legacy = hungarian(cost, tmask, pmask).pred_to_target
+    assert legacy.tolist() == expected.tolist() == [[1, -2, 0]]
+    with pytest.raises(TypeError, match="got two values for 'target_mask'"):
+        hungarian(cost, tmask, target_mask=tmask)
+
+
+def test_wide_block_whose_rows_crowd_a_few_columns():
+    # 150 heads packed into a corner, 2,400 proposals spread over the image: the heads
+    # compete for the few proposals near them (the bidding of augmenting row reduction
+    # is bounded there; unbounded, it ran for minutes on a full-size crowd).
+    rng = np.random.default_rng(7)
+    heads = rng.uniform(0, 40, (150, 2))
+    proposals = rng.uniform(0, 400, (2400, 2))
+    cost = 0.05 * np.linalg.norm(proposals[:, None] - heads[None], axis=-1)
+    cost -= rng.random(2400)[:, None]
+    rows, cols = linear_sum_assignment(cost.T)
+    p2t = hungarian(torch.from_numpy(cost)).pred_to_target[0]
+    assert (p2t >= 0).sum() == 150
+    got = cost[p2t.numpy() >= 0, p2t[p2t >= 0].numpy()].sum()
+    assert got == pytest.approx(cost.T[rows, cols].sum(), rel=1e-12)

@@ -50,8 +50,10 @@ def test_gpu_hungarian_equals_scipy(b, m, counts):
         counts = torch.randint(1, 101, (b,), generator=gen).tolist()
     cost, mask = _batch(gen, b, m, counts)
     pred_mask = torch.rand(b, m, generator=gen) < 0.95
-    host = hungarian(cost, mask, pred_mask, solver="scipy")
-    gpu = hungarian(cost.cuda(), mask.cuda(), pred_mask.cuda(), solver="triton")
+    host = hungarian(cost, target_mask=mask, pred_mask=pred_mask, solver="scipy")
+    gpu = hungarian(
+        cost.cuda(), target_mask=mask.cuda(), pred_mask=pred_mask.cuda(), solver="triton"
+    )
     # Continuous random costs: the optimum is unique, so the pairs agree.
     torch.testing.assert_close(gpu.pred_to_target.cpu(), host.pred_to_target)
     torch.testing.assert_close(
@@ -67,8 +69,8 @@ def test_gpu_hungarian_ties_and_fallback_images():
     pred_mask[2, 3:] = False  # 3 real predictions, 8 targets: solved on the host
     cost[3, :, 0] = torch.inf  # target 0 unreachable... but only if every pair is inf
     cost[3, 5, 0] = 1.0
-    host = hungarian(cost, None, pred_mask, solver="scipy")
-    gpu = hungarian(cost.cuda(), None, pred_mask.cuda()).to("cpu")
+    host = hungarian(cost, pred_mask=pred_mask, solver="scipy")
+    gpu = hungarian(cost.cuda(), pred_mask=pred_mask.cuda()).to("cpu")
     torch.testing.assert_close(_totals(cost, gpu), _totals(cost, host), rtol=1e-12, atol=0)
     assert ((gpu.pred_to_target == IGNORED) == ~pred_mask).all()
 
@@ -106,8 +108,8 @@ def test_gpu_point_matching_equals_the_host(head):
     targets = torch.rand(b, n, 2, generator=gen) * 128
     mask = torch.rand(b, n, generator=gen) < 0.8
     mask[1] = False  # an image without people
-    host = match_points(points, logits, targets, mask)
-    gpu = match_points(points.cuda(), logits.cuda(), targets.cuda(), mask.cuda())
+    host = match_points(points, logits, targets, target_mask=mask)
+    gpu = match_points(points.cuda(), logits.cuda(), targets.cuda(), target_mask=mask.cuda())
     assert gpu.pred_to_target.is_cuda
     torch.testing.assert_close(gpu.pred_to_target.cpu(), host.pred_to_target)
 

@@ -128,7 +128,9 @@ def test_target_forms_agree():
     expected = match_points(pred, logits, targets).pred_to_target
     as_dicts = match_points(pred, logits, [{"points": t} for t in targets]).pred_to_target
     from_padded = match_points(pred, logits, padded).pred_to_target
-    from_tensor = match_points(pred, logits, padded["points"], padded["mask"]).pred_to_target
+    from_tensor = match_points(
+        pred, logits, padded["points"], target_mask=padded["mask"]
+    ).pred_to_target
     for other in (as_dicts, from_padded, from_tensor):
         assert torch.equal(other, expected)
 
@@ -141,7 +143,7 @@ def test_non_prefix_mask_and_target_permutation():
     perm = torch.tensor([3, 0, 2, 1])
     points = padded["points"][:, perm]
     mask = padded["mask"][:, perm]
-    moved = match_points(pred, logits, points, mask)
+    moved = match_points(pred, logits, points, target_mask=mask)
     inverse = torch.argsort(perm)
     for i in range(2):
         for j, t in as_dict(expected, i).items():
@@ -230,9 +232,11 @@ def test_errors():
     with pytest.raises(TypeError, match="tau must be a real number, got bool"):
         match_points(pred, logits, targets, tau=True)
     with pytest.raises(ValueError, match=r"target_mask: expected None unless target_points"):
-        match_points(pred, logits, targets, torch.ones(1, 2, dtype=torch.bool))
+        match_points(pred, logits, targets, target_mask=torch.ones(1, 2, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"target_mask: expected shape \[1, 2\].*got \[1, 3\]"):
-        match_points(pred, logits, torch.zeros(1, 2, 2), torch.ones(1, 3, dtype=torch.bool))
+        match_points(
+            pred, logits, torch.zeros(1, 2, 2), target_mask=torch.ones(1, 3, dtype=torch.bool)
+        )
     with pytest.raises(
         ValueError, match=r"target_points: expected shape \[B, N, 2\], got \[2, 2\]"
     ):

@@ -150,8 +150,10 @@ def test_matcher_errors():
         HungarianMatcher()({"pred_logits": outputs["pred_logits"]}, targets)
     with pytest.raises(ValueError, match="expected 3 images"):
         HungarianMatcher()(outputs, targets[:2])
-    with pytest.raises(ValueError, match="class_cost must be one of"):
-        HungarianMatcher(class_cost="softmin")
+    with pytest.raises(ValueError, match="class_cost_kind must be one of"):
+        HungarianMatcher(class_cost_kind="softmin")
+    with pytest.raises(TypeError, match="'class_cost' was renamed 'class_cost_kind'"):
+        HungarianMatcher(class_cost="focal")
     with pytest.raises(ValueError, match="cost_bbox must be >= 0, got -1"):
         HungarianMatcher(cost_bbox=-1)
     bad = dict(outputs, pred_boxes=outputs["pred_boxes"][:, :5])

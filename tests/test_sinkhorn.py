@@ -319,7 +319,7 @@ def test_free_predictions_give_closest_prediction():
     cost = rand(2, 30, 5, seed=13)
     assert min_gap(cost, 1) > 1e-4
     m = sinkhorn(cost, tau_pred=0.0, tau_target=math.inf, reg=1e-6)
-    ref = closest_prediction(cost, threshold=math.inf)
+    ref = closest_prediction(cost, cost_threshold=math.inf)
     torch.testing.assert_close(m.plan[..., :5], ref.plan[..., :5], atol=1e-9, rtol=0)
     # The background spreads its (M - N) / M evenly when its cost is constant.
     torch.testing.assert_close(m.plan[..., 5], torch.full((2, 30), 25 / 30, dtype=F64))

@@ -19,6 +19,8 @@ from ._kernels import fast_path
 from .boxes import BOX_FORMATS, EPS, _to_xyxy, box_convert, generalized_box_iou
 from .points import pairwise_distance
 
+# BACKGROUNDS, DETECTION_COST_OPTIONS and check_cost_options are public for the box-cost
+# matchers, not part of the top-level API.
 __all__ = [
     "CLASS_COSTS",
     "box_l1_cost",
@@ -30,8 +32,61 @@ __all__ = [
     "weighted_cost",
 ]
 
+#: The values of ``class_cost_kind`` (:func:`class_cost`'s ``kind``).
 CLASS_COSTS = ("softmax", "sigmoid", "focal")
+#: Where a softmax head keeps its background logit.
 BACKGROUNDS = ("last", "first", "none")
+#: The keyword options of :func:`detection_cost`, which a box-cost matcher stores under
+#: the same names and passes on.
+DETECTION_COST_OPTIONS = (
+    "cost_class",
+    "cost_bbox",
+    "cost_giou",
+    "box_format",
+    "l1_format",
+    "class_cost_kind",
+    "background",
+    "focal_alpha",
+    "focal_gamma",
+)
+
+
+def check_cost_options(
+    *,
+    cost_class: float,
+    cost_bbox: float,
+    cost_giou: float,
+    box_format: str,
+    l1_format: str | None,
+    class_cost_kind: str,
+    background: str,
+    **others: object,
+) -> None:
+    """Check :func:`detection_cost`'s options (the weights ``>= 0``, the formats and kinds
+    among the known ones): a ValueError naming the first bad one. Options it does not
+    know (``others``) are not checked.
+
+    Example:
+        >>> check_cost_options(cost_class=1, cost_bbox=5, cost_giou=2, box_format="xyxy",
+        ...                    l1_format=None, class_cost_kind="sigmoid", background="last")
+        >>> check_cost_options(cost_class=1, cost_bbox=-5, cost_giou=2, box_format="xyxy",
+        ...                    l1_format=None, class_cost_kind="sigmoid", background="last")
+        Traceback (most recent call last):
+        ...
+        ValueError: cost_bbox must be >= 0, got -5
+    """
+    for name, weight in (
+        ("cost_class", cost_class),
+        ("cost_bbox", cost_bbox),
+        ("cost_giou", cost_giou),
+    ):
+        if weight < 0:
+            raise ValueError(f"{name} must be >= 0, got {weight}")
+    check_choice(box_format, "box_format", BOX_FORMATS)
+    if l1_format is not None:
+        check_choice(l1_format, "l1_format", BOX_FORMATS)
+    check_choice(class_cost_kind, "class_cost_kind", CLASS_COSTS)
+    check_choice(background, "background", BACKGROUNDS)
 
 
 def _check_logits_labels(logits: Tensor, labels: Tensor) -> None:
@@ -66,6 +121,16 @@ def class_cost(
         background: where a softmax head keeps its background logit: ``"last"`` (labels
             index the logits directly), ``"first"`` (label ``k`` is logit ``k + 1``) or
             ``"none"``.
+        focal_alpha, focal_gamma: the focal cost's weights.
+
+    Shape:
+        - logits: ``[B, M, C]``; labels: ``[B, N]``; output: ``[B, M, N]``
+
+    Example:
+        >>> logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0]]])
+        >>> class_cost(logits, torch.tensor([[1]]), "sigmoid")
+        tensor([[[-0.5000],
+                 [-0.8808]]])
     """
     _check_logits_labels(logits, labels)
     check_choice(kind, "kind", CLASS_COSTS)
@@ -94,6 +159,13 @@ def box_l1_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
 
     The coordinates are compared as given: convert both to the format the L1 term should
     see (DETR uses normalised cxcywh) before calling.
+
+    Shape:
+        - pred_boxes: ``[B, M, 4]``; target_boxes: ``[B, N, 4]``; output: ``[B, M, N]``
+
+    Example:
+        >>> box_l1_cost(torch.tensor([[[0.0, 0, 1, 1]]]), torch.tensor([[[0.5, 0, 1, 2]]]))
+        tensor([[[1.5000]]])
     """
     check_shape(pred_boxes, "pred_boxes", ndim=3, last=4, expected="[B, M, 4]")
     check_shape(target_boxes, "target_boxes", ndim=3, last=4, expected="[B, N, 4]")
@@ -104,12 +176,28 @@ def box_l1_cost(pred_boxes: Tensor, target_boxes: Tensor) -> Tensor:
 
 
 def giou_cost(pred_boxes: Tensor, target_boxes: Tensor, box_format: str = "xyxy") -> Tensor:
-    """Negative generalized IoU ``[B, M, N]``, in [-1, 1]."""
+    """Negative generalized IoU of every prediction with every target, in ``[-1, 1]``.
+
+    Shape:
+        - pred_boxes: ``[B, M, 4]``; target_boxes: ``[B, N, 4]``; output: ``[B, M, N]``
+
+    Example:
+        >>> giou_cost(torch.tensor([[[0.0, 0, 2, 2]]]), torch.tensor([[[1.0, 0, 3, 2]]]))
+        tensor([[[-0.3333]]])
+    """
     return -generalized_box_iou(pred_boxes, target_boxes, box_format=box_format)
 
 
 def point_distance_cost(pred_points: Tensor, target_points: Tensor) -> Tensor:
-    """Euclidean distance ``[B, M, 2] x [B, N, 2] -> [B, M, N]``."""
+    """Euclidean distance of every predicted point to every target point.
+
+    Shape:
+        - pred_points: ``[B, M, 2]``; target_points: ``[B, N, 2]``; output: ``[B, M, N]``
+
+    Example:
+        >>> point_distance_cost(torch.tensor([[[0.0, 0.0]]]), torch.tensor([[[3.0, 4.0]]]))
+        tensor([[[5.]]])
+    """
     return pairwise_distance(pred_points, target_points)
 
 
@@ -120,6 +208,15 @@ def p2p_cost(
 
     ``pred_logits`` is ``[B, M]`` (one logit per proposal) or ``[B, M, 2]`` (a 2-way
     softmax head, whose person probability is then used).
+
+    Shape:
+        - pred_points: ``[B, M, 2]``; pred_logits: ``[B, M]`` or ``[B, M, 2]``
+        - target_points: ``[B, N, 2]``; output: ``[B, M, N]``
+
+    Example:
+        >>> p2p_cost(torch.tensor([[[0.0, 0.0]]]), torch.tensor([[0.0]]),
+        ...          torch.tensor([[[3.0, 4.0]]]), tau=0.1)
+        tensor([[[0.]]])
     """
     check_shape(pred_points, "pred_points", ndim=3, last=2, expected="[B, M, 2]")
     check_shape(pred_logits, "pred_logits", ndim=(2, 3), expected="[B, M] or [B, M, 2]")
@@ -139,7 +236,15 @@ def p2p_cost(
 
 def weighted_cost(terms: Mapping[str, tuple[float, Tensor]]) -> Tensor:
     """``sum(weight * cost)`` over named ``(weight, cost)`` terms of one shape; zero weights
-    are skipped (their cost may then be anything, even NaN)."""
+    are skipped (their cost may then be anything, even NaN).
+
+    Shape:
+        - every cost: one shape, e.g. ``[B, M, N]``; output: that shape
+
+    Example:
+        >>> weighted_cost({"a": (2.0, torch.ones(1, 2)), "b": (0.0, torch.full((1, 2), torch.nan))})
+        tensor([[2., 2.]])
+    """
     total: Tensor | None = None
     for name, (weight, cost) in terms.items():
         if weight == 0:
@@ -176,11 +281,28 @@ def detection_cost(
 
     Boxes are in ``box_format``; the L1 term compares them in ``l1_format`` (default: the
     same format; DETR's is ``cxcywh``). Returns ``[B, M, N]`` without gradient concerns
-    (callers match under ``torch.no_grad()``).
+    (callers match under ``torch.no_grad()``). ``class_cost_kind``, ``background``,
+    ``focal_alpha`` and ``focal_gamma`` are :func:`class_cost`'s ``kind`` and options.
+
+    Shape:
+        - pred_logits: ``[B, M, C]``; pred_boxes: ``[B, M, 4]``
+        - target_labels: ``[B, N]``; target_boxes: ``[B, N, 4]``; output: ``[B, M, N]``
+
+    Example:
+        >>> detection_cost(torch.zeros(1, 1, 2), torch.tensor([[[0.0, 0, 2, 2]]]),
+        ...                torch.tensor([[0]]), torch.tensor([[[1.0, 0, 3, 2]]]))
+        tensor([[[8.8333]]])
     """
-    check_choice(box_format, "box_format", BOX_FORMATS)
+    check_cost_options(
+        cost_class=cost_class,
+        cost_bbox=cost_bbox,
+        cost_giou=cost_giou,
+        box_format=box_format,
+        l1_format=l1_format,
+        class_cost_kind=class_cost_kind,
+        background=background,
+    )
     l1_format = box_format if l1_format is None else l1_format
-    check_choice(l1_format, "l1_format", BOX_FORMATS)
     check_shape(pred_boxes, "pred_boxes", ndim=3, last=4, expected="[B, M, 4]")
     check_shape(target_boxes, "target boxes", ndim=3, last=4, expected="[B, N, 4]")
     dtype = compute_dtype(pred_logits, pred_boxes, target_boxes)

@@ -60,13 +60,13 @@ def test_hungarian_and_threshold_matchers(data, b, m, n):
     finite = data.draw(st.booleans())
     cost = data.draw(values((b, m, n), finite=finite))
     tmask = torch.rand(b, n) < 0.7
-    out = check_contract(lambda: hungarian(cost, tmask), finite)
+    out = check_contract(lambda: hungarian(cost, target_mask=tmask), finite)
     if finite:
         assert out is not None and (out.num_matched <= tmask.sum(1)).all()
     iou = data.draw(values((b, m, n), low=0.0, high=1.0))
     check_contract(lambda: max_iou(iou, target_mask=tmask), True)
-    check_contract(lambda: closest_target(cost, 0.0, tmask), finite)
-    check_contract(lambda: closest_prediction(cost, 0.0, tmask), finite)
+    check_contract(lambda: closest_target(cost, 0.0, target_mask=tmask), finite)
+    check_contract(lambda: closest_prediction(cost, 0.0, target_mask=tmask), finite)
 
 
 @given(data=st.data(), m=sizes, n=sizes, c=st.integers(1, 4), dtype=st.sampled_from(FLOAT_DTYPES))

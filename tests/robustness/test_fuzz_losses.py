@@ -59,8 +59,8 @@ from detloss.losses.regression import smooth_l1_loss
 from detloss.losses.ssd import MultiBoxLoss, multibox_loss
 from detloss.match.matching import Matching
 from detloss.match.modules import HungarianMatcher, MaxIoUMatcher
-from detloss.match.modules import box_targets as padded_box_targets
 from detloss.match.sinkhorn import SinkhornMatcher
+from detloss.match.targets import box_targets as padded_box_targets
 
 REDUCTIONS = ["none", "mean", "sum"]
 IOU_LOSSES = [iou_loss, giou_loss, diou_loss, ciou_loss]
@@ -163,7 +163,9 @@ def _cost_settings(background: str) -> dict[str, str]:
 
 
 MATCHERS = {
-    "hungarian": lambda background="last": HungarianMatcher(**_cost_settings(background)),
+    "hungarian": lambda background="last": HungarianMatcher(
+        background=background, class_cost_kind=_cost_settings(background)["class_cost"]
+    ),
     "max_iou": lambda background="last": MaxIoUMatcher(0.5, 0.4),
     # tol=0: a fixed number of iterations, no convergence warning.
     "sinkhorn": lambda background="last": SinkhornMatcher(

@@ -297,9 +297,9 @@ TABLE: dict[str, Case] = {
     ),
     "closest_prediction": Case(
         M.closest_prediction,
-        lambda: {"cost": _cost(), "threshold": torch.tensor(0.6)},
+        lambda: {"cost": _cost(), "cost_threshold": torch.tensor(0.6)},
         # +inf threshold: every target takes its cheapest prediction.
-        overrides=_FORBIDDEN_PAIR | {("threshold", "+inf"): FINITE},
+        overrides=_FORBIDDEN_PAIR | {("cost_threshold", "+inf"): FINITE},
     ),
     "softmin": Case(M.softmin, lambda: {"cost": _cost()}, overrides=_FORBIDDEN_PAIR),
     "combine": Case(

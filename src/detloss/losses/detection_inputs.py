@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .._checks import check_shape, shape_str
 from ..match.matching import Matching
-from ..match.modules import box_targets
+from ..match.targets import box_targets
 
 __all__: list[str] = []
 

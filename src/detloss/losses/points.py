@@ -206,7 +206,7 @@ def point_loss(
         )
     if matching is None:
         matching = match_points(
-            pred_points.detach(), pred_logits.detach(), target_xy, target_mask, tau=tau
+            pred_points.detach(), pred_logits.detach(), target_xy, target_mask=target_mask, tau=tau
         )
     else:
         matching = _check_matching(matching, b, m, n).to(device)

@@ -31,7 +31,7 @@ from ..anchors import _check_ssd_inputs, _check_variances, encode_boxes
 from ..boxes import box_convert
 from ..distributed import normalizer
 from ..match.matching import BACKGROUND
-from ..match.modules import box_targets
+from ..match.targets import box_targets
 from ..match.threshold_boxes import max_iou_boxes
 from ._mining import hard_negatives
 from .regression import smooth_l1_loss

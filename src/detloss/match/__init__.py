@@ -1,8 +1,9 @@
 """Matchers: functions from a cost (or IoU) matrix to a :class:`Matching`, and modules
 that build the cost from model outputs and targets."""
 
+from .certificate import certify_assignment
 from .closest import closest_prediction, closest_target
-from .crowd import certify_assignment, crowd_assignment
+from .crowd import crowd_assignment
 from .hungarian import hungarian
 from .matching import BACKGROUND, IGNORED, Matching
 from .modules import BoxCostMatcher, HungarianMatcher, MaxIoUMatcher

@@ -55,11 +55,14 @@ def prepare_cost(
     target_mask: Tensor | None,
     pred_mask: Tensor | None = None,
     name: str = "cost",
+    *,
+    fill_pred_mask: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, bool]:
     """Validate a ``[B, M, N]`` (or unbatched ``[M, N]``) matrix and its masks.
 
     Returns the detached 3-D cost, ``target_mask [B, N]``, ``pred_mask [B, M]`` and whether
-    the input was unbatched.
+    the input was unbatched. ``fill_pred_mask=False`` leaves a missing ``pred_mask`` None
+    (for callers that read "all real" more cheaply than from a tensor of ones).
     """
     check_shape(cost, name, ndim=(2, 3), expected="[B, M, N] or [M, N]")
     unbatched = cost.ndim == 2
@@ -70,5 +73,6 @@ def prepare_cost(
         pred_mask = None if pred_mask is None else pred_mask.reshape(1, -1)
     b, m, n = cost.shape
     target_mask = _mask(target_mask, "target_mask", (b, n), cost.device)
-    pred_mask = _mask(pred_mask, "pred_mask", (b, m), cost.device)
+    if pred_mask is not None or fill_pred_mask:
+        pred_mask = _mask(pred_mask, "pred_mask", (b, m), cost.device)
     return cost, target_mask, pred_mask, unbatched

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._api import keyword_only_masks, renamed
 from .._checks import check_finite, should_validate
 from ._common import broadcast_value, prepare_cost
 from .matching import BACKGROUND, IGNORED, Matching
@@ -13,12 +14,13 @@ from .matching import BACKGROUND, IGNORED, Matching
 __all__ = ["closest_prediction", "closest_target"]
 
 
+@keyword_only_masks(2, ("target_mask", "pred_mask"))
 def closest_target(
     cost: Tensor,
     background_cost: float | Tensor,
+    *,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
-    *,
     validate: bool | None = None,
 ) -> Matching:
     """Match each prediction to its cheapest real target, or to the background when the
@@ -29,12 +31,24 @@ def closest_target(
         background_cost: cost of assigning a prediction to the background; a float or a
             tensor broadcastable to ``[B, M]``. A prediction is matched when its cheapest
             target costs strictly less (ties go to the background).
-        target_mask, pred_mask: real entries; padded predictions are ignored (``-2``).
+        target_mask: ``bool[B, N]`` real targets; pred_mask: ``bool[B, M]`` real
+            predictions (padded ones are ignored, ``-2``). Keyword-only (by position they
+            still work, with a FutureWarning, for one release).
         validate: check that the real entries of ``cost`` and ``background_cost`` are
             finite or ``+inf`` (NaN or ``-inf`` is a ValueError; one host
             synchronisation); None (default) checks on the CPU only.
 
     Several predictions may share a target. The returned matching carries its 0/1 plan.
+
+    Shape:
+        - cost: ``[B, M, N]`` or ``[M, N]``; background_cost: broadcastable to ``[B, M]``
+        - result: a :class:`Matching` with ``pred_to_target [B, M]`` and ``plan
+          [B, M, N + 1]``
+
+    Example:
+        >>> cost = torch.tensor([[0.2, 0.9], [0.7, 0.8], [0.1, 0.3]])
+        >>> closest_target(cost, 0.5).pred_to_target
+        tensor([[ 0, -1,  0]])
     """
     cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
     if not cost.is_floating_point():
@@ -58,28 +72,41 @@ def closest_target(
     return Matching(p2t, target_mask, plan=matching.hard_plan(cost.dtype))
 
 
+@keyword_only_masks(2, ("target_mask", "pred_mask"))
+@renamed(threshold="cost_threshold")
 def closest_prediction(
     cost: Tensor,
-    threshold: float | Tensor,
+    cost_threshold: float | Tensor,
+    *,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
-    *,
     validate: bool | None = None,
 ) -> Matching:
     """Match each real target to its cheapest prediction when that cost is below
-    ``threshold``; every other prediction is background.
+    ``cost_threshold``; every other prediction is background.
 
     Args:
         cost: ``Tensor[B, M, N]`` (or ``[M, N]``).
-        threshold: a target is matched only if its cheapest prediction costs strictly less;
-            a float or a tensor broadcastable to ``[B, N]``.
-        target_mask, pred_mask: real entries; padded predictions are ignored (``-2``).
-        validate: as for :func:`closest_target`, with ``threshold`` for the background
-            cost.
+        cost_threshold: a target is matched only if its cheapest prediction costs strictly
+            less; a float or a tensor broadcastable to ``[B, N]`` (was ``threshold``: the
+            old name raises a TypeError naming the new one).
+        target_mask, pred_mask: keyword-only, as for :func:`closest_target`.
+        validate: as for :func:`closest_target`, with ``cost_threshold`` for the
+            background cost.
 
     The plan holds every target's choice, so a prediction chosen by several targets has
     several ones in its row; ``pred_to_target`` keeps the cheapest of them (ties: lower
     target index).
+
+    Shape:
+        - cost: ``[B, M, N]`` or ``[M, N]``; cost_threshold: broadcastable to ``[B, N]``
+        - result: a :class:`Matching` with ``pred_to_target [B, M]`` and ``plan
+          [B, M, N + 1]``
+
+    Example:
+        >>> cost = torch.tensor([[0.2, 0.9], [0.7, 0.8], [0.1, 0.3]])
+        >>> closest_prediction(cost, 0.5).pred_to_target
+        tensor([[-1, -1,  0]])
     """
     cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
     if not cost.is_floating_point():
@@ -88,10 +115,12 @@ def closest_prediction(
     plan = cost.new_zeros((b, m, n + 1))
     p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=cost.device)
     if m > 0 and n > 0:
-        thr = broadcast_value(threshold, (b, n), cost.dtype, cost.device, "threshold", "[B, N]")
+        thr = broadcast_value(
+            cost_threshold, (b, n), cost.dtype, cost.device, "cost_threshold", "[B, N]"
+        )
         if should_validate(validate, cost):
             pairs = pred_mask[:, :, None] & target_mask[:, None, :]
-            named = (("cost", cost, pairs), ("threshold", thr, target_mask))
+            named = (("cost", cost, pairs), ("cost_threshold", thr, target_mask))
             check_finite(*named, allow_posinf=True)
         masked = cost.masked_fill(~pred_mask[:, :, None], torch.inf)
         best_cost, best_pred = masked.min(dim=1)  # [B, N]

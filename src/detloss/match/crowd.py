@@ -17,56 +17,39 @@ Everything runs on the host in float64; results come back on the inputs' device.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Integral
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+import torch  # noqa: F401  (the examples)
 from torch import Tensor
 
-from .._checks import check_nonnegative, check_shape, shape_str
-
-if TYPE_CHECKING:
-    from scipy.spatial import cKDTree
+from ._point_problem import (
+    DEFAULT_K,
+    DENSE_MEMORY_BUDGET,
+    GROWTH,
+    PointProblem,
+    candidate_keys,
+    index_unique,
+    initial_keys,
+    point_problem,
+    positive_int,
+    read_inputs,
+    to_pairs,
+    union_keys,
+)
+from .assignment import DENSE_BELOW, use_dense
+from .certificate import potentials, violations
 
 # scipy is imported inside the functions that call it: ``import detloss`` stays light.
 
-__all__ = [
-    "DENSE_BELOW",
-    "Certificate",
-    "CrowdSolution",
-    "certify_assignment",
-    "crowd_assignment",
-    "solve_crowd_assignment",
-]
+__all__ = ["DENSE_BELOW", "CrowdSolution", "crowd_assignment", "solve_crowd_assignment"]
 
-#: Problems with fewer than this many pairs (``M * N``) are solved on the dense matrix,
-#: which is faster there than building a k-d tree and a certificate.
-DENSE_BELOW = 1 << 19
-#: Bytes the dense fallback may allocate for its float64 ``[R, C]`` cost (4 GiB). A
-#: problem whose dense cost would be larger keeps growing its candidate sets where the
-#: certificate failed (up to ``_ROUND_FACTOR * max_rounds`` solves) and, if it still does
-#: not certify, raises a ``ValueError`` naming the sizes instead of allocating.
-DENSE_MEMORY_BUDGET = 4 << 30
 # More candidate solves allowed when the dense fallback does not fit the budget.
 _ROUND_FACTOR = 4
 # Bytes per candidate pair kept by the sparse solve (keys, costs, graph arrays).
 _BYTES_PER_CANDIDATE = 96
-#: Candidate neighbours per head when ``k`` is not given.
-DEFAULT_K = 8
-# The first candidates of a head are its k cheapest among its _SCAN * k nearest.
-_SCAN = 6
-#: Relative tolerance of the certificate: a reduced cost counts as negative below
-#: ``-_REL_TOL * scale``, ``scale`` the magnitude of the costs (see ``_Problem``).
-_REL_TOL = 1e-12
-# Pairs per k-d tree query: bounds the temporaries of one query (about 100 MB).
-_QUERY_PAIRS = 1 << 22
 # Rows per sparse solve when the candidate graph splits into independent components.
 _BATCH_ROWS = 256
-# Growth of a neighbourhood that turned out too small.
-_GROWTH = 4
 # Rounds of neighbourhood growth for a candidate graph without a full matching.
 _MAX_FEASIBILITY_ROUNDS = 32
 
@@ -88,6 +71,15 @@ class CrowdSolution:
         checked: pairs whose reduced cost the certificate evaluated, over all rounds.
         gap_bound: proven upper bound on ``cost - optimum`` from the certificate's
             tolerance (``min(M, N) * tol``); ``0.0`` for the dense and closed-form solves.
+
+    Shape:
+        - pred_idx, target_idx: ``[min(M, N)]``
+
+    Example:
+        >>> solution = solve_crowd_assignment(torch.rand(40, 2), torch.rand(40),
+        ...                                   torch.rand(5, 2), dense_below=0)
+        >>> solution.method, solution.pred_idx.shape
+        ('sparse', torch.Size([5]))
     """
 
     pred_idx: Tensor
@@ -98,228 +90,6 @@ class CrowdSolution:
     candidates: int
     checked: int
     gap_bound: float
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """The verdict of :func:`certify_assignment` on one assignment.
-
-    Attributes:
-        optimal: True when the assignment is proven to have the minimum total cost
-            (up to ``gap_bound``); False when a cheaper assignment exists.
-        reason: one line on how the verdict was reached.
-        cost: the assignment's summed cost.
-        gap_bound: upper bound on ``cost - optimum`` when ``optimal``; for a refuted
-            assignment the amount it was found to exceed the optimum by, when known
-            (``nan`` otherwise).
-        target_potential: ``float64[N]`` dual values ``u_j`` of the proof (on the host),
-            or None.
-        pred_potential: ``float64[M]`` dual values ``v_i`` (on the host), or None. Together they satisfy
-            ``c(i, j) - u_j - v_i >= -tol`` for every pair, ``~0`` on matched pairs, and the
-            side with more points has potentials ``<= 0``, exactly ``0`` where unmatched.
-        rounds: dual computations it took.
-    """
-
-    optimal: bool
-    reason: str
-    cost: float
-    gap_bound: float
-    target_potential: Tensor | None
-    pred_potential: Tensor | None
-    rounds: int
-
-
-class _Problem:
-    """An assignment problem in the orientation "every row is matched" (``R <= C``).
-
-    ``cost(r, c) = tau * ||rows[r] - cols[c]|| - row_offset[r] - col_offset[c]``. With fewer
-    targets than proposals the rows are the targets (offset 0) and the columns the
-    proposals (offset = score); otherwise the other way round.
-    """
-
-    def __init__(
-        self,
-        rows: np.ndarray,
-        row_offset: np.ndarray,
-        cols: np.ndarray,
-        col_offset: np.ndarray,
-        tau: float,
-        targets_are_rows: bool,
-    ) -> None:
-        self.targets_are_rows = targets_are_rows
-        self.rows = rows
-        self.row_offset = row_offset
-        self.cols = cols
-        self.col_offset = col_offset
-        self.tau = tau
-        self.n_rows = rows.shape[0]
-        self.n_cols = cols.shape[0]
-        points = np.concatenate((rows, cols))
-        extent = float(np.ptp(points, axis=0).max()) if points.size else 0.0
-        offsets = np.concatenate((row_offset, col_offset))
-        spread = float(np.abs(offsets).max()) if offsets.size else 0.0
-        # Costs are sums of terms up to tau * extent + |offsets|, so rounding errors (and
-        # hence the tolerance) scale with that magnitude.
-        self.tol = _REL_TOL * max(1.0, tau * extent + 2.0 * spread)
-        self._tree: cKDTree | None = None
-        self._near: tuple[np.ndarray, np.ndarray] | None = None
-
-    @property
-    def tree(self) -> cKDTree:
-        if self._tree is None:
-            from scipy.spatial import cKDTree
-
-            # Sliding-midpoint splits build faster and query as fast on these point sets.
-            self._tree = cKDTree(self.cols, balanced_tree=False)
-        return self._tree
-
-    def cost(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
-        dist = np.hypot(self.rows[r, 0] - self.cols[c, 0], self.rows[r, 1] - self.cols[c, 1])
-        return self.tau * dist - self.row_offset[r] - self.col_offset[c]
-
-    def nearest(self, r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distances and indices ``[len(r), k]`` of the ``k`` nearest columns of rows ``r``,
-        nearest first (``k <= n_cols``)."""
-        dist = np.empty((r.size, k))
-        index = np.empty((r.size, k), dtype=np.int64)
-        step = max(1, _QUERY_PAIRS // k)
-        for start in range(0, r.size, step):
-            part = r[start : start + step]
-            d, i = self.tree.query(self.rows[part], k=k)
-            dist[start : start + part.size] = np.reshape(d, (part.size, k))
-            index[start : start + part.size] = np.reshape(i, (part.size, k))
-        return dist, index
-
-    def neighbours(self, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`nearest` for every row, kept for later calls (``k=None``: whatever is
-        kept, else ``_SCAN * DEFAULT_K``)."""
-        if k is None:
-            if self._near is not None:
-                return self._near
-            k = _SCAN * DEFAULT_K
-        k = min(k, self.n_cols)
-        if self._near is None or self._near[0].shape[1] != k:
-            self._near = self.nearest(np.arange(self.n_rows), k)
-        return self._near
-
-    def dense(self) -> np.ndarray:
-        """The dense float64 ``[R, C]`` cost, built in place without temporaries."""
-        rows = torch.from_numpy(self.rows)
-        cols = torch.from_numpy(self.cols)
-        cost = torch.cdist(rows[None], cols[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
-        cost.mul_(self.tau)
-        cost.sub_(torch.from_numpy(self.row_offset)[:, None])
-        cost.sub_(torch.from_numpy(self.col_offset)[None, :])
-        return cost.numpy()
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _host(x: object, name: str, shape: str, last: int | None) -> np.ndarray:
-    x = check_shape(x, name, ndim=2 if last else 1, last=last, expected=shape)
-    if x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"{name} must be a real (float or integer) tensor, got {x.dtype}")
-    host = x.detach().to(device="cpu", dtype=torch.float64).numpy()
-    if not np.isfinite(host).all():
-        raise ValueError(f"{name}: expected finite values, got a NaN or inf")
-    return host
-
-
-def _inputs(
-    pred_points: Tensor, pred_scores: Tensor, target_points: Tensor, tau: object
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    pred = _host(pred_points, "pred_points", "[M, 2]", 2)
-    scores = _host(pred_scores, "pred_scores", "[M]", None)
-    if scores.shape[0] != pred.shape[0]:
-        raise ValueError(
-            f"pred_scores: expected shape [{pred.shape[0]}] (M of pred_points), "
-            f"got {shape_str(scores.shape)}"
-        )
-    target = _host(target_points, "target_points", "[N, 2]", 2)
-    return pred, scores, target, check_nonnegative(tau, "tau")
-
-
-def _positive_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _problem(pred: np.ndarray, scores: np.ndarray, target: np.ndarray, tau: float) -> _Problem:
-    if target.shape[0] <= pred.shape[0]:
-        return _Problem(target, np.zeros(target.shape[0]), pred, scores, tau, True)
-    return _Problem(pred, scores, target, np.zeros(target.shape[0]), tau, False)
-
-
-def _to_pairs(
-    mate: np.ndarray, targets_are_rows: bool, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """``(pred_idx, target_idx)`` int64 tensors sorted by target from the rows' mates."""
-    rows = np.arange(mate.size, dtype=np.int64)
-    if targets_are_rows:
-        pred_idx, target_idx = mate, rows
-    else:
-        order = np.argsort(mate, kind="stable")
-        pred_idx, target_idx = rows[order], mate[order]
-    return (
-        torch.from_numpy(np.ascontiguousarray(pred_idx, dtype=np.int64)).to(device),
-        torch.from_numpy(np.ascontiguousarray(target_idx, dtype=np.int64)).to(device),
-    )
-
-
-# --------------------------------------------------------------------------- the solver parts
-
-
-def _candidate_keys(problem: _Problem, rows: np.ndarray, k: int) -> np.ndarray:
-    """Pair keys ``r * C + c`` of each row's ``k`` nearest columns."""
-    _, index = problem.nearest(rows, k)
-    return (rows[:, None] * problem.n_cols + index).ravel()
-
-
-def _initial_keys(problem: _Problem, k: int) -> np.ndarray:
-    """Pair keys of each row's ``k`` cheapest columns among its ``_SCAN * k`` nearest.
-
-    Cheapest rather than nearest: a confident proposal a little farther away is a likelier
-    partner than a poor one next to the head, and picking it up front saves solve rounds.
-    """
-    n_rows, n_cols = problem.n_rows, problem.n_cols
-    k = min(k, n_cols)
-    dist, index = problem.neighbours(_SCAN * k)
-    if index.shape[1] > k:
-        cost = problem.tau * dist - problem.col_offset[index]
-        pick = np.argpartition(cost, k - 1, axis=1)[:, :k]
-        index = np.take_along_axis(index, pick, axis=1)
-    return _sorted_unique(np.arange(n_rows)[:, None] * n_cols + index)
-
-
-def _sorted_unique(keys: np.ndarray) -> np.ndarray:
-    """The distinct values of the int64 pair keys, ascending, by a sort: NumPy's
-    hash-based ``unique`` (behind ``union1d``) took seconds on the million keys of a
-    packed crowd."""
-    keys = np.sort(keys, axis=None)
-    if keys.size == 0:
-        return keys
-    keep = np.empty(keys.size, dtype=bool)
-    keep[0] = True
-    np.not_equal(keys[1:], keys[:-1], out=keep[1:])
-    return keys[keep]
-
-
-def _union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``np.union1d`` of two int64 key arrays, by :func:`_sorted_unique`."""
-    return _sorted_unique(np.concatenate((np.ravel(a), np.ravel(b))))
-
-
-def _index_unique(values: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(values, return_inverse=True)`` for indices in ``[0, size)``, by a table
-    of ``size`` flags: linear time (NumPy's hash-based unique took seconds on the million
-    candidate pairs of a packed crowd)."""
-    present = np.zeros(size, dtype=bool)
-    present[values] = True
-    used = np.flatnonzero(present)
-    position = np.cumsum(present) - 1
-    return used, position[values]
 
 
 def _sparse_matching(
@@ -339,7 +109,7 @@ def _sparse_matching(
     from scipy.sparse import csr_array
     from scipy.sparse.csgraph import connected_components
 
-    used, local = _index_unique(c, int(c.max()) + 1 if c.size else 0)
+    used, local = index_unique(c, int(c.max()) + 1 if c.size else 0)
     n_nodes = n_rows + used.size
     graph = csr_array((np.ones(r.size), (r, n_rows + local)), shape=(n_nodes, n_nodes))
     _, label = connected_components(graph, directed=True, connection="weak")
@@ -352,8 +122,8 @@ def _sparse_matching(
     mate = np.empty(n_rows, dtype=np.int64)
     short: list[np.ndarray] = []
     for edges in np.split(order, bounds):
-        rows, row_local = _index_unique(r[edges], n_rows)
-        cols, col_local = _index_unique(local[edges], used.size)
+        rows, row_local = index_unique(r[edges], n_rows)
+        cols, col_local = index_unique(local[edges], used.size)
         solved = _solve_block(rows.size, cols.size, row_local, col_local, w[edges])
         if isinstance(solved, tuple):
             row_ind, col_ind = solved
@@ -388,98 +158,6 @@ def _solve_block(
     return np.flatnonzero(matched < 0)
 
 
-def _potentials(
-    problem: _Problem, r: np.ndarray, c: np.ndarray, w: np.ndarray, mate: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Dual values ``(u [R], v [C])`` proving ``mate`` optimal on the pairs ``(r, c)``.
-
-    The pairs must include every matched pair. ``v`` solves the difference constraints
-    ``v[c] <= v[mate[r]] + w(r, c) - w(r, mate[r])`` and ``v <= 0`` with the largest
-    values (shortest paths from a virtual source joined to every column at length 0, by
-    a vectorised Bellman-Ford over all edges at once); ``u[r] = w(r, mate[r]) - v[mate[r]]``.
-    Returns None when no such duals exist: a negative cycle, or a negative path ending in
-    an unmatched column, i.e. a cheaper assignment among the pairs.
-    """
-    n_rows, n_cols = problem.n_rows, problem.n_cols
-    on_mate = c == mate[r]
-    matched_cost = np.empty(n_rows)
-    matched_cost[r[on_mate]] = w[on_mate]
-    off = ~on_mate
-    # Edge mate[r] -> c: column c may take row r from its current column at this price.
-    src = mate[r[off]]
-    dst = c[off]
-    length = w[off] - matched_cost[r[off]]
-    order = np.argsort(dst, kind="stable")
-    src, dst, length = src[order], dst[order], length[order]
-    heads, starts = np.unique(dst, return_index=True)
-    v = np.zeros(n_cols)
-    if heads.size:
-        # Updates need a margin so that rounding cannot cycle; a quarter of the tolerance
-        # leaves the rest for the certificate. Only matched columns have outgoing edges, so
-        # a shortest path has at most R edges and R + 1 sweeps settle it.
-        margin = 0.25 * problem.tol
-        for _ in range(n_rows + 2):
-            best = np.minimum.reduceat(v[src] + length, starts)
-            better = best < v[heads] - margin
-            if not better.any():
-                break
-            v[heads[better]] = best[better]
-        else:
-            return None
-    free = np.ones(n_cols, dtype=bool)
-    free[mate] = False
-    if (v[free] < 0).any():
-        return None
-    return matched_cost - v[mate], v
-
-
-def _violations(
-    problem: _Problem, u: np.ndarray, v: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Pairs over *all* ``R x C`` with reduced cost ``c - u - v < -tol``, found without
-    visiting every pair.
-
-    Reduced cost ``tau * d(r, c) - (u[r] + row_offset[r]) - (v[c] + col_offset[c])``: with
-    ``top = max(v + col_offset)`` no column farther than ``(u[r] + row_offset[r] + top) /
-    tau`` from row ``r`` can be negative, so each row only checks its nearest columns
-    (those :meth:`_Problem.neighbours` already holds first), widening the search until
-    its farthest checked column lies beyond that reach. Returns ``(rows, cols, checked)``.
-    """
-    tau, n_cols = problem.tau, problem.n_cols
-    base = u + problem.row_offset
-    gain = v + problem.col_offset
-    need = base + gain.max()
-    todo = np.flatnonzero(need > 0)
-    dist, index = problem.neighbours()
-    k = dist.shape[1]
-    dist, index = dist[todo], index[todo]
-    bad_r: list[np.ndarray] = []
-    bad_c: list[np.ndarray] = []
-    checked = 0
-    while todo.size:
-        reduced = tau * dist - base[todo, None] - gain[index]
-        checked += reduced.size
-        bad = reduced < -problem.tol
-        bad_r.append(np.broadcast_to(todo[:, None], bad.shape)[bad])
-        bad_c.append(index[bad])
-        if k >= n_cols:
-            break
-        todo = todo[tau * dist[:, -1] < need[todo]]
-        k = min(_GROWTH * k, n_cols)
-        dist, index = problem.nearest(todo, k)
-    if not bad_r:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty, checked
-    return np.concatenate(bad_r), np.concatenate(bad_c), checked
-
-
-def _dense_mate(problem: _Problem) -> np.ndarray:
-    from scipy.optimize import linear_sum_assignment
-
-    _, cols = linear_sum_assignment(problem.dense())
-    return cols.astype(np.int64)
-
-
 @dataclass
 class _Outcome:
     mate: np.ndarray
@@ -490,7 +168,7 @@ class _Outcome:
     gap_bound: float = 0.0
 
 
-def _solve(problem: _Problem, k: int, max_rounds: int, dense_below: int) -> _Outcome:
+def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> _Outcome:
     n_rows, n_cols = problem.n_rows, problem.n_cols
     if n_rows == 0:
         return _Outcome(np.empty(0, dtype=np.int64), "dense")
@@ -499,8 +177,8 @@ def _solve(problem: _Problem, k: int, max_rounds: int, dense_below: int) -> _Out
         # to the columns of largest offset is optimal.
         best = np.argsort(-problem.col_offset, kind="stable")[:n_rows]
         return _Outcome(best.astype(np.int64), "tau0")
-    if n_rows * n_cols < dense_below:
-        return _Outcome(_dense_mate(problem), "dense")
+    if use_dense(n_rows, n_cols, dense_below):
+        return _Outcome(problem.dense_mate(), "dense")
 
     outcome = _Outcome(np.empty(0, dtype=np.int64), "fallback")
     dense_bytes = 8 * n_rows * n_cols
@@ -512,7 +190,7 @@ def _solve(problem: _Problem, k: int, max_rounds: int, dense_below: int) -> _Out
         max_candidates = max(max_candidates, DENSE_MEMORY_BUDGET // _BYTES_PER_CANDIDATE)
         max_rounds = _ROUND_FACTOR * max_rounds
     row_k = np.full(n_rows, min(k, n_cols))
-    keys = _initial_keys(problem, k)
+    keys = initial_keys(problem, k)
     growth_rounds = 0
     while keys.size <= max_candidates:
         r, c = np.divmod(keys, n_cols)
@@ -523,22 +201,22 @@ def _solve(problem: _Problem, k: int, max_rounds: int, dense_below: int) -> _Out
             growth_rounds += 1
             if growth_rounds > _MAX_FEASIBILITY_ROUNDS or (row_k[short] >= n_cols).all():
                 break
-            row_k[short] = np.minimum(row_k[short] * _GROWTH, n_cols)
-            extra = _candidate_keys(problem, short, int(row_k[short].max()))
-            keys = _union(keys, extra)
+            row_k[short] = np.minimum(row_k[short] * GROWTH, n_cols)
+            extra = candidate_keys(problem, short, int(row_k[short].max()))
+            keys = union_keys(keys, extra)
             continue
-        duals = _potentials(problem, r, c, w, mate)
+        duals = potentials(problem, r, c, w, mate)
         if duals is None:
             break
         outcome.rounds += 1
-        bad_r, bad_c, checked = _violations(problem, *duals)
+        bad_r, bad_c, checked = violations(problem, *duals)
         outcome.checked += checked
         if bad_r.size == 0:
             outcome.mate = mate
             outcome.method = "sparse"
             outcome.gap_bound = n_rows * problem.tol
             return outcome
-        grown = _union(keys, bad_r * n_cols + bad_c)
+        grown = union_keys(keys, bad_r * n_cols + bad_c)
         # A violated pair that already is a candidate means the duals do not describe the
         # candidate optimum (rounding trouble): trust only the dense solve.
         if grown.size == keys.size or outcome.rounds >= max_rounds:
@@ -553,11 +231,8 @@ def _solve(problem: _Problem, k: int, max_rounds: int, dense_below: int) -> _Out
             f"of {dense_bytes / 2**30:.1f} GiB, over detloss.match.crowd.DENSE_MEMORY_BUDGET "
             f"= {DENSE_MEMORY_BUDGET / 2**30:.1f} GiB (raise it, or max_rounds)"
         )
-    outcome.mate = _dense_mate(problem)
+    outcome.mate = problem.dense_mate()
     return outcome
-
-
-# --------------------------------------------------------------------------- public API
 
 
 def solve_crowd_assignment(
@@ -573,16 +248,27 @@ def solve_crowd_assignment(
     """:func:`crowd_assignment` with its diagnostics (method, rounds, candidates, bound).
 
     See :func:`crowd_assignment` for the arguments.
+
+    Shape:
+        - pred_points: ``[M, 2]``; pred_scores: ``[M]``; target_points: ``[N, 2]``
+        - output: a :class:`CrowdSolution` with ``min(M, N)`` pairs
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0], [10.0, 0.0], [5.0, 5.0]])
+        >>> solution = solve_crowd_assignment(pred, torch.tensor([0.9, 0.8, 0.1]),
+        ...                                   torch.tensor([[9.0, 1.0], [1.0, 1.0]]))
+        >>> solution.pred_idx.tolist(), solution.target_idx.tolist(), solution.method
+        ([1, 0], [0, 1], 'dense')
     """
-    pred, scores, target, tau = _inputs(pred_points, pred_scores, target_points, tau)
-    k = DEFAULT_K if k is None else _positive_int(k, "k", 1)
-    max_rounds = _positive_int(max_rounds, "max_rounds", 1)
-    dense_below = _positive_int(dense_below, "dense_below", 0)
-    problem = _problem(pred, scores, target, tau)
+    pred, scores, target, tau = read_inputs(pred_points, pred_scores, target_points, tau)
+    k = DEFAULT_K if k is None else positive_int(k, "k", 1)
+    max_rounds = positive_int(max_rounds, "max_rounds", 1)
+    dense_below = positive_int(dense_below, "dense_below", 0)
+    problem = point_problem(pred, scores, target, tau)
     outcome = _solve(problem, k, max_rounds, dense_below)
     rows = np.arange(outcome.mate.size)
     total = float(problem.cost(rows, outcome.mate).sum()) if rows.size else 0.0
-    pred_idx, target_idx = _to_pairs(outcome.mate, problem.targets_are_rows, pred_points.device)
+    pred_idx, target_idx = to_pairs(outcome.mate, problem.targets_are_rows, pred_points.device)
     return CrowdSolution(
         pred_idx=pred_idx,
         target_idx=target_idx,
@@ -600,10 +286,7 @@ def crowd_assignment(
     pred_scores: Tensor,
     target_points: Tensor,
     tau: float = 0.05,
-    *,
-    k: int | None = None,
-    max_rounds: int = 8,
-    dense_below: int = DENSE_BELOW,
+    **options: int | None,
 ) -> tuple[Tensor, Tensor]:
     """Exact minimum-cost one-to-one assignment of proposals to targets for one image.
 
@@ -630,6 +313,7 @@ def crowd_assignment(
         pred_scores: ``Tensor[M]`` proposal scores ``s_i`` (the person probability).
         target_points: ``Tensor[N, 2]`` annotated points (x, y), same units.
         tau: weight of the distance, ``>= 0`` (P2PNet: 0.05).
+        options: keyword-only, those of :func:`solve_crowd_assignment`:
         k: candidate proposals per target in the first solve (default 8); any value
             gives the exact answer, it only moves work between the first solve and the
             certificate's extra rounds.
@@ -648,135 +332,16 @@ def crowd_assignment(
 
     Float16 / bfloat16 / integer inputs are converted to float64 like the others; no
     gradient flows through an assignment.
+
+    Shape:
+        - pred_points: ``[M, 2]``; pred_scores: ``[M]``; target_points: ``[N, 2]``
+        - pred_idx, target_idx: ``[min(M, N)]``
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0], [10.0, 0.0], [5.0, 5.0]])
+        >>> crowd_assignment(pred, torch.tensor([0.9, 0.8, 0.1]),
+        ...                  torch.tensor([[9.0, 1.0], [1.0, 1.0]]))
+        (tensor([1, 0]), tensor([0, 1]))
     """
-    solution = solve_crowd_assignment(
-        pred_points,
-        pred_scores,
-        target_points,
-        tau,
-        k=k,
-        max_rounds=max_rounds,
-        dense_below=dense_below,
-    )
+    solution = solve_crowd_assignment(pred_points, pred_scores, target_points, tau, **options)
     return solution.pred_idx, solution.target_idx
-
-
-def _check_assignment(
-    pred_idx: Tensor, target_idx: Tensor, m: int, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    pairs = []
-    for name, idx, size in (("pred_idx", pred_idx, m), ("target_idx", target_idx, n)):
-        check_shape(idx, name, ndim=1, expected=f"[{min(m, n)}]")
-        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
-            raise TypeError(f"{name} must be an integer tensor, got {idx.dtype}")
-        host = idx.detach().to(device="cpu", dtype=torch.int64).numpy()
-        if host.shape[0] != min(m, n):
-            raise ValueError(
-                f"{name}: expected shape [{min(m, n)}] (min(M, N) pairs), "
-                f"got {shape_str(host.shape)}"
-            )
-        if host.size and (host.min() < 0 or host.max() >= size):
-            raise ValueError(
-                f"{name}: expected indices in [0, {size - 1}], "
-                f"got values in [{host.min()}, {host.max()}]"
-            )
-        if np.unique(host).size != host.size:
-            raise ValueError(f"{name}: expected distinct indices (one-to-one), got repeats")
-        pairs.append(host)
-    return pairs[0], pairs[1]
-
-
-def certify_assignment(
-    pred_points: Tensor,
-    pred_scores: Tensor,
-    target_points: Tensor,
-    pred_idx: Tensor,
-    target_idx: Tensor,
-    tau: float = 0.05,
-    *,
-    k: int | None = None,
-    max_rounds: int = 16,
-) -> Certificate:
-    """Decide whether a one-to-one assignment has the minimum P2PNet cost.
-
-    The assignment's dual values are computed on a candidate graph (its own pairs plus
-    each target's ``k`` cheapest among its ``6 k`` nearest proposals); a negative cycle or
-    negative augmenting path there (a re-assignment cheaper by more than the tolerance)
-    refutes it; otherwise a spatial search over all pairs either finds no negative
-    reduced cost (a proof of optimality) or adds the offending pairs and tries again.
-    After ``max_rounds`` the dense optimum decides.
-
-    Args:
-        pred_points, pred_scores, target_points, tau: the problem, as in
-            :func:`crowd_assignment`.
-        pred_idx, target_idx: ``int64[K]`` the assignment, ``K = min(M, N)`` distinct
-            proposals and distinct targets.
-        k: candidate proposals per target (default 8).
-        max_rounds: dual computations before the dense check.
-
-    Returns:
-        A :class:`Certificate`.
-
-    Raises:
-        ValueError / TypeError: as :func:`crowd_assignment`, and for an assignment of the
-        wrong size, out-of-range or repeated indices.
-    """
-    pred, scores, target, tau = _inputs(pred_points, pred_scores, target_points, tau)
-    k = DEFAULT_K if k is None else _positive_int(k, "k", 1)
-    max_rounds = _positive_int(max_rounds, "max_rounds", 1)
-    preds, targets = _check_assignment(pred_idx, target_idx, pred.shape[0], target.shape[0])
-    problem = _problem(pred, scores, target, tau)
-    targets_are_rows = problem.targets_are_rows
-    mate = np.empty(problem.n_rows, dtype=np.int64)
-    if targets_are_rows:
-        mate[targets] = preds
-    else:
-        mate[preds] = targets
-    rows = np.arange(problem.n_rows)
-    total = float(problem.cost(rows, mate).sum()) if rows.size else 0.0
-
-    def verdict(
-        optimal: bool, reason: str, gap: float, duals: tuple | None, rounds: int
-    ) -> Certificate:
-        target_pot = pred_pot = None
-        if duals is not None:
-            u, v = (torch.from_numpy(d) for d in duals)
-            target_pot, pred_pot = (u, v) if targets_are_rows else (v, u)
-        return Certificate(optimal, reason, total, gap, target_pot, pred_pot, rounds)
-
-    if problem.n_rows == 0:
-        return verdict(True, "empty assignment", 0.0, None, 0)
-    n_cols = problem.n_cols
-    keys = _union(_initial_keys(problem, k), rows * n_cols + mate)
-    for rounds in range(1, max_rounds + 1):
-        r, c = np.divmod(keys, n_cols)
-        w = problem.cost(r, c)
-        duals = _potentials(problem, r, c, w, mate)
-        if duals is None:
-            return verdict(
-                False,
-                "a cheaper re-assignment exists among the candidate pairs",
-                math.nan,
-                None,
-                rounds,
-            )
-        bad_r, bad_c, _ = _violations(problem, *duals)
-        if bad_r.size == 0:
-            reason = "dual values with no negative reduced cost over all pairs"
-            return verdict(True, reason, problem.n_rows * problem.tol, duals, rounds)
-        keys = _union(keys, bad_r * n_cols + bad_c)
-    if 8 * problem.n_rows * n_cols > DENSE_MEMORY_BUDGET:
-        reason = (
-            f"undecided: no certificate after {max_rounds} rounds and the dense check's "
-            f"float64 [{problem.n_rows}, {n_cols}] cost is over DENSE_MEMORY_BUDGET"
-        )
-        return verdict(False, reason, math.inf, None, max_rounds)
-    from scipy.optimize import linear_sum_assignment
-
-    dense = problem.dense()
-    _, best = linear_sum_assignment(dense)
-    optimum = float(dense[rows, best].sum())
-    gap = total - optimum
-    optimal = gap <= problem.n_rows * problem.tol
-    reason = "compared with the dense optimum"
-    return verdict(optimal, reason, max(gap, 0.0), None, max_rounds)

@@ -2,59 +2,23 @@
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from .._api import keyword_only_masks
 from .._checks import check_choice
 from .._kernels import fast_path
 from .._optional import host_step
 from ._common import prepare_cost
+from .assignment import solve_on_host, wide
 from .matching import BACKGROUND, IGNORED, Matching
 
-__all__ = ["hungarian", "solve_assignment"]
-
-# Below this many cost entries in a batch a thread pool costs more than it saves.
-_POOL_MIN_ENTRIES = 50_000
-_pool: ThreadPoolExecutor | None = None
+__all__ = ["SOLVERS", "gpu_solver_fits", "hungarian", "solve_on_gpu"]
 
 
-def _thread_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1))
-    return _pool
-
-
-def solve_assignment(block: np.ndarray, image: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum-cost assignment of one float64 ``[R, C]`` block with ``R <= C``.
-
-    Returns ``(rows, cols)``; every row is assigned. ``+inf`` entries are forbidden
-    pairs; NaN or ``-inf`` raise ``ValueError`` naming ``image``.
-    """
-    if block.size and not np.isfinite(block).all():
-        if np.isnan(block).any():
-            raise ValueError(f"cost: image {image} contains NaN; costs must be finite or +inf")
-        if np.isneginf(block).any():
-            raise ValueError(
-                f"cost: image {image} contains -inf; costs must be finite or +inf (forbidden)"
-            )
-    from scipy.optimize import linear_sum_assignment  # on first use: scipy loads slowly
-
-    try:
-        return linear_sum_assignment(block)
-    except ValueError as err:
-        raise ValueError(
-            f"cost: image {image} is infeasible: the +inf (forbidden) pairs leave no "
-            f"assignment of all {block.shape[0]} rows ({err})"
-        ) from None
-
-
-#: The values of ``hungarian``'s ``solver``.
+#: The values of :func:`hungarian`'s ``solver``.
 SOLVERS = ("auto", "scipy", "triton")
 
 
@@ -64,7 +28,13 @@ def _triton_kernel() -> ModuleType | None:
 
 
 def gpu_solver_fits(device: torch.device, m: int, n: int) -> bool:
-    """Whether the GPU solver takes an ``[M, N]`` cost on ``device``."""
+    """Whether the GPU solver takes an ``[M, N]`` cost on ``device``: a CUDA device,
+    Triton installed, and at most ``MAX_COLUMNS`` (8192) on the larger side.
+
+    Example:
+        >>> gpu_solver_fits(torch.device("cpu"), 300, 20)
+        False
+    """
     kernel = _triton_kernel() if device.type == "cuda" else None
     return kernel is not None and max(m, n) <= kernel.MAX_COLUMNS
 
@@ -88,12 +58,13 @@ def _use_device_solver(cost: Tensor, solver: str) -> bool:
     return fits
 
 
+@keyword_only_masks(1, ("target_mask", "pred_mask"))
 @host_step
 def hungarian(
     cost: Tensor,
+    *,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
-    *,
     solver: str = "auto",
 ) -> Matching:
     """Exact minimum-cost one-to-one matching of predictions to targets in each image.
@@ -102,9 +73,11 @@ def hungarian(
         cost: ``Tensor[B, M, N]`` (or ``[M, N]`` for one image), predictions by targets.
             ``+inf`` forbids a pair. Any float or integer dtype; half precision is solved in
             float64 like everything else.
-        target_mask: ``bool[B, N]``, True for real targets (need not be a prefix).
+        target_mask: ``bool[B, N]``, True for real targets (need not be a prefix);
+            keyword-only (by position it still works, with a FutureWarning, for one
+            release).
         pred_mask: ``bool[B, M]``, True for real predictions. Padded predictions come back
-            as ignored (``-2``).
+            as ignored (``-2``). Keyword-only, as ``target_mask``.
         solver: ``"scipy"`` solves on the host; ``"triton"`` on the GPU (a CUDA cost,
             Triton installed, and at most 8192 predictions, or targets where they are
             more); ``"auto"`` (default) takes the GPU where it can and the host otherwise.
@@ -131,32 +104,61 @@ def hungarian(
     finish (more real targets than real predictions, or infeasible +inf pairs) and those
     with a NaN or ``-inf`` cost, so errors read the same on both. No gradient flows
     through a matching.
+
+    Shape:
+        - cost: ``[B, M, N]`` or ``[M, N]``
+        - target_mask: ``[B, N]``; pred_mask: ``[B, M]``
+        - output: a :class:`Matching` with ``pred_to_target [B, M]``
+
+    Example:
+        >>> cost = torch.tensor([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [1.0, 2.0, 2.0]])
+        >>> hungarian(cost).pred_to_target
+        tensor([[2, 1, 0]])
+        >>> padded = hungarian(cost[None], target_mask=torch.tensor([[True, True, False]]))
+        >>> padded.pred_to_target
+        tensor([[-1,  1,  0]])
     """
-    cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
+    cost, target_mask, pred_mask, _ = prepare_cost(
+        cost, target_mask, pred_mask, fill_pred_mask=False
+    )
     on_gpu = _use_device_solver(cost, solver)
     if not on_gpu or 0 in cost.shape:
-        return Matching(_solve_on_host(cost, target_mask, pred_mask), target_mask)
+        return Matching(solve_on_host(cost, target_mask, pred_mask), target_mask)
+    if pred_mask is None:
+        pred_mask = torch.ones(cost.shape[:2], dtype=torch.bool, device=cost.device)
     pred_to_target, unsolved = solve_on_gpu(cost, target_mask, pred_mask)
     unsolved = unsolved.cpu()  # the batch's one synchronisation
     if unsolved.any():
         ids = unsolved.nonzero().squeeze(1)
         images = ids.to(cost.device)
-        pred_to_target[images] = _solve_on_host(
+        pred_to_target[images] = solve_on_host(
             cost[images], target_mask[images], pred_mask[images], image_ids=ids.tolist()
         )
     return Matching(pred_to_target, target_mask)
 
 
 def solve_on_gpu(cost: Tensor, target_mask: Tensor, pred_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """``pred_to_target [B, M]`` from the device kernel and ``bool[B]``: the images it left
-    for the host."""
+    """Solve a padded CUDA cost with the GPU kernel (Triton installed, see
+    :func:`gpu_solver_fits`).
+
+    Args:
+        cost: ``Tensor[B, M, N]`` on a CUDA device.
+        target_mask: ``bool[B, N]``; pred_mask: ``bool[B, M]``.
+
+    Returns:
+        ``(pred_to_target int64[B, M], unsolved bool[B])``: the images the kernel left for
+        the host (see :func:`hungarian`) are flagged in ``unsolved``, their rows partial.
+
+    Shape:
+        - cost: ``[B, M, N]``; outputs: ``[B, M]`` and ``[B]``
+
+    Example:
+        >>> gpu_solver_fits(torch.device("cpu"), 3, 3)  # solve_on_gpu needs a CUDA cost
+        False
+    """
     b, m, n = cost.shape
     # The smaller side is the rows: the kernel loops over rows and holds columns in lanes.
-    rows_are_targets = m >= n
-    if rows_are_targets:
-        cost_rc, row_valid, col_valid = cost.transpose(1, 2), target_mask, pred_mask
-    else:
-        cost_rc, row_valid, col_valid = cost, pred_mask, target_mask
+    cost_rc, row_valid, col_valid, rows_are_targets = wide(cost, pred_mask, target_mask)
     pair_valid = row_valid[:, :, None] & col_valid[:, None, :]
     invalid_value = (cost_rc.isnan() | (cost_rc == -torch.inf)) & pair_valid
     row_of_col, status = _triton_kernel().solve_on_device(cost_rc, row_valid, col_valid)
@@ -171,135 +173,3 @@ def solve_on_gpu(cost: Tensor, target_mask: Tensor, pred_mask: Tensor) -> tuple[
         targets = torch.arange(n, device=cost.device).expand(b, n)
         pred_to_target = scattered.scatter_(1, slots, targets)[:, :m]
     return pred_to_target.masked_fill(~pred_mask, IGNORED), unsolved
-
-
-#: The cost dtypes the compiled solver reads directly (others go to float64 first).
-_KERNEL_DTYPES = (torch.float32, torch.float64)
-#: From this many cost entries on, and where torch may use more than one thread, a batch
-#: is split in two halves solved side by side in the thread pool (at DINO size, 1.4
-#: million entries, the second core saved nothing measurable on two cores).
-_SPLIT_MIN_ENTRIES = 4_000_000
-
-
-def _lap_kernel() -> ModuleType | None:
-    """The compiled batch solver, or None: Numba missing or switched off."""
-    return fast_path("assignment", "cpu")
-
-
-def _solve_on_host(
-    cost: Tensor, target_mask: Tensor, pred_mask: Tensor, image_ids: list[int] | None = None
-) -> Tensor:
-    """``pred_to_target [B, M]`` solved on the host, on ``cost``'s device. ``image_ids``
-    are the images' numbers in error messages (default ``0 .. B - 1``)."""
-    kernel = _lap_kernel()
-    if kernel is None:
-        return _solve_with_scipy(cost, target_mask, pred_mask, image_ids)
-    b, m, n = cost.shape
-    device = cost.device
-    if cost.dtype not in _KERNEL_DTYPES:
-        cost = cost.double()
-    cost_np, pmask_np, tmask_np = (_host_array(t) for t in (cost, pred_mask, target_mask))
-    result = np.empty((b, m), dtype=np.int64)
-    status = np.empty(b, dtype=np.int64)
-    if b > 1 and m * n * b >= _SPLIT_MIN_ENTRIES and torch.get_num_threads() > 1:
-        # The kernel runs without the GIL: two halves of the batch on two threads.
-        half = b // 2
-        parts = [slice(0, half), slice(half, b)]
-        list(
-            _thread_pool().map(
-                lambda s: kernel.solve_batch(
-                    cost_np[s], pmask_np[s], tmask_np[s], result[s], status[s]
-                ),
-                parts,
-            )
-        )
-    else:
-        kernel.solve_batch(cost_np, pmask_np, tmask_np, result, status)
-    if status.any():
-        first = int(np.flatnonzero(status)[0])
-        image = first if image_ids is None else image_ids[first]
-        code = int(status[first])
-        if code == kernel.NOT_A_NUMBER:
-            raise ValueError(f"cost: image {image} contains NaN; costs must be finite or +inf")
-        if code == kernel.NEGATIVE_INFINITY:
-            raise ValueError(
-                f"cost: image {image} contains -inf; costs must be finite or +inf (forbidden)"
-            )
-        rows = int(min(pmask_np[first].sum(), tmask_np[first].sum()))
-        raise ValueError(
-            f"cost: image {image} is infeasible: the +inf (forbidden) pairs leave no "
-            f"assignment of all {rows} rows"
-        )
-    pred_to_target = torch.from_numpy(result)
-    return pred_to_target if device.type == "cpu" else pred_to_target.to(device)
-
-
-def _host_array(tensor: Tensor) -> np.ndarray:
-    """``tensor`` as a C-contiguous host array (a view where it already is one)."""
-    if tensor.device.type != "cpu" or not tensor.is_contiguous():
-        tensor = tensor.to(device="cpu", memory_format=torch.contiguous_format)
-    return tensor.numpy()
-
-
-def _solve_with_scipy(
-    cost: Tensor, target_mask: Tensor, pred_mask: Tensor, image_ids: list[int] | None = None
-) -> Tensor:
-    """``pred_to_target [B, M]`` by scipy per image (the path without Numba)."""
-    b, m, n = cost.shape
-    device = cost.device
-    result = np.full((b, m), BACKGROUND, dtype=np.int64)
-    pmask_host = pred_mask.cpu().numpy()
-    result[~pmask_host] = IGNORED
-    if b == 0 or m == 0 or n == 0:
-        return torch.from_numpy(result).to(device)
-    image_ids = list(range(b)) if image_ids is None else image_ids
-
-    tmask_host = target_mask.cpu().numpy()
-    pred_counts = pmask_host.sum(axis=1)
-    target_counts = tmask_host.sum(axis=1)
-    # Targets as rows when predictions outnumber them: scipy is fastest with R <= C, and
-    # transposing on the torch side fuses the copy with the float64 conversion.
-    transposed = m > n
-    full = bool(pmask_host.all() and tmask_host.all())
-    if full:
-        src = cost.transpose(1, 2) if transposed else cost
-        host = src.to(device="cpu", dtype=torch.float64, memory_format=torch.contiguous_format)
-        blocks = list(host.numpy())
-    else:
-        pair_mask = pred_mask[:, :, None] & target_mask[:, None, :]
-        if transposed:
-            values = cost.transpose(1, 2)[pair_mask.transpose(1, 2)]
-        else:
-            values = cost[pair_mask]
-        flat = values.to(device="cpu", dtype=torch.float64).numpy()
-        sizes = (pred_counts * target_counts).tolist()
-        offsets = np.cumsum([0, *sizes])
-        shapes = (
-            zip(target_counts, pred_counts, strict=True)
-            if transposed
-            else zip(pred_counts, target_counts, strict=True)
-        )
-        blocks = [
-            flat[offsets[i] : offsets[i + 1]].reshape(r, c) for i, (r, c) in enumerate(shapes)
-        ]
-
-    def solve(i: int) -> None:
-        if pred_counts[i] == 0 or target_counts[i] == 0:
-            return
-        block = blocks[i]
-        if block.shape[0] > block.shape[1]:
-            block = np.ascontiguousarray(block.T)
-            cols, rows = solve_assignment(block, image_ids[i])
-        else:
-            rows, cols = solve_assignment(block, image_ids[i])
-        preds, targets = (cols, rows) if transposed else (rows, cols)
-        pred_ids = np.flatnonzero(pmask_host[i])
-        target_ids = np.flatnonzero(tmask_host[i])
-        result[i, pred_ids[preds]] = target_ids[targets]
-
-    if b > 1 and m * n * b >= _POOL_MIN_ENTRIES:
-        list(_thread_pool().map(solve, range(b)))
-    else:
-        for i in range(b):
-            solve(i)
-    return torch.from_numpy(result).to(device)

@@ -32,6 +32,19 @@ class Matching:
             matching, to warm-start the next call; None otherwise.
 
     A matching carries no gradient.
+
+    Shape:
+        - pred_to_target: ``[B, M]``; target_mask: ``[B, N]``; plan: ``[B, M, N + 1]``
+
+    Example:
+        >>> matching = Matching(torch.tensor([[1, -1, 0, -2]]), torch.tensor([[True, True]]))
+        >>> matching.num_matched, matching.pairs()
+        (tensor([2]), [(tensor([0, 2]), tensor([1, 0]))])
+        >>> matching.hard_plan()[0]
+        tensor([[0., 1., 0.],
+                [0., 0., 1.],
+                [1., 0., 0.],
+                [0., 0., 0.]])
     """
 
     pred_to_target: Tensor

@@ -3,22 +3,22 @@ and the targets, and call a matcher function."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._api import renamed
 from .._checks import check_choice, check_finite, check_shape, shape_str, should_validate
-from ..batching import as_padded
 from ..boxes import BOX_FORMATS, box_iou
-from ..costs import BACKGROUNDS, CLASS_COSTS, detection_cost
+from ..costs import DETECTION_COST_OPTIONS, check_cost_options, detection_cost
 from .hungarian import SOLVERS, hungarian
 from .matching import Matching
+from .targets import Targets, box_targets
 from .threshold import max_iou
 
-__all__ = ["BoxCostMatcher", "HungarianMatcher", "MaxIoUMatcher", "Targets", "box_targets"]
-
-Targets = Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor]
+__all__ = ["BoxCostMatcher", "HungarianMatcher", "MaxIoUMatcher"]
 
 
 def _outputs(outputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -62,32 +62,37 @@ def _check_finite_inputs(
     )
 
 
-def box_targets(targets: Targets, batch_size: int, device: torch.device) -> dict[str, Tensor]:
-    """Padded ``boxes [B, N, 4]``, ``labels [B, N]`` and ``mask [B, N]`` from any target form."""
-    padded = as_padded(targets, ("boxes", "labels"), batch_size=batch_size, device=device)
-    check_shape(padded["boxes"], "targets['boxes']", ndim=3, last=4, expected="[B, N, 4]")
-    if padded["labels"].is_floating_point():
-        raise TypeError(f"targets['labels'] must be integers, got {padded['labels'].dtype}")
-    return padded
-
-
 class BoxCostMatcher(nn.Module):
     """Base of the matchers on the DETR box cost; subclasses implement :meth:`solve`.
 
     Args:
-        cost_class, cost_bbox, cost_giou: weights of the class cost, the L1 box cost and
-            the negative-GIoU cost (DETR: 1, 5, 2).
-        box_format: format of ``pred_boxes`` and the target boxes.
-        l1_format: format in which the L1 cost compares boxes (default ``box_format``).
-        class_cost: ``"softmax"``, ``"sigmoid"`` or ``"focal"`` (see :func:`class_cost`).
-        background: position of a softmax head's background logit.
+        cost_class, cost_bbox, cost_giou, box_format, l1_format, class_cost_kind,
+            background, focal_alpha, focal_gamma: the options of
+            :func:`detloss.costs.detection_cost` (DETR's weights: 1, 5, 2), stored under
+            the same names and checked once here. ``class_cost_kind`` was ``class_cost``
+            (the old name raises a TypeError naming the new one).
         validate: scan the real predictions and target boxes for NaN and inf before
             building the cost (a ValueError naming ``pred_logits``, ``pred_boxes`` or the
             target ``boxes``; one host synchronisation). None (default) scans on the CPU
             only; elsewhere the solver's own check of the cost still rejects NaN, and the
             inputs are then scanned to name the one to blame.
+
+    Shape:
+        - outputs["pred_logits"]: ``[B, M, C]``; outputs["pred_boxes"]: ``[B, M, 4]``
+        - targets: ``n_i`` boxes per image, padded to ``[B, N, 4]``
+        - cost: ``[B, M, N]``
+
+    Example:
+        >>> matcher = BoxCostMatcher(cost_giou=0.0)
+        >>> outputs = {"pred_logits": torch.zeros(1, 2, 3),
+        ...            "pred_boxes": torch.tensor([[[0.0, 0, 1, 1], [2, 2, 3, 3]]])}
+        >>> cost, mask = matcher.cost(outputs, [{"boxes": torch.tensor([[2.0, 2, 3, 3]]),
+        ...                                      "labels": torch.tensor([0])}])
+        >>> cost.squeeze(-1)
+        tensor([[39.6667, -0.3333]])
     """
 
+    @renamed(class_cost="class_cost_kind")
     def __init__(
         self,
         cost_class: float = 1.0,
@@ -96,38 +101,44 @@ class BoxCostMatcher(nn.Module):
         box_format: str = "xyxy",
         *,
         l1_format: str | None = None,
-        class_cost: str = "softmax",
+        class_cost_kind: str = "softmax",
         background: str = "last",
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         validate: bool | None = None,
     ) -> None:
         super().__init__()
-        check_choice(box_format, "box_format", BOX_FORMATS)
-        self.validate = validate
-        if l1_format is not None:
-            check_choice(l1_format, "l1_format", BOX_FORMATS)
-        check_choice(class_cost, "class_cost", CLASS_COSTS)
-        check_choice(background, "background", BACKGROUNDS)
-        for name, w in (
-            ("cost_class", cost_class),
-            ("cost_bbox", cost_bbox),
-            ("cost_giou", cost_giou),
-        ):
-            if w < 0:
-                raise ValueError(f"{name} must be >= 0, got {w}")
+        check_cost_options(
+            cost_class=cost_class,
+            cost_bbox=cost_bbox,
+            cost_giou=cost_giou,
+            box_format=box_format,
+            l1_format=l1_format,
+            class_cost_kind=class_cost_kind,
+            background=background,
+        )
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
         self.box_format = box_format
         self.l1_format = l1_format
-        self.class_cost = class_cost
+        self.class_cost_kind = class_cost_kind
         self.background = background
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.validate = validate
+
+    def cost_options(self) -> dict[str, Any]:
+        """The keyword options this matcher passes to :func:`detloss.costs.detection_cost`.
+
+        Example:
+            >>> BoxCostMatcher(class_cost_kind="focal").cost_options()["class_cost_kind"]
+            'focal'
+        """
+        return {name: getattr(self, name) for name in DETECTION_COST_OPTIONS}
 
     def cost(self, outputs: Mapping[str, Tensor], targets: Targets) -> tuple[Tensor, Tensor]:
-        """The ``[B, M, N]`` cost and the ``[B, N]`` target mask."""
+        """The ``[B, M, N]`` cost and the ``[B, N]`` target mask (see the class example)."""
         logits, boxes = _outputs(outputs)
         padded = box_targets(targets, logits.shape[0], logits.device)
         if should_validate(self.validate, logits):
@@ -137,19 +148,12 @@ class BoxCostMatcher(nn.Module):
             boxes.detach(),
             padded["labels"],
             padded["boxes"],
-            cost_class=self.cost_class,
-            cost_bbox=self.cost_bbox,
-            cost_giou=self.cost_giou,
-            box_format=self.box_format,
-            l1_format=self.l1_format,
-            class_cost_kind=self.class_cost,
-            background=self.background,
-            focal_alpha=self.focal_alpha,
-            focal_gamma=self.focal_gamma,
+            **self.cost_options(),
         )
         return cost, padded["mask"]
 
     def solve(self, cost: Tensor, target_mask: Tensor, pred_mask: Tensor | None) -> Matching:
+        """The matching of a ``[B, M, N]`` cost (subclasses)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -172,7 +176,7 @@ class BoxCostMatcher(nn.Module):
         return (
             f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, "
             f"cost_giou={self.cost_giou}, box_format={self.box_format!r}, "
-            f"class_cost={self.class_cost!r}"
+            f"class_cost_kind={self.class_cost_kind!r}"
         )
 
 
@@ -186,6 +190,19 @@ class HungarianMatcher(BoxCostMatcher):
     Takes :class:`BoxCostMatcher`'s arguments and ``solver`` (``"auto"``, ``"scipy"`` or
     ``"triton"``), passed to :func:`hungarian`: by default the GPU solves where the
     outputs are on one and Triton is installed.
+
+    Shape:
+        - outputs["pred_logits"]: ``[B, M, C]``; outputs["pred_boxes"]: ``[B, M, 4]``
+        - result: a :class:`Matching` with ``pred_to_target [B, M]``
+
+    Example:
+        >>> matcher = HungarianMatcher()
+        >>> outputs = {"pred_logits": torch.zeros(1, 3, 2),
+        ...            "pred_boxes": torch.tensor([[[0.0, 0, 1, 1], [2, 2, 3, 3], [5, 5, 6, 6]]])}
+        >>> targets = [{"boxes": torch.tensor([[5.0, 5, 6, 6], [0, 0, 1, 1]]),
+        ...             "labels": torch.tensor([0, 1])}]
+        >>> matcher(outputs, targets).pred_to_target
+        tensor([[ 1, -1,  0]])
     """
 
     def __init__(self, *args: object, solver: str = "auto", **kwargs: object) -> None:
@@ -194,7 +211,7 @@ class HungarianMatcher(BoxCostMatcher):
         self.solver = solver
 
     def solve(self, cost: Tensor, target_mask: Tensor, pred_mask: Tensor | None) -> Matching:
-        return hungarian(cost, target_mask, pred_mask, solver=self.solver)
+        return hungarian(cost, target_mask=target_mask, pred_mask=pred_mask, solver=self.solver)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", solver={self.solver!r}"
@@ -204,7 +221,19 @@ class MaxIoUMatcher(nn.Module):
     """The IoU-threshold matcher (SSD / RetinaNet) as a module.
 
     Matches ``anchors`` (``[M, 4]`` or ``[B, M, 4]``) when given, else the predicted boxes,
-    to the target boxes with :func:`max_iou`.
+    to the target boxes with :func:`max_iou`, whose options it takes.
+
+    Shape:
+        - outputs["pred_boxes"]: ``[B, M, 4]``; anchors: ``[M, 4]`` or ``[B, M, 4]``
+        - result: a :class:`Matching` with ``pred_to_target [B, M]``
+
+    Example:
+        >>> matcher = MaxIoUMatcher(pos_threshold=0.5)
+        >>> outputs = {"pred_logits": torch.zeros(1, 2, 2),
+        ...            "pred_boxes": torch.tensor([[[0.0, 0, 1, 1], [5, 5, 6, 6]]])}
+        >>> targets = [{"boxes": torch.tensor([[0.0, 0, 1, 1.2]]), "labels": torch.tensor([0])}]
+        >>> matcher(outputs, targets).pred_to_target
+        tensor([[ 0, -1]])
     """
 
     def __init__(

@@ -9,11 +9,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._api import keyword_only_masks
 from .._checks import check_nonnegative, check_shape, check_tensor, compute_dtype, shape_str
 from .._optional import host_step
 from ..batching import as_padded
-from .crowd import DENSE_BELOW, crowd_assignment
-from .hungarian import _thread_pool, gpu_solver_fits, solve_on_gpu
+from .assignment import for_each_image
+from .crowd import crowd_assignment
+from .hungarian import gpu_solver_fits, solve_on_gpu
 from .matching import BACKGROUND, Matching
 
 __all__ = ["PointTargets", "check_point_inputs", "check_tau", "match_points", "point_targets"]
@@ -22,11 +24,6 @@ __all__ = ["PointTargets", "check_point_inputs", "check_tau", "match_points", "p
 #: ``{"points": [n_i, 2]}`` dicts, or the padded ``{"points": [B, N, 2], "mask": [B, N]}``.
 PointTargets = Sequence[Tensor] | Sequence[Mapping[str, Tensor]] | Mapping[str, Tensor]
 
-# Below this many cost entries in a batch a thread pool costs more than it saves.
-_POOL_MIN_ENTRIES = 50_000
-# Above this many entries per image (256 MB of float64) images are solved one at a time,
-# so that at most one dense cost matrix is alive on the host.
-_POOL_MAX_BLOCK = 1 << 25
 # The GPU solver takes batches whose float64 cost has at most this many entries (1 GiB).
 _GPU_MAX_ENTRIES = 1 << 27
 
@@ -37,7 +34,18 @@ def _check_real(x: Tensor, name: str) -> None:
 
 
 def check_point_inputs(pred_points: Tensor, pred_logits: Tensor) -> None:
-    """Validate ``pred_points: [B, M, 2]`` and ``pred_logits: [B, M]`` or ``[B, M, 2]``."""
+    """Validate ``pred_points`` and ``pred_logits`` (shapes, real dtypes, one device): a
+    ValueError or TypeError naming the argument.
+
+    Shape:
+        - pred_points: ``[B, M, 2]``; pred_logits: ``[B, M]`` or ``[B, M, 2]``
+
+    Example:
+        >>> check_point_inputs(torch.zeros(2, 5, 2), torch.zeros(2, 4))
+        Traceback (most recent call last):
+        ...
+        ValueError: pred_logits: expected shape [2, 5] or [2, 5, 2] (B and M of pred_points), got [2, 4]
+    """
     check_shape(pred_points, "pred_points", ndim=3, last=2, expected="[B, M, 2]")
     check_tensor(pred_logits, "pred_logits")
     _check_real(pred_points, "pred_points")
@@ -57,6 +65,12 @@ def check_point_inputs(pred_points: Tensor, pred_logits: Tensor) -> None:
 
 
 def check_tau(tau: object) -> float:
+    """P2PNet's distance weight ``tau`` as a float: a finite real ``>= 0``.
+
+    Example:
+        >>> check_tau(1)
+        1.0
+    """
     return check_nonnegative(tau, "tau")
 
 
@@ -66,7 +80,19 @@ def point_targets(
     batch_size: int,
     device: torch.device,
 ) -> tuple[Tensor, Tensor]:
-    """Padded ``points [B, N, 2]`` and ``mask bool[B, N]`` from any accepted target form."""
+    """Padded ``points`` and ``mask`` from any accepted target form (see
+    :data:`PointTargets`; ``target_mask`` goes only with a ``[B, N, 2]`` tensor).
+
+    Shape:
+        - target_points: ``n_i`` points per image, or ``[B, N, 2]``
+        - outputs: ``points [B, N, 2]``, ``mask bool[B, N]``
+
+    Example:
+        >>> points, mask = point_targets([torch.ones(2, 2), torch.ones(1, 2)], None, 2,
+        ...                              torch.device("cpu"))
+        >>> tuple(points.shape), mask.tolist()
+        ((2, 2, 2), [[True, True], [True, False]])
+    """
     if isinstance(target_points, Tensor):
         check_shape(target_points, "target_points", ndim=3, last=2, expected="[B, N, 2]")
         _check_real(target_points, "target_points")
@@ -105,47 +131,6 @@ def point_targets(
     return points, padded["mask"]
 
 
-def _assign_dense(
-    pred_xy: Tensor, prob: Tensor, target_xy: Tensor, tau: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact assignment of one image by the Hungarian method on its dense cost.
-
-    Args:
-        pred_xy: float64 ``[M, 2]`` on the host.
-        prob: float64 ``[M]``, the proposals' person probabilities.
-        target_xy: float64 ``[n, 2]``, the image's real targets.
-
-    Returns ``(pred_idx, target_idx)``, ``min(M, n)`` pairs.
-
-    The cost is the only dense matrix built for the image: written by ``cdist`` in the
-    orientation scipy solves fastest (fewer rows than columns, so no transposed copy) and
-    finished in place.
-    """
-    from scipy.optimize import linear_sum_assignment  # on first use: scipy loads slowly
-
-    if target_xy.shape[0] <= pred_xy.shape[0]:
-        cost = torch.cdist(target_xy, pred_xy, compute_mode="donot_use_mm_for_euclid_dist")
-        cost.mul_(tau).sub_(prob[None, :])
-        target_idx, pred_idx = linear_sum_assignment(cost.numpy())
-    else:
-        cost = torch.cdist(pred_xy, target_xy, compute_mode="donot_use_mm_for_euclid_dist")
-        cost.mul_(tau).sub_(prob[:, None])
-        pred_idx, target_idx = linear_sum_assignment(cost.numpy())
-    return pred_idx, target_idx
-
-
-def _assign(
-    pred_xy: Tensor, prob: Tensor, target_xy: Tensor, tau: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Solve one image: densely when small, by the certified sparse solver of
-    :mod:`detloss.match.crowd` when the dense cost would have ``DENSE_BELOW`` entries or
-    more (dense crowds: thousands of heads by tens of thousands of proposals)."""
-    if pred_xy.shape[0] * target_xy.shape[0] < DENSE_BELOW:
-        return _assign_dense(pred_xy, prob, target_xy, tau)
-    pred_idx, target_idx = crowd_assignment(pred_xy, prob, target_xy, tau)
-    return pred_idx.numpy(), target_idx.numpy()
-
-
 def _check_finite(x: np.ndarray, name: str) -> None:
     if not np.isfinite(x).all():
         bad = np.flatnonzero(~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1))[0]
@@ -173,12 +158,14 @@ def _match_on_gpu(
     return pred_to_target
 
 
+@keyword_only_masks(3, ("target_mask",))
 @host_step
 @torch.no_grad()
 def match_points(
     pred_points: Tensor,
     pred_logits: Tensor,
     target_points: PointTargets | Tensor,
+    *,
     target_mask: Tensor | None = None,
     tau: float = 0.05,
 ) -> Matching:
@@ -198,7 +185,8 @@ def match_points(
             dicts, a padded ``{"points": [B, N, 2], "mask": bool[B, N]}`` dict, or a
             ``Tensor[B, N, 2]`` (with ``target_mask``).
         target_mask: ``bool[B, N]`` real target slots, only with a tensor ``target_points``
-            (default: all real). The mask need not be a prefix.
+            (default: all real). The mask need not be a prefix. Keyword-only (by
+            position it still works, with a FutureWarning, for one release).
         tau: weight of the distance, ``>= 0`` (P2PNet: 0.05).
 
     Returns:
@@ -215,9 +203,21 @@ def match_points(
     :func:`detloss.match.hungarian`, with one host synchronisation; a batch with a
     non-finite input, or an image the kernel hands back, is then solved on the host as
     below, so errors read the same. Otherwise everything the solver needs (``B x M``
-    proposals, ``B x N`` targets) goes to the host in one transfer; there each image builds
-    its float64 cost once, directly in the orientation scipy solves fastest, and images
-    run in a small thread pool (scipy releases the GIL).
+    proposals, ``B x N`` targets) goes to the host in one transfer; there each image is
+    solved by :func:`detloss.match.crowd_assignment` (its float64 cost built once, in the
+    orientation scipy solves fastest, or, for a dense crowd, never built) and images run
+    in a small thread pool (scipy releases the GIL).
+
+    Shape:
+        - pred_points: ``[B, M, 2]``; pred_logits: ``[B, M]`` or ``[B, M, 2]``
+        - target_points: ``n_i`` points per image, padded to ``[B, N, 2]``
+        - result: a :class:`Matching` with ``pred_to_target [B, M]``
+
+    Example:
+        >>> pred = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [5.0, 5.0]]])
+        >>> logits = torch.tensor([[2.0, 1.0, -3.0]])
+        >>> match_points(pred, logits, [torch.tensor([[9.0, 1.0], [1.0, 1.0]])]).pred_to_target
+        tensor([[ 1,  0, -1]])
     """
     check_point_inputs(pred_points, pred_logits)
     tau = check_tau(tau)
@@ -265,13 +265,9 @@ def match_points(
         target_ids = np.flatnonzero(mask_np[i])
         full = counts[i] == n
         targets_i = tgt_host[i] if full else tgt_host[i][torch.from_numpy(target_ids)]
-        pred_idx, target_idx = _assign(pred_host[i], prob_host[i], targets_i, tau)
-        result[i, pred_idx] = target_ids[target_idx]
+        # Dense below DENSE_BELOW pairs, else the certified sparse solve (dense crowds).
+        pred_idx, target_idx = crowd_assignment(pred_host[i], prob_host[i], targets_i, tau)
+        result[i, pred_idx.numpy()] = target_ids[target_idx.numpy()]
 
-    entries = m * counts
-    if b > 1 and entries.sum() >= _POOL_MIN_ENTRIES and entries.max() <= _POOL_MAX_BLOCK:
-        list(_thread_pool().map(solve, range(b)))
-    else:
-        for i in range(b):
-            solve(i)
+    for_each_image(solve, m * counts)
     return Matching(torch.from_numpy(result).to(device), mask)

@@ -897,7 +897,7 @@ class SinkhornMatcher(BoxCostMatcher):
             cost_giou,
             box_format,
             l1_format=l1_format,
-            class_cost=class_cost,
+            class_cost_kind=class_cost,
             background=background,
             focal_alpha=focal_alpha,
             focal_gamma=focal_gamma,

@@ -116,9 +116,9 @@ def match_priors(method: str, priors: Tensor, padded: Mapping[str, Tensor]) -> M
     if method == "max_iou":
         return max_iou(iou, 0.5, target_mask=mask)
     if method == "hungarian":
-        return hungarian(1.0 - iou, mask)
+        return hungarian(1.0 - iou, target_mask=mask)
     if method == "sinkhorn":
-        return sinkhorn(1.0 - iou, mask, tol=0, max_iter=20, **SINKHORN_OPTIONS)
+        return sinkhorn(1.0 - iou, target_mask=mask, tol=0, max_iter=20, **SINKHORN_OPTIONS)
     raise ValueError(f"method: expected 'max_iou', 'hungarian' or 'sinkhorn', got {method!r}")
 
 
