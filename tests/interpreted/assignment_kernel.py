@@ -1,6 +1,6 @@
 """``detloss._kernels.assignment_cuda`` under Triton's interpreter, against scipy.
 
-Run by tests/test_hungarian_device.py in a child process with ``TRITON_INTERPRET=1``.
+Run by tests/match/test_hungarian_device.py in a child process with ``TRITON_INTERPRET=1``.
 Optimal assignments can tie, so the checks compare optimal totals, computed in float64
 from the returned pairs, and require every real row to be assigned exactly once; where the
 optimum is unique (continuous random costs) the pairs themselves are compared too.
