@@ -414,7 +414,7 @@ def test_sinkhorn(problem, reg, taus, background_cost, normalize, eps_scaling):
         out = check_contract(
             lambda: sinkhorn(
                 cost,
-                target_mask,
+                target_mask=target_mask,
                 reg=reg,
                 tau_pred=taus[0],
                 tau_target=taus[1],
@@ -560,7 +560,7 @@ def _valid_arguments():
             {"loc": torch.zeros(1, 80, 4), "conf": torch.zeros(1, 80, 3), "priors": PRIORS},
         ),
         "sinkhorn": (
-            lambda cost, target_mask: sinkhorn(cost, target_mask, tol=0.0),
+            lambda cost, target_mask: sinkhorn(cost, target_mask=target_mask, tol=0.0),
             {"cost": cost, "target_mask": torch.ones(2, 2) > 0},
         ),
         "softmin": (softmin, {"cost": cost, "target_mask": torch.ones(2, 2) > 0}),

@@ -133,7 +133,7 @@ def match_priors(method: str, priors: Tensor, padded: Mapping[str, Tensor]) -> M
     if method == "hungarian":
         return hungarian(1.0 - iou, mask)
     if method == "sinkhorn":
-        return sinkhorn(1.0 - iou, mask, tol=0, max_iter=20, **SINKHORN_OPTIONS)
+        return sinkhorn(1.0 - iou, target_mask=mask, tol=0, max_iter=20, **SINKHORN_OPTIONS)
     raise ValueError(f"method: expected 'max_iou', 'hungarian' or 'sinkhorn', got {method!r}")
 
 
