@@ -4,6 +4,7 @@ import itertools
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -373,7 +374,7 @@ def test_scaling_and_log_domain_blocks_agree():
         torch.testing.assert_close(f_scale, f_log)
         torch.testing.assert_close(g_scale, g_log)
         torch.testing.assert_close(res_scale, res_log)
-        plan = solver.plan(torch.ones(2, dtype=F64))
+        plan, _ = solver.plan(torch.ones(2, dtype=F64))
         exact = torch.exp(solver.S_t + f_log[:, None, :] + g_log[:, :, None])
         torch.testing.assert_close(plan, exact.transpose(1, 2))
 
@@ -689,3 +690,53 @@ def test_options_have_the_function_s_names_and_defaults():
     assert matcher.options == SinkhornOptions(tau_pred=1.0, max_iter=7)
     assert matcher.cost_class == 0.5 and matcher.validate is True
     assert SinkhornMatcher(validate=False).validate is False
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_fused_plan_and_argmax_equal_the_reference_path(dtype):
+    # On the CPU the plan and its row argmax are formed in one compiled pass over the
+    # kernel: the same plan bit for bit, the same assignment.
+    pytest.importorskip("numba")
+    gen = torch.Generator().manual_seed(31)
+    cost = torch.rand(3, 50, 7, generator=gen, dtype=F64).to(dtype)
+    target_mask = torch.rand(3, 7, generator=gen) < 0.7
+    pred_mask = torch.rand(3, 50, generator=gen) < 0.9
+    pred_mask[2] = False
+    for options in [{}, {"tau_pred": 1.0, "tau_target": 0.1, "reg": 1e-3}]:
+        kwargs = dict(target_mask=target_mask, pred_mask=pred_mask, max_iter=5, tol=0, **options)
+        got = sinkhorn(cost, **kwargs)
+        with reference_path():
+            want = sinkhorn(cost, **kwargs)
+        assert torch.equal(got.plan, want.plan)
+        assert torch.equal(got.pred_to_target, want.pred_to_target)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_scaled_row_argmax_equals_torch(dtype):
+    # Ties (the first wins), NaN (the first NaN wins), entries flushed to zero, zero
+    # scalings.
+    pytest.importorskip("numba")
+    from detloss._kernels import row_argmax_cpu
+
+    gen = torch.Generator().manual_seed(7)
+    kernel = torch.randint(0, 3, (2, 30, 5), generator=gen).to(dtype)
+    kernel[0, 0, 1] = kernel[0, 0, 3] = torch.nan
+    kernel[0, 1, 2] = torch.finfo(dtype).tiny / 4
+    kernel[1, 2] = 0.0
+    u = torch.rand(2, 30, generator=gen, dtype=dtype)
+    u[1, :3] = 0.0
+    v = torch.rand(2, 5, generator=gen, dtype=dtype)
+    v[0, 4] = 0.0
+    tiny = torch.finfo(dtype).tiny
+    want = kernel * v[:, None, :] * u[:, :, None]
+    torch.nn.functional.threshold_(want, tiny, 0.0)
+    got = kernel.clone()
+    column = torch.empty(2, 30, dtype=torch.int64)
+    values = got.numpy()
+    bits = values.view(np.int32 if dtype == torch.float32 else np.int64)
+    row_argmax_cpu.scaled_row_argmax(
+        values, bits, u.numpy(), v.numpy(), values.dtype.type(tiny), column.numpy()
+    )
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(column, want.argmax(dim=2))
+    assert column[0, 0] == 1

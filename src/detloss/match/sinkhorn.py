@@ -188,6 +188,11 @@ def plan_to_assignment(plan: Tensor, row_valid: Tensor) -> Tensor:
         kernel.row_argmax(values.numpy(), column.view(-1).numpy())
     else:
         column = plan.argmax(dim=2)
+    return _assignment(column, n, row_valid)
+
+
+def _assignment(column: Tensor, n: int, row_valid: Tensor) -> Tensor:
+    """``pred_to_target`` from each row's argmax column ``int64[B, M]`` of ``N + 1``."""
     p2t = torch.where(column == n, BACKGROUND, column)
     return p2t.masked_fill(~row_valid, IGNORED)
 
@@ -337,7 +342,7 @@ def sinkhorn(
         _check_warm_start(warm_start, b, m, n)
 
     with torch.no_grad():
-        plan, f, g, residual = _solve(
+        plan, column, f, g, residual = _solve(
             cost, background, target_mask, pred_mask, has_pred_mask,
             reg=options.reg, reg_dimless=options.reg_dimless, tau_pred=options.tau_pred,
             tau_target=options.tau_target, normalize=options.normalize,
@@ -352,7 +357,10 @@ def sinkhorn(
                 SinkhornConvergenceWarning,
                 stacklevel=3,
             )
-        p2t = plan_to_assignment(plan, pred_mask)
+        if column is None:
+            p2t = plan_to_assignment(plan, pred_mask)
+        else:
+            p2t = _assignment(column, n, pred_mask)
     return Matching(p2t, target_mask, plan=plan.to(out_dtype), potentials=(f, g))
 
 

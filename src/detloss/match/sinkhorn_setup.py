@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from .sinkhorn_solver import _FLOOR, _new_t, _pairs_t, _Solver
+from .sinkhorn_solver import _FLOOR, _SLOW_EXP, _new_t, _pairs_t, _Solver
 
 # Private to detloss.match: sinkhorn.py calls _solve().
 __all__: list[str] = []
@@ -35,9 +35,10 @@ def _cold_kernel(
     normalize: bool,
     validate: bool,
     rows_padded: bool,
-) -> tuple[Tensor, Tensor, Tensor, tuple[bool, bool, bool]] | None:
-    """The first kernel's exponent for a cold start, in a handful of passes over the cost,
-    or None where a real entry is ``+inf`` (forbidden pairs take the general set-up).
+) -> tuple[Tensor, Tensor, Tensor, tuple[bool, bool, bool, bool]] | None:
+    """The first kernel's exponent for a cold start, in three passes over the cost (two
+    reductions and one write), or None where a real entry is ``+inf`` (forbidden pairs
+    take the general set-up).
 
     One reduction per column gives the checks (amin propagates NaN and finds ``-inf``),
     each image's magnitude and each column's smallest cost. The exponent ``S + g_k`` with
@@ -47,7 +48,7 @@ def _cold_kernel(
 
     Returns ``x_t [B, N + 1, M]`` (``S + g_k``; invalid entries hold anything), ``g_k
     [B, N + 1]``, the magnitude ``[B]`` and the flags of :meth:`_Solver.cold_start`
-    (threshold, mask_rows, mask_cols). Raises ValueError on NaN or ``-inf`` when
+    (flush, clamp, mask_rows, mask_cols). Raises ValueError on NaN or ``-inf`` when
     ``validate``."""
     b, m, n = cost.shape
     c = cost.to(dtype)
@@ -75,20 +76,27 @@ def _cold_kernel(
     deepest = log_b - (high - low).to(torch.float64) * inv
     bad = (torch.isnan(low) | (low == -torch.inf)) & col_valid
     forbidden = (high == torch.inf) & col_valid
-    floor = _FLOOR[dtype]
-    flags = torch.stack(
-        [bad.any(), forbidden.any(), ((deepest < floor) & col_valid).any(), ~col_valid.all()]
+    # One host synchronisation for every decision.
+    bad, forbidden, flush, clamp, mask_cols = torch.stack(
+        [
+            bad.any(),
+            forbidden.any(),
+            ((deepest < _FLOOR[dtype]) & col_valid).any(),
+            ((deepest < _SLOW_EXP[dtype]) & col_valid).any(),
+            ~col_valid.all(),
+        ]
     ).tolist()
-    if validate and flags[0]:
+    if validate and bad:
         raise ValueError(_BAD_COST)
-    if flags[1]:
+    if forbidden:
         return None
-    # x = g_k - C / reg in the solver's layout (on the CPU the cost's own: a plain copy).
+    # x = g_k - C / reg in the solver's layout (on the CPU the cost's own), in one pass.
     x_t = _new_t(c, b, m, n)
-    x_t[:, :n].copy_(c.transpose(1, 2))
-    x_t[:, n].copy_(background)
-    x_t.mul_(-inv.to(dtype)[:, :, None]).add_(g_k.to(dtype)[:, :, None])
-    return x_t, g_k.to(dtype), magnitude, (bool(flags[2]), rows_padded, bool(flags[3]))
+    g_k = g_k.to(dtype)
+    neg_inv = -inv.to(dtype)
+    torch.addcmul(g_k[:, :n, None], c.transpose(1, 2), neg_inv[:, :, None], out=x_t[:, :n])
+    torch.addcmul(g_k[:, n:], background, neg_inv, out=x_t[:, n])
+    return x_t, g_k, magnitude, (flush, clamp, rows_padded, mask_cols)
 
 
 class _GeneralSolver(_Solver):
@@ -158,11 +166,12 @@ def _solve(
     eps_scaling: int,
     warm_start: tuple[Tensor, Tensor] | None,
     validate: bool,
-) -> tuple[Tensor, Tensor, Tensor, float]:
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor, float]:
     """Sinkhorn on checked arguments: ``cost [B, M, N]``, ``background [B, M]`` and the
     masks in the compute dtype and on one device (``has_pred_mask``: the caller gave
     ``pred_mask``, so the default ``reg`` is per image). Returns the plan ``[B, M, N + 1]``
-    scaled by each image's prediction count, the potentials ``f [B, M]``, ``g [B, N + 1]``
+    scaled by each image's prediction count, each row's argmax where it was found on the
+    way (else None), the potentials ``f [B, M]``, ``g [B, N + 1]``
     in cost units (zero on padded entries) and the last residual (inf when not measured)."""
     b, m, n = cost.shape
     dtype, device = background.dtype, cost.device
@@ -198,7 +207,7 @@ def _solve(
             normalize=normalize, validate=validate, rows_padded=rows_padded,
         )  # fmt: skip
     if b * m == 0:
-        plan = torch.zeros((b, m, n + 1), dtype=dtype, device=device)
+        plan, column = torch.zeros((b, m, n + 1), dtype=dtype, device=device), None
         f = plan.new_zeros((b, m))
         g = plan.new_zeros((b, n + 1))
     elif cold is not None:
@@ -218,7 +227,7 @@ def _solve(
         solver.cold_start(x_t, g_k, *flags)
         residual = solver.iterate(0, max_iter, check_every, tol)
         f, g = solver.potentials()
-        plan = solver.plan(m64.to(dtype))
+        plan, column = solver.plan(m64.to(dtype))
     else:
         solver = _general_solver(
             cost, background, row_valid, col_valid, mass_a, mass_b, dtype,
@@ -246,9 +255,9 @@ def _solve(
         solver.set_reg(reg_t, tau_pred, tau_target)
         residual = solver.run(f, g, max_iter, check_every, tol)
         f, g = solver.potentials()
-        plan = solver.plan(m64.to(dtype))
+        plan, column = solver.plan(m64.to(dtype))
     potentials = (
         torch.where(row_valid, f * reg_t, 0.0),
         torch.where(col_valid, g * reg_t, 0.0),
     )
-    return plan, *potentials, residual
+    return plan, column, *potentials, residual

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from types import ModuleType
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,6 +30,8 @@ __all__: list[str] = []
 # arithmetic is an order of magnitude slower on CPUs.
 _FLOOR = {torch.float32: -67.0, torch.float64: -400.0}
 _RANGE = {torch.float32: 20.0, torch.float64: 150.0}
+# Below these exponents (about where exp leaves the normal range) exp is slow on CPUs.
+_SLOW_EXP = {torch.float32: -87.0, torch.float64: -708.0}
 _BMM_MIN_ENTRIES = 1 << 16
 
 
@@ -47,6 +50,16 @@ def _fused_block(kernel_t: Tensor) -> ModuleType | None:
         return None
     kernel = fast_path("sinkhorn_scaling", kernel_t.device)
     return kernel if kernel is not None and kernel.supports(kernel_t) else None
+
+
+def _plan_kernel(plan: Tensor) -> ModuleType | None:
+    """The compiled loop forming the plan ``[B, M, N + 1]`` and its row argmax in one pass,
+    where it applies (a contiguous CPU float32 / float64 plan with a column), else None."""
+    if plan.dtype not in (torch.float32, torch.float64) or not plan.is_contiguous():
+        return None
+    if plan.shape[2] == 0 or plan.requires_grad:
+        return None
+    return fast_path("row_argmax", plan.device)
 
 
 def _exponent(tau: float | None, reg: float | Tensor) -> float | Tensor:
@@ -217,21 +230,23 @@ class _Solver:
         # about 1e-7 / reg relative on every entry, as S itself does (the documented limit).
         x = self.S_t + f.to(self.dtype)[:, None, :]
         x.add_(g.to(self.dtype)[:, :, None])
-        self._absorb(x, f, g, threshold=True, mask=True)
+        self._absorb(x, f, g, flush=True, clamp=True, mask=True)
 
     def cold_start(
-        self, x_t: Tensor, g_k: Tensor, threshold: bool, mask_rows: bool, mask_cols: bool
+        self, x_t: Tensor, g_k: Tensor, flush: bool, clamp: bool, mask_rows: bool, mask_cols: bool
     ) -> None:
         """Start from ``f = 0`` with the first target update, in the scaling domain.
 
         ``x_t [B, N + 1, M]`` is ``S + g_k`` (overwritten: it becomes the kernel), ``g_k
         [B, N + 1]`` a shift making each real column's largest entry 0, so no column of the
-        kernel underflows. ``threshold``: some entry may lie below the floor; ``mask_rows``,
-        ``mask_cols``: some prediction, target or background is not real (its entries are
-        then set to 1, whatever ``x_t`` holds there)."""
+        kernel underflows. ``flush``: some entry may lie below the floor; ``clamp``: some
+        may lie where exp is slow (:meth:`_absorb`); ``mask_rows``, ``mask_cols``: some
+        prediction, target or background is not real (its entries are then set to 1,
+        whatever ``x_t`` holds there)."""
         self._absorb(
-            x_t, torch.zeros_like(self.a), g_k, threshold, mask_rows=mask_rows, mask_cols=mask_cols
-        )
+            x_t, torch.zeros_like(self.a), g_k, flush, clamp, mask_rows=mask_rows,
+            mask_cols=mask_cols,
+        )  # fmt: skip
         self.fused = _fused_block(self.kernel_t)
         s = self._sums(self.u)
         if self.c_t is None:
@@ -242,7 +257,7 @@ class _Solver:
             # the log domain and absorb it, so the scalings start at 1 again.
             g = torch.where(self.col_valid, self.phi_t * (self.log_b + g_k - s.log()), 0.0)
             x = self.kernel_t.log_().add_((g - g_k)[:, :, None])
-            self._absorb(x, self.f_k, g, threshold=True, mask_rows=mask_rows)
+            self._absorb(x, self.f_k, g, flush=True, clamp=True, mask_rows=mask_rows)
         self.fresh = False
 
     def _absorb(
@@ -250,16 +265,17 @@ class _Solver:
         x: Tensor,
         f: Tensor,
         g: Tensor,
-        threshold: bool,
+        flush: bool,
+        clamp: bool,
         mask: bool = False,
         mask_rows: bool = False,
         mask_cols: bool = False,
     ) -> None:
-        """The kernel ``exp(x)`` in place, in the frame ``(f, g)``, scalings reset to 1."""
-        if threshold:
-            # Raise the exponents below the floor to it, then zero what it gives: on the
-            # CPU exp is an order of magnitude slower on inputs below about -87 (-inf
-            # included) than on the rest.
+        """The kernel ``exp(x)`` in place, in the frame ``(f, g)``, scalings reset to 1.
+        ``flush``: entries below ``exp(floor)`` become exactly zero; ``clamp``: some
+        exponent may lie below ``_SLOW_EXP``, where exp is an order of magnitude slower
+        on the CPU (-inf included): they are raised to the floor first (then flushed)."""
+        if clamp:
             x.clamp_(min=self.floor)
         # Invalid pairs get the entry 1, not 0: an invalid row or column has zero mass, so
         # its scaling is exactly 0 and the entry adds nothing, while every sum a valid
@@ -271,7 +287,7 @@ class _Solver:
         if mask_rows:
             x.masked_fill_(~self.row_valid[:, None, :], 0.0)
         self.kernel_t = x.exp_()
-        if threshold:
+        if flush or clamp:
             F.threshold_(self.kernel_t, math.exp(self.floor), 0.0)
         self.f_k, self.g_k = f, g
         self.u = self.row_valid.to(self.dtype)
@@ -355,17 +371,27 @@ class _Solver:
         )
         return u, v, res, spread
 
-    def plan(self, scale: Tensor) -> Tensor:
-        """The current plan ``u kernel v`` as ``[B, M, N + 1]``, times ``scale [B]``."""
+    def plan(self, scale: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The current plan ``u kernel v`` as ``[B, M, N + 1]``, times ``scale [B]``, formed
+        over the kernel (the solver is done with it), and each row's argmax where the
+        compiled loop finds it on the way (else None)."""
         # Zero scalings off the real rows and columns (an image without predictions has
         # NaN ones) give invalid pairs exactly 0, as entries of 1 in the kernel.
         v = torch.where(self.col_valid, self.v, 0.0)
         u = torch.where(self.row_valid, self.u * scale[:, None], 0.0)
-        plan = self.kernel_t * v.unsqueeze(2)
-        plan.mul_(u.unsqueeze(1))
+        plan = self.kernel_t.transpose(1, 2)
+        kernel = _plan_kernel(plan)
+        if kernel is not None:
+            column = torch.empty(plan.shape[:2], dtype=torch.int64)
+            values = plan.numpy()
+            bits = values.view(np.int32 if values.itemsize == 4 else np.int64)
+            tiny = values.dtype.type(self.tiny)
+            kernel.scaled_row_argmax(values, bits, u.numpy(), v.numpy(), tiny, column.numpy())
+            return plan, column
+        self.kernel_t.mul_(v.unsqueeze(2)).mul_(u.unsqueeze(1))
         # Entries below the smallest normal float are rounding dust.
-        F.threshold_(plan, self.tiny, 0.0)
-        return plan.transpose(1, 2).contiguous()
+        F.threshold_(self.kernel_t, self.tiny, 0.0)
+        return plan.contiguous(), None
 
     def run(self, f: Tensor, g: Tensor | None, n_iter: int, check_every: int, tol: float) -> float:
         """``n_iter`` iterations from ``(f, g)`` in blocks of ``check_every`` (``g`` None is a
