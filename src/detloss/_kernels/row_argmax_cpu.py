@@ -60,23 +60,34 @@ def scaled_row_argmax(
     vectorises (a float maximum it may not reorder, for NaN's sake); a row with a NaN
     takes :func:`row_argmax`'s scalar loop."""
     for b in range(plan.shape[0]):
-        scale_columns = v[b]
         for r in range(plan.shape[1]):
-            row = plan[b, r]
-            scale_row = u[b, r]
-            nans = 0
-            for j in range(row.shape[0]):
-                value = row[j] * scale_columns[j] * scale_row
-                nans += value != value
-                row[j] = 0.0 if value <= tiny else value
-            if nans:
-                out[b, r] = _argmax(row)
-                continue
-            row_bits = bits[b, r]
-            best = row_bits[0]
-            for j in range(1, row_bits.shape[0]):
-                best = max(best, row_bits[j])
-            index = 0
-            while row_bits[index] != best:
-                index += 1
-            out[b, r] = index
+            if _scale_row(plan[b, r], v[b], u[b, r], tiny):
+                out[b, r] = _argmax(plan[b, r])
+            else:
+                out[b, r] = _argmax_of_bits(bits[b, r])
+
+
+@jit
+def _scale_row(row: np.ndarray, scale_columns: np.ndarray, scale: float, tiny: float) -> int:
+    """``row = (row * scale_columns) * scale``, entries ``<= tiny`` set to 0; returns the
+    number of NaN."""
+    nans = 0
+    for j in range(row.shape[0]):
+        value = row[j] * scale_columns[j] * scale
+        nans += value != value
+        row[j] = 0.0 if value <= tiny else value
+    return nans
+
+
+@jit
+def _argmax_of_bits(row_bits: np.ndarray) -> int:
+    """The first index of the largest of ``row_bits``, in two reductions the compiler
+    vectorises."""
+    columns = row_bits.shape[0]
+    best = row_bits[0]
+    for j in range(1, columns):
+        best = max(best, row_bits[j])
+    index = columns
+    for j in range(columns):
+        index = min(index, j if row_bits[j] == best else columns)
+    return index

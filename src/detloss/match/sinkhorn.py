@@ -332,7 +332,7 @@ def sinkhorn(
         background_cost=background_cost, normalize=normalize, max_iter=max_iter, tol=tol,
         check_every=check_every, eps_scaling=eps_scaling, validate=validate,
     )  # fmt: skip
-    has_pred_mask = pred_mask is not None
+    has_pred_mask, has_target_mask = pred_mask is not None, target_mask is not None
     cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
     b, m, n = cost.shape
     dtype = compute_dtype(cost)
@@ -343,7 +343,7 @@ def sinkhorn(
 
     with torch.no_grad():
         plan, column, f, g, residual = _solve(
-            cost, background, target_mask, pred_mask, has_pred_mask,
+            cost, background, target_mask, pred_mask, has_pred_mask, has_target_mask,
             reg=options.reg, reg_dimless=options.reg_dimless, tau_pred=options.tau_pred,
             tau_target=options.tau_target, normalize=options.normalize,
             max_iter=options.max_iter, tol=options.tol, check_every=options.check_every,

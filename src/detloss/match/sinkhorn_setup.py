@@ -35,6 +35,7 @@ def _cold_kernel(
     normalize: bool,
     validate: bool,
     rows_padded: bool,
+    cols_padded: bool,
 ) -> tuple[Tensor, Tensor, Tensor, tuple[bool, bool, bool, bool]] | None:
     """The first kernel's exponent for a cold start, in three passes over the cost (two
     reductions and one write), or None where a real entry is ``+inf`` (forbidden pairs
@@ -49,7 +50,8 @@ def _cold_kernel(
     Returns ``x_t [B, N + 1, M]`` (``S + g_k``; invalid entries hold anything), ``g_k
     [B, N + 1]``, the magnitude ``[B]`` and the flags of :meth:`_Solver.cold_start`
     (flush, clamp, mask_rows, mask_cols). Raises ValueError on NaN or ``-inf`` when
-    ``validate``."""
+    ``validate``. ``rows_padded``: some prediction is padding; ``cols_padded``: some
+    target may be."""
     b, m, n = cost.shape
     c = cost.to(dtype)
     if rows_padded:
@@ -58,8 +60,15 @@ def _cold_kernel(
         high = torch.where(keep, c, -torch.inf).amax(1)
         bg_low = torch.where(row_valid, background, torch.inf).amin(1, keepdim=True)
         bg_high = torch.where(row_valid, background, -torch.inf).amax(1, keepdim=True)
-    else:
+    elif cols_padded or n == 0:
         low, high = c.amin(1), c.amax(1)
+        bg_low, bg_high = background.amin(1, keepdim=True), background.amax(1, keepdim=True)
+    else:
+        # Every entry is real: the image's largest cost stands in for each column's (a
+        # reduction over contiguous memory, several times faster). The magnitude is the
+        # same; the deepest exponent is bounded from below, so at worst an exponent is
+        # clamped or flushed that did not need it, with the same kernel.
+        low, high = c.amin(1), c.amax((1, 2))[:, None].expand(b, n)
         bg_low, bg_high = background.amin(1, keepdim=True), background.amax(1, keepdim=True)
     low = torch.cat([low, bg_low], 1)
     high = torch.cat([high, bg_high], 1)
@@ -154,6 +163,7 @@ def _solve(
     target_mask: Tensor,
     pred_mask: Tensor,
     has_pred_mask: bool,
+    has_target_mask: bool,
     *,
     reg: float | None,
     reg_dimless: float,
@@ -168,8 +178,8 @@ def _solve(
     validate: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, float]:
     """Sinkhorn on checked arguments: ``cost [B, M, N]``, ``background [B, M]`` and the
-    masks in the compute dtype and on one device (``has_pred_mask``: the caller gave
-    ``pred_mask``, so the default ``reg`` is per image). Returns the plan ``[B, M, N + 1]``
+    masks in the compute dtype and on one device (``has_pred_mask``, ``has_target_mask``:
+    the caller gave that mask; with ``pred_mask`` the default ``reg`` is per image). Returns the plan ``[B, M, N + 1]``
     scaled by each image's prediction count, each row's argmax where it was found on the
     way (else None), the potentials ``f [B, M]``, ``g [B, N + 1]``
     in cost units (zero on padded entries) and the last residual (inf when not measured)."""
@@ -205,6 +215,7 @@ def _solve(
         cold = _cold_kernel(
             cost, background, row_valid, col_valid, mass_b, reg_t, dtype,
             normalize=normalize, validate=validate, rows_padded=rows_padded,
+            cols_padded=has_target_mask,
         )  # fmt: skip
     if b * m == 0:
         plan, column = torch.zeros((b, m, n + 1), dtype=dtype, device=device), None
