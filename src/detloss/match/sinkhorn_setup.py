@@ -41,8 +41,9 @@ def _cold_kernel(
     reductions and one write), or None where a real entry is ``+inf`` (forbidden pairs
     take the general set-up).
 
-    One reduction per column gives the checks (amin propagates NaN and finds ``-inf``),
-    each image's magnitude and each column's smallest cost. The exponent ``S + g_k`` with
+    The column minima give the checks (amin propagates NaN and finds ``-inf``) and the
+    shift; the column maxima (without masks, the image's) the magnitude, forbidden pairs
+    and the deepest exponent. The exponent ``S + g_k`` with
     ``g_k = log b + min_i C_ij / reg`` puts each real column's largest kernel entry at
     its mass ``b_j``: no column underflows and the first target update's scalings are
     about ``1 / (number of close predictions)``, well inside the solver's safe range.
