@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor
 
-from .sinkhorn_solver import _FLOOR, _SLOW_EXP, _new_t, _pairs_t, _Solver
+from .sinkhorn_solver import _FLOOR, _LOG2E, _SLOW_EXP, _new_t, _pairs_t, _Solver
 
 # Private to detloss.match: sinkhorn.py calls _solve().
 __all__: list[str] = []
@@ -48,7 +48,8 @@ def _cold_kernel(
     its mass ``b_j``: no column underflows and the first target update's scalings are
     about ``1 / (number of close predictions)``, well inside the solver's safe range.
 
-    Returns ``x_t [B, N + 1, M]`` (``S + g_k``; invalid entries hold anything), ``g_k
+    Returns ``x_t [B, N + 1, M]`` (``(S + g_k) * log2(e)``, the kernel's base-2 exponent;
+    invalid entries hold anything), ``g_k
     [B, N + 1]``, the magnitude ``[B]`` and the flags of :meth:`_Solver.cold_start`
     (flush, clamp, mask_rows, mask_cols). Raises ValueError on NaN or ``-inf`` when
     ``validate``. ``rows_padded``: some prediction is padding; ``cols_padded``: some
@@ -100,13 +101,14 @@ def _cold_kernel(
         raise ValueError(_BAD_COST)
     if forbidden:
         return None
-    # x = g_k - C / reg in the solver's layout (on the CPU the cost's own), in one pass.
+    # x = (g_k - C / reg) * log2(e) in the solver's layout (on the CPU the cost's own), in
+    # one pass; both factors are rounded once from float64, as without the log2(e).
     x_t = _new_t(c, b, m, n)
-    g_k = g_k.to(dtype)
-    neg_inv = -inv.to(dtype)
-    torch.addcmul(g_k[:, :n, None], c.transpose(1, 2), neg_inv[:, :, None], out=x_t[:, :n])
-    torch.addcmul(g_k[:, n:], background, neg_inv, out=x_t[:, n])
-    return x_t, g_k, magnitude, (flush, clamp, rows_padded, mask_cols)
+    g_k2 = (g_k * _LOG2E).to(dtype)
+    neg_inv2 = (inv * -_LOG2E).to(dtype)
+    torch.addcmul(g_k2[:, :n, None], c.transpose(1, 2), neg_inv2[:, :, None], out=x_t[:, :n])
+    torch.addcmul(g_k2[:, n:], background, neg_inv2, out=x_t[:, n])
+    return x_t, g_k.to(dtype), magnitude, (flush, clamp, rows_padded, mask_cols)
 
 
 class _GeneralSolver(_Solver):

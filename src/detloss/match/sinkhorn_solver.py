@@ -30,6 +30,7 @@ __all__: list[str] = []
 # arithmetic is an order of magnitude slower on CPUs.
 _FLOOR = {torch.float32: -67.0, torch.float64: -400.0}
 _RANGE = {torch.float32: 20.0, torch.float64: 150.0}
+_LOG2E = 1.0 / math.log(2.0)
 # Below these exponents (about where exp leaves the normal range) exp is slow on CPUs.
 _SLOW_EXP = {torch.float32: -87.0, torch.float64: -708.0}
 _BMM_MIN_ENTRIES = 1 << 16
@@ -237,7 +238,8 @@ class _Solver:
     ) -> None:
         """Start from ``f = 0`` with the first target update, in the scaling domain.
 
-        ``x_t [B, N + 1, M]`` is ``S + g_k`` (overwritten: it becomes the kernel), ``g_k
+        ``x_t [B, N + 1, M]`` is ``(S + g_k) * log2(e)`` (overwritten: it becomes the
+        kernel ``2^x_t``, as exp2 is several times faster than exp on CPUs), ``g_k
         [B, N + 1]`` a shift making each real column's largest entry 0, so no column of the
         kernel underflows. ``flush``: some entry may lie below the floor; ``clamp``: some
         may lie where exp is slow (:meth:`_absorb`); ``mask_rows``, ``mask_cols``: some
@@ -245,7 +247,7 @@ class _Solver:
         whatever ``x_t`` holds there)."""
         self._absorb(
             x_t, torch.zeros_like(self.a), g_k, flush, clamp, mask_rows=mask_rows,
-            mask_cols=mask_cols,
+            mask_cols=mask_cols, base2=True,
         )  # fmt: skip
         self.fused = _fused_block(self.kernel_t)
         s = self._sums(self.u)
@@ -270,13 +272,15 @@ class _Solver:
         mask: bool = False,
         mask_rows: bool = False,
         mask_cols: bool = False,
+        base2: bool = False,
     ) -> None:
-        """The kernel ``exp(x)`` in place, in the frame ``(f, g)``, scalings reset to 1.
+        """The kernel ``exp(x)`` (``base2``: ``2^x``) in place, in the frame ``(f, g)``,
+        scalings reset to 1.
         ``flush``: entries below ``exp(floor)`` become exactly zero; ``clamp``: some
         exponent may lie below ``_SLOW_EXP``, where exp is an order of magnitude slower
         on the CPU (-inf included): they are raised to the floor first (then flushed)."""
         if clamp:
-            x.clamp_(min=self.floor)
+            x.clamp_(min=self.floor * _LOG2E if base2 else self.floor)
         # Invalid pairs get the entry 1, not 0: an invalid row or column has zero mass, so
         # its scaling is exactly 0 and the entry adds nothing, while every sum a valid
         # scaling divides by stays positive without a clamp per half-step.
@@ -286,7 +290,7 @@ class _Solver:
             x.masked_fill_(~self.col_valid[:, :, None], 0.0)
         if mask_rows:
             x.masked_fill_(~self.row_valid[:, None, :], 0.0)
-        self.kernel_t = x.exp_()
+        self.kernel_t = torch.special.exp2(x, out=x) if base2 else x.exp_()
         if flush or clamp:
             F.threshold_(self.kernel_t, math.exp(self.floor), 0.0)
         self.f_k, self.g_k = f, g
