@@ -311,8 +311,8 @@ def sinkhorn(
         >>> match = sinkhorn(cost, reg=0.2, background_cost=0.5)
         >>> match.pred_to_target
         tensor([[ 0,  1, -1]])
-        >>> match.plan.sum(dim=1)  # each target's column (and the background's): 1
-        tensor([[1., 1., 1.]])
+        >>> match.plan.sum(dim=1).allclose(torch.ones(1, 3))  # each target's column: 1
+        True
 
     Marginals: ``1/m`` per real prediction, ``1/m`` per real target, ``(m - n)/m`` for the
     background. With more targets than predictions (``n > m``) the targets share the unit

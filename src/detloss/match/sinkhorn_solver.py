@@ -63,6 +63,24 @@ def _plan_kernel(plan: Tensor) -> ModuleType | None:
     return fast_path("row_argmax", plan.device)
 
 
+_EXP2_CHUNK = 1 << 14
+
+
+def _exp2_(x: Tensor) -> Tensor:
+    """``2^x`` in place. On the CPU in serial chunks of ``2^14`` entries (under torch's
+    grain): torch would split a larger elementwise op over its threads, and the last
+    entries of each part take a scalar ``exp2`` that can differ in the last bit from the
+    vectorised one, so the kernel would depend on the thread count."""
+    if x.device.type != "cpu":
+        return torch.special.exp2(x, out=x)
+    memory = x if x.is_contiguous() else x.transpose(1, 2)
+    if not memory.is_contiguous():
+        return x.mul_(math.log(2.0)).exp_()
+    for part in memory.view(-1).split(_EXP2_CHUNK):
+        torch.special.exp2(part, out=part)
+    return x
+
+
 def _exponent(tau: float | None, reg: float | Tensor) -> float | Tensor:
     """The KL-relaxation exponent ``tau / (tau + reg)``: 1 for a hard marginal (None or inf)."""
     if tau is None or math.isinf(tau):
@@ -290,7 +308,7 @@ class _Solver:
             x.masked_fill_(~self.col_valid[:, :, None], 0.0)
         if mask_rows:
             x.masked_fill_(~self.row_valid[:, None, :], 0.0)
-        self.kernel_t = torch.special.exp2(x, out=x) if base2 else x.exp_()
+        self.kernel_t = _exp2_(x) if base2 else x.exp_()
         if flush or clamp:
             F.threshold_(self.kernel_t, math.exp(self.floor), 0.0)
         self.f_k, self.g_k = f, g
