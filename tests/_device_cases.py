@@ -307,11 +307,13 @@ def _matcher(kind: str):
             "closest_prediction": lambda i: closest_prediction(
                 i["cost"], i["thr"], target_mask=i["mask"]
             ),
-            "softmin": lambda i: softmin(i["cost"], 0.5, "target", i["bg"], i["mask"]),
-            "softmin_float": lambda i: softmin(i["cost"], 0.5, "prediction", 1.5, i["mask"]),
+            "softmin": lambda i: softmin(i["cost"], 0.5, "target", i["bg"], target_mask=i["mask"]),
+            "softmin_float": lambda i: softmin(
+                i["cost"], 0.5, "prediction", 1.5, target_mask=i["mask"]
+            ),
             "combine": lambda i: combine(
                 [
-                    softmin(i["cost"], 0.5, "prediction", i["bg"], i["mask"]),
+                    softmin(i["cost"], 0.5, "prediction", i["bg"], target_mask=i["mask"]),
                     closest_target(i["cost"], i["bg"], target_mask=i["mask"]),
                 ],
                 [1.0, 2.0],

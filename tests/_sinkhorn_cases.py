@@ -8,10 +8,11 @@ import warnings
 
 import torch
 
-from detloss.match.sinkhorn import SinkhornConvergenceWarning, _Solver, sinkhorn
+from detloss.match.sinkhorn import SinkhornConvergenceWarning, sinkhorn
+from detloss.match.sinkhorn_solver import _Solver
 
-# The module (the package's ``sinkhorn`` attribute is the function).
-sinkhorn_module = importlib.import_module("detloss.match.sinkhorn")
+# The solver's module, whose _fused_block the kernel tests patch.
+sinkhorn_module = importlib.import_module("detloss.match.sinkhorn_solver")
 F64 = torch.float64
 
 
@@ -41,17 +42,26 @@ def quiet(**kwargs):
 
 
 def solver_after(monkeypatch, **kwargs) -> _Solver:
-    """The ``_Solver`` of a ``sinkhorn`` call, in its state after the run."""
+    """The ``_Solver`` of a ``sinkhorn`` call, in its state after the run (its kernel kept:
+    the plan is formed over it)."""
     solvers = []
-    init = _Solver.__init__
+    init, plan = _Solver.__init__, _Solver.plan
 
     def spy(self, *args):
         init(self, *args)
         solvers.append(self)
 
+    def keep_kernel(self, *args):
+        kernel = self.kernel_t.clone()
+        result = plan(self, *args)
+        self.kernel_t = kernel
+        return result
+
     monkeypatch.setattr(_Solver, "__init__", spy)
+    monkeypatch.setattr(_Solver, "plan", keep_kernel)
     quiet(**kwargs)
     monkeypatch.setattr(_Solver, "__init__", init)
+    monkeypatch.setattr(_Solver, "plan", plan)
     return solvers[-1]
 
 

@@ -305,7 +305,9 @@ def matcher_problems() -> dict[str, Callable[[], list[torch.Tensor]]]:
         "closest_prediction": lambda: matching_tensors(
             closest_prediction(cost, 3.0, target_mask=mask)
         ),
-        "sinkhorn": lambda: matching_tensors(sinkhorn(cost, mask, max_iter=50, tol=0.0)),
+        "sinkhorn": lambda: matching_tensors(
+            sinkhorn(cost, target_mask=mask, max_iter=50, tol=0.0)
+        ),
         "softmin": lambda: matching_tensors(softmin(cost, 0.1, target_mask=mask)),
         "HungarianMatcher": lambda: matching_tensors(HungarianMatcher()(outputs, targets)),
         "MaxIoUMatcher": lambda: matching_tensors(MaxIoUMatcher()(outputs, targets)),

@@ -99,7 +99,7 @@ NOT_LOSS_FUNCTIONS = {"SetCriterion"}
 # detection loss). Empty these sets when that work lands.
 PENDING_LOSSES: set[str] = set()
 # PENDING: the matchers (match/**) whose masks are still positional there.
-PENDING_MASKS = {"sinkhorn", "softmin"}
+PENDING_MASKS: set[str] = set()
 # PENDING: threshold names still to be renamed in the SSD loss and match/closest.py.
 PENDING_THRESHOLDS: set[str] = set()
 

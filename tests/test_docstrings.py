@@ -28,14 +28,7 @@ PUBLIC_MODULES = (
 
 # PENDING: names of the modules rewritten elsewhere (the ranking, SSD and generic detection
 # losses, the matchers and the costs). Empty it when their docstrings land.
-PENDING = {
-    # match/sinkhorn.py, match/softmin.py
-    "SinkhornConvergenceWarning",
-    "SinkhornMatcher",
-    "combine",
-    "sinkhorn",
-    "softmin",
-}
+PENDING: set[str] = set()
 
 
 def public_objects() -> dict[str, object]:

@@ -1,8 +1,10 @@
 import importlib
+import inspect
 import itertools
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -13,11 +15,12 @@ from detloss.match.closest import closest_prediction, closest_target
 from detloss.match.hungarian import hungarian
 from detloss.match.sinkhorn import (
     SinkhornConvergenceWarning,
-    SinkhornMatcher,
-    _Solver,
+    SinkhornOptions,
     plan_to_assignment,
     sinkhorn,
 )
+from detloss.match.sinkhorn_matcher import SinkhornMatcher
+from detloss.match.sinkhorn_solver import _Solver
 
 F64 = torch.float64
 
@@ -68,7 +71,7 @@ def test_equals_uotod_iteration_by_iteration(tau_pred, tau_target, iters):
     mask = torch.tensor([True, True, True, False, False])
     ours = sinkhorn(
         cost,
-        mask,
+        target_mask=mask,
         reg=0.05,
         tau_pred=tau_pred,
         tau_target=tau_target,
@@ -87,7 +90,7 @@ def test_converged_plan_equals_uotod(tau_pred, tau_target):
     mask = torch.tensor([True] * 4 + [False] * 2)
     reg = 0.12 / (math.log(60) + 1)  # uotod's default for 30 predictions
     ours = sinkhorn(
-        cost, mask, tau_pred=tau_pred, tau_target=tau_target, background_cost=0.7, tol=1e-11,
+        cost, target_mask=mask, tau_pred=tau_pred, tau_target=tau_target, background_cost=0.7, tol=1e-11,
         max_iter=5000,
     )  # fmt: skip
     ref = uotod_plan(cost, 4, 0.7, reg, 5000, tau_pred, tau_target)
@@ -135,7 +138,7 @@ def test_non_prefix_masks_hold_their_marginals():
         ]
     )
     pred_mask = torch.ones(3, 20, dtype=torch.bool)
-    m = sinkhorn(cost, target_mask, tol=1e-6, max_iter=2000)
+    m = sinkhorn(cost, target_mask=target_mask, tol=1e-6, max_iter=2000)
     check_balanced_marginals(m, pred_mask, target_mask, tol=1e-6)
     assert torch.all(m.pred_to_target[2] == -1)
 
@@ -144,7 +147,7 @@ def test_mask_equals_dropping_the_padded_targets():
     # uotod assumes a prefix; with any mask the result equals the problem without padding.
     cost = rand(1, 15, 5, seed=4)
     mask = torch.tensor([[False, True, False, True, True]])
-    ours = sinkhorn(cost, mask, tau_pred=1.0, tau_target=0.1, tol=1e-11, max_iter=3000)
+    ours = sinkhorn(cost, target_mask=mask, tau_pred=1.0, tau_target=0.1, tol=1e-11, max_iter=3000)
     dense = sinkhorn(cost[:, :, mask[0]], tau_pred=1.0, tau_target=0.1, tol=1e-11, max_iter=3000)
     torch.testing.assert_close(ours.plan[0][:, [1, 3, 4, 5]], dense.plan[0])
     assert torch.all(ours.plan[0][:, [0, 2]] == 0)
@@ -224,7 +227,9 @@ def test_padded_entries_may_hold_garbage():
     dirty = cost.clone()
     dirty[0, :, 1] = torch.nan
     dirty[0, :, 3] = -torch.inf
-    torch.testing.assert_close(sinkhorn(dirty, mask).plan, sinkhorn(cost, mask).plan)
+    torch.testing.assert_close(
+        sinkhorn(dirty, target_mask=mask).plan, sinkhorn(cost, target_mask=mask).plan
+    )
 
 
 @given(
@@ -241,7 +246,7 @@ def test_property_plans_are_valid(b, m, n, seed, unbalanced):
     pred_mask = torch.rand(b, m, generator=gen) < 0.8
     taus = {"tau_pred": 1.0, "tau_target": 0.2} if unbalanced else {}
     match = sinkhorn(
-        cost, target_mask, pred_mask=pred_mask, tol=1e-6, max_iter=5000, reg=0.1, **taus
+        cost, target_mask=target_mask, pred_mask=pred_mask, tol=1e-6, max_iter=5000, reg=0.1, **taus
     )
     plan = match.plan
     assert torch.isfinite(plan).all() and (plan >= 0).all()
@@ -369,7 +374,7 @@ def test_scaling_and_log_domain_blocks_agree():
         torch.testing.assert_close(f_scale, f_log)
         torch.testing.assert_close(g_scale, g_log)
         torch.testing.assert_close(res_scale, res_log)
-        plan = solver.plan(torch.ones(2, dtype=F64))
+        plan, _ = solver.plan(torch.ones(2, dtype=F64))
         exact = torch.exp(solver.S_t + f_log[:, None, :] + g_log[:, :, None])
         torch.testing.assert_close(plan, exact.transpose(1, 2))
 
@@ -433,8 +438,8 @@ def test_float64_stays_float64():
 def test_cuda_matches_cpu():
     cost = rand(2, 100, 7, seed=18, dtype=torch.float32)
     mask = torch.rand(2, 7, generator=torch.Generator().manual_seed(0)) < 0.6
-    cpu = sinkhorn(cost, mask, tau_pred=1.0, tau_target=0.1)
-    gpu = sinkhorn(cost.cuda(), mask.cuda(), tau_pred=1.0, tau_target=0.1)
+    cpu = sinkhorn(cost, target_mask=mask, tau_pred=1.0, tau_target=0.1)
+    gpu = sinkhorn(cost.cuda(), target_mask=mask.cuda(), tau_pred=1.0, tau_target=0.1)
     assert gpu.plan.is_cuda and gpu.pred_to_target.is_cuda
     torch.testing.assert_close(gpu.plan.cpu(), cpu.plan, atol=1e-5, rtol=1e-4)
 
@@ -567,7 +572,7 @@ def test_bad_arguments():
         kwargs = dict(kwargs)
         mask = kwargs.pop("target_mask", None)
         with pytest.raises(error, match=message):
-            sinkhorn(cost, mask, **kwargs)
+            sinkhorn(cost, target_mask=mask, **kwargs)
     with pytest.raises(
         ValueError, match=r"cost: expected shape \[B, M, N\] or \[M, N\], got \[5\]"
     ):
@@ -612,7 +617,9 @@ def test_matcher_module_calls_the_function():
     matcher = SinkhornMatcher(tau_pred=1.0, tau_target=0.1, background_cost=0.5, tol=1e-6)
     got = matcher(outputs, targets)
     cost, mask = matcher.cost(outputs, targets)
-    want = sinkhorn(cost, mask, tau_pred=1.0, tau_target=0.1, background_cost=0.5, tol=1e-6)
+    want = sinkhorn(
+        cost, target_mask=mask, tau_pred=1.0, tau_target=0.1, background_cost=0.5, tol=1e-6
+    )
     torch.testing.assert_close(got.plan, want.plan)
     assert torch.equal(got.pred_to_target, want.pred_to_target)
     assert got.plan.shape == (2, 12, 4)
@@ -629,8 +636,10 @@ def test_matcher_module_validates_at_construction():
         SinkhornMatcher(tau_target=-1.0)
     with pytest.raises(ValueError, match=r"reg: expected a number > 0"):
         SinkhornMatcher(reg=0.0)
-    with pytest.raises(ValueError, match=r"background_cost: expected a finite number, got inf"):
-        SinkhornMatcher(background_cost=math.inf)
+    with pytest.raises(
+        ValueError, match=r"background_cost: expected a finite number or \+inf, got nan"
+    ):
+        SinkhornMatcher(background_cost=math.nan)
     with pytest.raises(ValueError, match=r"cost_bbox must be >= 0"):
         SinkhornMatcher(cost_bbox=-1.0)
 
@@ -655,3 +664,79 @@ def test_plan_to_assignment_compiled_equals_torch_argmax(monkeypatch, dtype):
             want = plan_to_assignment(case, row_valid)
         assert module._argmax_kernel(case) is not None
         assert torch.equal(plan_to_assignment(case, row_valid), want)
+
+
+def test_positional_target_mask_still_works_with_a_future_warning():
+    cost = rand(2, 5, 3, dtype=torch.float32)
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    with pytest.warns(FutureWarning, match=r"pass target_mask by keyword"):
+        old = sinkhorn(cost, mask, tol=0, max_iter=5)
+    new = sinkhorn(cost, target_mask=mask, tol=0, max_iter=5)
+    assert torch.equal(old.plan, new.plan)
+    with pytest.raises(TypeError, match=r"got two values for 'target_mask'"):
+        sinkhorn(cost, mask, target_mask=mask)
+
+
+def test_options_have_the_function_s_names_and_defaults():
+    # One set of options: SinkhornOptions, sinkhorn's keywords and SinkhornMatcher's.
+    keywords = {
+        name: p.default
+        for name, p in inspect.signature(inspect.unwrap(sinkhorn)).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        and name not in ("target_mask", "pred_mask", "warm_start")
+    }
+    assert SinkhornOptions().kwargs() == keywords
+    matcher = SinkhornMatcher(0.5, tau_pred=1.0, max_iter=7)
+    assert matcher.options == SinkhornOptions(tau_pred=1.0, max_iter=7)
+    assert matcher.cost_class == 0.5 and matcher.validate is True
+    assert SinkhornMatcher(validate=False).validate is False
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_fused_plan_and_argmax_equal_the_reference_path(dtype):
+    # On the CPU the plan and its row argmax are formed in one compiled pass over the
+    # kernel: the same plan bit for bit, the same assignment.
+    pytest.importorskip("numba")
+    gen = torch.Generator().manual_seed(31)
+    cost = torch.rand(3, 50, 7, generator=gen, dtype=F64).to(dtype)
+    target_mask = torch.rand(3, 7, generator=gen) < 0.7
+    pred_mask = torch.rand(3, 50, generator=gen) < 0.9
+    pred_mask[2] = False
+    for options in [{}, {"tau_pred": 1.0, "tau_target": 0.1, "reg": 1e-3}]:
+        kwargs = dict(target_mask=target_mask, pred_mask=pred_mask, max_iter=5, tol=0, **options)
+        got = sinkhorn(cost, **kwargs)
+        with reference_path():
+            want = sinkhorn(cost, **kwargs)
+        assert torch.equal(got.plan, want.plan)
+        assert torch.equal(got.pred_to_target, want.pred_to_target)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_scaled_row_argmax_equals_torch(dtype):
+    # Ties (the first wins), NaN (the first NaN wins), entries flushed to zero, zero
+    # scalings.
+    pytest.importorskip("numba")
+    from detloss._kernels import row_argmax_cpu
+
+    gen = torch.Generator().manual_seed(7)
+    kernel = torch.randint(0, 3, (2, 30, 5), generator=gen).to(dtype)
+    kernel[0, 0, 1] = kernel[0, 0, 3] = torch.nan
+    kernel[0, 1, 2] = torch.finfo(dtype).tiny / 4
+    kernel[1, 2] = 0.0
+    u = torch.rand(2, 30, generator=gen, dtype=dtype)
+    u[1, :3] = 0.0
+    v = torch.rand(2, 5, generator=gen, dtype=dtype)
+    v[0, 4] = 0.0
+    tiny = torch.finfo(dtype).tiny
+    want = kernel * v[:, None, :] * u[:, :, None]
+    torch.nn.functional.threshold_(want, tiny, 0.0)
+    got = kernel.clone()
+    column = torch.empty(2, 30, dtype=torch.int64)
+    values = got.numpy()
+    bits = values.view(np.int32 if dtype == torch.float32 else np.int64)
+    row_argmax_cpu.scaled_row_argmax(
+        values, bits, u.numpy(), v.numpy(), values.dtype.type(tiny), column.numpy()
+    )
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(column, want.argmax(dim=2))
+    assert column[0, 0] == 1

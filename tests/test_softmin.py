@@ -53,7 +53,7 @@ def test_matches_a_looped_reference_with_masks(source):
     target_mask = torch.tensor([[True, False, True, True], [False] * 4, [False, True, False, True]])
     pred_mask = torch.ones(3, 7, dtype=torch.bool)
     pred_mask[2, [0, 3]] = False
-    m = softmin(cost, 0.3, source, background, target_mask, pred_mask)
+    m = softmin(cost, 0.3, source, background, target_mask=target_mask, pred_mask=pred_mask)
     ref = softmin_reference(cost, 0.3, source, background, target_mask, pred_mask)
     torch.testing.assert_close(m.plan, ref)
     assert m.pred_to_target[2, [0, 3]].tolist() == [-2, -2]

@@ -29,7 +29,7 @@ from _sinkhorn_cases import (
     tolerances,
 )
 from detloss._kernels import sinkhorn_cuda as _sinkhorn_kernel
-from detloss.match.sinkhorn import _Solver
+from detloss.match.sinkhorn_solver import _Solver
 
 
 @pytest.fixture

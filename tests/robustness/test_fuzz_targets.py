@@ -417,7 +417,7 @@ def test_sinkhorn(problem, reg, taus, background_cost, normalize, eps_scaling):
         out = check_contract(
             lambda: sinkhorn(
                 cost,
-                target_mask,
+                target_mask=target_mask,
                 reg=reg,
                 tau_pred=taus[0],
                 tau_target=taus[1],
@@ -455,7 +455,10 @@ def test_sinkhorn_rejects_nan_and_negative_inf(data):
 def test_softmin_and_combine(problem, reg, source, background_cost):
     cost, target_mask, pred_mask, finite = problem
     soft = check_contract(
-        lambda: softmin(cost, reg, source, background_cost, target_mask, pred_mask), finite
+        lambda: softmin(
+            cost, reg, source, background_cost, target_mask=target_mask, pred_mask=pred_mask
+        ),
+        finite,
     )
     if not finite:
         return
@@ -486,7 +489,7 @@ def test_sinkhorn_matcher_ugly_predictions(data, b, m, n, class_cost):
         {"boxes": data.draw(boxes((n,), dtype=dtype)), "labels": torch.zeros(n, dtype=torch.long)}
         for _ in range(b)
     ]
-    matcher = SinkhornMatcher(class_cost=class_cost, max_iter=20, tol=0.0)
+    matcher = SinkhornMatcher(class_cost_kind=class_cost, max_iter=20, tol=0.0)
     out = check_contract(lambda: matcher(outputs, targets), True)
     assert out is not None
     check_plan(out, out.target_mask, None)
@@ -568,7 +571,7 @@ def _valid_arguments():
             {"loc": torch.zeros(1, 80, 4), "conf": torch.zeros(1, 80, 3), "priors": PRIORS},
         ),
         "sinkhorn": (
-            lambda cost, target_mask: sinkhorn(cost, target_mask, tol=0.0),
+            lambda cost, target_mask: sinkhorn(cost, target_mask=target_mask, tol=0.0),
             {"cost": cost, "target_mask": torch.ones(2, 2) > 0},
         ),
         "softmin": (softmin, {"cost": cost, "target_mask": torch.ones(2, 2) > 0}),

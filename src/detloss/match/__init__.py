@@ -8,9 +8,10 @@ from .hungarian import hungarian
 from .matching import BACKGROUND, IGNORED, Matching
 from .modules import BoxCostMatcher, HungarianMatcher, MaxIoUMatcher
 from .points import match_points
-from .sinkhorn import SinkhornConvergenceWarning, SinkhornMatcher, sinkhorn
+from .sinkhorn import SinkhornConvergenceWarning, SinkhornMatcher, SinkhornOptions, sinkhorn
 from .softmin import combine, softmin
 from .threshold import max_iou
+from .threshold_boxes import max_iou_boxes
 
 __all__ = [
     "BACKGROUND",
@@ -21,6 +22,7 @@ __all__ = [
     "MaxIoUMatcher",
     "SinkhornConvergenceWarning",
     "SinkhornMatcher",
+    "SinkhornOptions",
     "certify_assignment",
     "closest_prediction",
     "closest_target",
@@ -29,6 +31,7 @@ __all__ = [
     "hungarian",
     "match_points",
     "max_iou",
+    "max_iou_boxes",
     "sinkhorn",
     "softmin",
 ]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .._api import keyword_only_masks
 from .._checks import (
     check_choice,
     check_finite,
@@ -26,14 +27,15 @@ __all__ = ["combine", "softmin"]
 SOURCES = ("prediction", "target")
 
 
+@keyword_only_masks(4, ("target_mask", "pred_mask"))
 def softmin(
     cost: Tensor,
     reg: float = 1.0,
     source: str = "prediction",
     background_cost: float | Tensor = 1.0,
+    *,
     target_mask: Tensor | None = None,
     pred_mask: Tensor | None = None,
-    *,
     validate: bool | None = None,
 ) -> Matching:
     """Soft matching by a softmax of ``-cost / reg`` along one side of the cost.
@@ -63,6 +65,19 @@ def softmin(
         A :class:`Matching` with ``plan [B, M, N + 1]`` (last column = background, in the
         cost's floating dtype) and ``pred_to_target`` = each row's argmax (``-1`` for the
         background).
+
+    Shape:
+        - cost: ``[B, M, N]`` or ``[M, N]``; target_mask: ``[B, N]``; pred_mask:
+          ``[B, M]``; background_cost: broadcastable to ``[B, M]``
+        - output: ``plan [B, M, N + 1]``, ``pred_to_target [B, M]``
+
+    Example:
+        >>> cost = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]])
+        >>> match = softmin(cost, reg=0.1, background_cost=0.5)
+        >>> match.pred_to_target
+        tensor([[ 0,  1, -1]])
+        >>> match.plan.sum(dim=2)  # source="prediction": each real row sums to 1
+        tensor([[1., 1., 1.]])
     """
     if isinstance(reg, bool) or not isinstance(reg, (int, float)):
         raise TypeError(f"reg must be a float, got {type(reg).__name__}")
@@ -114,6 +129,20 @@ def combine(
         every matching is hard) and ``pred_to_target`` = each row's argmax; rows with no
         mass in any plan (ignored everywhere) stay ignored (``-2``). The target mask is the
         first matching's.
+
+    Shape:
+        - matchings: each with ``pred_to_target [B, M]`` and ``target_mask [B, N]``
+        - output: ``plan [B, M, N + 1]``, ``pred_to_target [B, M]``
+
+    Example:
+        >>> cost = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]])
+        >>> soft = softmin(cost, reg=0.1, background_cost=0.5)
+        >>> hard = softmin(cost, reg=1e-3, background_cost=0.5)
+        >>> mixed = combine([soft, hard], weights=[1.0, 3.0])
+        >>> mixed.pred_to_target
+        tensor([[ 0,  1, -1]])
+        >>> mixed.plan.shape
+        torch.Size([1, 3, 3])
     """
     if isinstance(matchings, Matching) or not isinstance(matchings, Sequence):
         raise TypeError(f"matchings must be a sequence of Matching, got {type(matchings).__name__}")
