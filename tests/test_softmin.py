@@ -201,3 +201,20 @@ def test_combine_errors():
     for call, error, message in cases:
         with pytest.raises(error, match=message):
             call()
+
+
+@pytest.mark.parametrize("source", ["prediction", "target"])
+def test_a_slot_with_only_forbidden_pairs_gets_no_mass(source):
+    inf = math.inf
+    # Target 2 can only go to the prediction at +inf cost; prediction 1 reaches nothing but
+    # the background, which is forbidden too.
+    cost = torch.tensor([[[940.0, 415.75, inf], [inf, inf, inf]]])
+    background = torch.tensor([[1.0, inf]])
+    plan = softmin(cost, 1e-6, source, background).plan
+    assert torch.isfinite(plan).all()
+    if source == "target":
+        assert plan[0, :, 2].tolist() == [0.0, 0.0]
+        assert plan[0, 0, :2].tolist() == [1.0, 1.0]
+    else:
+        assert plan[0, 1].tolist() == [0.0] * 4
+        assert plan[0, 0].tolist() == [0.0, 0.0, 0.0, 1.0]  # the background is cheapest

@@ -159,12 +159,13 @@ def test_negative_prob(data, n, c, reduction):
 
 def _cost_settings(background: str) -> dict[str, str]:
     """The matcher's class cost in the loss's logit convention."""
-    return {"background": background, "class_cost": "focal" if background == "none" else "softmax"}
+    kind = "focal" if background == "none" else "softmax"
+    return {"background": background, "class_cost_kind": kind}
 
 
 MATCHERS = {
     "hungarian": lambda background="last": HungarianMatcher(
-        background=background, class_cost_kind=_cost_settings(background)["class_cost"]
+        background=background, class_cost_kind=_cost_settings(background)["class_cost_kind"]
     ),
     "max_iou": lambda background="last": MaxIoUMatcher(0.5, 0.4),
     # tol=0: a fixed number of iterations, no convergence warning.

@@ -286,6 +286,17 @@ TABLE: dict[str, Case] = {
     # matchers: functions
     "hungarian": Case(M.hungarian, lambda: {"cost": _cost()}, overrides=_FORBIDDEN_PAIR),
     "max_iou": Case(M.max_iou, lambda: {"iou": _iou()}),
+    "max_iou_boxes": Case(
+        M.max_iou_boxes,
+        lambda: {
+            "priors": torch.tensor(
+                [[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0], [0.0, 1.0, 2.0, 4.0]]
+            ),
+            "boxes": torch.tensor([[[0.0, 0.0, 2.0, 2.5], [1.0, 1.5, 3.0, 3.0]]])
+            .expand(2, 2, 4)
+            .clone(),
+        },
+    ),
     "sinkhorn": Case(
         M.sinkhorn, lambda: {"cost": _cost(), "max_iter": 20, "tol": 0.0}, overrides=_FORBIDDEN_PAIR
     ),
@@ -547,6 +558,7 @@ NO_TENSORS = {
     "CLASS_COSTS",
     "IGNORED",
     "SinkhornConvergenceWarning",
+    "SinkhornOptions",
     "__version__",
     "anchor_points",
     "gaussian_kernel",

@@ -99,10 +99,12 @@ def softmin(
         col_valid = torch.cat([target_mask, target_mask.new_ones((b, 1))], dim=1)
         pair_valid = pred_mask[:, :, None] & col_valid[:, None, :]
         logits = logits.masked_fill(~pair_valid, -torch.inf)
-        if source == "prediction":
-            plan = logits.softmax(dim=2)
-        else:
-            plan = logits.softmax(dim=1)
+        dim = 2 if source == "prediction" else 1
+        # A row (column) whose every entry is forbidden (+inf cost) has no softmax: 0/0.
+        # It receives no mass, as a slot with nothing to share over.
+        reachable = (logits > -torch.inf).any(dim=dim, keepdim=True)
+        plan = torch.where(reachable, logits.softmax(dim=dim), 0.0)
+        if source == "target":
             surplus = (pred_mask.sum(dim=1) - target_mask.sum(dim=1)).clamp(min=0)
             plan[:, :, n] *= surplus.to(dtype)[:, None]
         # A softmax over nothing (no real prediction / target) is 0/0: no mass there.
