@@ -1,4 +1,4 @@
-"""Shared inputs and checks of the Sinkhorn kernel tests (tests/test_sinkhorn_kernel.py on
+"""Shared inputs and checks of the Sinkhorn kernel tests (tests/match/test_sinkhorn_kernel.py on
 CUDA, tests/interpreted/sinkhorn_kernel.py under Triton's interpreter)."""
 
 from __future__ import annotations

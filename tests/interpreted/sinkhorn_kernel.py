@@ -1,7 +1,7 @@
 """The fused Sinkhorn block (``detloss._kernels.sinkhorn_cuda``) under Triton's interpreter,
 against the torch path of ``_Solver.scaling_block``.
 
-Run by tests/test_sinkhorn_kernel.py in a child process with ``TRITON_INTERPRET=1``, on
+Run by tests/match/test_sinkhorn_kernel.py in a child process with ``TRITON_INTERPRET=1``, on
 small problems (the interpreter is slow) with tiles of 16 predictions, so that a block
 spans several tiles and a partial last one. Off CUDA the kernel runs one program per
 image (the parts' barrier needs programs running side by side; the CUDA tests cover it).
