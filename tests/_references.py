@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 IOU_KINDS = ("iou", "giou", "diou", "ciou")
 
 
@@ -32,3 +34,29 @@ def box_scores(a, b) -> tuple[float, float, float, float]:
 def iou_family_reference(a, b, kind: str) -> float:
     """One of :func:`box_scores`, by name (``"iou"``, ``"giou"``, ``"diou"``, ``"ciou"``)."""
     return box_scores(a, b)[IOU_KINDS.index(kind)]
+
+
+def forced_reference(iou: np.ndarray, tmask: np.ndarray, pmask: np.ndarray) -> np.ndarray:
+    """The documented forcing rule, one claim at a time: each round, every unresolved real
+    target claims its best free real prediction (first index on equal IoU); a contested
+    prediction goes to the highest IoU, then the lower target index."""
+    m, n = iou.shape
+    forced = np.full(m, -1)
+    free = pmask.copy()
+    unresolved = [j for j in range(n) if tmask[j]]
+    for _ in range(min(m, n)):
+        claims: dict[int, list[int]] = {}
+        for j in unresolved:
+            options = [i for i in range(m) if free[i]]
+            if options:
+                best = max(options, key=lambda i: (iou[i, j], -i))
+                claims.setdefault(best, []).append(j)
+        if not claims:
+            break
+        for i, claimants in claims.items():
+            forced[i] = max(claimants, key=lambda j: (iou[i, j], -j))
+            free[i] = False
+        unresolved = [j for js in claims.values() for j in js if j not in forced]
+        if not unresolved:
+            break
+    return forced

@@ -21,6 +21,8 @@ from torch import Tensor
 
 from ._checks import check_broadcastable, check_shape, compute_dtype, output_dtype, shape_str
 
+# check_ssd_inputs and check_variances are shared with the SSD loss and decoder, not
+# re-exported: they are input checks, not part of the user-facing API.
 __all__ = ["BoxCoder", "decode_boxes", "encode_boxes", "ssd_priors"]
 
 #: Lower clamp of the ground-truth / prior size ratio in :func:`encode_boxes`. A box of
@@ -148,7 +150,7 @@ def ssd_priors(
     return priors.to(dtype)
 
 
-def _check_ssd_inputs(loc: Tensor, conf: Tensor, priors: Tensor) -> None:
+def check_ssd_inputs(loc: Tensor, conf: Tensor, priors: Tensor) -> None:
     """Shapes of SSD head outputs ``loc [B, P, 4]``, ``conf [B, P, C >= 2]`` and their
     ``priors [P, 4]``, for the loss and the detector."""
     check_shape(loc, "loc", ndim=3, last=4, expected="[B, P, 4]")
@@ -166,7 +168,9 @@ def _check_ssd_inputs(loc: Tensor, conf: Tensor, priors: Tensor) -> None:
         )
 
 
-def _check_variances(variances: object) -> tuple[float, float]:
+def check_variances(variances: object) -> tuple[float, float]:
+    """``variances`` as the pair ``(v_xy, v_wh)`` of positive finite floats, for the box
+    coder, the SSD loss and the detector; a TypeError or ValueError naming it otherwise."""
     if not isinstance(variances, Sequence) or isinstance(variances, str):
         raise TypeError(
             f"variances must be a pair of numbers (v_xy, v_wh), got {type(variances).__name__}"
@@ -187,7 +191,7 @@ def _coder_inputs(
     check_shape(x, name, min_ndim=1, last=4, expected="[..., 4]")
     check_shape(priors, "priors", min_ndim=1, last=4, expected="[..., 4]")
     check_broadcastable(x, priors, f"{name} and priors", "[..., 4]")
-    v_xy, v_wh = _check_variances(variances)
+    v_xy, v_wh = check_variances(variances)
     dtype = compute_dtype(x, priors)
     return x.to(dtype), priors.to(dtype), v_xy, v_wh
 
@@ -279,7 +283,7 @@ class BoxCoder:
     """
 
     def __init__(self, variances: Sequence[float] = (0.1, 0.2)) -> None:
-        self.variances = _check_variances(variances)
+        self.variances = check_variances(variances)
 
     def encode(self, boxes: Tensor, priors: Tensor) -> Tensor:
         """``xyxy`` boxes -> offsets ``Tensor[..., 4]``."""

@@ -236,8 +236,7 @@ def test_match_with_more_targets_than_priors_equals_brute_force(sparse, window, 
     """150 targets on 92 priors: most share a best prior, contested targets run out of
     candidates (short windows recompute their columns) and, with no positive IoU left,
     take the lowest free priors; checked against the one-claim-at-a-time reference."""
-    from test_threshold import forced_reference
-
+    from _references import forced_reference
     from detloss.match import threshold as threshold_module
 
     monkeypatch.setattr(threshold_module, "_WINDOW", window)

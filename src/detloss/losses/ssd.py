@@ -27,7 +27,7 @@ from .._checks import (
     should_validate,
 )
 from .._kernels import fast_path_enabled
-from ..anchors import _check_ssd_inputs, _check_variances, encode_boxes
+from ..anchors import check_ssd_inputs, check_variances, encode_boxes
 from ..boxes import box_convert
 from ..distributed import normalizer
 from ..match.matching import BACKGROUND
@@ -318,9 +318,9 @@ def multibox_loss(
         >>> loss.shape, multibox_loss(loc, conf, priors, targets, reduction="none").shape
         (torch.Size([]), torch.Size([2]))
     """
-    _check_ssd_inputs(loc, conf, priors)
+    check_ssd_inputs(loc, conf, priors)
     _check_settings(pos_threshold, hard_negative_ratio, loc_weight, min_negatives, reduction)
-    variances = _check_variances(variances)
+    variances = check_variances(variances)
     batch, _, num_classes = conf.shape
     padded = box_targets(targets, batch, loc.device)
     gt_boxes, labels, mask = padded["boxes"], padded["labels"], padded["mask"]
@@ -419,7 +419,7 @@ class MultiBoxLoss(nn.Module):
         self.num_classes = num_classes
         self.pos_threshold = pos_threshold
         self.hard_negative_ratio = hard_negative_ratio
-        self.variances = _check_variances(variances)
+        self.variances = check_variances(variances)
         self.distributed = distributed
         self.loc_weight = loc_weight
         self.min_negatives = min_negatives

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .._api import renamed
 from .._checks import check_finite, should_validate
-from ..anchors import _check_ssd_inputs, _check_variances, decode_boxes
+from ..anchors import check_ssd_inputs, check_variances, decode_boxes
 from .nms import batched_nms
 
 __all__ = ["ssd_detect"]
@@ -78,7 +78,7 @@ def ssd_detect(
     """
     if should_validate(validate, loc):
         check_finite(("loc", loc), ("conf", conf), ("priors", priors))
-    _check_ssd_inputs(loc, conf, priors)
+    check_ssd_inputs(loc, conf, priors)
     batch, num_priors = loc.shape[:2]
     if (
         isinstance(score_threshold, bool)
@@ -89,7 +89,7 @@ def ssd_detect(
     top_k = _check_positive_int(top_k, "top_k")
     per_class = top_k if candidates_per_class is None else candidates_per_class
     per_class = _check_positive_int(per_class, "candidates_per_class")
-    variances = _check_variances(variances)
+    variances = check_variances(variances)
     classes = conf.shape[2] - 1
     device = loc.device
     dtype = torch.float64 if torch.float64 in (loc.dtype, conf.dtype) else torch.float32
