@@ -92,7 +92,7 @@ def bench_main(run: Callable[..., list[dict]], doc: str | None) -> None:
     min / median / max and the median ratio."""
     parameters = inspect.signature(run).parameters
     default_repeats = parameters["repeats"].default if "repeats" in parameters else 5
-    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
     parser.add_argument("--quick", action="store_true", help="a small problem, a few seconds")
     parser.add_argument("--repeats", type=int, default=default_repeats)
     parser.add_argument("--device", default="cpu", help="e.g. cuda")

@@ -6,7 +6,7 @@ import importlib
 import pytest
 import torch
 
-from _compiled import PATHS, use_path
+from _paths import PATHS, use_path
 from detloss.boxes import box_convert
 from detloss.costs import box_l1_cost, class_cost, detection_cost, giou_cost, weighted_cost
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _compiled import PATHS, use_path
+from _paths import PATHS, use_path
 from detloss._kernels import reference_path
 from detloss.heatmap import centernet_targets, draw_gaussians, gaussian_kernel, gaussian_radius
 

@@ -10,8 +10,8 @@ import torch.distributed as dist
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _compiled import PATHS, use_path
 from _distributed import run_distributed
+from _paths import PATHS, use_path
 from detloss.losses.ranking import (
     ALRPLoss,
     APLoss,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_ap_loss import alrp_reference, loop_reference, random_case, rank_sort_reference
 
-from _compiled import PATHS, use_path
+from _paths import PATHS, use_path
 from detloss.losses.ranking import (
     ALRPLoss,
     APLoss,

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 import detloss.match.crowd as crowd
-from _compiled import PATHS
+from _paths import PATHS
 from detloss._kernels import reference_path
 from detloss.match._point_problem import SCAN
 from detloss.match.certificate import certify_assignment

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
-from _compiled import PATHS, use_path
+from _paths import PATHS, use_path
 from detloss.match import hungarian
 
 assignment_module = importlib.import_module("detloss.match.assignment")

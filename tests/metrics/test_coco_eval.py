@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _compiled import PATHS, use_path
+from _paths import PATHS, use_path
 from detloss.metrics import COCO_IOU_THRESHOLDS, coco_box_ap
 
 pycocotools = pytest.importorskip("pycocotools")

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _compiled import PATHS, use_path
+from _paths import PATHS, use_path
 from detloss.anchors import decode_boxes, ssd_priors
 from detloss.boxes import box_iou
 from detloss.postprocess.nms import batched_nms, nms

@@ -172,7 +172,7 @@ def solve_dense(block: np.ndarray, image: int = 0) -> tuple[np.ndarray, np.ndarr
         >>> rows.tolist(), cols.tolist()
         ([1, 2], [1, 0])
     """
-    kernel = _lap_kernel()
+    kernel = fast_path("assignment", "cpu")
     if kernel is not None:
         # The compiled solver: faster than scipy on every size measured, and its start
         # (row reduction, bounded bidding) suits the wide blocks of dense crowds.
@@ -216,11 +216,6 @@ def use_dense(num_preds: int, num_targets: int, dense_below: int = DENSE_BELOW) 
     return num_preds * num_targets < dense_below
 
 
-def _lap_kernel() -> ModuleType | None:
-    """The compiled batch solver, or None: Numba missing or switched off."""
-    return fast_path("assignment", "cpu")
-
-
 def solve_on_host(
     cost: Tensor,
     target_mask: Tensor,
@@ -253,7 +248,7 @@ def solve_on_host(
         ...               torch.ones(1, 3, dtype=torch.bool)).tolist()
         [[1, 0, -1]]
     """
-    kernel = _lap_kernel()
+    kernel = fast_path("assignment", "cpu")
     if kernel is None:
         if pred_mask is None:
             pred_mask = torch.ones(cost.shape[:2], dtype=torch.bool, device=cost.device)

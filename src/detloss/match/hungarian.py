@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 from torch import Tensor
 
@@ -22,11 +20,6 @@ __all__ = ["SOLVERS", "gpu_solver_fits", "hungarian", "solve_on_gpu"]
 SOLVERS = ("auto", "scipy", "triton")
 
 
-def _triton_kernel() -> ModuleType | None:
-    """The device solver's module, or None where Triton is not installed."""
-    return fast_path("assignment", "cuda")
-
-
 def gpu_solver_fits(device: torch.device, m: int, n: int) -> bool:
     """Whether the GPU solver takes an ``[M, N]`` cost on ``device``: a CUDA device,
     Triton installed, and at most ``MAX_COLUMNS`` (8192) on the larger side.
@@ -35,7 +28,7 @@ def gpu_solver_fits(device: torch.device, m: int, n: int) -> bool:
         >>> gpu_solver_fits(torch.device("cpu"), 300, 20)
         False
     """
-    kernel = _triton_kernel() if device.type == "cuda" else None
+    kernel = fast_path("assignment", "cuda") if device.type == "cuda" else None
     return kernel is not None and max(m, n) <= kernel.MAX_COLUMNS
 
 
@@ -46,7 +39,7 @@ def _use_device_solver(cost: Tensor, solver: str) -> bool:
     m, n = cost.shape[1:]
     fits = gpu_solver_fits(cost.device, m, n)
     if solver == "triton" and not fits:
-        kernel = _triton_kernel()
+        kernel = fast_path("assignment", "cuda")
         reason = (
             f"cost is on {cost.device}, not a CUDA device"
             if cost.device.type != "cuda"
@@ -161,7 +154,9 @@ def solve_on_gpu(cost: Tensor, target_mask: Tensor, pred_mask: Tensor) -> tuple[
     cost_rc, row_valid, col_valid, rows_are_targets = wide(cost, pred_mask, target_mask)
     pair_valid = row_valid[:, :, None] & col_valid[:, None, :]
     invalid_value = (cost_rc.isnan() | (cost_rc == -torch.inf)) & pair_valid
-    row_of_col, status = _triton_kernel().solve_on_device(cost_rc, row_valid, col_valid)
+    row_of_col, status = fast_path("assignment", "cuda").solve_on_device(
+        cost_rc, row_valid, col_valid
+    )
     unsolved = (status != 0) | invalid_value.flatten(1).any(dim=1)
     if rows_are_targets:
         pred_to_target = row_of_col

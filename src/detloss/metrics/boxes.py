@@ -5,7 +5,6 @@ number) and the PASCAL VOC 2010+ definition. Inputs are described in
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from types import ModuleType
 from typing import NamedTuple
 
 import numpy as np
@@ -322,11 +321,6 @@ def _accumulate_numpy(
                     precision[t, :, k, a, m] = q
 
 
-def _coco_kernel() -> ModuleType | None:
-    """The compiled matching and accumulation, or None (Numba missing or switched off)."""
-    return fast_path("coco_eval", "cpu")
-
-
 def _summarize(
     values: np.ndarray, thresholds: np.ndarray, iou: float | None, area: int, m: int
 ) -> float:
@@ -454,7 +448,7 @@ def coco_box_ap(
     both = gt_end > gt_start
     cells = np.stack([det_start, det_end, gt_start, gt_end], axis=1)[both].astype(np.int64)
 
-    kernel = _coco_kernel()
+    kernel = fast_path("coco_eval", "cpu")
     match = kernel.match if kernel is not None else _match_numpy
     accumulate = kernel.accumulate if kernel is not None else _accumulate_numpy
     matched = np.zeros((n_areas, n_thresholds, len(rows)), dtype=bool)

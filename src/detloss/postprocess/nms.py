@@ -26,8 +26,6 @@ groups, runs on the host in numpy, reached once per block, not once per box.
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -43,12 +41,6 @@ _SCAN_PAIRS = 1 << 24
 #: the CPU, large launches on accelerators.
 _CPU_PAIRS = 1 << 18
 _DEVICE_PAIRS = 1 << 24
-
-
-def _compiled_kernel(boxes: Tensor) -> ModuleType | None:
-    """The compiled suppression loop for CPU boxes, or None (another device, Numba
-    missing, or switched off)."""
-    return fast_path("nms", boxes.device)
 
 
 def _host_arrays(boxes: Tensor, scores: Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +204,7 @@ def batched_nms(
     device = boxes.device
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=device)
-    kernel = _compiled_kernel(boxes)
+    kernel = fast_path("nms", boxes.device)
     if kernel is not None:
         host_boxes, host_scores = _host_arrays(boxes, scores)
         groups = idxs.detach().to("cpu", torch.int64).contiguous().numpy()
@@ -261,7 +253,7 @@ def nms(
     _check_inputs(boxes, scores)
     if should_validate(validate, boxes):  # a NaN score would rank first, silently
         check_finite(("boxes", boxes), ("scores", scores))
-    kernel = _compiled_kernel(boxes)
+    kernel = fast_path("nms", boxes.device)
     if kernel is not None:
         threshold = _check_threshold(iou_threshold)
         host_boxes, host_scores = _host_arrays(boxes, scores)
