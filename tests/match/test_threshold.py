@@ -68,6 +68,27 @@ def test_every_target_keeps_a_prediction(m, n, seed):
         assert len(kept) == m
 
 
+def assert_forced_matches(
+    iou: np.ndarray, tmask: np.ndarray, pmask: np.ndarray, neg_threshold: float | None = None
+) -> None:
+    """``max_iou`` with ``pos_threshold=1.5`` (so only forced matches remain) equals the
+    forcing rule's reference on every image, with and without ``pred_mask``."""
+    b, m, _ = iou.shape
+    for pred_mask in (None, torch.from_numpy(pmask)):
+        got = max_iou(
+            torch.from_numpy(iou),
+            pos_threshold=1.5,
+            neg_threshold=neg_threshold,
+            target_mask=torch.from_numpy(tmask),
+            pred_mask=pred_mask,
+        ).pred_to_target
+        for i in range(b):
+            real = pmask[i] if pred_mask is not None else np.ones(m, dtype=bool)
+            expected = forced_reference(iou[i], tmask[i], real)
+            expected = np.where(expected >= 0, expected, np.where(real, -1, -2))
+            np.testing.assert_array_equal(got[i].numpy(), expected)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 7), st.integers(0, 2**31 - 1))
 def test_forcing_equals_the_documented_rule(b, m, n, seed):
@@ -77,19 +98,8 @@ def test_forcing_equals_the_documented_rule(b, m, n, seed):
     iou = rng.integers(0, 4, (b, m, n)) / 4.0
     tmask = rng.random((b, n)) < 0.8
     pmask = rng.random((b, m)) < 0.8
-    for pred_mask in (None, torch.from_numpy(pmask)):
-        got = max_iou(
-            torch.from_numpy(iou),
-            pos_threshold=1.5,  # nothing passes: only forced matches remain
-            neg_threshold=1.5,
-            target_mask=torch.from_numpy(tmask),
-            pred_mask=pred_mask,
-        ).pred_to_target
-        for i in range(b):
-            real = pmask[i] if pred_mask is not None else np.ones(m, dtype=bool)
-            expected = forced_reference(iou[i], tmask[i], real)
-            expected = np.where(expected >= 0, expected, np.where(real, -1, -2))
-            np.testing.assert_array_equal(got[i].numpy(), expected)
+    # pos_threshold 1.5: nothing passes, only forced matches remain.
+    assert_forced_matches(iou, tmask, pmask, neg_threshold=1.5)
 
 
 def test_conflicting_image_resolved_alone_in_a_batch():
@@ -151,18 +161,7 @@ def test_forcing_with_short_candidate_windows_equals_the_documented_rule(monkeyp
         iou = np.where(rng.random((b, m, n)) < 0.6, 0.0, iou)
         tmask = rng.random((b, n)) < 0.85
         pmask = rng.random((b, m)) < 0.85
-        for pred_mask in (None, torch.from_numpy(pmask)):
-            got = max_iou(
-                torch.from_numpy(iou),
-                pos_threshold=1.5,
-                target_mask=torch.from_numpy(tmask),
-                pred_mask=pred_mask,
-            ).pred_to_target
-            for i in range(b):
-                real = pmask[i] if pred_mask is not None else np.ones(m, dtype=bool)
-                expected = forced_reference(iou[i], tmask[i], real)
-                expected = np.where(expected >= 0, expected, np.where(real, -1, -2))
-                np.testing.assert_array_equal(got[i].numpy(), expected)
+        assert_forced_matches(iou, tmask, pmask)
 
 
 def test_forcing_many_targets_stays_within_bounded_columns():
