@@ -7,8 +7,10 @@ DETR's cross-image ``[B * M, sum n]`` matrix. Costs are lower-is-better.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +21,8 @@ from ._kernels import fast_path
 from .boxes import BOX_FORMATS, EPS, _to_xyxy, box_convert, generalized_box_iou
 from .points import pairwise_distance
 
-# BACKGROUNDS, DETECTION_COST_OPTIONS and check_cost_options are public for the box-cost
-# matchers, not part of the top-level API.
+# BACKGROUNDS and DetectionCostOptions are public for the box-cost matchers, not part of
+# the top-level API.
 __all__ = [
     "CLASS_COSTS",
     "box_l1_cost",
@@ -36,57 +38,59 @@ __all__ = [
 CLASS_COSTS = ("softmax", "sigmoid", "focal")
 #: Where a softmax head keeps its background logit.
 BACKGROUNDS = ("last", "first", "none")
-#: The keyword options of :func:`detection_cost`, which a box-cost matcher stores under
-#: the same names and passes on.
-DETECTION_COST_OPTIONS = (
-    "cost_class",
-    "cost_bbox",
-    "cost_giou",
-    "box_format",
-    "l1_format",
-    "class_cost_kind",
-    "background",
-    "focal_alpha",
-    "focal_gamma",
-)
 
 
-def check_cost_options(
-    *,
-    cost_class: float,
-    cost_bbox: float,
-    cost_giou: float,
-    box_format: str,
-    l1_format: str | None,
-    class_cost_kind: str,
-    background: str,
-    **others: object,
-) -> None:
-    """Check :func:`detection_cost`'s options (the weights ``>= 0``, the formats and kinds
-    among the known ones): a ValueError naming the first bad one. Options it does not
-    know (``others``) are not checked.
+@dataclasses.dataclass(frozen=True)
+class DetectionCostOptions:
+    """The keyword options of :func:`detection_cost`, with its names and defaults, checked
+    once when built (the weights ``>= 0``, the formats and kinds among the known ones: a
+    ValueError naming the first bad one). :func:`detection_cost` builds one from its
+    arguments; a box-cost matcher builds one in its constructor and stores its values.
+
+    Shape:
+        - no tensors: a frozen record of Python values
 
     Example:
-        >>> check_cost_options(cost_class=1, cost_bbox=5, cost_giou=2, box_format="xyxy",
-        ...                    l1_format=None, class_cost_kind="sigmoid", background="last")
-        >>> check_cost_options(cost_class=1, cost_bbox=-5, cost_giou=2, box_format="xyxy",
-        ...                    l1_format=None, class_cost_kind="sigmoid", background="last")
+        >>> DetectionCostOptions(class_cost_kind="focal").kwargs()["cost_bbox"]
+        5.0
+        >>> DetectionCostOptions(cost_bbox=-5)
         Traceback (most recent call last):
         ...
         ValueError: cost_bbox must be >= 0, got -5
     """
-    for name, weight in (
-        ("cost_class", cost_class),
-        ("cost_bbox", cost_bbox),
-        ("cost_giou", cost_giou),
-    ):
-        if weight < 0:
-            raise ValueError(f"{name} must be >= 0, got {weight}")
-    check_choice(box_format, "box_format", BOX_FORMATS)
-    if l1_format is not None:
-        check_choice(l1_format, "l1_format", BOX_FORMATS)
-    check_choice(class_cost_kind, "class_cost_kind", CLASS_COSTS)
-    check_choice(background, "background", BACKGROUNDS)
+
+    cost_class: float = 1.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    box_format: str = "xyxy"
+    l1_format: str | None = None
+    class_cost_kind: str = "softmax"
+    background: str = "last"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> DetectionCostOptions:
+        """The options among a function's ``arguments`` (e.g. its ``locals()``)."""
+        return cls(**{name: arguments[name] for name in _COST_OPTION_NAMES})
+
+    def __post_init__(self) -> None:
+        for name in ("cost_class", "cost_bbox", "cost_giou"):
+            weight = getattr(self, name)
+            if weight < 0:
+                raise ValueError(f"{name} must be >= 0, got {weight}")
+        check_choice(self.box_format, "box_format", BOX_FORMATS)
+        if self.l1_format is not None:
+            check_choice(self.l1_format, "l1_format", BOX_FORMATS)
+        check_choice(self.class_cost_kind, "class_cost_kind", CLASS_COSTS)
+        check_choice(self.background, "background", BACKGROUNDS)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments of :func:`detection_cost`."""
+        return {name: getattr(self, name) for name in _COST_OPTION_NAMES}
+
+
+_COST_OPTION_NAMES = tuple(field.name for field in dataclasses.fields(DetectionCostOptions))
 
 
 def _check_logits_labels(logits: Tensor, labels: Tensor) -> None:
@@ -293,15 +297,7 @@ def detection_cost(
         ...                torch.tensor([[0]]), torch.tensor([[[1.0, 0, 3, 2]]]))
         tensor([[[8.8333]]])
     """
-    check_cost_options(
-        cost_class=cost_class,
-        cost_bbox=cost_bbox,
-        cost_giou=cost_giou,
-        box_format=box_format,
-        l1_format=l1_format,
-        class_cost_kind=class_cost_kind,
-        background=background,
-    )
+    DetectionCostOptions.from_arguments(locals())  # checks them
     l1_format = box_format if l1_format is None else l1_format
     check_shape(pred_boxes, "pred_boxes", ndim=3, last=4, expected="[B, M, 4]")
     check_shape(target_boxes, "target boxes", ndim=3, last=4, expected="[B, N, 4]")

@@ -1,10 +1,25 @@
+import dataclasses
+import inspect
+
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from detloss.costs import class_cost, detection_cost, p2p_cost, weighted_cost
-from detloss.match import HungarianMatcher, MaxIoUMatcher
+from detloss.costs import (
+    DetectionCostOptions,
+    class_cost,
+    detection_cost,
+    p2p_cost,
+    weighted_cost,
+)
+from detloss.match import (
+    BoxCostMatcher,
+    HungarianMatcher,
+    MaxIoUMatcher,
+    SinkhornMatcher,
+    SinkhornOptions,
+)
 
 
 def random_batch(seed, b=3, m=20, c=6, max_n=5, empty=True):
@@ -161,3 +176,66 @@ def test_matcher_errors():
         HungarianMatcher()(bad, targets)
     with pytest.raises(TypeError, match="labels"):
         HungarianMatcher()(outputs, [dict(t, labels=t["labels"].float()) for t in targets])
+
+
+def _defaults(parameters):
+    return {p.name: p.default for p in parameters}
+
+
+def test_box_cost_matchers_take_the_options_of_detection_cost():
+    """One declaration of the cost options: detection_cost's signature, which the options
+    record and every box-cost matcher's constructor repeat with the same names and defaults
+    (the three weights and box_format also by position, as DETR's matcher takes them)."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    function = _defaults(
+        p for p in inspect.signature(detection_cost).parameters.values() if p.kind is keyword
+    )
+    assert _defaults(dataclasses.fields(DetectionCostOptions)) == function
+    own_options = {
+        BoxCostMatcher: {"validate": None},
+        HungarianMatcher: {"validate": None, "solver": "auto"},
+        SinkhornMatcher: SinkhornOptions().kwargs(),
+    }
+    for matcher, own in own_options.items():
+        parameters = inspect.signature(matcher).parameters
+        assert _defaults(parameters.values()) == {**function, **own}, matcher.__name__
+        by_position = [p.name for p in parameters.values() if p.kind is not keyword]
+        assert by_position == ["cost_class", "cost_bbox", "cost_giou", "box_format"]
+    matcher = HungarianMatcher(0.5, 1.0, 0.0, "cxcywh", l1_format="xyxy", solver="scipy")
+    assert matcher.cost_options() == {
+        **function,
+        "cost_class": 0.5,
+        "cost_bbox": 1.0,
+        "cost_giou": 0.0,
+        "box_format": "cxcywh",
+        "l1_format": "xyxy",
+    }
+    assert (matcher.solver, matcher.validate) == ("scipy", None)
+    with pytest.raises(TypeError, match=r"HungarianMatcher\(\): too many positional"):
+        HungarianMatcher(1.0, 5.0, 2.0, "xyxy", None)
+    with pytest.raises(TypeError, match=r"BoxCostMatcher\(\): .*unexpected keyword .*'solver'"):
+        BoxCostMatcher(solver="scipy")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"cost_giou": -0.5}, "cost_giou must be >= 0, got -0.5"),
+        ({"box_format": "xxyy"}, "box_format must be one of .* got 'xxyy'"),
+        ({"l1_format": "yxyx"}, "l1_format must be one of .* got 'yxyx'"),
+        ({"class_cost_kind": "softmin"}, "class_cost_kind must be one of .* got 'softmin'"),
+        ({"background": "middle"}, "background must be one of .* got 'middle'"),
+    ],
+)
+def test_cost_options_are_checked_by_the_function_and_the_matcher(option, message):
+    outputs, _ = random_batch(0)
+    with pytest.raises(ValueError, match=message):
+        detection_cost(
+            outputs["pred_logits"],
+            outputs["pred_boxes"],
+            torch.zeros(3, 1, dtype=torch.int64),
+            torch.zeros(3, 1, 4),
+            **option,
+        )
+    with pytest.raises(ValueError, match=message):
+        HungarianMatcher(**option)

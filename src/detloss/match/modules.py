@@ -3,6 +3,7 @@ and the targets, and call a matcher function."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from .._api import renamed
 from .._checks import check_choice, check_finite, check_shape, shape_str, should_validate
 from ..boxes import BOX_FORMATS, box_iou
-from ..costs import DETECTION_COST_OPTIONS, check_cost_options, detection_cost
+from ..costs import DetectionCostOptions, detection_cost
 from .hungarian import SOLVERS, hungarian
 from .matching import Matching
 from .targets import Targets, box_targets
@@ -62,14 +63,45 @@ def _check_finite_inputs(
     )
 
 
+#: The options of :func:`detection_cost` that a box-cost matcher also takes by position,
+#: as DETR's ``HungarianMatcher(cost_class, cost_bbox, cost_giou)`` does.
+_POSITIONAL_COST_OPTIONS = ("cost_class", "cost_bbox", "cost_giou", "box_format")
+
+
+def _matcher_signature(*extra: inspect.Parameter) -> inspect.Signature:
+    """A box-cost matcher's constructor signature: :func:`detection_cost`'s options, read
+    from its signature (names, defaults, annotations; the weights and ``box_format`` also
+    by position), then the matcher's own keyword-only ``extra`` options."""
+    options = [
+        p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if p.name in _POSITIONAL_COST_OPTIONS
+        else p
+        for p in inspect.signature(detection_cost).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    return inspect.Signature([*options, *extra])
+
+
+def _keyword_option(name: str, default: object, annotation: str) -> inspect.Parameter:
+    """A keyword-only constructor option, for :func:`_matcher_signature`."""
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+_COST_SIGNATURE = _matcher_signature()
+_VALIDATE = _keyword_option("validate", None, "bool | None")
+
+
 class BoxCostMatcher(nn.Module):
     """Base of the matchers on the DETR box cost; subclasses implement :meth:`solve`.
 
     Args:
         cost_class, cost_bbox, cost_giou, box_format, l1_format, class_cost_kind,
             background, focal_alpha, focal_gamma: the options of
-            :func:`detloss.costs.detection_cost` (DETR's weights: 1, 5, 2), stored under
-            the same names and checked once here. ``class_cost_kind`` was ``class_cost``
+            :func:`detloss.costs.detection_cost` (DETR's weights: 1, 5, 2), with its names
+            and defaults, checked once here (a :class:`~detloss.costs.DetectionCostOptions`)
+            and stored under the same names. ``class_cost_kind`` was ``class_cost``
             (the old name raises a TypeError naming the new one).
         validate: scan the real predictions and target boxes for NaN and inf before
             building the cost (a ValueError naming ``pred_logits``, ``pred_boxes`` or the
@@ -92,40 +124,21 @@ class BoxCostMatcher(nn.Module):
         tensor([[39.6667, -0.3333]])
     """
 
+    # What inspect.signature and help() show; __init__ binds its arguments to it.
+    __signature__ = _matcher_signature(_VALIDATE)
+
     @renamed(class_cost="class_cost_kind")
-    def __init__(
-        self,
-        cost_class: float = 1.0,
-        cost_bbox: float = 5.0,
-        cost_giou: float = 2.0,
-        box_format: str = "xyxy",
-        *,
-        l1_format: str | None = None,
-        class_cost_kind: str = "softmax",
-        background: str = "last",
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        validate: bool | None = None,
-    ) -> None:
+    def __init__(self, *args: Any, validate: bool | None = None, **kwargs: Any) -> None:
         super().__init__()
-        check_cost_options(
-            cost_class=cost_class,
-            cost_bbox=cost_bbox,
-            cost_giou=cost_giou,
-            box_format=box_format,
-            l1_format=l1_format,
-            class_cost_kind=class_cost_kind,
-            background=background,
-        )
-        self.cost_class = cost_class
-        self.cost_bbox = cost_bbox
-        self.cost_giou = cost_giou
-        self.box_format = box_format
-        self.l1_format = l1_format
-        self.class_cost_kind = class_cost_kind
-        self.background = background
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
+        try:
+            bound = _COST_SIGNATURE.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{type(self).__name__}(): {error}") from None
+        bound.apply_defaults()
+        # Checked once, here; each option is then an attribute of the same name.
+        options = DetectionCostOptions(**bound.arguments)
+        for name, value in options.kwargs().items():
+            setattr(self, name, value)
         self.validate = validate
 
     def cost_options(self) -> dict[str, Any]:
@@ -135,7 +148,7 @@ class BoxCostMatcher(nn.Module):
             >>> BoxCostMatcher(class_cost_kind="focal").cost_options()["class_cost_kind"]
             'focal'
         """
-        return {name: getattr(self, name) for name in DETECTION_COST_OPTIONS}
+        return {name: getattr(self, name) for name in _COST_SIGNATURE.parameters}
 
     def cost(self, outputs: Mapping[str, Tensor], targets: Targets) -> tuple[Tensor, Tensor]:
         """The ``[B, M, N]`` cost and the ``[B, N]`` target mask (see the class example)."""
@@ -204,6 +217,8 @@ class HungarianMatcher(BoxCostMatcher):
         >>> matcher(outputs, targets).pred_to_target
         tensor([[ 1, -1,  0]])
     """
+
+    __signature__ = _matcher_signature(_VALIDATE, _keyword_option("solver", "auto", "str"))
 
     def __init__(self, *args: object, solver: str = "auto", **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ import dataclasses
 from torch import Tensor
 
 from .matching import Matching
-from .modules import BoxCostMatcher
+from .modules import BoxCostMatcher, _keyword_option, _matcher_signature
 from .sinkhorn import SinkhornOptions, sinkhorn
 
 __all__ = ["SinkhornMatcher"]
@@ -52,6 +52,9 @@ class SinkhornMatcher(BoxCostMatcher):
     """
 
     options: SinkhornOptions
+    __signature__ = _matcher_signature(
+        *(_keyword_option(f.name, f.default, f.type) for f in dataclasses.fields(SinkhornOptions))
+    )
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         # Checked now (one SinkhornOptions), not at the first batch.
