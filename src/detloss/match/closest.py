@@ -14,6 +14,39 @@ from .matching import BACKGROUND, IGNORED, Matching
 __all__ = ["closest_prediction", "closest_target"]
 
 
+def _float_cost(
+    cost: Tensor, target_mask: Tensor | None, pred_mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``[B, M, N]`` cost of :func:`prepare_cost` (an integer one as float32) and its
+    target and prediction masks."""
+    cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
+    return (cost if cost.is_floating_point() else cost.float()), target_mask, pred_mask
+
+
+def _checked_limit(
+    value: float | Tensor,
+    name: str,
+    cost: Tensor,
+    target_mask: Tensor,
+    pred_mask: Tensor,
+    validate: bool | None,
+    *,
+    per_target: bool = False,
+) -> Tensor:
+    """The cost ``value`` that a match must beat (a float or a tensor), broadcast to one
+    per prediction ``[B, M]`` or, ``per_target``, one per target ``[B, N]``; when
+    validating, the real entries of ``cost`` and of it must be finite or ``+inf``."""
+    b, m, n = cost.shape
+    shape, dims, real = (
+        ((b, n), "[B, N]", target_mask) if per_target else ((b, m), "[B, M]", pred_mask)
+    )
+    limit = broadcast_value(value, shape, cost.dtype, cost.device, name, dims)
+    if should_validate(validate, cost):
+        pairs = pred_mask[:, :, None] & target_mask[:, None, :]
+        check_finite(("cost", cost, pairs), (name, limit, real), allow_posinf=True)
+    return limit
+
+
 @keyword_only_masks(2, ("target_mask", "pred_mask"))
 def closest_target(
     cost: Tensor,
@@ -50,17 +83,9 @@ def closest_target(
         >>> closest_target(cost, 0.5).pred_to_target
         tensor([[ 0, -1,  0]])
     """
-    cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
-    if not cost.is_floating_point():
-        cost = cost.float()
+    cost, target_mask, pred_mask = _float_cost(cost, target_mask, pred_mask)
     b, m, n = cost.shape
-    bg = broadcast_value(
-        background_cost, (b, m), cost.dtype, cost.device, "background_cost", "[B, M]"
-    )
-    if should_validate(validate, cost):
-        pairs = pred_mask[:, :, None] & target_mask[:, None, :]
-        named = (("cost", cost, pairs), ("background_cost", bg, pred_mask))
-        check_finite(*named, allow_posinf=True)
+    bg = _checked_limit(background_cost, "background_cost", cost, target_mask, pred_mask, validate)
     if n == 0:
         p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=cost.device)
     else:
@@ -108,20 +133,20 @@ def closest_prediction(
         >>> closest_prediction(cost, 0.5).pred_to_target
         tensor([[-1, -1,  0]])
     """
-    cost, target_mask, pred_mask, _ = prepare_cost(cost, target_mask, pred_mask)
-    if not cost.is_floating_point():
-        cost = cost.float()
+    cost, target_mask, pred_mask = _float_cost(cost, target_mask, pred_mask)
     b, m, n = cost.shape
     plan = cost.new_zeros((b, m, n + 1))
     p2t = torch.full((b, m), BACKGROUND, dtype=torch.int64, device=cost.device)
     if m > 0 and n > 0:
-        thr = broadcast_value(
-            cost_threshold, (b, n), cost.dtype, cost.device, "cost_threshold", "[B, N]"
+        thr = _checked_limit(
+            cost_threshold,
+            "cost_threshold",
+            cost,
+            target_mask,
+            pred_mask,
+            validate,
+            per_target=True,
         )
-        if should_validate(validate, cost):
-            pairs = pred_mask[:, :, None] & target_mask[:, None, :]
-            named = (("cost", cost, pairs), ("cost_threshold", thr, target_mask))
-            check_finite(*named, allow_posinf=True)
         masked = cost.masked_fill(~pred_mask[:, :, None], torch.inf)
         best_cost, best_pred = masked.min(dim=1)  # [B, N]
         chosen = target_mask & (best_cost < thr)
