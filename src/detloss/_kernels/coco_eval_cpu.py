@@ -17,16 +17,7 @@ __all__ = ["accumulate", "match"]
 
 
 @jit
-def match(
-    det_xywh: np.ndarray,
-    gt_xywh: np.ndarray,
-    gt_crowd: np.ndarray,
-    gt_ignore: np.ndarray,
-    cells: np.ndarray,
-    thresholds: np.ndarray,
-    matched: np.ndarray,
-    matched_ignored: np.ndarray,
-) -> None:
+def match(inputs: tuple, matched: np.ndarray, matched_ignored: np.ndarray) -> None:
     """COCO's greedy matching in every cell, written into ``matched`` and
     ``matched_ignored`` (``bool[A, T, D]``, false on entry).
 
@@ -38,7 +29,11 @@ def match(
     among the regular ones not yet taken, the later one on a tie; only when there is
     none, likewise among the ignored ones (crowds can be taken again). ``matched_ignored``
     records whether the ground truth taken is an ignored one.
+
+    ``inputs`` is ``(det_xywh, gt_xywh, gt_crowd, gt_ignore, cells, thresholds)``, as the
+    record ``detloss.metrics.boxes._MatchInputs`` holds them for both implementations.
     """
+    det_xywh, gt_xywh, gt_crowd, gt_ignore, cells, thresholds = inputs
     n_areas, n_thresholds = matched.shape[0], matched.shape[1]
     for p in range(cells.shape[0]):
         d0, d1, g0, g1 = cells[p, 0], cells[p, 1], cells[p, 2], cells[p, 3]
@@ -46,21 +41,11 @@ def match(
         # IoU as maskApi.c's bbIou computes it from [x, y, w, h].
         iou = np.zeros((nd, ng))
         for g in range(ng):
-            gx, gy, gw, gh = (
-                gt_xywh[g0 + g, 0],
-                gt_xywh[g0 + g, 1],
-                gt_xywh[g0 + g, 2],
-                gt_xywh[g0 + g, 3],
-            )
+            gx, gy, gw, gh = gt_xywh[g0 + g]
             ga = gw * gh
             crowd = gt_crowd[g0 + g]
             for d in range(nd):
-                dx, dy, dw, dh = (
-                    det_xywh[d0 + d, 0],
-                    det_xywh[d0 + d, 1],
-                    det_xywh[d0 + d, 2],
-                    det_xywh[d0 + d, 3],
-                )
+                dx, dy, dw, dh = det_xywh[d0 + d]
                 da = dw * dh
                 w = min(dw + dx, gw + gx) - max(dx, gx)
                 if w <= 0:
@@ -107,19 +92,7 @@ def match(
 
 
 @jit
-def accumulate(
-    class_start: np.ndarray,
-    by_score: np.ndarray,
-    rank: np.ndarray,
-    matched: np.ndarray,
-    matched_ignored: np.ndarray,
-    det_outside: np.ndarray,
-    n_regular: np.ndarray,
-    max_dets: np.ndarray,
-    recall_points: np.ndarray,
-    precision: np.ndarray,
-    recall: np.ndarray,
-) -> None:
+def accumulate(inputs: tuple, precision: np.ndarray, recall: np.ndarray) -> None:
     """COCO's ``accumulate``: ``precision [T, R, K, A, M]`` and ``recall [T, K, A, M]``
     (filled with -1 on entry; classes without regular ground truth stay -1).
 
@@ -129,7 +102,22 @@ def accumulate(
     ``maxDet`` of every image. ``det_outside [A, D]``: the detection's area is outside
     range ``a`` (an unmatched one is then ignored); ``n_regular [K, A]``: regular ground
     truths.
+
+    ``inputs`` is ``(class_start, by_score, rank, matched, matched_ignored, det_outside,
+    n_regular, max_dets, recall_points)``, as the record
+    ``detloss.metrics.boxes._AccumulateInputs`` holds them for both implementations.
     """
+    (
+        class_start,
+        by_score,
+        rank,
+        matched,
+        matched_ignored,
+        det_outside,
+        n_regular,
+        max_dets,
+        recall_points,
+    ) = inputs
     n_thresholds, n_points = precision.shape[0], precision.shape[1]
     n_areas = det_outside.shape[0]
     eps = np.spacing(1.0)
