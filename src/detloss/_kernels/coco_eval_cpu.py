@@ -103,27 +103,16 @@ def accumulate(inputs: tuple, precision: np.ndarray, recall: np.ndarray) -> None
     range ``a`` (an unmatched one is then ignored); ``n_regular [K, A]``: regular ground
     truths.
 
-    ``inputs`` is ``(class_start, by_score, rank, matched, matched_ignored, det_outside,
-    n_regular, max_dets, recall_points)``, as the record
-    ``detloss.metrics.boxes._AccumulateInputs`` holds them for both implementations.
+    ``inputs``: the record ``detloss.metrics.boxes._AccumulateInputs`` (a named tuple
+    of these fields), which both implementations read.
     """
-    (
-        class_start,
-        by_score,
-        rank,
-        matched,
-        matched_ignored,
-        det_outside,
-        n_regular,
-        max_dets,
-        recall_points,
-    ) = inputs
+    x = inputs
     n_thresholds, n_points = precision.shape[0], precision.shape[1]
-    n_areas = det_outside.shape[0]
+    n_areas = x.det_outside.shape[0]
     eps = np.spacing(1.0)
     longest = 0
-    for k in range(class_start.size - 1):
-        longest = max(longest, class_start[k + 1] - class_start[k])
+    for k in range(x.class_start.size - 1):
+        longest = max(longest, x.class_start[k + 1] - x.class_start[k])
     # Per class, gathered once in score order: 1 true positive, 2 false positive, 0
     # ignored, for each area range and threshold.
     status = np.zeros((n_areas, n_thresholds, longest), dtype=np.int8)
@@ -132,27 +121,27 @@ def accumulate(inputs: tuple, precision: np.ndarray, recall: np.ndarray) -> None
     # such places precision only falls, so the envelope and its samples are read there.
     event_rc = np.empty(longest + 1)
     event_pr = np.empty(longest + 1)
-    for k in range(class_start.size - 1):
-        lo, hi = class_start[k], class_start[k + 1]
+    for k in range(x.class_start.size - 1):
+        lo, hi = x.class_start[k], x.class_start[k + 1]
         nk = hi - lo
         top_rank = -1
         for j in range(nk):
-            d = by_score[lo + j]
-            ranks[j] = rank[d]
-            top_rank = max(top_rank, rank[d])
+            d = x.by_score[lo + j]
+            ranks[j] = x.rank[d]
+            top_rank = max(top_rank, x.rank[d])
             for a in range(n_areas):
                 for t in range(n_thresholds):
-                    if matched[a, t, d]:
-                        status[a, t, j] = 0 if matched_ignored[a, t, d] else 1
+                    if x.matched[a, t, d]:
+                        status[a, t, j] = 0 if x.matched_ignored[a, t, d] else 1
                     else:
-                        status[a, t, j] = 0 if det_outside[a, d] else 2
+                        status[a, t, j] = 0 if x.det_outside[a, d] else 2
         for a in range(n_areas):
-            npig = n_regular[k, a]
+            npig = x.n_regular[k, a]
             if npig == 0:
                 continue
-            for m in range(max_dets.size):
-                limit = max_dets[m]
-                if m > 0 and top_rank < max_dets[m - 1]:
+            for m in range(x.max_dets.size):
+                limit = x.max_dets[m]
+                if m > 0 and top_rank < x.max_dets[m - 1]:
                     # The smaller limit already kept every detection: same numbers.
                     for t in range(n_thresholds):
                         recall[t, k, a, m] = recall[t, k, a, m - 1]
@@ -186,6 +175,6 @@ def accumulate(inputs: tuple, precision: np.ndarray, recall: np.ndarray) -> None
                     # where recall grows (or on the first detection): a merge.
                     i = 0
                     for r in range(n_points):
-                        while i < events and event_rc[i] < recall_points[r]:
+                        while i < events and event_rc[i] < x.recall_points[r]:
                             i += 1
                         precision[t, r, k, a, m] = event_pr[i] if i < events else 0.0
