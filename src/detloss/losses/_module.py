@@ -10,6 +10,11 @@ Its constructor then takes exactly the function's other parameters, with the sam
 defaults and kinds (read from the function's signature, so nothing is written twice), and
 stores each as an attribute of the same name; ``forward`` takes the per-call arguments
 and calls the function with the stored options.
+
+``positional=k`` lets the first ``k`` options also be given by position (a published
+constructor that took them so). A subclass whose Module needs inputs of its own (a class
+count it checks ``conf`` against) defines ``__init__(self, own, ..., *args, **kwargs)``
+and passes ``*args, **kwargs`` on; its own parameters lead the signature shown.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class FunctionLoss(nn.Module):
         *,
         function: Callable[..., Any] | None = None,
         call_args: tuple[str, ...] = (),
+        positional: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -48,12 +54,17 @@ class FunctionLoss(nn.Module):
         if missing:
             raise TypeError(f"{cls.__name__}: {function.__name__} has no parameters {missing}")
         kept = [p for name, p in parameters.items() if name not in call_args]
+        kept = [
+            p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) if i < positional else p
+            for i, p in enumerate(kept)
+        ]
         cls.function = staticmethod(function)  # type: ignore[assignment]
         cls.call_args = call_args
         cls.options = tuple(p.name for p in kept)
         cls._init_signature = inspect.Signature(kept)
-        # What inspect.signature(cls) and help() show: the function's options.
-        cls.__signature__ = cls._init_signature  # type: ignore[attr-defined]
+        # What inspect.signature(cls) and help() show: the subclass's own leading
+        # constructor parameters, if any, then the function's options.
+        cls.__signature__ = inspect.Signature([*_own_parameters(cls), *kept])  # type: ignore[attr-defined]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
@@ -86,3 +97,17 @@ class FunctionLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.options)
+
+
+def _own_parameters(cls: type) -> list[inspect.Parameter]:
+    """The parameters that ``cls``'s own ``__init__`` (if it defines one) takes before its
+    ``*args``: the Module's inputs that are not options of its function."""
+    init = cls.__dict__.get("__init__")
+    if init is None:
+        return []
+    own = []
+    for parameter in list(inspect.signature(init).parameters.values())[1:]:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            break
+        own.append(parameter)
+    return own

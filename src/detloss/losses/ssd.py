@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._api import renamed
 from .._checks import (
@@ -34,6 +35,7 @@ from ..match.matching import BACKGROUND
 from ..match.targets import box_targets
 from ..match.threshold_boxes import max_iou_boxes
 from ._mining import hard_negatives
+from ._module import FunctionLoss
 from .regression import smooth_l1_loss
 
 __all__ = ["MultiBoxLoss", "multibox_loss"]
@@ -233,10 +235,10 @@ def multibox_loss(
     pos_threshold: float = 0.5,
     hard_negative_ratio: float = 3,
     variances: Sequence[float] = (0.1, 0.2),
+    distributed: bool = True,
     loc_weight: float = 1.0,
     min_negatives: int = 0,
     reduction: str = "mean",
-    distributed: bool = True,
     validate: bool | None = None,
     return_terms: bool = False,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
@@ -283,12 +285,12 @@ def multibox_loss(
         hard_negative_ratio: negatives mined per positive, per image (was
             ``neg_pos_ratio``).
         variances: ``(v_xy, v_wh)`` of the offset encoding.
+        distributed: normalise by the global positive count (see
+            :func:`detloss.distributed.normalizer`).
         loc_weight: weight of ``L_loc`` in the total (the paper's alpha).
         min_negatives: negatives mined per image at least (0 = SSD).
         reduction: ``"mean"`` (default): the sums divided by ``N``; ``"sum"``: the sums;
             ``"none"``: one sum per image, ``Tensor[B]``.
-        distributed: normalise by the global positive count (see
-            :func:`detloss.distributed.normalizer`).
         validate: check the label range and that ``loc``, ``conf``, ``priors`` and the real
             target boxes hold no NaN or inf, and warn when the target boxes reach far
             beyond the priors' range (pixel boxes with normalised priors); one host
@@ -368,14 +370,17 @@ def multibox_loss(
         loc_sum, conf_sum = loc_sum / n, conf_sum / n
     out = output_dtype(loc, conf)
     total = (conf_sum + loc_weight * loc_sum).to(out)
-    if return_terms:
-        return total, {"loc": loc_sum.to(out), "conf": conf_sum.to(out)}
-    return total
+    return (total, {"loc": loc_sum.to(out), "conf": conf_sum.to(out)}) if return_terms else total
 
 
-class MultiBoxLoss(nn.Module):
+class MultiBoxLoss(
+    FunctionLoss,
+    function=multibox_loss,
+    call_args=("loc", "conf", "priors", "targets", "return_terms"),
+    positional=5,
+):
     """Module form of :func:`multibox_loss`: the same options, names and defaults, stored
-    as attributes of those names; it also checks ``num_classes``.
+    as attributes of those names (checked here, once); it also checks ``num_classes``.
 
     Args:
         num_classes: ``C``, the number of logits including the background (VOC: 21).
@@ -397,34 +402,21 @@ class MultiBoxLoss(nn.Module):
     """
 
     @renamed(overlap_threshold="pos_threshold", neg_pos_ratio="hard_negative_ratio")
-    def __init__(
-        self,
-        num_classes: int,
-        pos_threshold: float = 0.5,
-        hard_negative_ratio: float = 3,
-        variances: Sequence[float] = (0.1, 0.2),
-        distributed: bool = True,
-        loc_weight: float = 1.0,
-        *,
-        min_negatives: int = 0,
-        reduction: str = "mean",
-        validate: bool | None = None,
-    ) -> None:
-        super().__init__()
+    def __init__(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(
                 f"num_classes must be an int >= 2 (background + classes), got {num_classes!r}"
             )
-        _check_settings(pos_threshold, hard_negative_ratio, loc_weight, min_negatives, reduction)
+        super().__init__(*args, **kwargs)
+        _check_settings(
+            self.pos_threshold,
+            self.hard_negative_ratio,
+            self.loc_weight,
+            self.min_negatives,
+            self.reduction,
+        )
         self.num_classes = num_classes
-        self.pos_threshold = pos_threshold
-        self.hard_negative_ratio = hard_negative_ratio
-        self.variances = check_variances(variances)
-        self.distributed = distributed
-        self.loc_weight = loc_weight
-        self.min_negatives = min_negatives
-        self.reduction = reduction
-        self.validate = validate
+        self.variances = check_variances(self.variances)
 
     def forward(
         self,
@@ -440,26 +432,7 @@ class MultiBoxLoss(nn.Module):
                 f"conf: expected shape [B, P, {self.num_classes}] "
                 f"(num_classes={self.num_classes}), got {shape_str(conf.shape)}"
             )
-        return multibox_loss(
-            loc,
-            conf,
-            priors,
-            targets,
-            pos_threshold=self.pos_threshold,
-            hard_negative_ratio=self.hard_negative_ratio,
-            variances=self.variances,
-            loc_weight=self.loc_weight,
-            min_negatives=self.min_negatives,
-            reduction=self.reduction,
-            distributed=self.distributed,
-            validate=self.validate,
-            return_terms=return_terms,
-        )
+        return super().forward(loc, conf, priors, targets, return_terms)
 
     def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, pos_threshold={self.pos_threshold}, "
-            f"hard_negative_ratio={self.hard_negative_ratio}, variances={self.variances}, "
-            f"loc_weight={self.loc_weight}, min_negatives={self.min_negatives}, "
-            f"reduction={self.reduction!r}"
-        )
+        return f"num_classes={self.num_classes}, {super().extra_repr()}"
