@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -71,48 +71,52 @@ def _check_settings(
 _CPU_BLOCK = 1 << 17
 
 
-def _dense_terms(
-    loc: Tensor,
-    conf: Tensor,
-    priors: Tensor,
-    gt: Tensor,
-    labels: Tensor,
-    assigned: Tensor,
-    variances: tuple[float, float],
-    hard_negative_ratio: float,
-    min_negatives: int,
-    per_image: bool,
-) -> tuple[Tensor, Tensor]:
+class _Matched(NamedTuple):
+    """A batch after matching: what both ways of computing the summed terms read."""
+
+    loc: Tensor  # [B, P, 4] predicted offsets
+    conf: Tensor  # [B, P, C] logits
+    priors: Tensor  # [P, 4] cxcywh, in the compute dtype
+    gt: Tensor  # [B, N, 4] target boxes, in the compute dtype
+    labels: Tensor  # [B, N]
+    assigned: Tensor  # int64 [B, P]: each prior's target, or BACKGROUND / ignored
+    variances: tuple[float, float]
+    hard_negative_ratio: float
+    min_negatives: int
+    per_image: bool  # one sum per image (reduction="none") instead of one in all
+
+
+def _dense_terms(x: _Matched) -> tuple[Tensor, Tensor]:
     """Summed ``(L_loc, L_conf)`` computed over every prior and masked: scalars, or
     ``Tensor[B]`` sums per image with ``per_image``."""
-    dtype = priors.dtype
-    batch, num_priors = assigned.shape
-    positive = assigned >= 0
+    dtype = x.priors.dtype
+    batch, num_priors = x.assigned.shape
+    positive = x.assigned >= 0
     with torch.no_grad():
-        index = assigned.clamp(min=0)
-        if gt.shape[1] > 0:
-            matched = gt.gather(1, index[..., None].expand(-1, -1, 4))
-            target_class = labels.to(torch.int64).gather(1, index) + 1
+        index = x.assigned.clamp(min=0)
+        if x.gt.shape[1] > 0:
+            matched = x.gt.gather(1, index[..., None].expand(-1, -1, 4))
+            target_class = x.labels.to(torch.int64).gather(1, index) + 1
         else:  # no target slot at all: nothing is matched
-            matched = gt.new_zeros((batch, num_priors, 4))
+            matched = x.gt.new_zeros((batch, num_priors, 4))
             target_class = torch.zeros_like(index)
         target_class = target_class.masked_fill(~positive, 0)
-        loc_target = encode_boxes(matched, priors, variances)
+        loc_target = encode_boxes(matched, x.priors, x.variances)
     per_prior = smooth_l1_loss(
-        loc.to(dtype), loc_target, beta=1.0, reduction="none", validate=False
+        x.loc.to(dtype), loc_target, beta=1.0, reduction="none", validate=False
     ).sum(dim=-1)
-    loc_sum = _total(torch.where(positive, per_prior, 0.0), per_image)
-    log_prob = conf.to(dtype).log_softmax(dim=-1)
+    loc_sum = _total(torch.where(positive, per_prior, 0.0), x.per_image)
+    log_prob = x.conf.to(dtype).log_softmax(dim=-1)
     ce = -log_prob.gather(-1, target_class[..., None]).squeeze(-1)
     with torch.no_grad():
         negative = hard_negatives(
             -log_prob[..., 0].detach(),
-            assigned == BACKGROUND,
+            x.assigned == BACKGROUND,
             positive.sum(dim=1),
-            hard_negative_ratio,
-            min_negatives,
+            x.hard_negative_ratio,
+            x.min_negatives,
         )
-    conf_sum = _total(torch.where(positive | negative, ce, 0.0), per_image)
+    conf_sum = _total(torch.where(positive | negative, ce, 0.0), x.per_image)
     return loc_sum, conf_sum
 
 
@@ -149,59 +153,48 @@ def _background_loss(conf: Tensor) -> Tensor:
     return key
 
 
-def _sparse_terms(
-    loc: Tensor,
-    conf: Tensor,
-    priors: Tensor,
-    gt: Tensor,
-    labels: Tensor,
-    assigned: Tensor,
-    variances: tuple[float, float],
-    hard_negative_ratio: float,
-    min_negatives: int,
-    per_image: bool,
-) -> tuple[Tensor, Tensor]:
+def _sparse_terms(x: _Matched) -> tuple[Tensor, Tensor]:
     """Summed ``(L_loc, L_conf)`` computed on the positive and mined priors only:
     scalars, or ``Tensor[B]`` sums per image with ``per_image``."""
-    dtype = priors.dtype
-    positive = assigned >= 0
+    dtype = x.priors.dtype
+    positive = x.assigned >= 0
     with torch.no_grad():
         negative = hard_negatives(
-            _background_loss(conf.detach().to(dtype)),
-            assigned == BACKGROUND,
+            _background_loss(x.conf.detach().to(dtype)),
+            x.assigned == BACKGROUND,
             positive.sum(dim=1),
-            hard_negative_ratio,
-            min_negatives,
+            x.hard_negative_ratio,
+            x.min_negatives,
             host_selection=True,
         )
         image, prior = positive.nonzero(as_tuple=True)
-        target = assigned[image, prior]
-        loc_target = encode_boxes(gt[image, target], priors[prior], variances)
+        target = x.assigned[image, prior]
+        loc_target = encode_boxes(x.gt[image, target], x.priors[prior], x.variances)
         chosen_image, chosen_prior = (positive | negative).nonzero(as_tuple=True)
-        chosen_target = assigned[chosen_image, chosen_prior]
-        if labels.shape[1] > 0:
+        chosen_target = x.assigned[chosen_image, chosen_prior]
+        if x.labels.shape[1] > 0:
             target_class = torch.where(
                 chosen_target >= 0,
-                labels.to(torch.int64)[chosen_image, chosen_target.clamp(min=0)] + 1,
+                x.labels.to(torch.int64)[chosen_image, chosen_target.clamp(min=0)] + 1,
                 0,
             )
         else:  # no target slot at all: every chosen prior is a negative
             target_class = torch.zeros_like(chosen_target)
     # Flat index_select: its backward is an index_add, much cheaper than the accumulating
     # index_put that advanced indexing differentiates to.
-    num_priors = loc.shape[1]
-    loc_rows = loc.reshape(-1, 4).index_select(0, image * num_priors + prior)
+    num_priors = x.loc.shape[1]
+    loc_rows = x.loc.reshape(-1, 4).index_select(0, image * num_priors + prior)
     loc_terms = smooth_l1_loss(
         loc_rows.to(dtype), loc_target, beta=1.0, reduction="none", validate=False
     )
-    conf_rows = conf.reshape(-1, conf.shape[-1]).index_select(
+    conf_rows = x.conf.reshape(-1, x.conf.shape[-1]).index_select(
         0, chosen_image * num_priors + chosen_prior
     )
     log_prob = conf_rows.to(dtype).log_softmax(dim=-1)  # [S, C]
     conf_terms = -log_prob.gather(1, target_class[:, None]).squeeze(1)
-    if not per_image:
+    if not x.per_image:
         return loc_terms.sum(), conf_terms.sum()
-    batch = loc.shape[0]
+    batch = x.loc.shape[0]
     loc_sum = loc_terms.new_zeros(batch).index_add(0, image, loc_terms.sum(dim=1))
     return loc_sum, conf_terms.new_zeros(batch).index_add(0, chosen_image, conf_terms)
 
@@ -354,16 +347,18 @@ def multibox_loss(
     # elsewhere everything is dense and masked, in the same arithmetic.
     terms = _sparse_terms if fast_path_enabled("max_iou_sparse", loc.device) else _dense_terms
     loc_sum, conf_sum = terms(
-        loc,
-        conf,
-        prior_boxes,
-        gt,
-        labels,
-        assigned,
-        variances,
-        hard_negative_ratio,
-        min_negatives,
-        reduction == "none",
+        _Matched(
+            loc,
+            conf,
+            prior_boxes,
+            gt,
+            labels,
+            assigned,
+            variances,
+            hard_negative_ratio,
+            min_negatives,
+            per_image=reduction == "none",
+        )
     )
     if reduction == "mean":
         n = normalizer(num_pos.sum(), distributed).to(device=loc.device, dtype=dtype)
