@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["host_step", "optional_module"]
+__all__ = ["host_step", "optional_module", "required_module"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,6 +26,16 @@ def optional_module(name: str) -> ModuleType | None:
         return importlib.import_module(name)
     except ImportError:
         return None
+
+
+def required_module(name: str, missing: str) -> ModuleType:
+    """The module ``name`` (absolute), imported; where it or a dependency it imports is
+    not installed, an ImportError with the message ``missing`` (who needs it, and how to
+    install it)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ImportError(missing) from err
 
 
 def host_step(function: F) -> F:

@@ -1169,7 +1169,7 @@ def test_function_module_and_options_share_names_and_defaults():
     from detloss.losses.detection_options import DetectionOptions
 
     function = inspect.signature(detection_loss).parameters
-    module = inspect.signature(DetectionLoss.__init__).parameters
+    module = inspect.signature(DetectionLoss).parameters
     fields = {f.name: f.default for f in dataclasses.fields(DetectionOptions)}
     for name, default in fields.items():
         assert function[name].default == default, name

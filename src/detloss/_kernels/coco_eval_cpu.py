@@ -17,16 +17,7 @@ __all__ = ["accumulate", "match"]
 
 
 @jit
-def match(
-    det_xywh: np.ndarray,
-    gt_xywh: np.ndarray,
-    gt_crowd: np.ndarray,
-    gt_ignore: np.ndarray,
-    cells: np.ndarray,
-    thresholds: np.ndarray,
-    matched: np.ndarray,
-    matched_ignored: np.ndarray,
-) -> None:
+def match(inputs: tuple, matched: np.ndarray, matched_ignored: np.ndarray) -> None:
     """COCO's greedy matching in every cell, written into ``matched`` and
     ``matched_ignored`` (``bool[A, T, D]``, false on entry).
 
@@ -38,7 +29,11 @@ def match(
     among the regular ones not yet taken, the later one on a tie; only when there is
     none, likewise among the ignored ones (crowds can be taken again). ``matched_ignored``
     records whether the ground truth taken is an ignored one.
+
+    ``inputs`` is ``(det_xywh, gt_xywh, gt_crowd, gt_ignore, cells, thresholds)``, as the
+    record ``detloss.metrics.boxes._MatchInputs`` holds them for both implementations.
     """
+    det_xywh, gt_xywh, gt_crowd, gt_ignore, cells, thresholds = inputs
     n_areas, n_thresholds = matched.shape[0], matched.shape[1]
     for p in range(cells.shape[0]):
         d0, d1, g0, g1 = cells[p, 0], cells[p, 1], cells[p, 2], cells[p, 3]
@@ -46,21 +41,11 @@ def match(
         # IoU as maskApi.c's bbIou computes it from [x, y, w, h].
         iou = np.zeros((nd, ng))
         for g in range(ng):
-            gx, gy, gw, gh = (
-                gt_xywh[g0 + g, 0],
-                gt_xywh[g0 + g, 1],
-                gt_xywh[g0 + g, 2],
-                gt_xywh[g0 + g, 3],
-            )
+            gx, gy, gw, gh = gt_xywh[g0 + g]
             ga = gw * gh
             crowd = gt_crowd[g0 + g]
             for d in range(nd):
-                dx, dy, dw, dh = (
-                    det_xywh[d0 + d, 0],
-                    det_xywh[d0 + d, 1],
-                    det_xywh[d0 + d, 2],
-                    det_xywh[d0 + d, 3],
-                )
+                dx, dy, dw, dh = det_xywh[d0 + d]
                 da = dw * dh
                 w = min(dw + dx, gw + gx) - max(dx, gx)
                 if w <= 0:
@@ -107,19 +92,7 @@ def match(
 
 
 @jit
-def accumulate(
-    class_start: np.ndarray,
-    by_score: np.ndarray,
-    rank: np.ndarray,
-    matched: np.ndarray,
-    matched_ignored: np.ndarray,
-    det_outside: np.ndarray,
-    n_regular: np.ndarray,
-    max_dets: np.ndarray,
-    recall_points: np.ndarray,
-    precision: np.ndarray,
-    recall: np.ndarray,
-) -> None:
+def accumulate(inputs: tuple, precision: np.ndarray, recall: np.ndarray) -> None:
     """COCO's ``accumulate``: ``precision [T, R, K, A, M]`` and ``recall [T, K, A, M]``
     (filled with -1 on entry; classes without regular ground truth stay -1).
 
@@ -129,13 +102,17 @@ def accumulate(
     ``maxDet`` of every image. ``det_outside [A, D]``: the detection's area is outside
     range ``a`` (an unmatched one is then ignored); ``n_regular [K, A]``: regular ground
     truths.
+
+    ``inputs``: the record ``detloss.metrics.boxes._AccumulateInputs`` (a named tuple
+    of these fields), which both implementations read.
     """
+    x = inputs
     n_thresholds, n_points = precision.shape[0], precision.shape[1]
-    n_areas = det_outside.shape[0]
+    n_areas = x.det_outside.shape[0]
     eps = np.spacing(1.0)
     longest = 0
-    for k in range(class_start.size - 1):
-        longest = max(longest, class_start[k + 1] - class_start[k])
+    for k in range(x.class_start.size - 1):
+        longest = max(longest, x.class_start[k + 1] - x.class_start[k])
     # Per class, gathered once in score order: 1 true positive, 2 false positive, 0
     # ignored, for each area range and threshold.
     status = np.zeros((n_areas, n_thresholds, longest), dtype=np.int8)
@@ -144,27 +121,27 @@ def accumulate(
     # such places precision only falls, so the envelope and its samples are read there.
     event_rc = np.empty(longest + 1)
     event_pr = np.empty(longest + 1)
-    for k in range(class_start.size - 1):
-        lo, hi = class_start[k], class_start[k + 1]
+    for k in range(x.class_start.size - 1):
+        lo, hi = x.class_start[k], x.class_start[k + 1]
         nk = hi - lo
         top_rank = -1
         for j in range(nk):
-            d = by_score[lo + j]
-            ranks[j] = rank[d]
-            top_rank = max(top_rank, rank[d])
+            d = x.by_score[lo + j]
+            ranks[j] = x.rank[d]
+            top_rank = max(top_rank, x.rank[d])
             for a in range(n_areas):
                 for t in range(n_thresholds):
-                    if matched[a, t, d]:
-                        status[a, t, j] = 0 if matched_ignored[a, t, d] else 1
+                    if x.matched[a, t, d]:
+                        status[a, t, j] = 0 if x.matched_ignored[a, t, d] else 1
                     else:
-                        status[a, t, j] = 0 if det_outside[a, d] else 2
+                        status[a, t, j] = 0 if x.det_outside[a, d] else 2
         for a in range(n_areas):
-            npig = n_regular[k, a]
+            npig = x.n_regular[k, a]
             if npig == 0:
                 continue
-            for m in range(max_dets.size):
-                limit = max_dets[m]
-                if m > 0 and top_rank < max_dets[m - 1]:
+            for m in range(x.max_dets.size):
+                limit = x.max_dets[m]
+                if m > 0 and top_rank < x.max_dets[m - 1]:
                     # The smaller limit already kept every detection: same numbers.
                     for t in range(n_thresholds):
                         recall[t, k, a, m] = recall[t, k, a, m - 1]
@@ -198,6 +175,6 @@ def accumulate(
                     # where recall grows (or on the first detection): a merge.
                     i = 0
                     for r in range(n_points):
-                        while i < events and event_rc[i] < recall_points[r]:
+                        while i < events and event_rc[i] < x.recall_points[r]:
                             i += 1
                         precision[t, r, k, a, m] = event_pr[i] if i < events else 0.0

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._optional import required_module
+
 __all__ = [
     "COLORS",
     "LabelPlacer",
@@ -99,12 +101,12 @@ def palette(images: Sequence[Tensor]) -> dict[str, tuple[str, str]]:
 
 
 def pyplot():
-    try:
-        import matplotlib
-    except ImportError as err:  # pragma: no cover - matplotlib is a demo dependency
-        raise ImportError(
-            "detloss.app.plot needs matplotlib: pip install 'detloss[demo]' (or matplotlib)"
-        ) from err
+    """``matplotlib.pyplot`` with the ``Agg`` backend, or an ``ImportError`` saying how to
+    install matplotlib."""
+    matplotlib = required_module(
+        "matplotlib",
+        "detloss.app.plot needs matplotlib: pip install 'detloss[demo]' (or matplotlib)",
+    )
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import operator
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -230,26 +231,33 @@ def gaussian_kernel(
 # --------------------------------------------------------------------------------------
 
 
+class _Objects(NamedTuple):
+    """The ``n`` objects to draw: each one's flat plane offset inside the map (``plane``,
+    its channel's ``[H, W]`` plane), centre cell (``cx``, ``cy``), radius, and whether it
+    is drawn at all (``valid``); ``int64[n]`` each but ``valid: bool[n]``."""
+
+    plane: Tensor
+    cx: Tensor
+    cy: Tensor
+    radius: Tensor
+    valid: Tensor
+
+    def take(self, index: Tensor) -> _Objects:
+        """The objects at ``index``."""
+        return _Objects(*(field[index] for field in self))
+
+
 def _draw_window(
-    flat: Tensor,
-    plane: Tensor,
-    cx: Tensor,
-    cy: Tensor,
-    radius: Tensor,
-    valid: Tensor,
-    lowest: int,
-    window: int,
-    height: int,
-    width: int,
+    flat: Tensor, objects: _Objects, lowest: int, window: int, height: int, width: int
 ) -> None:
     """Max-scatter the default-sigma kernels of ``m`` objects whose radii lie in
     ``[lowest, window]``.
 
-    ``plane`` is the flat offset of each object's ``[H, W]`` plane inside ``flat``. Each
-    object gets a ``(2 * window + 1)^2`` block of candidate cells (cropped to the map size);
+    Each object gets a ``(2 * window + 1)^2`` block of candidate cells (cropped to the map size);
     cells outside its own radius, outside the map, or of an invalid object carry ``-inf``
     and a clamped in-range index, so they leave the map unchanged.
     """
+    plane, cx, cy, radius, valid = objects
     device = flat.device
     wy = min(window, height - 1)
     wx = min(window, width - 1)
@@ -288,16 +296,7 @@ def _compiled_kernel(flat: Tensor) -> ModuleType | None:
     return fast_path("gaussians", flat.device)
 
 
-def _scatter_gaussians(
-    flat: Tensor,
-    plane: Tensor,
-    cx: Tensor,
-    cy: Tensor,
-    radius: Tensor,
-    valid: Tensor,
-    height: int,
-    width: int,
-) -> None:
+def _scatter_gaussians(flat: Tensor, objects: _Objects, height: int, width: int) -> None:
     """Draw ``n`` objects into ``flat`` in place, grouping radii into power-of-two classes.
 
     One window size for all objects would cost ``n (2 r_max + 1)^2`` cells: a single large
@@ -306,20 +305,21 @@ def _scatter_gaussians(
     Radii up to 3 share one class: their windows are tiny, and each class costs a fixed
     number of operations.
     """
-    if radius.numel() == 0:
+    if objects.radius.numel() == 0:
         return
     kernel = _compiled_kernel(flat)
     if kernel is not None:
         kernel.draw_into(
             flat.numpy(),
-            *(t.numpy() for t in (plane, cx, cy, radius, valid)),
+            *(t.numpy() for t in objects),
             height,
             width,
             torch.finfo(flat.dtype).eps,
         )
         return
-    valid = valid & (radius >= 0)  # a negative radius draws nothing
-    r = torch.where(valid, radius, 0)
+    valid = objects.valid & (objects.radius >= 0)  # a negative radius draws nothing
+    r = torch.where(valid, objects.radius, 0)
+    objects = objects._replace(radius=r, valid=valid)
     powers = torch.pow(2, torch.arange(_SMALL_CLASSES, _RADIUS_CLASSES - 1, device=r.device))
     cls = (r[:, None] >= powers).sum(dim=1)  # 0 for r < 4, k for 2^(k+1) <= r < 2^(k+2)
     counts = torch.bincount(cls, minlength=_RADIUS_CLASSES)
@@ -334,9 +334,7 @@ def _scatter_gaussians(
         sel = order[start : start + count]
         start += count
         lowest = 0 if k == 0 else 2 ** (k + _SMALL_CLASSES - 1)
-        _draw_window(
-            flat, plane[sel], cx[sel], cy[sel], r[sel], valid[sel], lowest, window, height, width
-        )
+        _draw_window(flat, objects.take(sel), lowest, window, height, width)
 
 
 def _int_tensor(x: object, name: str) -> Tensor:
@@ -450,7 +448,7 @@ def draw_gaussians(
         return heatmap
     work = heatmap if heatmap.is_contiguous() else heatmap.contiguous()
     valid = torch.ones(n, dtype=torch.bool, device=device)
-    _scatter_gaussians(work.view(-1), plane, cx, cy, radii, valid, height, width)
+    _scatter_gaussians(work.view(-1), _Objects(plane, cx, cy, radii, valid), height, width)
     if work is not heatmap:
         heatmap.copy_(work)
     return heatmap

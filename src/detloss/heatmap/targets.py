@@ -14,7 +14,14 @@ from torch import Tensor
 from .._api import keyword_only_masks, renamed
 from .._checks import check_shape, check_tensor, compute_dtype, shape_str
 from ..batching import as_padded
-from .gaussians import _as_int, _int_tensor, _scatter_gaussians, _sparse_zeros, gaussian_radius
+from .gaussians import (
+    _as_int,
+    _int_tensor,
+    _Objects,
+    _scatter_gaussians,
+    _sparse_zeros,
+    gaussian_radius,
+)
 
 __all__ = ["centernet_targets"]
 
@@ -238,16 +245,8 @@ def centernet_targets(
     heatmap = _sparse_zeros((batch * num_classes * hw,), dtype, device)
     channel = labels.clamp(0, num_classes - 1)
     plane = (torch.arange(batch, device=device)[:, None] * num_classes + channel) * hw
-    _scatter_gaussians(
-        heatmap,
-        plane.reshape(-1),
-        cell[..., 0].reshape(-1),
-        cell[..., 1].reshape(-1),
-        radius.reshape(-1),
-        valid.reshape(-1),
-        height,
-        width,
-    )
+    objects = _Objects(plane, cell[..., 0], cell[..., 1], radius, valid)
+    _scatter_gaussians(heatmap, _Objects(*(t.reshape(-1) for t in objects)), height, width)
     return {
         "heatmap": heatmap.view(batch, num_classes, height, width),
         "size": size_dense.view(batch, 2, height, width),

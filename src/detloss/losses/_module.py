@@ -10,6 +10,11 @@ Its constructor then takes exactly the function's other parameters, with the sam
 defaults and kinds (read from the function's signature, so nothing is written twice), and
 stores each as an attribute of the same name; ``forward`` takes the per-call arguments
 and calls the function with the stored options.
+
+``positional=k`` lets the first ``k`` options also be given by position (a published
+constructor that took them so). A subclass whose Module needs inputs of its own (a class
+count it checks ``conf`` against) defines ``__init__(self, own, ..., *args, **kwargs)``
+and passes ``*args, **kwargs`` on; its own parameters lead the signature shown.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from torch import nn
 
 from .._checks import check_reduction
 
-__all__ = ["FunctionLoss"]
+__all__ = ["FunctionLoss", "constructor_signature", "options_signature"]
 
 
 class FunctionLoss(nn.Module):
@@ -38,22 +43,18 @@ class FunctionLoss(nn.Module):
         *,
         function: Callable[..., Any] | None = None,
         call_args: tuple[str, ...] = (),
+        positional: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
         if function is None:  # a user's subclass of a loss Module keeps its function
             return
-        parameters = inspect.signature(function).parameters
-        missing = [name for name in call_args if name not in parameters]
-        if missing:
-            raise TypeError(f"{cls.__name__}: {function.__name__} has no parameters {missing}")
-        kept = [p for name, p in parameters.items() if name not in call_args]
         cls.function = staticmethod(function)  # type: ignore[assignment]
         cls.call_args = call_args
-        cls.options = tuple(p.name for p in kept)
-        cls._init_signature = inspect.Signature(kept)
-        # What inspect.signature(cls) and help() show: the function's options.
-        cls.__signature__ = cls._init_signature  # type: ignore[attr-defined]
+        cls._init_signature = options_signature(function, call_args, positional)
+        cls.options = tuple(cls._init_signature.parameters)
+        # What inspect.signature(cls) and help() show.
+        cls.__signature__ = constructor_signature(cls, cls._init_signature)  # type: ignore[attr-defined]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
@@ -86,3 +87,47 @@ class FunctionLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.options)
+
+
+def options_signature(
+    function: Callable[..., Any],
+    call_args: tuple[str, ...],
+    positional: int = 0,
+    defaults: dict[str, object] | None = None,
+) -> inspect.Signature:
+    """The options of a loss ``function``, as its Module's constructor takes them: its
+    parameters less the per-call ``call_args``, the first ``positional`` of them also
+    accepted by position, and ``defaults`` replacing the function's where the Module's
+    differ on purpose."""
+    parameters = inspect.signature(function).parameters
+    missing = [name for name in call_args if name not in parameters]
+    if missing:
+        raise TypeError(f"{function.__name__} has no parameters {missing}")
+    defaults = defaults or {}
+    kept = []
+    for p in parameters.values():
+        if p.name in call_args:
+            continue
+        if len(kept) < positional:
+            p = p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        if p.name in defaults:
+            default = defaults[p.name]
+            widened = default is None and p.default is not None and isinstance(p.annotation, str)
+            p = p.replace(
+                default=default, annotation=f"{p.annotation} | None" if widened else p.annotation
+            )
+        kept.append(p)
+    return inspect.Signature(kept)
+
+
+def constructor_signature(cls: type, options: inspect.Signature) -> inspect.Signature:
+    """The signature of ``cls(...)``: the parameters that ``cls``'s own ``__init__`` (if
+    it defines one) takes before its ``*args`` (the Module's inputs that are not options
+    of its function, such as a matcher), then ``options``."""
+    init = cls.__dict__.get("__init__")
+    own = []
+    for parameter in list(inspect.signature(init).parameters.values())[1:] if init else []:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            break
+        own.append(parameter)
+    return inspect.Signature([*own, *options.parameters.values()])

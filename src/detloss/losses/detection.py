@@ -34,6 +34,7 @@ from .._checks import (
 from ..boxes import BOX_FORMATS
 from ..distributed import normalizer, world_size
 from ..match.matching import Matching
+from ._module import constructor_signature, options_signature
 from .detection_inputs import (
     _aux_outputs,
     _check_class_weight_values,
@@ -327,6 +328,16 @@ def _matched_loss(
     return (total, terms) if return_terms else total
 
 
+# The constructor takes detection_loss's options (the first ten also by position), the
+# box_format defaulting to None: the matcher's.
+_MODULE_OPTIONS = options_signature(
+    detection_loss,
+    ("outputs", "targets", "matching", "aux_matchings", "return_terms"),
+    positional=10,
+    defaults={"box_format": None},
+)
+
+
 def _matcher_box_format(matcher: object, box_format: str | None) -> str:
     """The loss's box format: ``box_format``, else the matcher's, else ``"xyxy"``."""
     matcher_format = getattr(matcher, "box_format", None)
@@ -382,34 +393,21 @@ class DetectionLoss(nn.Module):
         (['cls', 'giou', 'l1'], 0.1)
     """
 
-    def __init__(
-        self,
-        matcher: Callable[..., Matching],
-        cls_loss: ClassLoss = "ce",
-        loc_losses: Mapping[str, float] | None = None,
-        background: str = "last",
-        no_object_weight: float = 0.1,
-        class_weights: Tensor | Sequence[float] | None = None,
-        hard_negative_ratio: float | None = None,
-        reduction: str = "mean",
-        box_format: str | None = None,
-        l1_format: str | None = None,
-        distributed: bool = True,
-        *,
-        cls_weight: float = 1.0,
-        focal_alpha: float | None = 0.25,
-        focal_gamma: float = 2.0,
-        smooth_l1_beta: float = 1.0,
-        loc_normalizer: str = "matched",
-        validate: bool | None = None,
-    ) -> None:
+    def __init__(self, matcher: Callable[..., Matching], *args: Any, **kwargs: Any) -> None:
         super().__init__()
         if not callable(matcher):
             raise TypeError(f"matcher must be callable, got {type(matcher).__name__}")
-        box_format = _matcher_box_format(matcher, box_format)
-        self.options = DetectionOptions.from_arguments(locals())
+        try:
+            bound = _MODULE_OPTIONS.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"DetectionLoss(): {error}") from None
+        bound.apply_defaults()
+        arguments = bound.arguments
+        arguments["box_format"] = _matcher_box_format(matcher, arguments["box_format"])
+        self.options = DetectionOptions.from_arguments(arguments)
         self.matcher = matcher
-        self.validate = validate
+        self.validate = arguments["validate"]
+        class_weights = arguments["class_weights"]
         weights = None
         if class_weights is not None:
             weights = torch.as_tensor(class_weights, dtype=torch.float32)
@@ -486,6 +484,7 @@ class DetectionLoss(nn.Module):
 
 
 _OPTION_NAMES = frozenset(f.name for f in _FIELDS)
+DetectionLoss.__signature__ = constructor_signature(DetectionLoss, _MODULE_OPTIONS)  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

@@ -7,16 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._checks import (
-    check_finite,
-    check_reduction,
-    check_tensor,
-    compute_dtype,
-    output_dtype,
-    shape_str,
-    should_validate,
-)
+from .._checks import compute_dtype, output_dtype, shape_str
 from .._kernels import fast_path_enabled
+from ._elementwise import check_pair
 from ._module import FunctionLoss
 from ._reduction import reduce_loss
 
@@ -65,11 +58,7 @@ def sigmoid_focal_loss(
         >>> sigmoid_focal_loss(x, torch.tensor([1.0, 0.0]))
         tensor(0.6404)
     """
-    if should_validate(validate, inputs):
-        check_finite(("inputs", inputs), ("targets", targets))
-    check_tensor(inputs, "inputs")
-    check_tensor(targets, "targets")
-    check_reduction(reduction)
+    check_pair(("inputs", inputs), ("targets", targets), reduction, validate)
     if inputs.shape != targets.shape:
         raise ValueError(
             f"targets: expected shape {shape_str(inputs.shape)} (the inputs'), "

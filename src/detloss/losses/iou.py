@@ -8,6 +8,8 @@ boxes of ordinary size and keeps degenerate ones finite. Ranges: IoU loss [0, 1]
 and DIoU losses [0, 2], CIoU loss [0, 3). With ``validate`` (None, the default, means on
 the CPU only) NaN or inf coordinates are a ValueError naming ``boxes1`` or ``boxes2`` (one
 host synchronisation).
+
+The four losses are one body, :func:`_one_minus_loss`, parameterised by the overlap score.
 """
 
 from __future__ import annotations
@@ -37,29 +39,32 @@ __all__ = [
     "iou_loss",
 ]
 
-
-def _one_minus(
-    score: Callable[[Tensor, Tensor, str], Tensor],
-    boxes1: Tensor,
-    boxes2: Tensor,
-    reduction: str,
-    box_format: str,
-    validate: bool | None,
-) -> Tensor:
-    """``1 - score(boxes1, boxes2)`` reduced: the body of every loss of this module."""
-    if should_validate(validate, boxes1):
-        check_finite(("boxes1", boxes1), ("boxes2", boxes2))
-    return reduce_loss(1 - score(boxes1, boxes2, box_format), reduction)
+Score = Callable[[Tensor, Tensor, str], Tensor]
 
 
-def iou_loss(
-    boxes1: Tensor,
-    boxes2: Tensor,
-    reduction: str = "mean",
-    box_format: str = "xyxy",
-    *,
-    validate: bool | None = None,
-) -> Tensor:
+def _one_minus_loss(score: Score, name: str, doc: str) -> Callable[..., Tensor]:
+    """The loss ``1 - score(boxes1, boxes2)``, reduced, as a public function ``name``."""
+
+    def loss(
+        boxes1: Tensor,
+        boxes2: Tensor,
+        reduction: str = "mean",
+        box_format: str = "xyxy",
+        *,
+        validate: bool | None = None,
+    ) -> Tensor:
+        if should_validate(validate, boxes1):
+            check_finite(("boxes1", boxes1), ("boxes2", boxes2))
+        return reduce_loss(1 - score(boxes1, boxes2, box_format), reduction)
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc
+    return loss
+
+
+iou_loss = _one_minus_loss(
+    aligned_box_iou,
+    "iou_loss",
     """``1 - IoU`` of aligned boxes.
 
     Args:
@@ -81,80 +86,57 @@ def iou_loss(
         tensor([0.6667, 0.0000])
         >>> iou_loss(a, b)
         tensor(0.3333)
-    """
-    return _one_minus(aligned_box_iou, boxes1, boxes2, reduction, box_format, validate)
+    """,
+)
 
-
-def giou_loss(
-    boxes1: Tensor,
-    boxes2: Tensor,
-    reduction: str = "mean",
-    box_format: str = "xyxy",
-    *,
-    validate: bool | None = None,
-) -> Tensor:
-    """``1 - GIoU`` of aligned boxes (torchvision's ``generalized_box_iou_loss``).
-
-    Args: as :func:`iou_loss`.
-
-    Shape: as :func:`iou_loss`.
-
-    Example:
+# The variants document their value on one pair of disjoint unit boxes.
+_DISJOINT_PAIR = """
         >>> a = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
-        >>> b = torch.tensor([[2.0, 0.0, 3.0, 1.0]])
-        >>> giou_loss(a, b, reduction="none")  # disjoint: 1 + (3 - 2) / 3
-        tensor([1.3333])
-    """
-    return _one_minus(aligned_generalized_box_iou, boxes1, boxes2, reduction, box_format, validate)
+        >>> b = torch.tensor([[2.0, 0.0, 3.0, 1.0]])"""
 
 
-def diou_loss(
-    boxes1: Tensor,
-    boxes2: Tensor,
-    reduction: str = "mean",
-    box_format: str = "xyxy",
-    *,
-    validate: bool | None = None,
-) -> Tensor:
-    """``1 - DIoU`` of aligned boxes (torchvision's ``distance_box_iou_loss``).
+def _variant_doc(summary: str, call: str, value: str) -> str:
+    """The docstring of a variant of :func:`iou_loss`: its ``summary`` and its example
+    ``call`` on the disjoint pair, which prints ``value``."""
+    return f"""{summary}
 
     Args: as :func:`iou_loss`.
 
     Shape: as :func:`iou_loss`.
 
-    Example:
-        >>> # 1 - IoU 0 + the centres' squared distance 4 over the squared diagonal 10
-        >>> diou_loss(
-        ...     torch.tensor([[0.0, 0.0, 1.0, 1.0]]),
-        ...     torch.tensor([[2.0, 0.0, 3.0, 1.0]]),
-        ...     reduction="none",
-        ... )
-        tensor([1.4000])
+    Example:{_DISJOINT_PAIR}
+        >>> {call}
+        {value}
     """
-    return _one_minus(aligned_distance_box_iou, boxes1, boxes2, reduction, box_format, validate)
 
 
-def ciou_loss(
-    boxes1: Tensor,
-    boxes2: Tensor,
-    reduction: str = "mean",
-    box_format: str = "xyxy",
-    *,
-    validate: bool | None = None,
-) -> Tensor:
-    """``1 - CIoU`` of aligned boxes (torchvision's ``complete_box_iou_loss``).
-
-    Args: as :func:`iou_loss`.
-
-    Shape: as :func:`iou_loss`.
-
-    Example:
-        >>> a = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
-        >>> b = torch.tensor([[2.0, 0.0, 3.0, 1.0]])
-        >>> ciou_loss(a, b, reduction="none")  # same aspect ratio: the DIoU loss
-        tensor([1.4000])
-    """
-    return _one_minus(aligned_complete_box_iou, boxes1, boxes2, reduction, box_format, validate)
+giou_loss = _one_minus_loss(
+    aligned_generalized_box_iou,
+    "giou_loss",
+    _variant_doc(
+        "``1 - GIoU`` of aligned boxes (torchvision's ``generalized_box_iou_loss``).",
+        'giou_loss(a, b, reduction="none")  # disjoint: 1 + (3 - 2) / 3',
+        "tensor([1.3333])",
+    ),
+)
+diou_loss = _one_minus_loss(
+    aligned_distance_box_iou,
+    "diou_loss",
+    _variant_doc(
+        "``1 - DIoU`` of aligned boxes (torchvision's ``distance_box_iou_loss``).",
+        'diou_loss(a, b, reduction="none")  # 1 - IoU 0 + squared centre distance 4 / squared diagonal 10',
+        "tensor([1.4000])",
+    ),
+)
+ciou_loss = _one_minus_loss(
+    aligned_complete_box_iou,
+    "ciou_loss",
+    _variant_doc(
+        "``1 - CIoU`` of aligned boxes (torchvision's ``complete_box_iou_loss``).",
+        'ciou_loss(a, b, reduction="none")  # same aspect ratio: the DIoU loss',
+        "tensor([1.4000])",
+    ),
+)
 
 
 _ARGS = ("boxes1", "boxes2")

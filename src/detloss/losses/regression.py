@@ -6,14 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import (
-    check_finite,
-    check_reduction,
-    check_tensor,
-    output_dtype,
-    shape_str,
-    should_validate,
-)
+from .._checks import output_dtype, shape_str
+from ._elementwise import check_pair
 from ._module import FunctionLoss
 from ._reduction import reduce_loss
 
@@ -55,11 +49,7 @@ def smooth_l1_loss(
         >>> smooth_l1_loss(torch.tensor([0.5, 2.0]), torch.zeros(2))
         tensor(0.8125)
     """
-    if should_validate(validate, input):
-        check_finite(("input", input), ("target", target))
-    check_tensor(input, "input")
-    check_tensor(target, "target")
-    check_reduction(reduction)
+    check_pair(("input", input), ("target", target), reduction, validate)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
         raise ValueError(f"beta must be a number >= 0, got {beta!r}")
     try:

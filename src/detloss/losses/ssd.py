@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._api import renamed
 from .._checks import (
@@ -34,6 +35,7 @@ from ..match.matching import BACKGROUND
 from ..match.targets import box_targets
 from ..match.threshold_boxes import max_iou_boxes
 from ._mining import hard_negatives
+from ._module import FunctionLoss
 from .regression import smooth_l1_loss
 
 __all__ = ["MultiBoxLoss", "multibox_loss"]
@@ -69,48 +71,52 @@ def _check_settings(
 _CPU_BLOCK = 1 << 17
 
 
-def _dense_terms(
-    loc: Tensor,
-    conf: Tensor,
-    priors: Tensor,
-    gt: Tensor,
-    labels: Tensor,
-    assigned: Tensor,
-    variances: tuple[float, float],
-    hard_negative_ratio: float,
-    min_negatives: int,
-    per_image: bool,
-) -> tuple[Tensor, Tensor]:
+class _Matched(NamedTuple):
+    """A batch after matching: what both ways of computing the summed terms read."""
+
+    loc: Tensor  # [B, P, 4] predicted offsets
+    conf: Tensor  # [B, P, C] logits
+    priors: Tensor  # [P, 4] cxcywh, in the compute dtype
+    gt: Tensor  # [B, N, 4] target boxes, in the compute dtype
+    labels: Tensor  # [B, N]
+    assigned: Tensor  # int64 [B, P]: each prior's target, or BACKGROUND / ignored
+    variances: tuple[float, float]
+    hard_negative_ratio: float
+    min_negatives: int
+    per_image: bool  # one sum per image (reduction="none") instead of one in all
+
+
+def _dense_terms(x: _Matched) -> tuple[Tensor, Tensor]:
     """Summed ``(L_loc, L_conf)`` computed over every prior and masked: scalars, or
     ``Tensor[B]`` sums per image with ``per_image``."""
-    dtype = priors.dtype
-    batch, num_priors = assigned.shape
-    positive = assigned >= 0
+    dtype = x.priors.dtype
+    batch, num_priors = x.assigned.shape
+    positive = x.assigned >= 0
     with torch.no_grad():
-        index = assigned.clamp(min=0)
-        if gt.shape[1] > 0:
-            matched = gt.gather(1, index[..., None].expand(-1, -1, 4))
-            target_class = labels.to(torch.int64).gather(1, index) + 1
+        index = x.assigned.clamp(min=0)
+        if x.gt.shape[1] > 0:
+            matched = x.gt.gather(1, index[..., None].expand(-1, -1, 4))
+            target_class = x.labels.to(torch.int64).gather(1, index) + 1
         else:  # no target slot at all: nothing is matched
-            matched = gt.new_zeros((batch, num_priors, 4))
+            matched = x.gt.new_zeros((batch, num_priors, 4))
             target_class = torch.zeros_like(index)
         target_class = target_class.masked_fill(~positive, 0)
-        loc_target = encode_boxes(matched, priors, variances)
+        loc_target = encode_boxes(matched, x.priors, x.variances)
     per_prior = smooth_l1_loss(
-        loc.to(dtype), loc_target, beta=1.0, reduction="none", validate=False
+        x.loc.to(dtype), loc_target, beta=1.0, reduction="none", validate=False
     ).sum(dim=-1)
-    loc_sum = _total(torch.where(positive, per_prior, 0.0), per_image)
-    log_prob = conf.to(dtype).log_softmax(dim=-1)
+    loc_sum = _total(torch.where(positive, per_prior, 0.0), x.per_image)
+    log_prob = x.conf.to(dtype).log_softmax(dim=-1)
     ce = -log_prob.gather(-1, target_class[..., None]).squeeze(-1)
     with torch.no_grad():
         negative = hard_negatives(
             -log_prob[..., 0].detach(),
-            assigned == BACKGROUND,
+            x.assigned == BACKGROUND,
             positive.sum(dim=1),
-            hard_negative_ratio,
-            min_negatives,
+            x.hard_negative_ratio,
+            x.min_negatives,
         )
-    conf_sum = _total(torch.where(positive | negative, ce, 0.0), per_image)
+    conf_sum = _total(torch.where(positive | negative, ce, 0.0), x.per_image)
     return loc_sum, conf_sum
 
 
@@ -147,59 +153,48 @@ def _background_loss(conf: Tensor) -> Tensor:
     return key
 
 
-def _sparse_terms(
-    loc: Tensor,
-    conf: Tensor,
-    priors: Tensor,
-    gt: Tensor,
-    labels: Tensor,
-    assigned: Tensor,
-    variances: tuple[float, float],
-    hard_negative_ratio: float,
-    min_negatives: int,
-    per_image: bool,
-) -> tuple[Tensor, Tensor]:
+def _sparse_terms(x: _Matched) -> tuple[Tensor, Tensor]:
     """Summed ``(L_loc, L_conf)`` computed on the positive and mined priors only:
     scalars, or ``Tensor[B]`` sums per image with ``per_image``."""
-    dtype = priors.dtype
-    positive = assigned >= 0
+    dtype = x.priors.dtype
+    positive = x.assigned >= 0
     with torch.no_grad():
         negative = hard_negatives(
-            _background_loss(conf.detach().to(dtype)),
-            assigned == BACKGROUND,
+            _background_loss(x.conf.detach().to(dtype)),
+            x.assigned == BACKGROUND,
             positive.sum(dim=1),
-            hard_negative_ratio,
-            min_negatives,
+            x.hard_negative_ratio,
+            x.min_negatives,
             host_selection=True,
         )
         image, prior = positive.nonzero(as_tuple=True)
-        target = assigned[image, prior]
-        loc_target = encode_boxes(gt[image, target], priors[prior], variances)
+        target = x.assigned[image, prior]
+        loc_target = encode_boxes(x.gt[image, target], x.priors[prior], x.variances)
         chosen_image, chosen_prior = (positive | negative).nonzero(as_tuple=True)
-        chosen_target = assigned[chosen_image, chosen_prior]
-        if labels.shape[1] > 0:
+        chosen_target = x.assigned[chosen_image, chosen_prior]
+        if x.labels.shape[1] > 0:
             target_class = torch.where(
                 chosen_target >= 0,
-                labels.to(torch.int64)[chosen_image, chosen_target.clamp(min=0)] + 1,
+                x.labels.to(torch.int64)[chosen_image, chosen_target.clamp(min=0)] + 1,
                 0,
             )
         else:  # no target slot at all: every chosen prior is a negative
             target_class = torch.zeros_like(chosen_target)
     # Flat index_select: its backward is an index_add, much cheaper than the accumulating
     # index_put that advanced indexing differentiates to.
-    num_priors = loc.shape[1]
-    loc_rows = loc.reshape(-1, 4).index_select(0, image * num_priors + prior)
+    num_priors = x.loc.shape[1]
+    loc_rows = x.loc.reshape(-1, 4).index_select(0, image * num_priors + prior)
     loc_terms = smooth_l1_loss(
         loc_rows.to(dtype), loc_target, beta=1.0, reduction="none", validate=False
     )
-    conf_rows = conf.reshape(-1, conf.shape[-1]).index_select(
+    conf_rows = x.conf.reshape(-1, x.conf.shape[-1]).index_select(
         0, chosen_image * num_priors + chosen_prior
     )
     log_prob = conf_rows.to(dtype).log_softmax(dim=-1)  # [S, C]
     conf_terms = -log_prob.gather(1, target_class[:, None]).squeeze(1)
-    if not per_image:
+    if not x.per_image:
         return loc_terms.sum(), conf_terms.sum()
-    batch = loc.shape[0]
+    batch = x.loc.shape[0]
     loc_sum = loc_terms.new_zeros(batch).index_add(0, image, loc_terms.sum(dim=1))
     return loc_sum, conf_terms.new_zeros(batch).index_add(0, chosen_image, conf_terms)
 
@@ -233,10 +228,10 @@ def multibox_loss(
     pos_threshold: float = 0.5,
     hard_negative_ratio: float = 3,
     variances: Sequence[float] = (0.1, 0.2),
+    distributed: bool = True,
     loc_weight: float = 1.0,
     min_negatives: int = 0,
     reduction: str = "mean",
-    distributed: bool = True,
     validate: bool | None = None,
     return_terms: bool = False,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
@@ -283,12 +278,12 @@ def multibox_loss(
         hard_negative_ratio: negatives mined per positive, per image (was
             ``neg_pos_ratio``).
         variances: ``(v_xy, v_wh)`` of the offset encoding.
+        distributed: normalise by the global positive count (see
+            :func:`detloss.distributed.normalizer`).
         loc_weight: weight of ``L_loc`` in the total (the paper's alpha).
         min_negatives: negatives mined per image at least (0 = SSD).
         reduction: ``"mean"`` (default): the sums divided by ``N``; ``"sum"``: the sums;
             ``"none"``: one sum per image, ``Tensor[B]``.
-        distributed: normalise by the global positive count (see
-            :func:`detloss.distributed.normalizer`).
         validate: check the label range and that ``loc``, ``conf``, ``priors`` and the real
             target boxes hold no NaN or inf, and warn when the target boxes reach far
             beyond the priors' range (pixel boxes with normalised priors); one host
@@ -352,30 +347,35 @@ def multibox_loss(
     # elsewhere everything is dense and masked, in the same arithmetic.
     terms = _sparse_terms if fast_path_enabled("max_iou_sparse", loc.device) else _dense_terms
     loc_sum, conf_sum = terms(
-        loc,
-        conf,
-        prior_boxes,
-        gt,
-        labels,
-        assigned,
-        variances,
-        hard_negative_ratio,
-        min_negatives,
-        reduction == "none",
+        _Matched(
+            loc,
+            conf,
+            prior_boxes,
+            gt,
+            labels,
+            assigned,
+            variances,
+            hard_negative_ratio,
+            min_negatives,
+            per_image=reduction == "none",
+        )
     )
     if reduction == "mean":
         n = normalizer(num_pos.sum(), distributed).to(device=loc.device, dtype=dtype)
         loc_sum, conf_sum = loc_sum / n, conf_sum / n
     out = output_dtype(loc, conf)
     total = (conf_sum + loc_weight * loc_sum).to(out)
-    if return_terms:
-        return total, {"loc": loc_sum.to(out), "conf": conf_sum.to(out)}
-    return total
+    return (total, {"loc": loc_sum.to(out), "conf": conf_sum.to(out)}) if return_terms else total
 
 
-class MultiBoxLoss(nn.Module):
+class MultiBoxLoss(
+    FunctionLoss,
+    function=multibox_loss,
+    call_args=("loc", "conf", "priors", "targets", "return_terms"),
+    positional=5,
+):
     """Module form of :func:`multibox_loss`: the same options, names and defaults, stored
-    as attributes of those names; it also checks ``num_classes``.
+    as attributes of those names (checked here, once); it also checks ``num_classes``.
 
     Args:
         num_classes: ``C``, the number of logits including the background (VOC: 21).
@@ -397,34 +397,21 @@ class MultiBoxLoss(nn.Module):
     """
 
     @renamed(overlap_threshold="pos_threshold", neg_pos_ratio="hard_negative_ratio")
-    def __init__(
-        self,
-        num_classes: int,
-        pos_threshold: float = 0.5,
-        hard_negative_ratio: float = 3,
-        variances: Sequence[float] = (0.1, 0.2),
-        distributed: bool = True,
-        loc_weight: float = 1.0,
-        *,
-        min_negatives: int = 0,
-        reduction: str = "mean",
-        validate: bool | None = None,
-    ) -> None:
-        super().__init__()
+    def __init__(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(
                 f"num_classes must be an int >= 2 (background + classes), got {num_classes!r}"
             )
-        _check_settings(pos_threshold, hard_negative_ratio, loc_weight, min_negatives, reduction)
+        super().__init__(*args, **kwargs)
+        _check_settings(
+            self.pos_threshold,
+            self.hard_negative_ratio,
+            self.loc_weight,
+            self.min_negatives,
+            self.reduction,
+        )
         self.num_classes = num_classes
-        self.pos_threshold = pos_threshold
-        self.hard_negative_ratio = hard_negative_ratio
-        self.variances = check_variances(variances)
-        self.distributed = distributed
-        self.loc_weight = loc_weight
-        self.min_negatives = min_negatives
-        self.reduction = reduction
-        self.validate = validate
+        self.variances = check_variances(self.variances)
 
     def forward(
         self,
@@ -440,26 +427,7 @@ class MultiBoxLoss(nn.Module):
                 f"conf: expected shape [B, P, {self.num_classes}] "
                 f"(num_classes={self.num_classes}), got {shape_str(conf.shape)}"
             )
-        return multibox_loss(
-            loc,
-            conf,
-            priors,
-            targets,
-            pos_threshold=self.pos_threshold,
-            hard_negative_ratio=self.hard_negative_ratio,
-            variances=self.variances,
-            loc_weight=self.loc_weight,
-            min_negatives=self.min_negatives,
-            reduction=self.reduction,
-            distributed=self.distributed,
-            validate=self.validate,
-            return_terms=return_terms,
-        )
+        return super().forward(loc, conf, priors, targets, return_terms)
 
     def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, pos_threshold={self.pos_threshold}, "
-            f"hard_negative_ratio={self.hard_negative_ratio}, variances={self.variances}, "
-            f"loc_weight={self.loc_weight}, min_negatives={self.min_negatives}, "
-            f"reduction={self.reduction!r}"
-        )
+        return f"num_classes={self.num_classes}, {super().extra_repr()}"

@@ -93,6 +93,35 @@ class _CocoInputs(NamedTuple):
     gt_area: np.ndarray  # float64 [G]
 
 
+class _MatchInputs(NamedTuple):
+    """What COCO's matching reads, the one contract of its compiled loop
+    (``_kernels.coco_eval_cpu.match``) and of :func:`_match_numpy`; both write
+    ``matched`` and ``matched_ignored`` (``bool[A, T, D]``)."""
+
+    det_xywh: np.ndarray  # float64 [D, 4]: per cell best score first, at most maxDets
+    gt_xywh: np.ndarray  # float64 [G, 4]: per cell in input order
+    gt_crowd: np.ndarray  # bool [G]
+    gt_ignore: np.ndarray  # bool [A, G]: crowd, or outside area range a
+    cells: np.ndarray  # int64 [P, 4]: det_start, det_end, gt_start, gt_end of each cell
+    thresholds: np.ndarray  # float64 [T]
+
+
+class _AccumulateInputs(NamedTuple):
+    """What COCO's ``accumulate`` reads, the one contract of its compiled loop
+    (``_kernels.coco_eval_cpu.accumulate``) and of :func:`_accumulate_numpy`; both write
+    ``precision [T, R, K, A, M]`` and ``recall [T, K, A, M]``."""
+
+    class_start: np.ndarray  # int64 [K + 1]: class k's detections in by_score
+    by_score: np.ndarray  # int64 [D]: per class, detections by decreasing score
+    rank: np.ndarray  # int64 [D]: place among its image's detections of the class
+    matched: np.ndarray  # bool [A, T, D]
+    matched_ignored: np.ndarray  # bool [A, T, D]
+    det_outside: np.ndarray  # bool [A, D]: area outside range a
+    n_regular: np.ndarray  # int64 [K, A]: regular ground truths
+    max_dets: np.ndarray  # int64 [M]
+    recall_points: np.ndarray  # float64 [R]
+
+
 def _field(entry: Mapping, key: str, name: str, tail: tuple[int, ...]) -> Tensor:
     """``entry[key]`` (``entry`` a mapping) as a detached tensor of shape ``[n, *tail]``."""
     try:
@@ -226,16 +255,7 @@ def _box_iou_coco(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray
         return np.where((w > 0) & (h > 0), inter / union, 0.0)
 
 
-def _match_numpy(
-    det_xywh: np.ndarray,
-    gt_xywh: np.ndarray,
-    gt_crowd: np.ndarray,
-    gt_ignore: np.ndarray,
-    cells: np.ndarray,
-    thresholds: np.ndarray,
-    matched: np.ndarray,
-    matched_ignored: np.ndarray,
-) -> None:
+def _match_numpy(inputs: _MatchInputs, matched: np.ndarray, matched_ignored: np.ndarray) -> None:
     """COCO's greedy matching (the rule of ``_kernels.coco_eval_cpu.match``). Scanning the regular
     ground truths and then the ignored ones, replacing the best so far on ``>=``, ends on
     the last one of highest IoU (at least the capped threshold) among the free regular
@@ -244,6 +264,7 @@ def _match_numpy(
     The j-th detections of all cells are matched together (vectorised over cells, area
     ranges and thresholds), cells grouped by their number of ground truths (powers of
     two) so that padding them to one width stays cheap."""
+    det_xywh, gt_xywh, gt_crowd, gt_ignore, cells, thresholds = inputs
     if len(cells) == 0:
         return
     floor = np.minimum(thresholds, 1 - 1e-10)[:, None]  # [T, 1]
@@ -281,32 +302,21 @@ def _match_numpy(
             matched_ignored[a_i, t_i, det_rows[p_i]] = ~regular[p_i, a_i, 0, g_i]
 
 
-def _accumulate_numpy(
-    class_start: np.ndarray,
-    by_score: np.ndarray,
-    rank: np.ndarray,
-    matched: np.ndarray,
-    matched_ignored: np.ndarray,
-    det_outside: np.ndarray,
-    n_regular: np.ndarray,
-    max_dets: np.ndarray,
-    recall_points: np.ndarray,
-    precision: np.ndarray,
-    recall: np.ndarray,
-) -> None:
+def _accumulate_numpy(inputs: _AccumulateInputs, precision: np.ndarray, recall: np.ndarray) -> None:
     """COCO's ``accumulate`` (the rule of ``_kernels.coco_eval_cpu.accumulate``), as pycocotools
     writes it: vectorised over the detections of a class, a loop over thresholds."""
+    x = inputs
     eps = np.spacing(1)
-    for k in range(len(class_start) - 1):
-        segment = by_score[class_start[k] : class_start[k + 1]]
-        for a in range(det_outside.shape[0]):
-            npig = n_regular[k, a]
+    for k in range(len(x.class_start) - 1):
+        segment = x.by_score[x.class_start[k] : x.class_start[k + 1]]
+        for a in range(x.det_outside.shape[0]):
+            npig = x.n_regular[k, a]
             if npig == 0:
                 continue
-            for m, limit in enumerate(max_dets.tolist()):
-                d = segment[rank[segment] < limit]
-                dtm = matched[a][:, d]
-                ignored = np.where(dtm, matched_ignored[a][:, d], det_outside[a, d][None, :])
+            for m, limit in enumerate(x.max_dets.tolist()):
+                d = segment[x.rank[segment] < limit]
+                dtm = x.matched[a][:, d]
+                ignored = np.where(dtm, x.matched_ignored[a][:, d], x.det_outside[a, d][None, :])
                 tp_sum = np.cumsum(dtm & ~ignored, axis=1).astype(float)
                 fp_sum = np.cumsum(~dtm & ~ignored, axis=1).astype(float)
                 for t, (tp, fp) in enumerate(zip(tp_sum, fp_sum, strict=True)):
@@ -315,8 +325,8 @@ def _accumulate_numpy(
                     pr = tp / (fp + tp + eps)
                     recall[t, k, a, m] = rc[-1] if nd else 0
                     pr = np.maximum.accumulate(pr[::-1])[::-1]
-                    idx = np.searchsorted(rc, recall_points, side="left")
-                    q = np.zeros(len(recall_points))
+                    idx = np.searchsorted(rc, x.recall_points, side="left")
+                    q = np.zeros(len(x.recall_points))
                     q[idx < nd] = pr[idx[idx < nd]]
                     precision[t, :, k, a, m] = q
 
@@ -453,7 +463,11 @@ def coco_box_ap(
     accumulate = kernel.accumulate if kernel is not None else _accumulate_numpy
     matched = np.zeros((n_areas, n_thresholds, len(rows)), dtype=bool)
     matched_ignored = np.zeros_like(matched)
-    match(det_xywh, gt_xywh, gt_crowd, gt_ignore, cells, thresholds, matched, matched_ignored)
+    match(
+        _MatchInputs(det_xywh, gt_xywh, gt_crowd, gt_ignore, cells, thresholds),
+        matched,
+        matched_ignored,
+    )
 
     # Per class, the detections of all images by score, ties in image order then rank.
     det_class = det_cell // n_images
@@ -465,15 +479,17 @@ def coco_box_ap(
     precision = -np.ones((n_thresholds, len(_RECALL_POINTS), n_classes, n_areas, len(limits)))
     recall = -np.ones((n_thresholds, n_classes, n_areas, len(limits)))
     accumulate(
-        class_start,
-        by_score,
-        rank,
-        matched,
-        matched_ignored,
-        det_outside,
-        n_regular,
-        limits,
-        _RECALL_POINTS,
+        _AccumulateInputs(
+            class_start,
+            by_score,
+            rank,
+            matched,
+            matched_ignored,
+            det_outside,
+            n_regular,
+            limits,
+            _RECALL_POINTS,
+        ),
         precision,
         recall,
     )

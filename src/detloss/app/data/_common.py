@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..._optional import required_module
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "AnnotationError",
@@ -246,12 +248,12 @@ def open_regular_file(
 
 def require_pil():
     """``(PIL.Image, PIL.ImageDraw)``, or an ``ImportError`` saying how to install Pillow."""
-    try:
-        from PIL import Image, ImageDraw
-    except ImportError as err:  # pragma: no cover - pillow is a demo dependency
-        raise ImportError(
-            "detloss.app.data needs Pillow to read and write images: pip install 'detloss[demo]'"
-        ) from err
+    required_module(
+        "PIL.ImageDraw",
+        "detloss.app.data needs Pillow to read and write images: pip install 'detloss[demo]'",
+    )
+    from PIL import Image, ImageDraw
+
     return Image, ImageDraw
 
 
