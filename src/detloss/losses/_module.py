@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 from torch import nn
 
 from .._checks import check_reduction
+from .._signatures import bind_options, options_signature
 
-__all__ = ["FunctionLoss", "constructor_signature", "options_signature"]
+__all__ = ["FunctionLoss", "constructor_signature"]
 
 
 class FunctionLoss(nn.Module):
@@ -58,14 +59,10 @@ class FunctionLoss(nn.Module):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        try:
-            bound = self._init_signature.bind(*args, **kwargs)
-        except TypeError as error:
-            raise TypeError(f"{type(self).__name__}(): {error}") from None
-        bound.apply_defaults()
-        if "reduction" in bound.arguments:
-            check_reduction(bound.arguments["reduction"])
-        for name, value in bound.arguments.items():
+        options = bind_options(self._init_signature, type(self).__name__, args, kwargs)
+        if "reduction" in options:
+            check_reduction(options["reduction"])
+        for name, value in options.items():
             setattr(self, name, value)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -87,37 +84,6 @@ class FunctionLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.options)
-
-
-def options_signature(
-    function: Callable[..., Any],
-    call_args: tuple[str, ...],
-    positional: int = 0,
-    defaults: dict[str, object] | None = None,
-) -> inspect.Signature:
-    """The options of a loss ``function``, as its Module's constructor takes them: its
-    parameters less the per-call ``call_args``, the first ``positional`` of them also
-    accepted by position, and ``defaults`` replacing the function's where the Module's
-    differ on purpose."""
-    parameters = inspect.signature(function).parameters
-    missing = [name for name in call_args if name not in parameters]
-    if missing:
-        raise TypeError(f"{function.__name__} has no parameters {missing}")
-    defaults = defaults or {}
-    kept = []
-    for p in parameters.values():
-        if p.name in call_args:
-            continue
-        if len(kept) < positional:
-            p = p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        if p.name in defaults:
-            default = defaults[p.name]
-            widened = default is None and p.default is not None and isinstance(p.annotation, str)
-            p = p.replace(
-                default=default, annotation=f"{p.annotation} | None" if widened else p.annotation
-            )
-        kept.append(p)
-    return inspect.Signature(kept)
 
 
 def constructor_signature(cls: type, options: inspect.Signature) -> inspect.Signature:

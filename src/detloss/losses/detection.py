@@ -31,10 +31,11 @@ from .._checks import (
     shape_str,
     should_validate,
 )
+from .._signatures import bind_options, options_signature
 from ..boxes import BOX_FORMATS
 from ..distributed import normalizer, world_size
 from ..match.matching import Matching
-from ._module import constructor_signature, options_signature
+from ._module import constructor_signature
 from .detection_inputs import (
     _aux_outputs,
     _check_class_weight_values,
@@ -397,12 +398,7 @@ class DetectionLoss(nn.Module):
         super().__init__()
         if not callable(matcher):
             raise TypeError(f"matcher must be callable, got {type(matcher).__name__}")
-        try:
-            bound = _MODULE_OPTIONS.bind(*args, **kwargs)
-        except TypeError as error:
-            raise TypeError(f"DetectionLoss(): {error}") from None
-        bound.apply_defaults()
-        arguments = bound.arguments
+        arguments = bind_options(_MODULE_OPTIONS, "DetectionLoss", args, kwargs)
         arguments["box_format"] = _matcher_box_format(matcher, arguments["box_format"])
         self.options = DetectionOptions.from_arguments(arguments)
         self.matcher = matcher

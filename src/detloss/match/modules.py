@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .._api import renamed
 from .._checks import check_choice, check_finite, check_shape, shape_str, should_validate
+from .._signatures import bind_options, keyword_option, options_signature
 from ..boxes import BOX_FORMATS, box_iou
 from ..costs import DetectionCostOptions, detection_cost
 from .hungarian import SOLVERS, hungarian
@@ -63,34 +64,21 @@ def _check_finite_inputs(
     )
 
 
-#: The options of :func:`detection_cost` that a box-cost matcher also takes by position,
-#: as DETR's ``HungarianMatcher(cost_class, cost_bbox, cost_giou)`` does.
-_POSITIONAL_COST_OPTIONS = ("cost_class", "cost_bbox", "cost_giou", "box_format")
+#: A box-cost matcher's constructor: :func:`detection_cost`'s options, read from its
+#: signature; the weights and ``box_format`` also by position, as DETR's
+#: ``HungarianMatcher(cost_class, cost_bbox, cost_giou)`` takes them.
+COST_OPTIONS = options_signature(
+    detection_cost,
+    ("pred_logits", "pred_boxes", "target_labels", "target_boxes"),
+    positional=4,
+)
+_VALIDATE = keyword_option("validate", None, "bool | None")
 
 
-def _matcher_signature(*extra: inspect.Parameter) -> inspect.Signature:
-    """A box-cost matcher's constructor signature: :func:`detection_cost`'s options, read
-    from its signature (names, defaults, annotations; the weights and ``box_format`` also
-    by position), then the matcher's own keyword-only ``extra`` options."""
-    options = [
-        p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        if p.name in _POSITIONAL_COST_OPTIONS
-        else p
-        for p in inspect.signature(detection_cost).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-    ]
-    return inspect.Signature([*options, *extra])
-
-
-def _keyword_option(name: str, default: object, annotation: str) -> inspect.Parameter:
-    """A keyword-only constructor option, for :func:`_matcher_signature`."""
-    return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
-    )
-
-
-_COST_SIGNATURE = _matcher_signature()
-_VALIDATE = _keyword_option("validate", None, "bool | None")
+def matcher_signature(*extra: inspect.Parameter) -> inspect.Signature:
+    """The constructor signature of a box-cost matcher with its own keyword-only
+    ``extra`` options after :data:`COST_OPTIONS`."""
+    return COST_OPTIONS.replace(parameters=[*COST_OPTIONS.parameters.values(), *extra])
 
 
 class BoxCostMatcher(nn.Module):
@@ -125,18 +113,14 @@ class BoxCostMatcher(nn.Module):
     """
 
     # What inspect.signature and help() show; __init__ binds its arguments to it.
-    __signature__ = _matcher_signature(_VALIDATE)
+    __signature__ = matcher_signature(_VALIDATE)
 
     @renamed(class_cost="class_cost_kind")
     def __init__(self, *args: Any, validate: bool | None = None, **kwargs: Any) -> None:
         super().__init__()
-        try:
-            bound = _COST_SIGNATURE.bind(*args, **kwargs)
-        except TypeError as error:
-            raise TypeError(f"{type(self).__name__}(): {error}") from None
-        bound.apply_defaults()
+        arguments = bind_options(COST_OPTIONS, type(self).__name__, args, kwargs)
         # Checked once, here; each option is then an attribute of the same name.
-        options = DetectionCostOptions(**bound.arguments)
+        options = DetectionCostOptions(**arguments)
         for name, value in options.kwargs().items():
             setattr(self, name, value)
         self.validate = validate
@@ -148,7 +132,7 @@ class BoxCostMatcher(nn.Module):
             >>> BoxCostMatcher(class_cost_kind="focal").cost_options()["class_cost_kind"]
             'focal'
         """
-        return {name: getattr(self, name) for name in _COST_SIGNATURE.parameters}
+        return {name: getattr(self, name) for name in COST_OPTIONS.parameters}
 
     def cost(self, outputs: Mapping[str, Tensor], targets: Targets) -> tuple[Tensor, Tensor]:
         """The ``[B, M, N]`` cost and the ``[B, N]`` target mask (see the class example)."""
@@ -218,7 +202,7 @@ class HungarianMatcher(BoxCostMatcher):
         tensor([[ 1, -1,  0]])
     """
 
-    __signature__ = _matcher_signature(_VALIDATE, _keyword_option("solver", "auto", "str"))
+    __signature__ = matcher_signature(_VALIDATE, keyword_option("solver", "auto", "str"))
 
     def __init__(self, *args: object, solver: str = "auto", **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -230,6 +214,12 @@ class HungarianMatcher(BoxCostMatcher):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", solver={self.solver!r}"
+
+
+#: :func:`max_iou`'s options as :class:`MaxIoUMatcher` takes them (all four by position).
+_MAX_IOU_OPTIONS = options_signature(
+    max_iou, ("iou", "target_mask", "pred_mask", "validate"), positional=4
+)
 
 
 class MaxIoUMatcher(nn.Module):
@@ -251,24 +241,30 @@ class MaxIoUMatcher(nn.Module):
         tensor([[ 0, -1]])
     """
 
-    def __init__(
-        self,
-        pos_threshold: float = 0.5,
-        neg_threshold: float | None = None,
-        force_best: bool = True,
-        allow_low_quality: bool = False,
-        box_format: str = "xyxy",
-        *,
-        validate: bool | None = None,
-    ) -> None:
+    __signature__ = _MAX_IOU_OPTIONS.replace(
+        parameters=[
+            *_MAX_IOU_OPTIONS.parameters.values(),
+            inspect.Parameter(
+                "box_format",
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default="xyxy",
+                annotation="str",
+            ),
+            _VALIDATE,
+        ]
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        check_choice(box_format, "box_format", BOX_FORMATS)
-        self.validate = validate
-        self.pos_threshold = pos_threshold
-        self.neg_threshold = neg_threshold
-        self.force_best = force_best
-        self.allow_low_quality = allow_low_quality
-        self.box_format = box_format
+        arguments = bind_options(self.__signature__, type(self).__name__, args, kwargs)
+        check_choice(arguments["box_format"], "box_format", BOX_FORMATS)
+        for name, value in arguments.items():
+            setattr(self, name, value)
+
+    def extra_repr(self) -> str:
+        return ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in self.__signature__.parameters
+        )
 
     @torch.no_grad()
     def forward(
@@ -291,10 +287,7 @@ class MaxIoUMatcher(nn.Module):
         iou = box_iou(boxes.detach(), padded["boxes"], box_format=self.box_format)
         return max_iou(
             iou,
-            self.pos_threshold,
-            self.neg_threshold,
-            self.force_best,
-            allow_low_quality=self.allow_low_quality,
+            **{name: getattr(self, name) for name in _MAX_IOU_OPTIONS.parameters},
             target_mask=padded["mask"],
             pred_mask=outputs.get("pred_mask"),
             validate=False,  # finite boxes (scanned above when validating) give finite IoUs

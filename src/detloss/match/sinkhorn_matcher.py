@@ -6,8 +6,9 @@ import dataclasses
 
 from torch import Tensor
 
+from .._signatures import keyword_option
 from .matching import Matching
-from .modules import BoxCostMatcher, _keyword_option, _matcher_signature
+from .modules import BoxCostMatcher, matcher_signature
 from .sinkhorn import SinkhornOptions, sinkhorn
 
 __all__ = ["SinkhornMatcher"]
@@ -52,8 +53,8 @@ class SinkhornMatcher(BoxCostMatcher):
     """
 
     options: SinkhornOptions
-    __signature__ = _matcher_signature(
-        *(_keyword_option(f.name, f.default, f.type) for f in dataclasses.fields(SinkhornOptions))
+    __signature__ = matcher_signature(
+        *(keyword_option(f.name, f.default, f.type) for f in dataclasses.fields(SinkhornOptions))
     )
 
     def __init__(self, *args: object, **kwargs: object) -> None:
