@@ -740,3 +740,26 @@ def test_scaled_row_argmax_equals_torch(dtype):
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(column, want.argmax(dim=2))
     assert column[0, 0] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_first_kernel_is_the_same_on_any_number_of_threads(dtype):
+    # exp2 of the first kernel splits over threads only at vector-aligned boundaries: the
+    # parts' scalar tails would otherwise differ in the last bit from the serial exp2.
+    from detloss.match.sinkhorn_solver import _exp2_
+
+    threads = torch.get_num_threads()
+    exponents = rand(3, 100, 301, seed=5, dtype=dtype).mul_(-150.0)
+    try:
+        torch.set_num_threads(1)
+        want = torch.special.exp2(exponents)
+        plan_1 = sinkhorn(exponents[:, :, :200], max_iter=3, tol=0).plan
+        torch.set_num_threads(2)
+        for size in (70_001, exponents.numel()):  # a tail of one image, and three
+            got = exponents.view(-1)[:size].clone()
+            _exp2_(got.view(1, 1, -1))
+            assert torch.equal(got, want.view(-1)[:size])
+        plan_2 = sinkhorn(exponents[:, :, :200], max_iter=3, tol=0).plan
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(plan_1, plan_2)

@@ -64,19 +64,40 @@ def _plan_kernel(plan: Tensor) -> ModuleType | None:
 
 
 _EXP2_CHUNK = 1 << 14
+# torch's grain: a CPU elementwise op on fewer entries runs on one thread.
+_GRAIN = 1 << 15
+# A multiple of every vector loop's step (two registers of floats or doubles).
+_VECTOR_ALIGN = 64
 
 
 def _exp2_(x: Tensor) -> Tensor:
-    """``2^x`` in place. On the CPU in serial chunks of ``2^14`` entries (under torch's
-    grain): torch would split a larger elementwise op over its threads, and the last
-    entries of each part take a scalar ``exp2`` that can differ in the last bit from the
-    vectorised one, so the kernel would depend on the thread count."""
+    """``2^x`` in place, bit for bit the same on any number of CPU threads.
+
+    torch splits a large elementwise op into one contiguous part per thread, and the last
+    entries of each part that do not fill a vector register take a scalar ``exp2``, which
+    can differ in the last bit from the vectorised one: the kernel would depend on the
+    thread count. On one thread the op runs whole (its only scalar tail is the tensor's
+    last entries); on ``T`` threads its first ``L`` entries, ``L`` a multiple of ``64 T``
+    of at least ``T`` grains, split into ``T`` parts of ``L / T`` (a multiple of every
+    vector step, so no scalar tail inside), then the rest, under the grain, on one
+    thread; a smaller tensor goes in serial chunks of ``2^14`` entries."""
     if x.device.type != "cpu":
         return torch.special.exp2(x, out=x)
     memory = x if x.is_contiguous() else x.transpose(1, 2)
     if not memory.is_contiguous():
         return x.mul_(math.log(2.0)).exp_()
-    for part in memory.view(-1).split(_EXP2_CHUNK):
+    flat = memory.view(-1)
+    threads = torch.get_num_threads()
+    if threads == 1 or flat.numel() < _GRAIN:
+        torch.special.exp2(flat, out=flat)
+        return x
+    step = _VECTOR_ALIGN * threads
+    split = flat.numel() // step * step
+    if split < threads * _GRAIN:
+        for part in flat.split(_EXP2_CHUNK):
+            torch.special.exp2(part, out=part)
+        return x
+    for part in (flat[:split], flat[split:]):
         torch.special.exp2(part, out=part)
     return x
 
