@@ -8,6 +8,7 @@ background); ``docs/sinkhorn.md`` has the maths and the limits.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from types import ModuleType
@@ -188,12 +189,7 @@ class _Solver:
         self.row_valid = row_valid
         self.col_valid = col_valid
         self.dtype = cost_t.dtype if isinstance(cost_t, Tensor) else dtype
-        # float64 logs for the per-kernel constants: in float32, log-then-exp would move a
-        # mass by up to ulp(log m) ~ 5e-7 relative, more than the iterations' own error.
-        self.log_a64 = torch.where(row_valid, a.log(), 0.0)
-        self.log_b64 = torch.where(col_valid, b.log(), 0.0)
-        self.log_a = self.log_a64.to(self.dtype)
-        self.log_b = self.log_b64.to(self.dtype)
+        self.a64, self.b64 = a, b
         # Exact zeros on invalid entries keep padded scalings at zero.
         self.a = a.to(self.dtype)
         self.b = b.to(self.dtype)
@@ -207,6 +203,26 @@ class _Solver:
         self.use_bmm = row_valid.device.type != "cpu" or numel >= _BMM_MIN_ENTRIES
         self.fused = _fused_block(cost_t) if isinstance(cost_t, Tensor) else None
         self._S_t: Tensor | None = None
+
+    # The logs of the masses, formed on first use: balanced scaling-domain iterations
+    # never read them. float64 for the per-kernel constants: in float32, log-then-exp
+    # would move a mass by up to ulp(log m) ~ 5e-7 relative, more than the iterations'
+    # own error.
+    @functools.cached_property
+    def log_a64(self) -> Tensor:
+        return torch.where(self.row_valid, self.a64.log(), 0.0)
+
+    @functools.cached_property
+    def log_b64(self) -> Tensor:
+        return torch.where(self.col_valid, self.b64.log(), 0.0)
+
+    @functools.cached_property
+    def log_a(self) -> Tensor:
+        return self.log_a64.to(self.dtype)
+
+    @functools.cached_property
+    def log_b(self) -> Tensor:
+        return self.log_b64.to(self.dtype)
 
     @property
     def cost_t(self) -> Tensor:
@@ -483,7 +499,10 @@ class _Solver:
             k = min(check_every - done % check_every, n_iter - done)
             while k:
                 u, v, res, spread = self.scaling_block(k, check)
-                res_value, spread_value = torch.stack([res.amax(), spread]).tolist()
+                if check:
+                    res_value, spread_value = torch.stack([res.amax(), spread]).tolist()
+                else:
+                    spread_value = spread.item()
                 if spread_value <= self.range:
                     self.u, self.v, self.fresh = u, v, False
                     done, k, log_steps = done + k, 0, 1
