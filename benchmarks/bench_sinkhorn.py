@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -245,10 +246,11 @@ def _as_tensor(plan) -> Tensor:
     return torch.as_tensor(plan).double()
 
 
-def _peer_rows(repeats: int, quick: bool) -> list[dict]:
+def _peer_rows(repeats: int, quick: bool, iters_list: Sequence[int] | None = None) -> list[dict]:
     batch = 4 if quick else 16
     problem = _peer_problem(batch, 900, 100)
-    iters_list = (5, 50) if quick else PEER_ITERS
+    if iters_list is None:
+        iters_list = (5, 50) if quick else PEER_ITERS
     converged = sinkhorn(problem["cost"].double(), max_iter=5000, tol=1e-10).plan
     rows = []
     with warnings.catch_warnings():
@@ -291,28 +293,33 @@ def run(
     device: str = "cpu",
     threads: int | None = None,
     peers: bool = True,
+    uotod: bool = True,
+    peer_iters: Sequence[int] | None = None,
 ) -> list[dict]:
     """Time both implementations; returns rows for a suite runner. ``threads`` sets
     ``torch.set_num_threads`` for the run (restored afterwards); ``peers`` adds the POT
-    section (CPU only)."""
+    section (CPU only), at ``peer_iters`` iterations (None: all of ``PEER_ITERS``, or
+    the quick ones); ``uotod=False`` leaves out the comparison with uotod."""
     if threads is not None:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return run(repeats, quick, device, peers=peers)
+            return run(repeats, quick, device, peers=peers, uotod=uotod, peer_iters=peer_iters)
         finally:
             torch.set_num_threads(before)
     dev = torch.device(device)
-    priors = ssd_priors()
     batch = 2 if quick else 16
-    cost = make_cost(batch, 20, priors).to(dev)
-    rows = _case(
-        f"unbalanced sinkhorn B={batch} M={priors.shape[0]} N=20",
-        cost,
-        70,
-        repeats,
-        baselines=(False, True),
-    )
+    rows = []
+    if uotod:
+        priors = ssd_priors()
+        cost = make_cost(batch, 20, priors).to(dev)
+        rows += _case(
+            f"unbalanced sinkhorn B={batch} M={priors.shape[0]} N=20",
+            cost,
+            70,
+            repeats,
+            baselines=(False, True),
+        )
     if dev.type != "cpu":
         # DINO-sized problem: 900 queries, 100 targets.
         gen = torch.Generator().manual_seed(1)
@@ -321,7 +328,7 @@ def run(
             f"unbalanced sinkhorn B={batch} M=900 N=100", dino_cost, 70, repeats, (False, True)
         )
     elif peers:
-        rows += _peer_rows(repeats, quick)
+        rows += _peer_rows(repeats, quick, peer_iters)
     return rows
 
 

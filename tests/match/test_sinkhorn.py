@@ -740,3 +740,34 @@ def test_scaled_row_argmax_equals_torch(dtype):
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(column, want.argmax(dim=2))
     assert column[0, 0] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_first_kernel_and_plan_are_the_same_on_any_number_of_threads(dtype):
+    # exp2 of the first kernel splits over threads only at vector-aligned boundaries: the
+    # parts' scalar tails would otherwise differ in the last bit from the serial exp2. The
+    # plan loop on two halves of the batch gives the reference plan and argmax.
+    from detloss.match.sinkhorn_solver import _exp2_
+
+    threads = torch.get_num_threads()
+    exponents = rand(3, 100, 301, seed=5, dtype=dtype).mul_(-150.0)
+    # Above the size where the plan loop splits the batch over two threads.
+    cost = rand(4, 700, 100, seed=6, dtype=dtype)
+    try:
+        torch.set_num_threads(1)
+        want = torch.special.exp2(exponents)
+        match_1 = sinkhorn(cost, max_iter=3, tol=0)
+        torch.set_num_threads(2)
+        for size in (70_001, exponents.numel()):  # a tail of one image, and three
+            got = exponents.view(-1)[:size].clone()
+            _exp2_(got.view(1, 1, -1))
+            assert torch.equal(got, want.view(-1)[:size])
+        match_2 = sinkhorn(cost, max_iter=3, tol=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(match_1.plan, match_2.plan)
+    assert torch.equal(match_1.pred_to_target, match_2.pred_to_target)
+    with reference_path():
+        want_match = sinkhorn(cost, max_iter=3, tol=0)
+    assert torch.equal(match_2.plan, want_match.plan)
+    assert torch.equal(match_2.pred_to_target, want_match.pred_to_target)

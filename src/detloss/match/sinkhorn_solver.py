@@ -8,6 +8,7 @@ background); ``docs/sinkhorn.md`` has the maths and the limits.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from types import ModuleType
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._kernels import fast_path
+from .assignment import thread_pool
 
 # Private to detloss.match (sinkhorn_setup.py drives it).
 __all__: list[str] = []
@@ -34,6 +36,9 @@ _LOG2E = 1.0 / math.log(2.0)
 # Below these exponents (about where exp leaves the normal range) exp is slow on CPUs.
 _SLOW_EXP = {torch.float32: -87.0, torch.float64: -708.0}
 _BMM_MIN_ENTRIES = 1 << 16
+# From this many plan entries on, where torch may use several threads, the compiled plan
+# loop (serial, about a nanosecond an entry) runs on two halves of the batch side by side.
+_SPLIT_PLAN_ENTRIES = 1 << 18
 
 
 # -- the solver ---------------------------------------------------------------------------------
@@ -64,19 +69,40 @@ def _plan_kernel(plan: Tensor) -> ModuleType | None:
 
 
 _EXP2_CHUNK = 1 << 14
+# torch's grain: a CPU elementwise op on fewer entries runs on one thread.
+_GRAIN = 1 << 15
+# A multiple of every vector loop's step (two registers of floats or doubles).
+_VECTOR_ALIGN = 64
 
 
 def _exp2_(x: Tensor) -> Tensor:
-    """``2^x`` in place. On the CPU in serial chunks of ``2^14`` entries (under torch's
-    grain): torch would split a larger elementwise op over its threads, and the last
-    entries of each part take a scalar ``exp2`` that can differ in the last bit from the
-    vectorised one, so the kernel would depend on the thread count."""
+    """``2^x`` in place, bit for bit the same on any number of CPU threads.
+
+    torch splits a large elementwise op into one contiguous part per thread, and the last
+    entries of each part that do not fill a vector register take a scalar ``exp2``, which
+    can differ in the last bit from the vectorised one: the kernel would depend on the
+    thread count. On one thread the op runs whole (its only scalar tail is the tensor's
+    last entries); on ``T`` threads its first ``L`` entries, ``L`` a multiple of ``64 T``
+    of at least ``T`` grains, split into ``T`` parts of ``L / T`` (a multiple of every
+    vector step, so no scalar tail inside), then the rest, under the grain, on one
+    thread; a smaller tensor goes in serial chunks of ``2^14`` entries."""
     if x.device.type != "cpu":
         return torch.special.exp2(x, out=x)
     memory = x if x.is_contiguous() else x.transpose(1, 2)
     if not memory.is_contiguous():
         return x.mul_(math.log(2.0)).exp_()
-    for part in memory.view(-1).split(_EXP2_CHUNK):
+    flat = memory.view(-1)
+    threads = torch.get_num_threads()
+    if threads == 1 or flat.numel() < _GRAIN:
+        torch.special.exp2(flat, out=flat)
+        return x
+    step = _VECTOR_ALIGN * threads
+    split = flat.numel() // step * step
+    if split < threads * _GRAIN:
+        for part in flat.split(_EXP2_CHUNK):
+            torch.special.exp2(part, out=part)
+        return x
+    for part in (flat[:split], flat[split:]):
         torch.special.exp2(part, out=part)
     return x
 
@@ -163,12 +189,7 @@ class _Solver:
         self.row_valid = row_valid
         self.col_valid = col_valid
         self.dtype = cost_t.dtype if isinstance(cost_t, Tensor) else dtype
-        # float64 logs for the per-kernel constants: in float32, log-then-exp would move a
-        # mass by up to ulp(log m) ~ 5e-7 relative, more than the iterations' own error.
-        self.log_a64 = torch.where(row_valid, a.log(), 0.0)
-        self.log_b64 = torch.where(col_valid, b.log(), 0.0)
-        self.log_a = self.log_a64.to(self.dtype)
-        self.log_b = self.log_b64.to(self.dtype)
+        self.a64, self.b64 = a, b
         # Exact zeros on invalid entries keep padded scalings at zero.
         self.a = a.to(self.dtype)
         self.b = b.to(self.dtype)
@@ -182,6 +203,26 @@ class _Solver:
         self.use_bmm = row_valid.device.type != "cpu" or numel >= _BMM_MIN_ENTRIES
         self.fused = _fused_block(cost_t) if isinstance(cost_t, Tensor) else None
         self._S_t: Tensor | None = None
+
+    # The logs of the masses, formed on first use: balanced scaling-domain iterations
+    # never read them. float64 for the per-kernel constants: in float32, log-then-exp
+    # would move a mass by up to ulp(log m) ~ 5e-7 relative, more than the iterations'
+    # own error.
+    @functools.cached_property
+    def log_a64(self) -> Tensor:
+        return torch.where(self.row_valid, self.a64.log(), 0.0)
+
+    @functools.cached_property
+    def log_b64(self) -> Tensor:
+        return torch.where(self.col_valid, self.b64.log(), 0.0)
+
+    @functools.cached_property
+    def log_a(self) -> Tensor:
+        return self.log_a64.to(self.dtype)
+
+    @functools.cached_property
+    def log_b(self) -> Tensor:
+        return self.log_b64.to(self.dtype)
 
     @property
     def cost_t(self) -> Tensor:
@@ -408,7 +449,19 @@ class _Solver:
             values = plan.numpy()
             bits = values.view(np.int32 if values.itemsize == 4 else np.int64)
             tiny = values.dtype.type(self.tiny)
-            kernel.scaled_row_argmax(values, bits, u.numpy(), v.numpy(), tiny, column.numpy())
+            arrays = (values, bits, u.numpy(), v.numpy())
+
+            def part(images: slice) -> None:
+                kernel.scaled_row_argmax(*(a[images] for a in arrays), tiny, column[images].numpy())
+
+            b = plan.shape[0]
+            if b > 1 and plan.numel() >= _SPLIT_PLAN_ENTRIES and torch.get_num_threads() > 1:
+                # The loop runs without the GIL: half of the images on a second thread.
+                other = thread_pool().submit(part, slice(0, b // 2))
+                part(slice(b // 2, b))
+                other.result()
+            else:
+                part(slice(0, b))
             return plan, column
         self.kernel_t.mul_(v.unsqueeze(2)).mul_(u.unsqueeze(1))
         # Entries below the smallest normal float are rounding dust.
@@ -446,7 +499,10 @@ class _Solver:
             k = min(check_every - done % check_every, n_iter - done)
             while k:
                 u, v, res, spread = self.scaling_block(k, check)
-                res_value, spread_value = torch.stack([res.amax(), spread]).tolist()
+                if check:
+                    res_value, spread_value = torch.stack([res.amax(), spread]).tolist()
+                else:
+                    spread_value = spread.item()
                 if spread_value <= self.range:
                     self.u, self.v, self.fresh = u, v, False
                     done, k, log_steps = done + k, 0, 1
