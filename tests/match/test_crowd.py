@@ -8,11 +8,19 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 import detloss.match.crowd as crowd
-from _paths import PATHS
-from detloss._kernels import reference_path
+from _paths import PATHS, use_path
 from detloss.match._point_problem import SCAN
 from detloss.match.certificate import certify_assignment
 from detloss.match.crowd import crowd_assignment, solve_crowd_assignment
+
+
+@pytest.fixture(scope="module", autouse=True, params=PATHS)
+def path(request):
+    """Every test on both candidate loops: the compiled warm-started solver and the
+    reference (scipy's sparse solve from scratch each round, Bellman-Ford duals, k-d tree
+    certificate)."""
+    yield from use_path(request.param)
+
 
 # ----------------------------------------------------------------------------- references
 
@@ -263,9 +271,11 @@ def test_independent_groups_solved_in_batches():
     assert solution.method == "sparse"
 
 
-def test_never_returns_a_suboptimal_candidate_solve(monkeypatch):
+def test_never_returns_a_suboptimal_candidate_solve(monkeypatch, path):
     # A sparse solver that returns the *most* expensive matching on the candidates: the
     # dual computation must notice and the dense solve take over.
+    if path:
+        pytest.skip("the reference path's sparse solve (the compiled one: test_crowd_kernel)")
     original = crowd._sparse_matching
 
     def worst(n_rows, r, c, w):
@@ -445,12 +455,10 @@ def test_certificate_bad_assignments():
         certify_assignment(pred, scores, target, idx, idx[:, None])
 
 
-@pytest.mark.parametrize("fast", PATHS)
-def test_dense_solves_agree_with_scipy_on_a_packed_cluster(fast):
+def test_dense_solves_agree_with_scipy_on_a_packed_cluster():
     # Heads packed in a corner: the dense path and the sparse path (with its dense
     # fallback), by the compiled solver or by scipy, reach scipy's optimum.
-    with reference_path(not fast):
-        _check_packed_cluster()
+    _check_packed_cluster()
 
 
 def _check_packed_cluster() -> None:
