@@ -165,6 +165,10 @@ def augment(
     heap_key = np.empty(capacity)
     heap_val = np.empty(capacity, dtype=np.int64)
     short = np.zeros(n_rows, dtype=np.bool_)
+    # Columns a failed search settled reach no free column, now or after later
+    # augmentations: later searches skip them (their prices are then no longer kept
+    # consistent, but a graph without a matching of every row is grown and repaired).
+    dead = np.zeros(n_cols, dtype=np.bool_)
     n_short = 0
     for start in range(n_rows):
         if row_mate[start] >= 0:
@@ -182,7 +186,7 @@ def augment(
             own = 0.0 if mate < 0 else weight_of(indptr, index, weight, row, mate) - v[mate]
             for e in range(indptr[row], indptr[row + 1]):
                 col = index[e]
-                if settled[col]:
+                if settled[col] or dead[col]:
                     continue
                 candidate = base + (weight[e] - v[col] - own)
                 if candidate < dist[col]:
@@ -216,6 +220,8 @@ def augment(
             # (it changed no price) and go on with the other rows.
             for i in range(-1, n_done):
                 row = start if i < 0 else col_mate[done[i]]
+                if i >= 0:
+                    dead[done[i]] = True
                 if not short[row]:
                     short[row] = True
                     reached[n_short] = row

@@ -355,6 +355,11 @@ def _solve_warm(problem: PointProblem, k: int, max_rounds: int, kernel: ModuleTy
                 break
             row_k[short] = np.minimum(row_k[short] * GROWTH, n_cols)
             keys = union_keys(keys, candidate_keys(problem, short, int(row_k[short].max())))
+            # The partial matching of a graph without a full one is a poor start: a cold
+            # solve of the grown graph costs less than repairing it.
+            row_mate.fill(-1)
+            col_mate.fill(-1)
+            v.fill(0.0)
             continue
         outcome.rounds += 1
         u = problem.cost(all_rows, row_mate) - v[row_mate]
