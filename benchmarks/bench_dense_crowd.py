@@ -126,15 +126,20 @@ def peak_memory_mb(side: str, quick: bool, layout: str) -> float:
 
 
 def run(
-    repeats: int = 5, quick: bool = False, memory: bool = True, device: str = "cpu"
+    repeats: int = 5,
+    quick: bool = False,
+    memory: bool = True,
+    device: str = "cpu",
+    layouts: tuple[str, ...] = LAYOUTS,
+    threads: int | None = None,
 ) -> list[dict]:
     if torch.device(device).type != "cpu":
         note = "host algorithm (scipy baseline, sparse solve + certificate on the host): CPU only"
         return [{"name": f"not run on {device}", "note": note}]
-    torch.set_num_threads(2)
+    torch.set_num_threads(2 if threads is None else threads)
     size = QUICK if quick else FULL
     rows = []
-    for layout in LAYOUTS:
+    for layout in layouts:
         pred, scores, target = make_image(**size, layout=layout)
         _, _, best = dense_assignment(pred, scores, target)
         pred_idx, target_idx = crowd_assignment(pred, scores, target, TAU)

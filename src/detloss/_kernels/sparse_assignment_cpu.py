@@ -43,6 +43,23 @@ _RELEASE_STEPS = 32
 
 
 @jit
+def _search_arrays(n_cols, n_edges):
+    """Work arrays of a Dijkstra search over the columns: distances (all inf), the row
+    each column was reached by, settled flags, the lists of touched and settled columns,
+    and a heap (keys, columns) with room for one entry per edge."""
+    capacity = max(n_edges + 1, 1)
+    return (
+        np.full(n_cols, np.inf),
+        np.empty(n_cols, dtype=np.int64),
+        np.zeros(n_cols, dtype=np.bool_),
+        np.empty(n_cols, dtype=np.int64),
+        np.empty(n_cols, dtype=np.int64),
+        np.empty(capacity),
+        np.empty(capacity, dtype=np.int64),
+    )
+
+
+@jit
 def _heap_push(heap_key, heap_val, size, key, val):
     # Binary min-heap of (distance, column) in two arrays; lazy deletion of stale entries.
     i = size
@@ -156,14 +173,7 @@ def augment(
     n_rows = indptr.shape[0] - 1
     n_cols = v.shape[0]
     _row_reduction(indptr, index, weight, row_mate, col_mate, v)
-    dist = np.full(n_cols, np.inf)
-    pred = np.empty(n_cols, dtype=np.int64)
-    settled = np.zeros(n_cols, dtype=np.bool_)
-    touched = np.empty(n_cols, dtype=np.int64)
-    done = np.empty(n_cols, dtype=np.int64)
-    capacity = max(index.shape[0] + 1, 1)
-    heap_key = np.empty(capacity)
-    heap_val = np.empty(capacity, dtype=np.int64)
+    dist, pred, settled, touched, done, heap_key, heap_val = _search_arrays(n_cols, index.shape[0])
     short = np.zeros(n_rows, dtype=np.bool_)
     # Columns a failed search settled reach no free column, now or after later
     # augmentations: later searches skip them (their prices are then no longer kept
@@ -393,15 +403,10 @@ def release(
     stale = _column_reduction(
         indptr, index, weight, col_indptr, col_rows, col_weight, row_mate, col_mate, v, stale
     )
-    dist = np.full(n_cols, np.inf)
-    pred = np.empty(n_cols, dtype=np.int64)
+    dist, pred, settled, touched, done, heap_key, heap_val = _search_arrays(
+        n_cols, col_rows.shape[0]
+    )
     came_from = np.empty(n_cols, dtype=np.int64)
-    settled = np.zeros(n_cols, dtype=np.bool_)
-    touched = np.empty(n_cols, dtype=np.int64)
-    done = np.empty(n_cols, dtype=np.int64)
-    capacity = max(col_rows.shape[0] + 1, 1)
-    heap_key = np.empty(capacity)
-    heap_val = np.empty(capacity, dtype=np.int64)
     for start in stale:
         if col_mate[start] >= 0 or v[start] >= 0.0:
             continue

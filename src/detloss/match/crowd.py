@@ -8,8 +8,13 @@ solve takes seconds, although each head only ever competes for proposals near it
 :func:`crowd_assignment` solves the same problem exactly from a small set of candidate
 pairs (each head's nearest proposals) and proves the answer optimal over *all* pairs with
 the dual of the assignment linear programme; where the proof does not go through, it adds
-the pairs the proof found wanting and solves again, and as a last resort it solves the dense
-problem. The method and its optimality argument are written out in ``docs/dense_crowds.md``.
+the pairs near the rows where it failed and solves again, and as a last resort it solves
+the dense problem (reported as ``method == "fallback"``). With Numba installed the sparse
+solves run on the compiled solver of ``detloss._kernels.sparse_assignment_cpu``, whose
+prices are the proof's potentials and which re-matches only the rows that new pairs
+unsettle; the reference path (scipy's sparse solve from scratch each round, duals by
+Bellman-Ford, a k-d tree search) gives the same optimum. The method and its optimality
+argument are written out in ``docs/dense_crowds.md``.
 
 Coordinates are (x, y) in any unit (usually pixels); the distance is Euclidean in that unit.
 Everything runs on the host in float64; results come back on the inputs' device.
@@ -175,6 +180,22 @@ class _Outcome:
     gap_bound: float = 0.0
 
 
+def _limits(problem: PointProblem, max_rounds: int) -> tuple[bool, int, int]:
+    """``(dense_fits, max_candidates, max_rounds)`` of a candidate loop.
+
+    Past ``max_candidates`` pairs the sparse problem stops being small; when the dense
+    problem does not fit ``DENSE_MEMORY_BUDGET``, the sparse one may use the budget
+    instead, and more rounds.
+    """
+    n_rows, n_cols = problem.n_rows, problem.n_cols
+    dense_fits = 8 * n_rows * n_cols <= DENSE_MEMORY_BUDGET
+    max_candidates = max(n_rows * n_cols // 16, 1 << 16)
+    if not dense_fits:
+        max_candidates = max(max_candidates, DENSE_MEMORY_BUDGET // _BYTES_PER_CANDIDATE)
+        max_rounds = _ROUND_FACTOR * max_rounds
+    return dense_fits, max_candidates, max_rounds
+
+
 def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> _Outcome:
     n_rows, n_cols = problem.n_rows, problem.n_cols
     if n_rows == 0:
@@ -191,13 +212,7 @@ def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> 
         return _solve_warm(problem, k, max_rounds, kernel)
 
     outcome = _Outcome(np.empty(0, dtype=np.int64), "fallback")
-    dense_fits = 8 * n_rows * n_cols <= DENSE_MEMORY_BUDGET
-    # Past this many candidates the sparse problem stops being small; when the dense
-    # problem does not fit, the sparse one may use the budget instead, and more rounds.
-    max_candidates = max(n_rows * n_cols // 16, 1 << 16)
-    if not dense_fits:
-        max_candidates = max(max_candidates, DENSE_MEMORY_BUDGET // _BYTES_PER_CANDIDATE)
-        max_rounds = _ROUND_FACTOR * max_rounds
+    dense_fits, max_candidates, max_rounds = _limits(problem, max_rounds)
     row_k = np.full(n_rows, min(k, n_cols))
     keys = initial_keys(problem, k)
     growth_rounds = 0
@@ -318,6 +333,16 @@ def _csr(keys: np.ndarray, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.nda
     return indptr, c
 
 
+def _proof_shaped(row_mate: np.ndarray, col_mate: np.ndarray, v: np.ndarray) -> bool:
+    """Whether the solver's matching and prices have the form the proof needs, checked
+    rather than trusted (a cheap pass): every row matched to a distinct column, prices
+    ``<= 0``, and 0 on the columns left free (conditions 2 and 4 of the proof; 3 holds by
+    the definition of ``u``, 1 is the certificate's search)."""
+    if (row_mate < 0).any() or (col_mate[row_mate] != np.arange(row_mate.size)).any():
+        return False
+    return bool((v <= 0).all() and (v[col_mate < 0] == 0).all())
+
+
 def _solve_warm(problem: PointProblem, k: int, max_rounds: int, kernel: ModuleType) -> _Outcome:
     """The candidate loop on the compiled solver, warm-started across rounds.
 
@@ -328,11 +353,7 @@ def _solve_warm(problem: PointProblem, k: int, max_rounds: int, kernel: ModuleTy
     """
     n_rows, n_cols = problem.n_rows, problem.n_cols
     outcome = _Outcome(np.empty(0, dtype=np.int64), "fallback")
-    dense_fits = 8 * n_rows * n_cols <= DENSE_MEMORY_BUDGET
-    max_candidates = max(n_rows * n_cols // 16, 1 << 16)
-    if not dense_fits:
-        max_candidates = max(max_candidates, DENSE_MEMORY_BUDGET // _BYTES_PER_CANDIDATE)
-        max_rounds = _ROUND_FACTOR * max_rounds
+    dense_fits, max_candidates, max_rounds = _limits(problem, max_rounds)
     row_mate = np.full(n_rows, -1, dtype=np.int64)
     col_mate = np.full(n_cols, -1, dtype=np.int64)
     v = np.zeros(n_cols)
@@ -361,11 +382,13 @@ def _solve_warm(problem: PointProblem, k: int, max_rounds: int, kernel: ModuleTy
             col_mate.fill(-1)
             v.fill(0.0)
             continue
+        if not _proof_shaped(row_mate, col_mate, v):
+            break
         outcome.rounds += 1
         u = problem.cost(all_rows, row_mate) - v[row_mate]
         gain = v + problem.col_offset
         base = u + problem.row_offset
-        bad_r, bad_c, checked = grid.below(kernel, problem, all_rows, base, gain, -problem.tol)
+        bad_r, _, checked = grid.below(kernel, problem, all_rows, base, gain, -problem.tol)
         outcome.checked += checked
         if bad_r.size == 0:
             outcome.mate = row_mate.copy()
@@ -374,10 +397,13 @@ def _solve_warm(problem: PointProblem, k: int, max_rounds: int, kernel: ModuleTy
             return outcome
         if outcome.rounds >= max_rounds:
             break
+        # The failing rows' pairs below the slack include the violated ones.
         failing = np.unique(bad_r)
         near_r, near_c, checked = grid.below(kernel, problem, failing, base[failing], gain, slack)
         outcome.checked += checked
-        grown = union_keys(keys, np.concatenate((bad_r * n_cols + bad_c, near_r * n_cols + near_c)))
+        grown = union_keys(keys, near_r * n_cols + near_c)
+        # A violated pair that already is a candidate means the solver's prices do not
+        # describe the candidate optimum (rounding trouble): trust only the dense solve.
         if grown.size == keys.size:
             break
         keys = grown
@@ -447,15 +473,17 @@ def crowd_assignment(
 
     Large problems (``M * N >= dense_below``) never build the dense cost: the candidates
     of each target are its ``k`` cheapest proposals among its ``6 k`` nearest, the
-    assignment on them comes from a sparse Jonker-Volgenant solve, and dual values then
-    prove it optimal over all ``M * N`` pairs by a spatial search (pairs the proof needs
-    are added and the candidates solved again). If the proof does not close within
+    assignment on them comes from a sparse solve (a compiled shortest-augmenting-path
+    solver, warm-started from one round to the next, where Numba is installed; scipy's
+    sparse Jonker-Volgenant otherwise), and dual values then prove it optimal over all
+    ``M * N`` pairs by a spatial search (pairs the proof needs are added and the
+    candidates solved again). If the proof does not close within
     ``max_rounds`` solves, the dense problem is solved instead, so the result is never a
     suboptimal assignment. Optimal means: within ``min(M, N) * 1e-12 * scale`` of the
     optimum, ``scale = max(1, tau * extent + 2 max|s|)`` with ``extent`` the larger side of
     the points' bounding box (see :class:`CrowdSolution`'s ``gap_bound``); in practice
     the total equals the dense solve's. Any real scores work; P2PNet's are probabilities
-    in ``[0, 1]``. The host does all the work (single-threaded numpy / scipy).
+    in ``[0, 1]``. The host does all the work (single-threaded numpy / scipy / Numba).
 
     Args:
         pred_points: ``Tensor[M, 2]`` proposal coordinates (x, y).
