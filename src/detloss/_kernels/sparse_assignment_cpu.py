@@ -241,10 +241,13 @@ def augment(
                 dist[col] = np.inf
                 settled[col] = False
             continue
-        # Lower the prices of the settled columns (the sink's own change is zero).
+        # Lower the prices of the settled columns (the sink's own change is zero). Pairs
+        # within the tolerance below 0 (kept by ``repair``) can settle a column after one
+        # farther away; the clamp keeps that rounding-sized excess from raising a price
+        # above 0.
         for i in range(n_done):
             col = done[i]
-            v[col] -= sink_dist - dist[col]
+            v[col] = min(v[col] - (sink_dist - dist[col]), 0.0)
         col = sink
         while True:
             row = pred[col]
