@@ -76,6 +76,18 @@ def _heap_push(heap_key, heap_val, size, key, val):
 
 
 @jit
+def _lower(col, candidate, row, dist, pred, touched, n_touched, heap_key, heap_val, size):
+    """A Dijkstra step: column ``col`` reached at the shorter distance ``candidate`` via
+    ``row``; returns the new counts of touched columns and heap entries."""
+    if dist[col] == np.inf:
+        touched[n_touched] = col
+        n_touched += 1
+    dist[col] = candidate
+    pred[col] = row
+    return n_touched, _heap_push(heap_key, heap_val, size, candidate, col)
+
+
+@jit
 def _heap_pop(heap_key, heap_val, size):
     size -= 1
     heap_key[0] = heap_key[size]
@@ -200,12 +212,18 @@ def augment(
                     continue
                 candidate = base + (weight[e] - v[col] - own)
                 if candidate < dist[col]:
-                    if dist[col] == np.inf:
-                        touched[n_touched] = col
-                        n_touched += 1
-                    dist[col] = candidate
-                    pred[col] = row
-                    size = _heap_push(heap_key, heap_val, size, candidate, col)
+                    n_touched, size = _lower(
+                        col,
+                        candidate,
+                        row,
+                        dist,
+                        pred,
+                        touched,
+                        n_touched,
+                        heap_key,
+                        heap_val,
+                        size,
+                    )
             col = -1
             while size > 0:
                 key = heap_key[0]
@@ -444,13 +462,19 @@ def release(
                 own = weight_of(indptr, index, weight, row, mate) - v[mate]
                 candidate = key + (col_weight[e] - v[col] - own)
                 if candidate < dist[mate]:
-                    if dist[mate] == np.inf:
-                        touched[n_touched] = mate
-                        n_touched += 1
-                    dist[mate] = candidate
-                    pred[mate] = row
                     came_from[mate] = col
-                    size = _heap_push(heap_key, heap_val, size, candidate, mate)
+                    n_touched, size = _lower(
+                        mate,
+                        candidate,
+                        row,
+                        dist,
+                        pred,
+                        touched,
+                        n_touched,
+                        heap_key,
+                        heap_val,
+                        size,
+                    )
         for i in range(n_done):
             col = done[i]
             if dist[col] < sink_dist:
