@@ -12,16 +12,21 @@ sixteenth of it (about one proposal per head there: the densest case).
 
 Both must reach the same optimal total (relative difference <= 1e-9; tied assignments may
 differ). Peak memory of each side is measured in a fresh subprocess (the rise of the peak
-resident set size during one solve). The baseline takes seconds per image, so it is timed at most
-twice, without a warm-up. The note of each row also counts, over several images, how often
-the certificate needed more than one candidate solve or fell back to the dense solve.
+resident set size during one solve, after a small warm-up solve). The baseline takes
+seconds per image, so it is timed at most twice, without a warm-up. The note of each row
+also counts, over several images, how often the certificate needed more than one
+candidate solve or fell back to the dense solve.
+
+``run(..., layouts=("packed",), threads=1)`` times a subset of the layouts with the given
+torch intra-op threads (default 2; the baseline's ``cdist`` is the only part that uses
+them).
 
 Both solvers run on the host (scipy, and a sparse solve with a host certificate), so on
 ``--device cuda`` this script times nothing and returns a note row: GPU figures for a host
 algorithm would only measure the copies.
 
-Run: ``python benchmarks/bench_dense_crowd.py [--quick] [--repeats R] [--no-memory]``
-(``--quick``: a 192 x 256 image with 200 heads, no memory probes).
+Run: ``python benchmarks/bench_dense_crowd.py [--quick] [--repeats R] [--no-memory]
+[--threads T]`` (``--quick``: a 192 x 256 image with 200 heads, no memory probes).
 """
 
 from __future__ import annotations
@@ -104,7 +109,15 @@ def _peak_rss_kib() -> int:
 
 
 def _probe(side: str, size: dict, layout: str) -> None:
-    """Subprocess body: print the rise of the peak resident memory (MB) over one solve."""
+    """Subprocess body: print the rise of the peak resident memory (MB) over one solve.
+
+    A small image is solved first, so that one-time costs (importing and loading the
+    compiled kernels, about 100 MB with Numba) are not counted as the solve's."""
+    warm = make_image(**QUICK, layout=layout)
+    if side == "dense":
+        dense_assignment(*warm)
+    else:
+        crowd_assignment(*warm, TAU)
     pred, scores, target = make_image(**size, layout=layout)
     before = _peak_rss_kib()
     if side == "dense":
@@ -126,15 +139,20 @@ def peak_memory_mb(side: str, quick: bool, layout: str) -> float:
 
 
 def run(
-    repeats: int = 5, quick: bool = False, memory: bool = True, device: str = "cpu"
+    repeats: int = 5,
+    quick: bool = False,
+    memory: bool = True,
+    device: str = "cpu",
+    layouts: tuple[str, ...] = LAYOUTS,
+    threads: int | None = None,
 ) -> list[dict]:
     if torch.device(device).type != "cpu":
         note = "host algorithm (scipy baseline, sparse solve + certificate on the host): CPU only"
         return [{"name": f"not run on {device}", "note": note}]
-    torch.set_num_threads(2)
+    torch.set_num_threads(2 if threads is None else threads)
     size = QUICK if quick else FULL
     rows = []
-    for layout in LAYOUTS:
+    for layout in layouts:
         pred, scores, target = make_image(**size, layout=layout)
         _, _, best = dense_assignment(pred, scores, target)
         pred_idx, target_idx = crowd_assignment(pred, scores, target, TAU)
@@ -175,13 +193,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a 192 x 256 image, 200 heads")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     parser.add_argument("--probe", nargs=2, metavar=("SIDE", "LAYOUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
         _probe(args.probe[0], QUICK if args.quick else FULL, args.probe[1])
         return
     # At the quick size neither side raises the peak above what the imports left.
-    print_rows(run(args.repeats, args.quick, memory=not (args.no_memory or args.quick)))
+    memory = not (args.no_memory or args.quick)
+    print_rows(run(args.repeats, args.quick, memory=memory, threads=args.threads))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,19 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 import detloss.match.crowd as crowd
-from _paths import PATHS
-from detloss._kernels import reference_path
+from _paths import PATHS, use_path
 from detloss.match._point_problem import SCAN
 from detloss.match.certificate import certify_assignment
 from detloss.match.crowd import crowd_assignment, solve_crowd_assignment
+
+
+@pytest.fixture(scope="module", autouse=True, params=PATHS)
+def path(request):
+    """Every test on both candidate loops: the compiled warm-started solver and the
+    reference (scipy's sparse solve from scratch each round, Bellman-Ford duals, k-d tree
+    certificate)."""
+    yield from use_path(request.param)
+
 
 # ----------------------------------------------------------------------------- references
 
@@ -263,9 +271,11 @@ def test_independent_groups_solved_in_batches():
     assert solution.method == "sparse"
 
 
-def test_never_returns_a_suboptimal_candidate_solve(monkeypatch):
+def test_never_returns_a_suboptimal_candidate_solve(monkeypatch, path):
     # A sparse solver that returns the *most* expensive matching on the candidates: the
     # dual computation must notice and the dense solve take over.
+    if path:
+        pytest.skip("the reference path's sparse solve (the compiled one: test_crowd_kernel)")
     original = crowd._sparse_matching
 
     def worst(n_rows, r, c, w):
@@ -445,12 +455,10 @@ def test_certificate_bad_assignments():
         certify_assignment(pred, scores, target, idx, idx[:, None])
 
 
-@pytest.mark.parametrize("fast", PATHS)
-def test_dense_solves_agree_with_scipy_on_a_packed_cluster(fast):
+def test_dense_solves_agree_with_scipy_on_a_packed_cluster():
     # Heads packed in a corner: the dense path and the sparse path (with its dense
     # fallback), by the compiled solver or by scipy, reach scipy's optimum.
-    with reference_path(not fast):
-        _check_packed_cluster()
+    _check_packed_cluster()
 
 
 def _check_packed_cluster() -> None:
@@ -461,3 +469,57 @@ def _check_packed_cluster() -> None:
     for dense_below in (10**9, 0):
         solution = assert_exact(pred, scores, target, 0.05, dense_below=dense_below)
         assert solution.method in ("dense", "sparse", "fallback")
+
+
+def test_fast_path_never_returns_a_suboptimal_candidate_solve(monkeypatch, path):
+    # A compiled solver that swaps the columns of two rows after solving, keeping its
+    # prices: the certificate must notice and the dense solve take over.
+    if not path:
+        pytest.skip("the compiled solver (the reference path: the test above)")
+    import detloss._kernels.sparse_assignment_cpu as kernel
+
+    original = kernel.solve
+
+    def swapped(indptr, index, weight, row_mate, col_mate, v, tol, reached):
+        n_short = original(indptr, index, weight, row_mate, col_mate, v, tol, reached)
+        if n_short < 0:
+            row_mate[[0, 1]] = row_mate[[1, 0]]
+            col_mate[row_mate[:2]] = [0, 1]
+        return n_short
+
+    monkeypatch.setattr(kernel, "solve", swapped)
+    pred, scores, target = crowd_problem("p2p", 400, 60, 1)
+    solution = assert_exact(pred, scores, target, 0.05)
+    assert solution.method == "fallback"
+
+
+def test_fast_path_checks_the_shape_of_the_prices(monkeypatch, path):
+    # Prices that break condition 4 (a free column below 0) are never taken as a proof.
+    if not path:
+        pytest.skip("the compiled solver")
+    import detloss._kernels.sparse_assignment_cpu as kernel
+
+    original = kernel.solve
+
+    def stale_price(indptr, index, weight, row_mate, col_mate, v, tol, reached):
+        n_short = original(indptr, index, weight, row_mate, col_mate, v, tol, reached)
+        v[np.flatnonzero(col_mate < 0)[0]] = -1.0
+        return n_short
+
+    monkeypatch.setattr(kernel, "solve", stale_price)
+    pred, scores, target = crowd_problem("p2p", 400, 60, 1)
+    assert assert_exact(pred, scores, target, 0.05).method == "fallback"
+
+
+def test_packed_crowd_certified_in_few_rounds(path):
+    # Twice as many heads as proposals in one corner: most heads must be matched far out,
+    # through long chains of displaced neighbours.
+    rng = np.random.default_rng(2)
+    pred = torch.from_numpy(rng.uniform(0, 200, (2500, 2)))
+    target = torch.from_numpy(rng.uniform(0, 50, (300, 2)))
+    near = torch.cdist(pred, target).min(dim=1).values
+    scores = (0.3 * torch.rand(2500, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+              + 0.7 * torch.exp(-(near**2) / 32)).clamp(0, 1)  # fmt: skip
+    solution = assert_exact(pred, scores, target, 0.05)
+    if path:  # the reference path may need the dense fallback here
+        assert solution.method == "sparse" and solution.rounds <= 4

@@ -45,6 +45,7 @@ FAST_PATHS: dict[str, dict[str, str | None]] = {
     "ranking": {"cpu": "ranking_cpu"},
     "row_argmax": {"cpu": "row_argmax_cpu"},
     "sinkhorn_scaling": {"cuda": "sinkhorn_cuda"},
+    "sparse_assignment": {"cpu": "sparse_assignment_cpu"},
 }
 
 _forced_reference = os.environ.get("DETLOSS_REFERENCE_PATH", "") not in ("", "0")

@@ -8,8 +8,13 @@ solve takes seconds, although each head only ever competes for proposals near it
 :func:`crowd_assignment` solves the same problem exactly from a small set of candidate
 pairs (each head's nearest proposals) and proves the answer optimal over *all* pairs with
 the dual of the assignment linear programme; where the proof does not go through, it adds
-the pairs the proof found wanting and solves again, and as a last resort it solves the dense
-problem. The method and its optimality argument are written out in ``docs/dense_crowds.md``.
+the pairs near the rows where it failed and solves again, and as a last resort it solves
+the dense problem (reported as ``method == "fallback"``). With Numba installed the sparse
+solves run on the compiled solver of ``detloss._kernels.sparse_assignment_cpu``, whose
+prices are the proof's potentials and which re-matches only the rows that new pairs
+unsettle; the reference path (scipy's sparse solve from scratch each round, duals by
+Bellman-Ford, a k-d tree search) gives the same optimum. The method and its optimality
+argument are written out in ``docs/dense_crowds.md``.
 
 Coordinates are (x, y) in any unit (usually pixels); the distance is Euclidean in that unit.
 Everything runs on the host in float64; results come back on the inputs' device.
@@ -18,11 +23,13 @@ Everything runs on the host in float64; results come back on the inputs' device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch  # noqa: F401  (the examples)
 from torch import Tensor
 
+from .._kernels import fast_path
 from ._point_problem import (
     DEFAULT_K,
     DENSE_MEMORY_BUDGET,
@@ -52,6 +59,11 @@ _BYTES_PER_CANDIDATE = 96
 _BATCH_ROWS = 256
 # Rounds of neighbourhood growth for a candidate graph without a full matching.
 _MAX_FEASIBILITY_ROUNDS = 32
+# Columns per cell of the certificate's grid.
+_PER_CELL = 4
+# Where the certificate fails, the pairs of reduced cost below this many tau (pixels of
+# distance, in cost) join the candidates too.
+_GROWTH_SLACK = 4.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,22 @@ class _Outcome:
     gap_bound: float = 0.0
 
 
+def _limits(problem: PointProblem, max_rounds: int) -> tuple[bool, int, int]:
+    """``(dense_fits, max_candidates, max_rounds)`` of a candidate loop.
+
+    Past ``max_candidates`` pairs the sparse problem stops being small; when the dense
+    problem does not fit ``DENSE_MEMORY_BUDGET``, the sparse one may use the budget
+    instead, and more rounds.
+    """
+    n_rows, n_cols = problem.n_rows, problem.n_cols
+    dense_fits = 8 * n_rows * n_cols <= DENSE_MEMORY_BUDGET
+    max_candidates = max(n_rows * n_cols // 16, 1 << 16)
+    if not dense_fits:
+        max_candidates = max(max_candidates, DENSE_MEMORY_BUDGET // _BYTES_PER_CANDIDATE)
+        max_rounds = _ROUND_FACTOR * max_rounds
+    return dense_fits, max_candidates, max_rounds
+
+
 def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> _Outcome:
     n_rows, n_cols = problem.n_rows, problem.n_cols
     if n_rows == 0:
@@ -179,16 +207,12 @@ def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> 
         return _Outcome(best.astype(np.int64), "tau0")
     if use_dense(n_rows, n_cols, dense_below):
         return _Outcome(problem.dense_mate(), "dense")
+    kernel = fast_path("sparse_assignment", "cpu")
+    if kernel is not None:
+        return _solve_warm(problem, k, max_rounds, kernel)
 
     outcome = _Outcome(np.empty(0, dtype=np.int64), "fallback")
-    dense_bytes = 8 * n_rows * n_cols
-    dense_fits = dense_bytes <= DENSE_MEMORY_BUDGET
-    # Past this many candidates the sparse problem stops being small; when the dense
-    # problem does not fit, the sparse one may use the budget instead, and more rounds.
-    max_candidates = max(n_rows * n_cols // 16, 1 << 16)
-    if not dense_fits:
-        max_candidates = max(max_candidates, DENSE_MEMORY_BUDGET // _BYTES_PER_CANDIDATE)
-        max_rounds = _ROUND_FACTOR * max_rounds
+    dense_fits, max_candidates, max_rounds = _limits(problem, max_rounds)
     row_k = np.full(n_rows, min(k, n_cols))
     keys = initial_keys(problem, k)
     growth_rounds = 0
@@ -222,17 +246,168 @@ def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> 
         if grown.size == keys.size or outcome.rounds >= max_rounds:
             break
         keys = grown
+    return _fallback(problem, outcome, keys.size, dense_fits)
+
+
+def _fallback(
+    problem: PointProblem, outcome: _Outcome, candidates: int, dense_fits: bool
+) -> _Outcome:
+    """The last resort of the candidate loops: the dense solve, or a ``ValueError`` when its
+    cost does not fit ``DENSE_MEMORY_BUDGET``."""
+    n_rows, n_cols = problem.n_rows, problem.n_cols
     if not dense_fits:
         targets, proposals = (n_rows, n_cols) if problem.targets_are_rows else (n_cols, n_rows)
         raise ValueError(
             f"crowd_assignment: {targets} targets x {proposals} proposals were not "
-            f"certified optimal on {keys.size} candidate pairs after {outcome.rounds} "
+            f"certified optimal on {candidates} candidate pairs after {outcome.rounds} "
             f"solves, and the dense fallback would need a float64 [{n_rows}, {n_cols}] cost "
-            f"of {dense_bytes / 2**30:.1f} GiB, over detloss.match.crowd.DENSE_MEMORY_BUDGET "
-            f"= {DENSE_MEMORY_BUDGET / 2**30:.1f} GiB (raise it, or max_rounds)"
+            f"of {8 * n_rows * n_cols / 2**30:.1f} GiB, over "
+            f"detloss.match.crowd.DENSE_MEMORY_BUDGET = {DENSE_MEMORY_BUDGET / 2**30:.1f} GiB "
+            "(raise it, or max_rounds)"
         )
     outcome.mate = problem.dense_mate()
+    outcome.method = "fallback"
     return outcome
+
+
+class _ColumnGrid:
+    """The columns of a problem bucketed into square cells (about ``_PER_CELL`` columns
+    each over their bounding box), for :func:`radius_violations` of the kernel."""
+
+    def __init__(self, problem: PointProblem) -> None:
+        cols = problem.cols
+        low = cols.min(axis=0)
+        span = np.maximum(cols.max(axis=0) - low, 1e-12)
+        self.cell = float(max(np.sqrt(span[0] * span[1] * _PER_CELL / cols.shape[0]), 1e-9))
+        n_x, n_y = (np.floor(span / self.cell).astype(np.int64) + 1).tolist()
+        cell_xy = np.minimum(((cols - low) / self.cell).astype(np.int64), [n_x - 1, n_y - 1])
+        cell_id = cell_xy[:, 1] * n_x + cell_xy[:, 0]
+        self.order = np.argsort(cell_id, kind="stable")
+        self.cell_start = np.searchsorted(cell_id[self.order], np.arange(n_x * n_y + 1))
+        self.origin = (float(low[0]), float(low[1]))
+        self.shape = (n_x, n_y)
+
+    def below(
+        self,
+        kernel: ModuleType,
+        problem: PointProblem,
+        rows: np.ndarray,
+        base: np.ndarray,
+        gain: np.ndarray,
+        threshold: float,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every pair ``(rows[i], c)`` with reduced cost ``tau * d - base[i] - gain[c]``
+        below ``threshold``: ``(pair rows, pair cols, reduced costs evaluated)``."""
+        need = base + gain.max() + threshold
+        points = np.ascontiguousarray(problem.rows[rows])
+        room = max(4 * rows.size, 1024)
+        while True:
+            out_rows = np.empty(room, dtype=np.int64)
+            out_cols = np.empty(room, dtype=np.int64)
+            found, checked = kernel.radius_violations(
+                points,
+                base,
+                need,
+                problem.cols,
+                gain,
+                self.cell_start,
+                self.order,
+                *self.origin,
+                self.cell,
+                *self.shape,
+                problem.tau,
+                threshold,
+                out_rows,
+                out_cols,
+            )
+            if found <= room:
+                return rows[out_rows[:found]], out_cols[:found], checked
+            room = found
+
+
+def _csr(keys: np.ndarray, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(indptr [R + 1], cols [E])`` of ascending pair keys ``r * C + c``."""
+    r, c = np.divmod(keys, n_cols)
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(r, minlength=n_rows), out=indptr[1:])
+    return indptr, c
+
+
+def _proof_shaped(row_mate: np.ndarray, col_mate: np.ndarray, v: np.ndarray) -> bool:
+    """Whether the solver's matching and prices have the form the proof needs, checked
+    rather than trusted (a cheap pass): every row matched to a distinct column, prices
+    ``<= 0``, and 0 on the columns left free (conditions 2 and 4 of the proof; 3 holds by
+    the definition of ``u``, 1 is the certificate's search)."""
+    if (row_mate < 0).any() or (col_mate[row_mate] != np.arange(row_mate.size)).any():
+        return False
+    return bool((v <= 0).all() and (v[col_mate < 0] == 0).all())
+
+
+def _solve_warm(problem: PointProblem, k: int, max_rounds: int, kernel: ModuleType) -> _Outcome:
+    """The candidate loop on the compiled solver, warm-started across rounds.
+
+    The solver's column prices are the certificate's potentials; pairs the certificate
+    finds negative join the candidates together with every pair of the failing rows whose
+    reduced cost is below ``_GROWTH_SLACK`` (likely partners after the next re-matching),
+    and only the rows the new pairs unsettle are matched again.
+    """
+    n_rows, n_cols = problem.n_rows, problem.n_cols
+    outcome = _Outcome(np.empty(0, dtype=np.int64), "fallback")
+    dense_fits, max_candidates, max_rounds = _limits(problem, max_rounds)
+    row_mate = np.full(n_rows, -1, dtype=np.int64)
+    col_mate = np.full(n_cols, -1, dtype=np.int64)
+    v = np.zeros(n_cols)
+    reached = np.empty(n_rows, dtype=np.int64)
+    grid = _ColumnGrid(problem)
+    all_rows = np.arange(n_rows)
+    row_k = np.full(n_rows, min(k, n_cols))
+    keys = initial_keys(problem, k)
+    growth_rounds = 0
+    slack = _GROWTH_SLACK * max(problem.tau, problem.tol)
+    while keys.size <= max_candidates:
+        indptr, cols = _csr(keys, n_rows, n_cols)
+        weight = problem.cost(np.repeat(all_rows, np.diff(indptr)), cols)
+        outcome.candidates = keys.size
+        n_short = kernel.solve(indptr, cols, weight, row_mate, col_mate, v, problem.tol, reached)
+        if n_short >= 0:
+            short = np.unique(reached[:n_short])
+            growth_rounds += 1
+            if growth_rounds > _MAX_FEASIBILITY_ROUNDS or (row_k[short] >= n_cols).all():
+                break
+            row_k[short] = np.minimum(row_k[short] * GROWTH, n_cols)
+            keys = union_keys(keys, candidate_keys(problem, short, int(row_k[short].max())))
+            # The partial matching of a graph without a full one is a poor start: a cold
+            # solve of the grown graph costs less than repairing it.
+            row_mate.fill(-1)
+            col_mate.fill(-1)
+            v.fill(0.0)
+            continue
+        if not _proof_shaped(row_mate, col_mate, v):
+            break
+        outcome.rounds += 1
+        u = problem.cost(all_rows, row_mate) - v[row_mate]
+        gain = v + problem.col_offset
+        base = u + problem.row_offset
+        bad_r, _, checked = grid.below(kernel, problem, all_rows, base, gain, -problem.tol)
+        outcome.checked += checked
+        if bad_r.size == 0:
+            outcome.mate = row_mate.copy()
+            outcome.method = "sparse"
+            outcome.gap_bound = n_rows * problem.tol
+            return outcome
+        if outcome.rounds >= max_rounds:
+            break
+        # The failing rows' pairs below the slack include the violated ones.
+        failing = np.unique(bad_r)
+        near_r, near_c, checked = grid.below(kernel, problem, failing, base[failing], gain, slack)
+        outcome.checked += checked
+        grown = union_keys(keys, near_r * n_cols + near_c)
+        # A violated pair that already is a candidate means the solver's prices do not
+        # describe the candidate optimum (rounding trouble): trust only the dense solve.
+        if grown.size == keys.size:
+            break
+        keys = grown
+    return _fallback(problem, outcome, keys.size, dense_fits)
 
 
 def solve_crowd_assignment(
@@ -298,15 +473,17 @@ def crowd_assignment(
 
     Large problems (``M * N >= dense_below``) never build the dense cost: the candidates
     of each target are its ``k`` cheapest proposals among its ``6 k`` nearest, the
-    assignment on them comes from a sparse Jonker-Volgenant solve, and dual values then
-    prove it optimal over all ``M * N`` pairs by a spatial search (pairs the proof needs
-    are added and the candidates solved again). If the proof does not close within
+    assignment on them comes from a sparse solve (a compiled shortest-augmenting-path
+    solver, warm-started from one round to the next, where Numba is installed; scipy's
+    sparse Jonker-Volgenant otherwise), and dual values then prove it optimal over all
+    ``M * N`` pairs by a spatial search (pairs the proof needs are added and the
+    candidates solved again). If the proof does not close within
     ``max_rounds`` solves, the dense problem is solved instead, so the result is never a
     suboptimal assignment. Optimal means: within ``min(M, N) * 1e-12 * scale`` of the
     optimum, ``scale = max(1, tau * extent + 2 max|s|)`` with ``extent`` the larger side of
     the points' bounding box (see :class:`CrowdSolution`'s ``gap_bound``); in practice
     the total equals the dense solve's. Any real scores work; P2PNet's are probabilities
-    in ``[0, 1]``. The host does all the work (single-threaded numpy / scipy).
+    in ``[0, 1]``. The host does all the work (single-threaded numpy / scipy / Numba).
 
     Args:
         pred_points: ``Tensor[M, 2]`` proposal coordinates (x, y).
