@@ -186,17 +186,24 @@ def _augment(
     """Shortest augmenting paths (Dijkstra on the reduced costs) from each free row; the
     columns reached before the free one found get their potentials lowered. False where
     a free row reaches no column at finite cost (the image is infeasible). ``state`` as
-    in :func:`_augmenting_row_reduction`."""
+    in :func:`_augmenting_row_reduction`.
+
+    The columns are kept in scan order (``order``) and so are their path costs and
+    potentials (``d[0]``, ``d[1]``, moved with them): the scan of a row then reads
+    everything in memory order except the row's own entries."""
     x, y, v = state
     cols = w.shape[1]
+    dist = d[0]
+    pot = d[1]
     for f in range(n_free):
         source = free[f]
         row = w[source]
         for j in range(cols):
-            d[j] = np.float64(row[j]) - v[j]
+            dist[j] = np.float64(row[j]) - v[j]
+            pot[j] = v[j]
             pred[j] = source
             order[j] = j
-        # order[:low] scanned, order[low:up] at the current minimum, order[up:] the rest.
+        # Positions [:low] scanned, [low:up] at the current minimum, [up:] the rest.
         low = 0
         up = 0
         last = 0
@@ -205,17 +212,17 @@ def _augment(
         while end < 0:
             if low == up:
                 last = low
-                mn = d[order[up]]
+                mn = dist[up]
                 up += 1
                 for k in range(up, cols):
-                    j = order[k]
-                    h = d[j]
+                    h = dist[k]
                     if h <= mn:
                         if h < mn:
                             up = low
                             mn = h
-                        order[k] = order[up]
-                        order[up] = j
+                        order[k], order[up] = order[up], order[k]
+                        dist[k], dist[up] = dist[up], h
+                        pot[k], pot[up] = pot[up], pot[k]
                         up += 1
                 if mn == np.inf:
                     return False
@@ -226,26 +233,26 @@ def _augment(
                 if end >= 0:
                     break
             j1 = order[low]
-            low += 1
             i = y[j1]
             row = w[i]
-            u1 = np.float64(row[j1]) - v[j1] - mn
+            u1 = np.float64(row[j1]) - pot[low] - mn
+            low += 1
             for k in range(up, cols):
                 j = order[k]
-                h = np.float64(row[j]) - v[j] - u1
-                if h < d[j]:
-                    d[j] = h
+                h = np.float64(row[j]) - pot[k] - u1
+                if h < dist[k]:
+                    dist[k] = h
                     pred[j] = i
                     if h == mn:
                         if y[j] < 0:
                             end = j
                             break
-                        order[k] = order[up]
-                        order[up] = j
+                        order[k], order[up] = order[up], j
+                        dist[k], dist[up] = dist[up], h
+                        pot[k], pot[up] = pot[up], pot[k]
                         up += 1
         for k in range(last):
-            j = order[k]
-            v[j] += d[j] - mn
+            v[order[k]] += dist[k] - mn
         while True:
             i = pred[end]
             y[end] = i
@@ -468,7 +475,7 @@ def solve_batch(
         np.empty(large, dtype=np.int64),  # y: each column's row
         np.empty(large),  # v: column potentials
         np.empty(small, dtype=np.int64),  # free rows
-        np.empty(large),  # d: path costs
+        np.empty((2, large)),  # d: path costs and potentials in scan order
         np.empty(large, dtype=np.int64),  # pred: path tree
         np.empty(large, dtype=np.int64),  # order: the scan list
         best,
