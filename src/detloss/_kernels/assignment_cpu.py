@@ -342,6 +342,28 @@ def _row_minima(w: np.ndarray, best: np.ndarray, best_col: np.ndarray) -> bool:
     return ok
 
 
+@jit
+def _entries_valid(w: np.ndarray) -> bool:
+    """False where ``w`` holds a NaN or -inf (both fail ``h > -inf``): a branch-free scan
+    on vector registers, a tenth of :func:`_row_minima`'s time."""
+    ok = True
+    rows, cols = w.shape
+    for i in range(rows):
+        row = w[i]
+        for j in range(cols):
+            ok &= row[j] > -np.inf
+    return ok
+
+
+@jit
+def _first_scan(w: np.ndarray, best: np.ndarray, best_col: np.ndarray) -> bool:
+    """The scan of a block ``w [R, C]`` before its solve: the entries' check, and on a
+    wide block (``R < C``, which starts from them) the row minima."""
+    if w.shape[0] == w.shape[1]:
+        return _entries_valid(w)
+    return _row_minima(w, best, best_col)
+
+
 #: The lanes of the vector loop of :func:`_column_minima`: enough that a vector loop
 #: (16 float32 per register, four registers a step) runs over them even for few targets.
 _LANES = 128
@@ -523,10 +545,10 @@ def solve_batch(
             ok = _column_minima(image, p, t, lane_best, lane_group, lane_sum, best, best_col)
             code = _solve_view(image[:p, :t].T, ok, work)
         elif prefix and p == m and t == n:
-            code = _solve_view(image, _row_minima(image, best, best_col), work)
+            code = _solve_view(image, _first_scan(image, best, best_col), work)
         elif prefix:
             view = image[:p, :t]
-            code = _solve_view(view, _row_minima(view, best, best_col), work)
+            code = _solve_view(view, _first_scan(view, best, best_col), work)
         else:
             for i in range(rows):
                 for j in range(cols):
@@ -535,7 +557,7 @@ def solve_batch(
                     else:
                         packed[i * cols + j] = image[pred_ids[i], target_ids[j]]
             view = packed[: rows * cols].reshape(rows, cols)
-            code = _solve_view(view, _row_minima(view, best, best_col), work)
+            code = _solve_view(view, _first_scan(view, best, best_col), work)
         status[b] = code
         if code != 0:
             if first_failed < 0:
