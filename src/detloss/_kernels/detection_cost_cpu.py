@@ -143,14 +143,10 @@ def add_box_terms(
                     else:
                         row[j] = row[j] + giou_terms[j] if accumulate else giou_terms[j]
                 continue
-            if use_l1 and accumulate:
+            if use_l1:
                 for j in range(n):
-                    distance = _l1_distance(p0, p1, p2, p3, l0[j], l1_[j], l2[j], l3[j])
-                    row[j] = row[j] + w_bbox * distance
-            elif use_l1:
-                for j in range(n):
-                    distance = _l1_distance(p0, p1, p2, p3, l0[j], l1_[j], l2[j], l3[j])
-                    row[j] = w_bbox * distance
+                    term = w_bbox * _l1_distance(p0, p1, p2, p3, l0[j], l1_[j], l2[j], l3[j])
+                    row[j] = row[j] + term if accumulate else term
             if use_giou:
                 for j in range(n):
                     target = (t0[j], t1[j], t2[j], t3[j], tw[j], th[j], tarea[j])
