@@ -138,6 +138,26 @@ def test_inputs_keep_device_and_no_grad():
     assert m.pred_to_target.device == cost.device and not m.pred_to_target.requires_grad
 
 
+@pytest.mark.parametrize(("value", "word"), [(float("nan"), "NaN"), (-float("inf"), "-inf")])
+def test_square_images_with_nan_or_minus_inf_are_named(value, word):
+    # A square image is read whole, through a view of its real prefix, or packed (a
+    # padded slot before a real one); each checks its entries in its own scan.
+    cost = torch.rand(3, 4, 4)
+    cost[1, 2, 2] = value
+    with pytest.raises(ValueError, match=f"cost: image 1 contains {word}"):
+        hungarian(cost)
+    prefix = torch.tensor([[True, True, True, False]]).expand(3, 4)
+    with pytest.raises(ValueError, match=f"cost: image 1 contains {word}"):
+        hungarian(cost, target_mask=prefix, pred_mask=prefix)
+    holed = torch.tensor([[True, False, True, True]]).expand(3, 4)
+    with pytest.raises(ValueError, match=f"cost: image 1 contains {word}"):
+        hungarian(cost, target_mask=holed, pred_mask=holed)
+    # the same entry in a padded slot is not looked at
+    cost[1, 2, 2] = 0.5
+    cost[1, 1, 1] = value
+    assert hungarian(cost, target_mask=holed, pred_mask=holed).num_matched.tolist() == [3] * 3
+
+
 def test_errors_name_the_image():
     cost = torch.rand(3, 4, 2)
     cost[1, 2, 0] = float("nan")

@@ -12,12 +12,12 @@ padding, e.g. one large problem) gets loops without stride arithmetic, about 1.6
 faster than the strided ones on a 1000 x 1000 block. Arithmetic is float64. Each block
 is solved by the Jonker-Volgenant scheme (Jonker & Volgenant 1987, as in ``lapjv``):
 
-1. square blocks: column reduction and reduction transfer, then one pass of augmenting
-   row reduction (an auction step per free row: its best column at its second-best
-   price); wide blocks start from zero column potentials (each row takes its cheapest
-   column where it is free), which keeps every unassigned column's potential at the
-   maximum, the rectangular optimality condition, then two passes of augmenting row
-   reduction whose bidding is bounded (``_WIDE_STEPS`` per row);
+1. square blocks: column reduction and reduction transfer; wide blocks start from zero
+   column potentials (each row takes its cheapest column where it is free), which keeps
+   every unassigned column's potential at the maximum, the rectangular optimality
+   condition. Then two passes of augmenting row reduction (an auction step per free
+   row: its best column at its second-best price) whose bidding is bounded
+   (``_SQUARE_STEPS`` / ``_WIDE_STEPS`` per row, not JV's column count);
 2. shortest augmenting paths (Dijkstra on reduced costs) for the rows still free.
 
 Every step keeps the reduced costs ``c[i, j] - u[i] - v[j]`` non-negative and zero on
@@ -98,13 +98,7 @@ def _column_reduction(
 
 @jit
 def _augmenting_row_reduction(
-    w: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    v: np.ndarray,
-    free: np.ndarray,
-    n_free: int,
-    step_factor: int,
+    w: np.ndarray, state: tuple, free: np.ndarray, n_free: int, step_factor: int
 ) -> int:
     """One JV pass over the free rows: each takes its cheapest column and lowers that
     column's potential by the gap to its second cheapest, displacing the column's row
@@ -112,7 +106,10 @@ def _augmenting_row_reduction(
     many rows are left free (listed in ``free``).
 
     A row bids again at once only while the pass has taken fewer than ``step_factor``
-    steps per row handled so far (JV's bound is the column count)."""
+    steps per row handled so far (JV's bound is the column count). ``state`` is the
+    assignment ``(x, y, v)``: each row's column, each column's row, the column potentials.
+    """
+    x, y, v = state
     cols = w.shape[1]
     current = 0
     new_free = 0
@@ -168,17 +165,18 @@ def _augmenting_row_reduction(
     return new_free
 
 
-#: Bound of the bidding of augmenting row reduction on a wide block, in steps per free
-#: row (see :func:`_solve_block`).
+#: Bounds of the bidding of augmenting row reduction, in steps per free row (see
+#: :func:`_solve_block`). JV's bound, the column count, lets the bidding of a random
+#: 1000 x 1000 block run for 25 ms where it leaves a few rows that the path search then
+#: places in less; with 16 steps per row the whole solve takes 7 ms (8 or 24: 7-9 ms).
+_SQUARE_STEPS = 16
 _WIDE_STEPS = 8
 
 
 @jit
 def _augment(
     w: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    v: np.ndarray,
+    state: tuple,
     free: np.ndarray,
     n_free: int,
     d: np.ndarray,
@@ -187,16 +185,25 @@ def _augment(
 ) -> bool:
     """Shortest augmenting paths (Dijkstra on the reduced costs) from each free row; the
     columns reached before the free one found get their potentials lowered. False where
-    a free row reaches no column at finite cost (the image is infeasible)."""
+    a free row reaches no column at finite cost (the image is infeasible). ``state`` as
+    in :func:`_augmenting_row_reduction`.
+
+    The columns are kept in scan order (``order``) and so are their path costs and
+    potentials (``d[0]``, ``d[1]``, moved with them): the scan of a row then reads
+    everything in memory order except the row's own entries."""
+    x, y, v = state
     cols = w.shape[1]
+    dist = d[0]
+    pot = d[1]
     for f in range(n_free):
         source = free[f]
         row = w[source]
         for j in range(cols):
-            d[j] = np.float64(row[j]) - v[j]
+            dist[j] = np.float64(row[j]) - v[j]
+            pot[j] = v[j]
             pred[j] = source
             order[j] = j
-        # order[:low] scanned, order[low:up] at the current minimum, order[up:] the rest.
+        # Positions [:low] scanned, [low:up] at the current minimum, [up:] the rest.
         low = 0
         up = 0
         last = 0
@@ -205,17 +212,17 @@ def _augment(
         while end < 0:
             if low == up:
                 last = low
-                mn = d[order[up]]
+                mn = dist[up]
                 up += 1
                 for k in range(up, cols):
-                    j = order[k]
-                    h = d[j]
+                    h = dist[k]
                     if h <= mn:
                         if h < mn:
                             up = low
                             mn = h
-                        order[k] = order[up]
-                        order[up] = j
+                        order[k], order[up] = order[up], order[k]
+                        dist[k], dist[up] = dist[up], h
+                        pot[k], pot[up] = pot[up], pot[k]
                         up += 1
                 if mn == np.inf:
                     return False
@@ -226,26 +233,26 @@ def _augment(
                 if end >= 0:
                     break
             j1 = order[low]
-            low += 1
             i = y[j1]
             row = w[i]
-            u1 = np.float64(row[j1]) - v[j1] - mn
+            u1 = np.float64(row[j1]) - pot[low] - mn
+            low += 1
             for k in range(up, cols):
                 j = order[k]
-                h = np.float64(row[j]) - v[j] - u1
-                if h < d[j]:
-                    d[j] = h
+                h = np.float64(row[j]) - pot[k] - u1
+                if h < dist[k]:
+                    dist[k] = h
                     pred[j] = i
                     if h == mn:
                         if y[j] < 0:
                             end = j
                             break
-                        order[k] = order[up]
-                        order[up] = j
+                        order[k], order[up] = order[up], j
+                        dist[k], dist[up] = dist[up], h
+                        pot[k], pot[up] = pot[up], pot[k]
                         up += 1
         for k in range(last):
-            j = order[k]
-            v[j] += d[j] - mn
+            v[order[k]] += dist[k] - mn
         while True:
             i = pred[end]
             y[end] = i
@@ -279,11 +286,12 @@ def _solve_block(
         y[j] = -1
     for i in range(rows):
         x[i] = -1
+    state = (x, y, v)
     if rows == cols:
         n_free = _column_reduction(w, x, y, v, free, pred)
         if n_free < 0:
             return False
-        n_free = _augmenting_row_reduction(w, x, y, v, free, n_free, cols)
+        steps = _SQUARE_STEPS
     else:
         # Row reduction with zero column potentials: each row takes its cheapest column
         # where no earlier row did (with many more columns than rows, nearly all do);
@@ -305,11 +313,12 @@ def _solve_block(
             else:
                 free[n_free] = i
                 n_free += 1
-        for _ in range(2):
-            if n_free == 0:
-                break
-            n_free = _augmenting_row_reduction(w, x, y, v, free, n_free, _WIDE_STEPS)
-    return _augment(w, x, y, v, free, n_free, d, pred, order)
+        steps = _WIDE_STEPS
+    for _ in range(2):
+        if n_free == 0:
+            break
+        n_free = _augmenting_row_reduction(w, state, free, n_free, steps)
+    return _augment(w, state, free, n_free, d, pred, order)
 
 
 @jit
@@ -333,9 +342,34 @@ def _row_minima(w: np.ndarray, best: np.ndarray, best_col: np.ndarray) -> bool:
     return ok
 
 
+@jit
+def _entries_valid(w: np.ndarray) -> bool:
+    """False where ``w`` holds a NaN or -inf (both fail ``h > -inf``): a branch-free scan
+    on vector registers, a tenth of :func:`_row_minima`'s time."""
+    ok = True
+    rows, cols = w.shape
+    for i in range(rows):
+        row = w[i]
+        for j in range(cols):
+            ok &= row[j] > -np.inf
+    return ok
+
+
+@jit
+def _first_scan(w: np.ndarray, best: np.ndarray, best_col: np.ndarray) -> bool:
+    """The scan of a block ``w [R, C]`` before its solve: the entries' check, and on a
+    wide block (``R < C``, which starts from them) the row minima."""
+    if w.shape[0] == w.shape[1]:
+        return _entries_valid(w)
+    return _row_minima(w, best, best_col)
+
+
 #: The lanes of the vector loop of :func:`_column_minima`: enough that a vector loop
-#: (16 float32 per register, four registers a step) runs over them even for few targets.
-_LANES = 128
+#: (16 float32 per register, four registers a step) runs over them even for few targets,
+#: and that the lanes left after its last full step are few beside those it covers
+#: (with 128, a batch of 300 predictions by 30 targets took 20 % longer, and one of
+#: 900 by 100 a third longer).
+_LANES = 256
 
 
 @jit
@@ -436,13 +470,14 @@ def _solve_view(w: np.ndarray, scanned_ok: bool, work: tuple) -> int:
 @jit
 def solve_batch(
     cost: np.ndarray,
-    pred_mask: np.ndarray,
+    pred_mask: np.ndarray | None,
     target_mask: np.ndarray,
     out: np.ndarray,
     status: np.ndarray,
 ) -> int:
     """Exact matching of every image of ``cost`` (``[B, M, N]`` float32 or float64,
-    C-contiguous; ``bool`` masks ``[B, M]`` and ``[B, N]``) into ``out`` (``int64[B, M]``:
+    C-contiguous; ``bool`` masks ``[B, M]`` and ``[B, N]``, ``pred_mask`` None where every
+    prediction is real, which spares its scan) into ``out`` (``int64[B, M]``:
     the target of each prediction, -1 background, -2 padded). ``status[b]`` becomes
     :data:`NOT_A_NUMBER`, :data:`NEGATIVE_INFINITY` or :data:`INFEASIBLE` for an image
     that cannot be solved (checked in that order), else 0; such an image's ``out`` row
@@ -465,7 +500,7 @@ def solve_batch(
         np.empty(large, dtype=np.int64),  # y: each column's row
         np.empty(large),  # v: column potentials
         np.empty(small, dtype=np.int64),  # free rows
-        np.empty(large),  # d: path costs
+        np.empty((2, large)),  # d: path costs and potentials in scan order
         np.empty(large, dtype=np.int64),  # pred: path tree
         np.empty(large, dtype=np.int64),  # order: the scan list
         best,
@@ -476,18 +511,25 @@ def solve_batch(
     lane_group = np.empty(lanes, dtype=np.int32)
     lane_sum = np.empty(lanes, dtype=cost.dtype)
     first_failed = -1
+    if pred_mask is None:
+        for k in range(m):
+            pred_ids[k] = k
     for b in range(b_count):
         status[b] = 0
         p = 0
         prefix = True
-        for k in range(m):
-            if pred_mask[b, k]:
-                prefix &= p == k
-                pred_ids[p] = k
-                p += 1
-                out[b, k] = -1
-            else:
-                out[b, k] = -2
+        if pred_mask is None:
+            p = m
+            out[b] = -1
+        else:
+            for k in range(m):
+                if pred_mask[b, k]:
+                    prefix &= p == k
+                    pred_ids[p] = k
+                    p += 1
+                    out[b, k] = -1
+                else:
+                    out[b, k] = -2
         t = 0
         for k in range(n):
             if target_mask[b, k]:
@@ -506,10 +548,10 @@ def solve_batch(
             ok = _column_minima(image, p, t, lane_best, lane_group, lane_sum, best, best_col)
             code = _solve_view(image[:p, :t].T, ok, work)
         elif prefix and p == m and t == n:
-            code = _solve_view(image, _row_minima(image, best, best_col), work)
+            code = _solve_view(image, _first_scan(image, best, best_col), work)
         elif prefix:
             view = image[:p, :t]
-            code = _solve_view(view, _row_minima(view, best, best_col), work)
+            code = _solve_view(view, _first_scan(view, best, best_col), work)
         else:
             for i in range(rows):
                 for j in range(cols):
@@ -518,7 +560,7 @@ def solve_batch(
                     else:
                         packed[i * cols + j] = image[pred_ids[i], target_ids[j]]
             view = packed[: rows * cols].reshape(rows, cols)
-            code = _solve_view(view, _row_minima(view, best, best_col), work)
+            code = _solve_view(view, _first_scan(view, best, best_col), work)
         status[b] = code
         if code != 0:
             if first_failed < 0:

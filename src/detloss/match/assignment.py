@@ -180,8 +180,8 @@ def solve_dense(block: np.ndarray, image: int = 0) -> tuple[np.ndarray, np.ndarr
         cost = np.ascontiguousarray(block, dtype=np.float64)[None]
         pred_to_target = np.empty((1, p), dtype=np.int64)
         status = np.empty(1, dtype=np.int64)
-        ones = np.ones(max(p, t), dtype=bool)
-        if kernel.solve_batch(cost, ones[None, :p], ones[None, :t], pred_to_target, status) >= 0:
+        targets = np.ones((1, t), dtype=bool)
+        if kernel.solve_batch(cost, None, targets, pred_to_target, status) >= 0:
             _raise_for_status(kernel, int(status[0]), image, min(p, t))
         rows = np.flatnonzero(pred_to_target[0] >= 0)
         return rows, pred_to_target[0, rows]
@@ -258,7 +258,8 @@ def solve_on_host(
     if cost.dtype not in _KERNEL_DTYPES:
         cost = cost.double()
     cost_np, tmask_np = _host_array(cost), _host_array(target_mask)
-    pmask_np = np.ones((b, m), dtype=bool) if pred_mask is None else _host_array(pred_mask)
+    # No pred_mask: the kernel takes every prediction as real without reading a mask.
+    pmask_np = None if pred_mask is None else _host_array(pred_mask)
     result = np.empty((b, m), dtype=np.int64)
     status = np.empty(b, dtype=np.int64)
     if b > 1 and m * n * b >= _SPLIT_MIN_ENTRIES and torch.get_num_threads() > 1:
@@ -268,7 +269,11 @@ def solve_on_host(
         failed = list(
             thread_pool().map(
                 lambda s: kernel.solve_batch(
-                    cost_np[s], pmask_np[s], tmask_np[s], result[s], status[s]
+                    cost_np[s],
+                    None if pmask_np is None else pmask_np[s],
+                    tmask_np[s],
+                    result[s],
+                    status[s],
                 ),
                 parts,
             )
@@ -278,8 +283,8 @@ def solve_on_host(
         first = kernel.solve_batch(cost_np, pmask_np, tmask_np, result, status)
     if first >= 0:
         image = first if image_ids is None else image_ids[first]
-        rows = int(min(pmask_np[first].sum(), tmask_np[first].sum()))
-        _raise_for_status(kernel, int(status[first]), image, rows)
+        preds = m if pmask_np is None else int(pmask_np[first].sum())
+        _raise_for_status(kernel, int(status[first]), image, min(preds, int(tmask_np[first].sum())))
     pred_to_target = torch.from_numpy(result)
     return pred_to_target if device.type == "cpu" else pred_to_target.to(device)
 
@@ -300,7 +305,7 @@ def _raise_for_status(kernel: ModuleType, code: int, image: int, rows: int) -> N
 
 def _host_array(tensor: Tensor) -> np.ndarray:
     """``tensor`` as a C-contiguous host array (a view where it already is one)."""
-    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+    if not tensor.is_contiguous() or tensor.device.type != "cpu":
         tensor = tensor.to(device="cpu", memory_format=torch.contiguous_format)
     return tensor.numpy()
 

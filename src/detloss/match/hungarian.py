@@ -114,7 +114,9 @@ def hungarian(
     cost, target_mask, pred_mask, _ = prepare_cost(
         cost, target_mask, pred_mask, fill_pred_mask=False
     )
-    on_gpu = _use_device_solver(cost, solver)
+    # A CPU cost with the default solver stays on the host without asking for the GPU
+    # kernel (a microsecond of the DETR-size solve).
+    on_gpu = (cost.device.type != "cpu" or solver != "auto") and _use_device_solver(cost, solver)
     if not on_gpu or 0 in cost.shape:
         return Matching(solve_on_host(cost, target_mask, pred_mask), target_mask)
     if pred_mask is None:
