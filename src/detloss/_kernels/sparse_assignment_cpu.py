@@ -76,15 +76,26 @@ def _heap_push(heap_key, heap_val, size, key, val):
 
 
 @jit
-def _lower(col, candidate, row, dist, pred, touched, n_touched, heap_key, heap_val, size):
+def _lower(col, candidate, row, search, n_touched, size):
     """A Dijkstra step: column ``col`` reached at the shorter distance ``candidate`` via
-    ``row``; returns the new counts of touched columns and heap entries."""
+    ``row``; ``search`` is ``(dist, pred, touched, heap_key, heap_val)``. Returns the new
+    counts of touched columns and heap entries."""
+    dist, pred, touched, heap_key, heap_val = search
     if dist[col] == np.inf:
         touched[n_touched] = col
         n_touched += 1
     dist[col] = candidate
     pred[col] = row
     return n_touched, _heap_push(heap_key, heap_val, size, candidate, col)
+
+
+@jit
+def _clear(dist, settled, touched, n_touched):
+    """Undo a search's marks on the columns it touched, for the next search."""
+    for i in range(n_touched):
+        col = touched[i]
+        dist[col] = np.inf
+        settled[col] = False
 
 
 @jit
@@ -186,6 +197,7 @@ def augment(
     n_cols = v.shape[0]
     _row_reduction(indptr, index, weight, row_mate, col_mate, v)
     dist, pred, settled, touched, done, heap_key, heap_val = _search_arrays(n_cols, index.shape[0])
+    search = (dist, pred, touched, heap_key, heap_val)
     short = np.zeros(n_rows, dtype=np.bool_)
     # Columns a failed search settled reach no free column, now or after later
     # augmentations: later searches skip them (their prices are then no longer kept
@@ -212,18 +224,7 @@ def augment(
                     continue
                 candidate = base + (weight[e] - v[col] - own)
                 if candidate < dist[col]:
-                    n_touched, size = _lower(
-                        col,
-                        candidate,
-                        row,
-                        dist,
-                        pred,
-                        touched,
-                        n_touched,
-                        heap_key,
-                        heap_val,
-                        size,
-                    )
+                    n_touched, size = _lower(col, candidate, row, search, n_touched, size)
             col = -1
             while size > 0:
                 key = heap_key[0]
@@ -254,10 +255,7 @@ def augment(
                     short[row] = True
                     reached[n_short] = row
                     n_short += 1
-            for i in range(n_touched):
-                col = touched[i]
-                dist[col] = np.inf
-                settled[col] = False
+            _clear(dist, settled, touched, n_touched)
             continue
         # Lower the prices of the settled columns (the sink's own change is zero). Pairs
         # within the tolerance below 0 (kept by ``repair``) can settle a column after one
@@ -275,10 +273,7 @@ def augment(
             if row == start:
                 break
             col = previous
-        for i in range(n_touched):
-            col = touched[i]
-            dist[col] = np.inf
-            settled[col] = False
+        _clear(dist, settled, touched, n_touched)
     return n_short if n_short else -1
 
 
@@ -427,6 +422,7 @@ def release(
     dist, pred, settled, touched, done, heap_key, heap_val = _search_arrays(
         n_cols, col_rows.shape[0]
     )
+    search = (dist, pred, touched, heap_key, heap_val)
     came_from = np.empty(n_cols, dtype=np.int64)
     for start in stale:
         if col_mate[start] >= 0 or v[start] >= 0.0:
@@ -463,18 +459,7 @@ def release(
                 candidate = key + (col_weight[e] - v[col] - own)
                 if candidate < dist[mate]:
                     came_from[mate] = col
-                    n_touched, size = _lower(
-                        mate,
-                        candidate,
-                        row,
-                        dist,
-                        pred,
-                        touched,
-                        n_touched,
-                        heap_key,
-                        heap_val,
-                        size,
-                    )
+                    n_touched, size = _lower(mate, candidate, row, search, n_touched, size)
         for i in range(n_done):
             col = done[i]
             if dist[col] < sink_dist:
@@ -490,10 +475,7 @@ def release(
             row_mate[row] = previous
             col_mate[previous] = row
             col = previous
-        for i in range(n_touched):
-            col = touched[i]
-            dist[col] = np.inf
-            settled[col] = False
+        _clear(dist, settled, touched, n_touched)
 
 
 @jit
