@@ -98,7 +98,12 @@ def _column_reduction(
 
 @jit
 def _augmenting_row_reduction(
-    w: np.ndarray, state: tuple, free: np.ndarray, n_free: int, step_factor: int
+    w: np.ndarray,
+    state: tuple,
+    free: np.ndarray,
+    n_free: int,
+    step_factor: int,
+    cache: tuple,
 ) -> int:
     """One JV pass over the free rows: each takes its cheapest column and lowers that
     column's potential by the gap to its second cheapest, displacing the column's row
@@ -108,8 +113,16 @@ def _augmenting_row_reduction(
     A row bids again at once only while the pass has taken fewer than ``step_factor``
     steps per row handled so far (JV's bound is the column count). ``state`` is the
     assignment ``(x, y, v)``: each row's column, each column's row, the column potentials.
+
+    The potentials only fall here, so a row's reduced costs only rise: ``cache`` keeps,
+    from each row's last full scan, its :data:`_CACHED` cheapest columns
+    (``cached[i]``, -1 where unset) and the next smallest reduced cost (``bound[i]``),
+    below which no other column can have come since. A row whose two cheapest cached
+    columns are now still under that bound bids from them alone; the same columns as a
+    full scan, ties included (the first column wins). ``top`` is scratch.
     """
     x, y, v = state
+    cached, bound, top = cache
     cols = w.shape[1]
     current = 0
     new_free = 0
@@ -119,21 +132,48 @@ def _augmenting_row_reduction(
         i = free[current]
         current += 1
         row = w[i]
-        umin = np.float64(row[0]) - v[0]
-        j1 = 0
+        columns = cached[i]
+        umin = np.inf
+        j1 = -1
         usubmin = np.inf
         j2 = -1
-        for j in range(1, cols):
-            h = np.float64(row[j]) - v[j]
-            if h < usubmin:
-                if h >= umin:
+        if columns[0] >= 0:
+            for t in range(_CACHED):
+                j = columns[t]
+                if j < 0:
+                    break
+                h = np.float64(row[j]) - v[j]
+                if h < umin or (h == umin and j < j1):
+                    usubmin = umin
+                    j2 = j1
+                    umin = h
+                    j1 = j
+                elif h < usubmin or (h == usubmin and j < j2):
                     usubmin = h
                     j2 = j
-                else:
-                    usubmin = umin
-                    umin = h
-                    j2 = j1
-                    j1 = j
+        if not usubmin < bound[i]:
+            # Full scan: the _CACHED + 1 smallest, in column order among equals.
+            for t in range(_CACHED + 1):
+                top[t] = np.inf
+                if t < _CACHED:
+                    columns[t] = -1
+            for j in range(cols):
+                h = np.float64(row[j]) - v[j]
+                if h < top[_CACHED]:
+                    t = _CACHED
+                    while t > 0 and h < top[t - 1]:
+                        top[t] = top[t - 1]
+                        if t < _CACHED:
+                            columns[t] = columns[t - 1]
+                        t -= 1
+                    top[t] = h
+                    if t < _CACHED:
+                        columns[t] = j
+            bound[i] = top[_CACHED]
+            umin = top[0]
+            j1 = columns[0]
+            usubmin = top[1]
+            j2 = columns[1]
         if umin == np.inf:
             # No finite column: the path search reports the image infeasible.
             free[new_free] = i
@@ -163,6 +203,10 @@ def _augmenting_row_reduction(
         if i0 >= 0:
             x[i0] = -1
     return new_free
+
+
+#: Columns a row of augmenting row reduction keeps from its last full scan.
+_CACHED = 4
 
 
 #: Bounds of the bidding of augmenting row reduction, in steps per free row (see
@@ -281,16 +325,20 @@ def _solve_block(
     order: np.ndarray,
     best: np.ndarray,
     best_col: np.ndarray,
+    cache: tuple,
 ) -> bool:
     """Minimum-cost assignment of every row of the block ``w [R, C]`` (``R <= C``; a view
     with any strides, any float dtype, computed in float64) into ``x`` (row to column).
-    ``best[i]`` / ``best_col[i]`` hold each row's smallest entry and its first column.
-    False where the block is infeasible."""
+    ``best[i]`` / ``best_col[i]`` hold each row's smallest entry and its first column;
+    ``cache`` is the work of :func:`_augmenting_row_reduction`. False where the block is
+    infeasible."""
     rows, cols = w.shape
     for j in range(cols):
         y[j] = -1
+    cached = cache[0]
     for i in range(rows):
         x[i] = -1
+        cached[i, 0] = -1
     state = (x, y, v)
     if rows == cols:
         n_free = _column_reduction(w, x, y, v, free, pred)
@@ -322,7 +370,7 @@ def _solve_block(
     for _ in range(2):
         if n_free == 0:
             break
-        n_free = _augmenting_row_reduction(w, state, free, n_free, steps)
+        n_free = _augmenting_row_reduction(w, state, free, n_free, steps, cache)
     return _augment(w, state, free, n_free, d, pred, order)
 
 
@@ -462,12 +510,12 @@ def _solve_view(w: np.ndarray, scanned_ok: bool, work: tuple) -> int:
     """Solve the block ``w [R, C]`` (``R <= C``) with the work arrays ``work``, its row
     minima already in ``best`` / ``best_col``; ``scanned_ok`` False where that scan saw
     (or, for the lane scan, may have seen) a NaN or -inf. Returns the image's status."""
-    x, y, v, free, d, pred, order, best, best_col = work
+    x, y, v, free, d, pred, order, best, best_col, cache = work
     if not scanned_ok:
         invalid = _invalid_entries(w)
         if invalid:
             return invalid
-    if _solve_block(w, x, y, v, free, d, pred, order, best, best_col):
+    if _solve_block(w, x, y, v, free, d, pred, order, best, best_col, cache):
         return 0
     return INFEASIBLE
 
@@ -510,6 +558,11 @@ def solve_batch(
         np.empty(large, dtype=np.int64),  # order: the scan list
         best,
         best_col,
+        (  # augmenting row reduction: cached columns, their bound, scratch
+            np.empty((small, _CACHED), dtype=np.int64),
+            np.empty(small),
+            np.empty(_CACHED + 1),
+        ),
     )
     lanes = max(n, _LANES)
     lane_best = np.empty(lanes, dtype=cost.dtype)
