@@ -57,11 +57,19 @@ def reference_row_reduction(w, x, y, v, free, n_free, step_factor):
 
 
 def column_reduction_start(w):
+    """The kernel's square start, and the bidding's cache as its reduction transfer
+    leaves it."""
     n = w.shape[0]
     x, y, v = np.full(n, -1), np.full(n, -1), np.empty(n)
     free = np.empty(n, dtype=np.int64)
-    n_free = kernel._column_reduction(w, x, y, v, free, np.empty(n, dtype=np.int64))
-    return x, y, v, free, n_free
+    cache = (
+        np.empty((n, kernel._CACHED), dtype=np.int64),
+        np.empty(n),
+        np.empty(kernel._CACHED + 1),
+    )
+    cache[0][:, 0] = -1
+    n_free = kernel._column_reduction(w, x, y, v, free, np.empty(n, dtype=np.int64), cache)
+    return x, y, v, free, n_free, cache
 
 
 COSTS = {
@@ -80,7 +88,7 @@ COSTS = {
 def test_cached_bids_are_those_of_full_scans(kind, step_factor):
     rng = np.random.default_rng(len(kind) * 10 + step_factor)
     w = COSTS[kind](rng, 60)
-    x, y, v, free, n_free = column_reduction_start(w)
+    x, y, v, free, n_free, cache = column_reduction_start(w)
     if n_free < 0:
         pytest.skip("a column without a finite entry")
     want = [a.copy() for a in (x, y, v, free)]

@@ -41,6 +41,33 @@ NEGATIVE_INFINITY = 2
 INFEASIBLE = 3
 
 
+#: Columns a row of augmenting row reduction keeps from its last full scan.
+_CACHED = 4
+
+
+@jit
+def _scan_row(row: np.ndarray, v: np.ndarray, columns: np.ndarray, top: np.ndarray) -> None:
+    """The :data:`_CACHED` + 1 smallest reduced costs ``row[j] - v[j]`` into ``top``
+    (ascending, the first column winning ties) and the columns of the first
+    :data:`_CACHED` into ``columns`` (-1 where the row has fewer finite entries)."""
+    for t in range(_CACHED + 1):
+        top[t] = np.inf
+        if t < _CACHED:
+            columns[t] = -1
+    for j in range(row.shape[0]):
+        h = np.float64(row[j]) - v[j]
+        if h < top[_CACHED]:
+            t = _CACHED
+            while t > 0 and h < top[t - 1]:
+                top[t] = top[t - 1]
+                if t < _CACHED:
+                    columns[t] = columns[t - 1]
+                t -= 1
+            top[t] = h
+            if t < _CACHED:
+                columns[t] = j
+
+
 @jit
 def _column_reduction(
     w: np.ndarray,
@@ -49,12 +76,16 @@ def _column_reduction(
     v: np.ndarray,
     free: np.ndarray,
     best_row: np.ndarray,
+    cache: tuple,
 ) -> int:
     """Square start: ``v[j] = min_i w[i, j]``, each column to its best row if that row is
     still free (columns in reverse, as JV), then the reduction transfer. Returns the
     number of free rows (listed in ``free``), or -1 where a column has no finite entry
-    (no perfect matching exists)."""
+    (no perfect matching exists). The transfer's scan of a row fills its entry of the
+    bidding's ``cache`` (see :func:`_augmenting_row_reduction`): the potentials only
+    fall from there on, and a row it matches is often displaced in the bidding."""
     rows, cols = w.shape
+    cached, bound, top = cache
     for j in range(cols):
         v[j] = np.float64(w[0, j])
         best_row[j] = 0
@@ -84,13 +115,10 @@ def _column_reduction(
         elif matches[i] == 1:
             # Reduction transfer: the row's price moves onto its column.
             j1 = x[i]
-            row = w[i]
-            mu = np.inf
-            for j in range(cols):
-                if j != j1:
-                    h = np.float64(row[j]) - v[j]
-                    if h < mu:
-                        mu = h
+            _scan_row(w[i], v, cached[i], top)
+            bound[i] = top[_CACHED]
+            # The smallest reduced cost beside the row's own column.
+            mu = top[1] if cached[i, 0] == j1 else top[0]
             if mu < np.inf:
                 v[j1] -= mu
     return n_free
@@ -123,7 +151,6 @@ def _augmenting_row_reduction(
     """
     x, y, v = state
     cached, bound, top = cache
-    cols = w.shape[1]
     current = 0
     new_free = 0
     steps = 0
@@ -152,23 +179,7 @@ def _augmenting_row_reduction(
                     usubmin = h
                     j2 = j
         if not usubmin < bound[i]:
-            # Full scan: the _CACHED + 1 smallest, in column order among equals.
-            for t in range(_CACHED + 1):
-                top[t] = np.inf
-                if t < _CACHED:
-                    columns[t] = -1
-            for j in range(cols):
-                h = np.float64(row[j]) - v[j]
-                if h < top[_CACHED]:
-                    t = _CACHED
-                    while t > 0 and h < top[t - 1]:
-                        top[t] = top[t - 1]
-                        if t < _CACHED:
-                            columns[t] = columns[t - 1]
-                        t -= 1
-                    top[t] = h
-                    if t < _CACHED:
-                        columns[t] = j
+            _scan_row(row, v, columns, top)
             bound[i] = top[_CACHED]
             umin = top[0]
             j1 = columns[0]
@@ -203,10 +214,6 @@ def _augmenting_row_reduction(
         if i0 >= 0:
             x[i0] = -1
     return new_free
-
-
-#: Columns a row of augmenting row reduction keeps from its last full scan.
-_CACHED = 4
 
 
 #: Bounds of the bidding of augmenting row reduction, in steps per free row (see
@@ -345,7 +352,7 @@ def _solve_block(
         cached[i, 0] = -1
     state = (x, y, v)
     if rows == cols:
-        n_free = _column_reduction(w, x, y, v, free, pred)
+        n_free = _column_reduction(w, x, y, v, free, pred, cache)
         if n_free < 0:
             return False
         steps = _SQUARE_STEPS
