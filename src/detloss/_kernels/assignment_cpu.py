@@ -17,7 +17,8 @@ is solved by the Jonker-Volgenant scheme (Jonker & Volgenant 1987, as in ``lapjv
    every unassigned column's potential at the maximum, the rectangular optimality
    condition. Then two passes of augmenting row reduction (an auction step per free
    row: its best column at its second-best price) whose bidding is bounded
-   (``_SQUARE_STEPS`` / ``_WIDE_STEPS`` per row, not JV's column count);
+   (``_SQUARE_STEPS`` / ``_WIDE_STEPS`` per row, not JV's column count) and mostly
+   reads a few cached columns per step instead of the row (the potentials only fall);
 2. shortest augmenting paths (Dijkstra on reduced costs) for the rows still free.
 
 Every step keeps the reduced costs ``c[i, j] - u[i] - v[j]`` non-negative and zero on
