@@ -606,121 +606,100 @@ def _targets(labels=(0,), boxes=((0.1, 0.1, 0.5, 0.5),)):
 P = PRIORS.shape[0]
 
 
+def _zero_inputs(
+    *, targets=None, batch=1, loc_priors=P, loc_last=4, conf_priors=P, classes=5, priors=PRIORS
+):
+    """``(loc, conf, priors, targets)`` of an error case: zero predictions ``loc [batch,
+    loc_priors, loc_last]`` and ``conf [batch, conf_priors, classes]``, and one box by
+    default."""
+    return (
+        torch.zeros(batch, loc_priors, loc_last),
+        torch.zeros(batch, conf_priors, classes),
+        priors,
+        _targets() if targets is None else targets,
+    )
+
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
         (
-            lambda: multibox_loss(torch.zeros(1, P, 3), torch.zeros(1, P, 5), PRIORS, _targets()),
+            lambda: multibox_loss(*_zero_inputs(loc_last=3)),
             ValueError,
             rf"loc: expected shape \[B, P, 4\], got \[1, {P}, 3\]",
         ),
         (
-            lambda: multibox_loss(
-                torch.zeros(1, P, 4), torch.zeros(1, P - 1, 5), PRIORS, _targets()
-            ),
+            lambda: multibox_loss(*_zero_inputs(conf_priors=P - 1)),
             ValueError,
             rf"conf: expected shape \[1, {P}, C\] with C >= 2 \(background \+ classes\), got \[1, {P - 1}, 5\]",
         ),
         (
-            lambda: multibox_loss(torch.zeros(1, P, 4), torch.zeros(1, P, 1), PRIORS, _targets()),
+            lambda: multibox_loss(*_zero_inputs(classes=1)),
             ValueError,
             r"with C >= 2",
         ),
         (
-            lambda: multibox_loss(
-                torch.zeros(1, P, 4), torch.zeros(1, P, 5), PRIORS[:-1], _targets()
-            ),
+            lambda: multibox_loss(*_zero_inputs(priors=PRIORS[:-1])),
             ValueError,
             rf"priors: expected shape \[{P}, 4\] \(one per prediction\), got \[{P - 1}, 4\]",
         ),
         (
-            lambda: multibox_loss(
-                torch.zeros(1, P, 4), torch.zeros(1, P, 5), PRIORS[None], _targets()
-            ),
+            lambda: multibox_loss(*_zero_inputs(priors=PRIORS[None])),
             ValueError,
             r"priors: expected shape \[P, 4\], got \[1, ",
         ),
         (
-            lambda: multibox_loss(
-                torch.zeros(1, P, 4), torch.zeros(1, P, 5), PRIORS, _targets(labels=(4,))
-            ),
+            lambda: multibox_loss(*_zero_inputs(targets=_targets(labels=(4,)))),
             ValueError,
             r"targets\['labels'\]: expected values in 0..3 \(C - 2 with C = 5 logits, logit 0 the background\), got values in 4..4",
         ),
         (
-            lambda: multibox_loss(
-                torch.zeros(1, P, 4), torch.zeros(1, P, 5), PRIORS, _targets(labels=(-1,))
-            ),
+            lambda: multibox_loss(*_zero_inputs(targets=_targets(labels=(-1,)))),
             ValueError,
             r"expected values in 0..3 .* got values in -1..-1",
         ),
         (
             lambda: multibox_loss(
-                torch.zeros(1, P, 4),
-                torch.zeros(1, P, 5),
-                PRIORS,
-                [{"boxes": torch.zeros(1, 4), "labels": torch.zeros(1)}],
+                *_zero_inputs(targets=[{"boxes": torch.zeros(1, 4), "labels": torch.zeros(1)}]),
             ),
             TypeError,
             r"targets\['labels'\] must be integers",
         ),
         (
             lambda: multibox_loss(
-                torch.zeros(1, P, 4),
-                torch.zeros(1, P, 5),
-                PRIORS,
-                _targets(boxes=((0.1, float("nan"), 0.5, 0.5),)),
+                *_zero_inputs(targets=_targets(boxes=((0.1, float("nan"), 0.5, 0.5),)))
             ),
             ValueError,
             r"targets\['boxes'\]: expected finite values, got nan at index \[0, 0, 1\]",
         ),
         (
-            lambda: multibox_loss(torch.zeros(2, P, 4), torch.zeros(2, P, 5), PRIORS, _targets()),
+            lambda: multibox_loss(*_zero_inputs(batch=2)),
             ValueError,
             r"targets: expected 2 images \(the predictions' batch size\), got 1",
         ),
         (
-            lambda: multibox_loss(
-                torch.zeros(1, P, 4),
-                torch.zeros(1, P, 5),
-                PRIORS,
-                _targets(),
-                pos_threshold=1.5,
-            ),
+            lambda: multibox_loss(*_zero_inputs(), pos_threshold=1.5),
             ValueError,
             r"pos_threshold must be in \[0, 1\], got 1.5",
         ),
         (
-            lambda: multibox_loss(
-                torch.zeros(1, P, 4),
-                torch.zeros(1, P, 5),
-                PRIORS,
-                _targets(),
-                hard_negative_ratio=-1,
-            ),
+            lambda: multibox_loss(*_zero_inputs(), hard_negative_ratio=-1),
             ValueError,
             r"hard_negative_ratio must be a finite number >= 0, got -1",
         ),
         (
-            lambda: multibox_loss(
-                torch.zeros(1, P, 4), torch.zeros(1, P, 5), PRIORS, _targets(), loc_weight="1"
-            ),
+            lambda: multibox_loss(*_zero_inputs(), loc_weight="1"),
             ValueError,
             r"loc_weight must be a number >= 0, got '1'",
         ),
         (
-            lambda: multibox_loss(
-                torch.zeros(1, P, 4), torch.zeros(1, P, 5), PRIORS, _targets(), min_negatives=1.5
-            ),
+            lambda: multibox_loss(*_zero_inputs(), min_negatives=1.5),
             ValueError,
             r"min_negatives must be an int >= 0, got 1.5",
         ),
         (
             lambda: multibox_loss(
-                torch.zeros(1, P, 4),
-                torch.zeros(1, P, 5),
-                PRIORS,
-                _targets(),
+                *_zero_inputs(),
                 variances=(0.1, -0.2),
             ),
             ValueError,
@@ -732,9 +711,7 @@ P = PRIORS.shape[0]
             r"num_classes must be an int >= 2 \(background \+ classes\), got 1",
         ),
         (
-            lambda: MultiBoxLoss(21)(
-                torch.zeros(1, P, 4), torch.zeros(1, P, 5), PRIORS, _targets()
-            ),
+            lambda: MultiBoxLoss(21)(*_zero_inputs()),
             ValueError,
             rf"conf: expected shape \[B, P, 21\] \(num_classes=21\), got \[1, {P}, 5\]",
         ),
