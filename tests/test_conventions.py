@@ -1,12 +1,7 @@
-"""The rules of docs/conventions.md that a machine can check, over every public name.
-
-Names whose modules are being rewritten elsewhere are listed in the ``PENDING_*`` sets:
-their cases run as non-strict xfails, and each set is emptied when that work lands.
-"""
+"""The rules of docs/conventions.md that a machine can check, over every public name."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Iterator
 
@@ -14,33 +9,9 @@ import pytest
 import torch
 
 import detloss
+from _public import public_names
 from detloss.metrics import match_points_within, point_metrics
 from detloss.postprocess import centernet_decode, decode_points, ssd_detect
-
-PUBLIC_MODULES = (
-    "detloss",
-    "detloss.losses",
-    "detloss.match",
-    "detloss.postprocess",
-    "detloss.costs",
-    "detloss.metrics",
-)
-
-
-def public_names() -> dict[str, object]:
-    """Every public name of the modules above, once (the first module that exports it)."""
-    found: dict[str, object] = {}
-    seen: set[int] = set()
-    for module_name in PUBLIC_MODULES:
-        module = importlib.import_module(module_name)
-        for name in module.__all__:
-            value = getattr(module, name)
-            if inspect.ismodule(value) or id(value) in seen:
-                continue
-            seen.add(id(value))
-            found[name] = value
-    return found
-
 
 PUBLIC = public_names()
 
@@ -95,24 +66,6 @@ MODULE_ARGS: dict[str, Callable[[], dict[str, object]]] = {
 # terms, weighted by the training script); it has no function form.
 NOT_LOSS_FUNCTIONS = {"SetCriterion"}
 
-# PENDING: the losses of modules being rewritten elsewhere (ranking, SSD, the generic
-# detection loss). Empty these sets when that work lands.
-PENDING_LOSSES: set[str] = set()
-# PENDING: the matchers (match/**) whose masks are still positional there.
-PENDING_MASKS: set[str] = set()
-# PENDING: threshold names still to be renamed in the SSD loss and match/closest.py.
-PENDING_THRESHOLDS: set[str] = set()
-
-
-def _param(name: str, pending: set[str]) -> object:
-    marks = [pytest.mark.xfail(reason="pending: module rewritten elsewhere")] * (name in pending)
-    return pytest.param(name, marks=marks, id=name)
-
-
-def _loss_params() -> Iterator[object]:
-    for name in LOSSES:
-        yield _param(name, PENDING_LOSSES)
-
 
 def _is_loss_name(name: str) -> bool:
     return name.endswith("_loss") or name.endswith("Loss") or name == "negative_prob"
@@ -135,7 +88,7 @@ def _options(signature: inspect.Signature, skip: tuple[str, ...]) -> list[tuple]
     ]
 
 
-@pytest.mark.parametrize("name", list(_loss_params()))
+@pytest.mark.parametrize("name", list(LOSSES))
 def test_module_options_equal_the_function_options(name):
     module_name, per_call = LOSSES[name]
     function, module = PUBLIC[name], PUBLIC[module_name]
@@ -145,7 +98,7 @@ def test_module_options_equal_the_function_options(name):
     assert got == want
 
 
-@pytest.mark.parametrize("name", list(_loss_params()))
+@pytest.mark.parametrize("name", list(LOSSES))
 def test_reduction_defaults_to_mean(name):
     module_name, _ = LOSSES[name]
     for target in (PUBLIC[name], PUBLIC[module_name]):
@@ -258,11 +211,7 @@ ELEMENTWISE = {
 }
 
 
-def _own_losses() -> list[str]:
-    return [name for name in LOSSES if name not in PENDING_LOSSES]
-
-
-@pytest.mark.parametrize("name", _own_losses())
+@pytest.mark.parametrize("name", list(LOSSES))
 def test_reduction_rejects_other_values(name):
     module_name, _ = LOSSES[name]
     with pytest.raises(ValueError, match="'avg'"):
@@ -271,7 +220,7 @@ def test_reduction_rejects_other_values(name):
         PUBLIC[module_name](**MODULE_ARGS.get(module_name, dict)(), reduction="avg")
 
 
-@pytest.mark.parametrize("name", _own_losses())
+@pytest.mark.parametrize("name", list(LOSSES))
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_module_equals_function(name, reduction):
     module_name, _ = LOSSES[name]
@@ -297,7 +246,7 @@ def test_module_equals_function(name, reduction):
 RESULT_TYPES = {"Matching"}
 
 
-def _callables(pending: set[str]) -> Iterator[object]:
+def _callables() -> Iterator[str]:
     for name, value in PUBLIC.items():
         if name in RESULT_TYPES:
             continue
@@ -306,10 +255,10 @@ def _callables(pending: set[str]) -> Iterator[object]:
                 inspect.signature(value)
             except (TypeError, ValueError):
                 continue
-            yield _param(name, pending)
+            yield name
 
 
-@pytest.mark.parametrize("name", list(_callables(PENDING_MASKS)))
+@pytest.mark.parametrize("name", list(_callables()))
 def test_masks_are_keyword_only_and_named_alike(name):
     for parameter in inspect.signature(PUBLIC[name]).parameters.values():
         if "mask" in parameter.name:
@@ -317,7 +266,7 @@ def test_masks_are_keyword_only_and_named_alike(name):
             assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, parameter.name
 
 
-@pytest.mark.parametrize("name", list(_callables(PENDING_THRESHOLDS)))
+@pytest.mark.parametrize("name", list(_callables()))
 def test_threshold_names(name):
     forbidden = {"threshold", "conf_threshold", "overlap_threshold", "nms_threshold"}
     names = set(inspect.signature(PUBLIC[name]).parameters)
