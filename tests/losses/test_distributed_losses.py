@@ -322,43 +322,29 @@ def _sensitive(rank_results, name: str, case_name: str) -> None:
 
 @pytest.mark.parametrize("case_name", list(CASES))
 @pytest.mark.parametrize(
-    "name", ["DetectionLoss", "DetectionLoss_focal_no_background", "DetectionLoss_hard_negatives"]
+    "name",
+    [
+        "DetectionLoss",
+        "DetectionLoss_focal_no_background",
+        "DetectionLoss_hard_negatives",
+        "PointLoss_sigmoid",
+        "PointLoss_softmax",
+        "MultiBoxLoss",
+        "MultiBoxLoss_min_negatives",
+        "CenterNetLoss",
+        "ap_loss",
+        "APLoss",
+    ],
 )
-def test_detection_loss(rank_results, name, case_name):
+def test_ranks_reproduce_the_whole_batch(rank_results, name, case_name):
     _check_contract(rank_results, name, case_name)
     if case_name == "uneven_3_1":
         _sensitive(rank_results, name, case_name)
-
-
-@pytest.mark.parametrize("case_name", list(CASES))
-@pytest.mark.parametrize("name", ["PointLoss_sigmoid", "PointLoss_softmax"])
-def test_point_loss(rank_results, name, case_name):
-    _check_contract(rank_results, name, case_name)
-    if case_name == "uneven_3_1":
-        _sensitive(rank_results, name, case_name)
-
-
-@pytest.mark.parametrize("case_name", list(CASES))
-@pytest.mark.parametrize("name", ["MultiBoxLoss", "MultiBoxLoss_min_negatives"])
-def test_multibox_loss(rank_results, name, case_name):
-    _check_contract(rank_results, name, case_name)
-    if case_name == "uneven_3_1":
-        _sensitive(rank_results, name, case_name)
-
-
-@pytest.mark.parametrize("case_name", list(CASES))
-def test_centernet_loss(rank_results, case_name):
-    _check_contract(rank_results, "CenterNetLoss", case_name)
-    if case_name == "uneven_3_1":
-        _sensitive(rank_results, "CenterNetLoss", case_name)
 
 
 @pytest.mark.parametrize("case_name", list(CASES))
 @pytest.mark.parametrize("name", ["ap_loss", "APLoss"])
-def test_ap_loss(rank_results, name, case_name):
-    _check_contract(rank_results, name, case_name)
-    if case_name == "uneven_3_1":
-        _sensitive(rank_results, name, case_name)
+def test_ap_loss_ranks_each_return_the_global_loss(rank_results, name, case_name):
     # Every rank ranks the whole batch: each returns the global loss itself.
     losses = [r[name, case_name]["global"][0] for r in rank_results]
     torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
