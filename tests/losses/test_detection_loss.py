@@ -399,25 +399,11 @@ def test_hard_negative_mining_keeps_the_ceil_of_ratio_times_positives():
     ce_pos = -F.log_softmax(logits[0], dim=-1)[0, 0]
     # The hardest negatives have the lowest background logit: 4 (-3), 2 (-1), 5 (1), 3, 1.
     for ratio, kept in [(1.0, [4]), (2.5, [4, 2, 5]), (3.0, [4, 2, 5]), (10.0, [4, 2, 5, 3, 1])]:
-        loss = detection_loss(
-            outputs,
-            targets,
-            matching,
-            loc_losses={},
-            no_object_weight=1.0,
-            hard_negative_ratio=ratio,
-            reduction="sum",
-        )
+        options = {"loc_losses": {}, "no_object_weight": 1.0, "hard_negative_ratio": ratio}
+        loss = detection_loss(outputs, targets, matching, **options, reduction="sum")
         assert torch.allclose(loss, ce_pos + ce_bg[kept].sum()), ratio
         # SSD's normalisation: divided by the number of positives (1) only.
-        mean = detection_loss(
-            outputs,
-            targets,
-            matching,
-            loc_losses={},
-            no_object_weight=1.0,
-            hard_negative_ratio=ratio,
-        )
+        mean = detection_loss(outputs, targets, matching, **options)
         assert torch.allclose(mean, loss)
 
 
