@@ -471,44 +471,47 @@ def _check_packed_cluster() -> None:
         assert solution.method in ("dense", "sparse", "fallback")
 
 
+def _solve_with_tampered_kernel(monkeypatch, tamper):
+    """A p2p crowd problem solved with the compiled solver's output passed through
+    ``tamper(n_short, row_mate, col_mate, v)`` (in place) before the certificate reads it;
+    the dense solve must take over, so the result is still exact."""
+    import detloss._kernels.sparse_assignment_cpu as kernel
+
+    original = kernel.solve
+
+    def tampered(indptr, index, weight, row_mate, col_mate, v, tol, reached):
+        n_short = original(indptr, index, weight, row_mate, col_mate, v, tol, reached)
+        tamper(n_short, row_mate, col_mate, v)
+        return n_short
+
+    monkeypatch.setattr(kernel, "solve", tampered)
+    pred, scores, target = crowd_problem("p2p", 400, 60, 1)
+    return assert_exact(pred, scores, target, 0.05)
+
+
 def test_fast_path_never_returns_a_suboptimal_candidate_solve(monkeypatch, path):
     # A compiled solver that swaps the columns of two rows after solving, keeping its
     # prices: the certificate must notice and the dense solve take over.
     if not path:
         pytest.skip("the compiled solver (the reference path: the test above)")
-    import detloss._kernels.sparse_assignment_cpu as kernel
 
-    original = kernel.solve
-
-    def swapped(indptr, index, weight, row_mate, col_mate, v, tol, reached):
-        n_short = original(indptr, index, weight, row_mate, col_mate, v, tol, reached)
+    def swap(n_short, row_mate, col_mate, v):
         if n_short < 0:
             row_mate[[0, 1]] = row_mate[[1, 0]]
             col_mate[row_mate[:2]] = [0, 1]
-        return n_short
 
-    monkeypatch.setattr(kernel, "solve", swapped)
-    pred, scores, target = crowd_problem("p2p", 400, 60, 1)
-    solution = assert_exact(pred, scores, target, 0.05)
-    assert solution.method == "fallback"
+    assert _solve_with_tampered_kernel(monkeypatch, swap).method == "fallback"
 
 
 def test_fast_path_checks_the_shape_of_the_prices(monkeypatch, path):
     # Prices that break condition 4 (a free column below 0) are never taken as a proof.
     if not path:
         pytest.skip("the compiled solver")
-    import detloss._kernels.sparse_assignment_cpu as kernel
 
-    original = kernel.solve
-
-    def stale_price(indptr, index, weight, row_mate, col_mate, v, tol, reached):
-        n_short = original(indptr, index, weight, row_mate, col_mate, v, tol, reached)
+    def stale_price(n_short, row_mate, col_mate, v):
         v[np.flatnonzero(col_mate < 0)[0]] = -1.0
-        return n_short
 
-    monkeypatch.setattr(kernel, "solve", stale_price)
-    pred, scores, target = crowd_problem("p2p", 400, 60, 1)
-    assert assert_exact(pred, scores, target, 0.05).method == "fallback"
+    assert _solve_with_tampered_kernel(monkeypatch, stale_price).method == "fallback"
 
 
 def test_packed_crowd_certified_in_few_rounds(path):
