@@ -196,6 +196,19 @@ def _limits(problem: PointProblem, max_rounds: int) -> tuple[bool, int, int]:
     return dense_fits, max_candidates, max_rounds
 
 
+def _widen(
+    problem: PointProblem, keys: np.ndarray, row_k: np.ndarray, short: np.ndarray
+) -> np.ndarray | None:
+    """The candidate keys with the rows ``short``, which no matching of the candidates
+    covers, given ``GROWTH`` times as many of their nearest columns (``row_k``, each row's
+    count, updated in place); None when those rows already have every column."""
+    n_cols = problem.n_cols
+    if (row_k[short] >= n_cols).all():
+        return None
+    row_k[short] = np.minimum(row_k[short] * GROWTH, n_cols)
+    return union_keys(keys, candidate_keys(problem, short, int(row_k[short].max())))
+
+
 def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> _Outcome:
     n_rows, n_cols = problem.n_rows, problem.n_cols
     if n_rows == 0:
@@ -223,11 +236,12 @@ def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> 
         outcome.candidates = keys.size
         if mate is None:
             growth_rounds += 1
-            if growth_rounds > _MAX_FEASIBILITY_ROUNDS or (row_k[short] >= n_cols).all():
+            grown = None
+            if growth_rounds <= _MAX_FEASIBILITY_ROUNDS:
+                grown = _widen(problem, keys, row_k, short)
+            if grown is None:
                 break
-            row_k[short] = np.minimum(row_k[short] * GROWTH, n_cols)
-            extra = candidate_keys(problem, short, int(row_k[short].max()))
-            keys = union_keys(keys, extra)
+            keys = grown
             continue
         duals = potentials(problem, r, c, w, mate)
         if duals is None:
@@ -372,10 +386,12 @@ def _solve_warm(problem: PointProblem, k: int, max_rounds: int, kernel: ModuleTy
         if n_short >= 0:
             short = np.unique(reached[:n_short])
             growth_rounds += 1
-            if growth_rounds > _MAX_FEASIBILITY_ROUNDS or (row_k[short] >= n_cols).all():
+            grown = None
+            if growth_rounds <= _MAX_FEASIBILITY_ROUNDS:
+                grown = _widen(problem, keys, row_k, short)
+            if grown is None:
                 break
-            row_k[short] = np.minimum(row_k[short] * GROWTH, n_cols)
-            keys = union_keys(keys, candidate_keys(problem, short, int(row_k[short].max())))
+            keys = grown
             # The partial matching of a graph without a full one is a poor start: a cold
             # solve of the grown graph costs less than repairing it.
             row_mate.fill(-1)
