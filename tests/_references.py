@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -60,3 +61,14 @@ def forced_reference(iou: np.ndarray, tmask: np.ndarray, pmask: np.ndarray) -> n
         if not unresolved:
             break
     return forced
+
+
+def brute_force_assignment(cost) -> float:
+    """Minimum total of a ``[m, n]`` cost over every one-to-one map of the smaller side into
+    the larger (0 when a side is empty): the exact assignment by enumeration."""
+    m, n = cost.shape
+    if m <= n:
+        maps = itertools.permutations(range(n), m)
+        return float(min(sum(cost[i, c] for i, c in enumerate(cols)) for cols in maps))
+    maps = itertools.permutations(range(m), n)
+    return float(min(sum(cost[r, j] for j, r in enumerate(rows)) for rows in maps))

@@ -1,5 +1,3 @@
-import itertools
-
 import numpy as np
 import pytest
 import torch
@@ -9,6 +7,7 @@ from scipy.optimize import linear_sum_assignment
 
 import detloss.match.crowd as crowd
 from _paths import PATHS, use_path
+from _references import brute_force_assignment
 from detloss.match._point_problem import SCAN
 from detloss.match.certificate import certify_assignment
 from detloss.match.crowd import crowd_assignment, solve_crowd_assignment
@@ -43,18 +42,6 @@ def optimum(cost: np.ndarray) -> float:
 
 def total(cost: np.ndarray, pred_idx: torch.Tensor, target_idx: torch.Tensor) -> float:
     return float(cost[target_idx.numpy(), pred_idx.numpy()].sum())
-
-
-def brute_force(cost: np.ndarray) -> float:
-    n, m = cost.shape
-    best = np.inf
-    if n <= m:
-        for cols in itertools.permutations(range(m), n):
-            best = min(best, sum(cost[j, c] for j, c in enumerate(cols)))
-    else:
-        for rows in itertools.permutations(range(n), m):
-            best = min(best, sum(cost[r, i] for i, r in enumerate(rows)))
-    return float(best)
 
 
 def assert_one_to_one(pred_idx, target_idx, m, n):
@@ -133,7 +120,7 @@ def test_hand_worked_example():
         assert solution.target_idx.tolist() == [0, 1]
         assert solution.cost == pytest.approx(-1.5, abs=1e-6)
     cost = dense_cost(pred, scores, target, 0.1)
-    assert brute_force(cost) == pytest.approx(-1.5, abs=1e-6)
+    assert brute_force_assignment(cost) == pytest.approx(-1.5, abs=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["uniform", "clustered", "grid", "coincident", "p2p"])

@@ -1,5 +1,4 @@
 import importlib
-import itertools
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
 from _paths import PATHS, use_path
+from _references import brute_force_assignment
 from detloss.match import hungarian
 
 assignment_module = importlib.import_module("detloss.match.assignment")
@@ -18,19 +18,6 @@ assignment_module = importlib.import_module("detloss.match.assignment")
 def cpu_path(request):
     """Every test on the compiled batch solver and on the scipy path."""
     yield from use_path(request.param)
-
-
-def brute_force_cost(cost: np.ndarray) -> float:
-    """Minimum total over every injective map of the smaller side into the larger."""
-    m, n = cost.shape
-    best = np.inf
-    if m <= n:
-        for cols in itertools.permutations(range(n), m):
-            best = min(best, sum(cost[i, c] for i, c in enumerate(cols)))
-    else:
-        for rows in itertools.permutations(range(m), n):
-            best = min(best, sum(cost[r, j] for j, r in enumerate(rows)))
-    return best
 
 
 def matched_cost(cost: torch.Tensor, p2t: torch.Tensor) -> float:
@@ -59,7 +46,7 @@ def test_optimal_against_brute_force_with_masks_and_forbidden_pairs(problem):
     feasible = []
     for i in range(cost.shape[0]):
         block = cost[i][pmask[i]][:, tmask[i]]
-        feasible.append(brute_force_cost(block) if block.size else 0.0)
+        feasible.append(brute_force_assignment(block) if block.size else 0.0)
     if not all(np.isfinite(feasible)):
         with pytest.raises(ValueError, match="is infeasible"):
             hungarian(
