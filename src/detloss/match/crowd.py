@@ -197,13 +197,14 @@ def _limits(problem: PointProblem, max_rounds: int) -> tuple[bool, int, int]:
 
 
 def _widen(
-    problem: PointProblem, keys: np.ndarray, row_k: np.ndarray, short: np.ndarray
+    problem: PointProblem, keys: np.ndarray, row_k: np.ndarray, short: np.ndarray, rounds: int
 ) -> np.ndarray | None:
     """The candidate keys with the rows ``short``, which no matching of the candidates
     covers, given ``GROWTH`` times as many of their nearest columns (``row_k``, each row's
-    count, updated in place); None when those rows already have every column."""
+    count, updated in place); None when those rows already have every column or this is
+    widening round ``rounds > _MAX_FEASIBILITY_ROUNDS``."""
     n_cols = problem.n_cols
-    if (row_k[short] >= n_cols).all():
+    if rounds > _MAX_FEASIBILITY_ROUNDS or (row_k[short] >= n_cols).all():
         return None
     row_k[short] = np.minimum(row_k[short] * GROWTH, n_cols)
     return union_keys(keys, candidate_keys(problem, short, int(row_k[short].max())))
@@ -236,9 +237,7 @@ def _solve(problem: PointProblem, k: int, max_rounds: int, dense_below: int) -> 
         outcome.candidates = keys.size
         if mate is None:
             growth_rounds += 1
-            grown = None
-            if growth_rounds <= _MAX_FEASIBILITY_ROUNDS:
-                grown = _widen(problem, keys, row_k, short)
+            grown = _widen(problem, keys, row_k, short, growth_rounds)
             if grown is None:
                 break
             keys = grown
@@ -386,9 +385,7 @@ def _solve_warm(problem: PointProblem, k: int, max_rounds: int, kernel: ModuleTy
         if n_short >= 0:
             short = np.unique(reached[:n_short])
             growth_rounds += 1
-            grown = None
-            if growth_rounds <= _MAX_FEASIBILITY_ROUNDS:
-                grown = _widen(problem, keys, row_k, short)
+            grown = _widen(problem, keys, row_k, short, growth_rounds)
             if grown is None:
                 break
             keys = grown
