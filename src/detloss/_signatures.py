@@ -6,6 +6,8 @@ written once, in the function, and cannot drift apart:
 
 - :func:`options_signature` — a function's options as a constructor takes them;
 - :func:`keyword_option` — one more keyword-only option of the Module's own;
+- :func:`constructor_signature` — what ``inspect.signature`` shows for the Module: its
+  own leading inputs, then the function's options;
 - :func:`bind_options` — bind a constructor call to such a signature, defaults applied,
   with the Module's name in the error of a wrong call.
 """
@@ -16,7 +18,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["bind_options", "keyword_option", "options_signature"]
+__all__ = ["bind_options", "constructor_signature", "keyword_option", "options_signature"]
 
 
 def options_signature(
@@ -85,3 +87,16 @@ def bind_options(
         raise TypeError(f"{owner}(): {error}") from None
     bound.apply_defaults()
     return dict(bound.arguments)
+
+
+def constructor_signature(cls: type, options: inspect.Signature) -> inspect.Signature:
+    """The signature of ``cls(...)``: the parameters that ``cls``'s own ``__init__`` (if
+    it defines one) takes before its ``*args`` (the Module's inputs that are not options
+    of its function, such as a matcher), then ``options``."""
+    init = cls.__dict__.get("__init__")
+    own = []
+    for parameter in list(inspect.signature(init).parameters.values())[1:] if init else []:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            break
+        own.append(parameter)
+    return inspect.Signature([*own, *options.parameters.values()])

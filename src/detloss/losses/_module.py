@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 from torch import nn
 
 from .._checks import check_reduction
-from .._signatures import bind_options, options_signature
+from .._signatures import bind_options, constructor_signature, options_signature
 
-__all__ = ["FunctionLoss", "constructor_signature"]
+__all__ = ["FunctionLoss"]
 
 
 class FunctionLoss(nn.Module):
@@ -84,16 +84,3 @@ class FunctionLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.options)
-
-
-def constructor_signature(cls: type, options: inspect.Signature) -> inspect.Signature:
-    """The signature of ``cls(...)``: the parameters that ``cls``'s own ``__init__`` (if
-    it defines one) takes before its ``*args`` (the Module's inputs that are not options
-    of its function, such as a matcher), then ``options``."""
-    init = cls.__dict__.get("__init__")
-    own = []
-    for parameter in list(inspect.signature(init).parameters.values())[1:] if init else []:
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            break
-        own.append(parameter)
-    return inspect.Signature([*own, *options.parameters.values()])

@@ -31,11 +31,10 @@ from .._checks import (
     shape_str,
     should_validate,
 )
-from .._signatures import bind_options, options_signature
+from .._signatures import bind_options, constructor_signature, options_signature
 from ..boxes import BOX_FORMATS
 from ..distributed import normalizer, world_size
 from ..match.matching import Matching
-from ._module import constructor_signature
 from .detection_inputs import (
     _aux_outputs,
     _check_class_weight_values,
